@@ -1,0 +1,66 @@
+//! `GET [base]/metadata`: the CapabilityStatement. It lists exactly what works today and
+//! nothing aspirational: no search yet, conditional create on `identifier` and `_id` only.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::extract::{check_acceptable, form_urlencoded_pairs};
+use super::{AppState, FHIR_JSON};
+use crate::fhir::resource_type::RESOURCE_TYPES;
+
+pub async fn capability_statement(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let format = form_urlencoded_pairs(query.as_deref().unwrap_or_default())
+        .into_iter()
+        .find(|(name, _)| name == "_format")
+        .map(|(_, value)| value);
+    check_acceptable(&headers, format.as_deref())?;
+    let interactions: Vec<Value> =
+        ["create", "read", "vread", "update", "delete", "history-instance", "history-type"]
+            .iter()
+            .map(|code| json!({ "code": code }))
+            .collect();
+    let resources: Vec<Value> = RESOURCE_TYPES
+        .iter()
+        .map(|resource_type| {
+            json!({
+                "type": resource_type,
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+            })
+        })
+        .collect();
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-21",
+        "kind": "instance",
+        "software": { "name": "fhir-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": {
+            "description": "FHIR R4 gateway: writes sealed, stored by IPFS CID and anchored in a signed Merkle log",
+            "url": state.base_url.as_ref(),
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": [],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Conditional create (If-None-Exist) supports the parameters identifier and _id only. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types structurally.",
+            "resource": resources,
+        }],
+    });
+    let mut response = statement.to_string().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    Ok(response)
+}

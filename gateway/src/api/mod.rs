@@ -1,0 +1,75 @@
+//! The only HTTP code: routes, handlers (one per FHIR interaction, thin: parse, call the store,
+//! shape the answer), extractors and the single error renderer.
+//!
+//! The FHIR base is `/fhir`; the ledger's public face is `/ledger`. [`ROUTES`] lists every route,
+//! and a test checks that `openapi.yaml` describes exactly these.
+
+pub mod error;
+pub mod extract;
+mod ledger;
+mod metadata;
+mod resource;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::store::ResourceStore;
+use error::ApiError;
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// Explicit, documented limits (README "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 16 * 1024 * 1024, default_page_size: 50, max_page_size: 500 }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: ResourceStore,
+    /// The FHIR base URL as clients reach it, e.g. `http://127.0.0.1:8080/fhir`.
+    pub base_url: Arc<str>,
+    pub limits: Limits,
+}
+
+/// Every (method, path) the router serves, in OpenAPI path syntax.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/fhir/metadata"),
+    ("post", "/fhir/{type}"),
+    ("get", "/fhir/{type}/_history"),
+    ("get", "/fhir/{type}/{id}"),
+    ("put", "/fhir/{type}/{id}"),
+    ("delete", "/fhir/{type}/{id}"),
+    ("get", "/fhir/{type}/{id}/_history"),
+    ("get", "/fhir/{type}/{id}/_history/{vid}"),
+    ("get", "/ledger/checkpoint"),
+    ("get", "/healthz"),
+];
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/fhir/metadata", get(metadata::capability_statement))
+        .route("/fhir/{type}", axum::routing::post(resource::create))
+        .route("/fhir/{type}/_history", get(resource::type_history))
+        .route("/fhir/{type}/{id}", get(resource::read).put(resource::update).delete(resource::delete))
+        .route("/fhir/{type}/{id}/_history", get(resource::instance_history))
+        .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))
+        .route("/ledger/checkpoint", get(ledger::checkpoint))
+        .route("/healthz", get(ledger::health))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "method not allowed on this endpoint")
+        })
+        .with_state(state)
+}

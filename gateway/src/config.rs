@@ -1,0 +1,169 @@
+//! Configuration: command-line flags, then `FHIR_GATEWAY_*` environment variables, then an
+//! optional TOML file (`--config`), then the embedded defaults. Nothing here is secret: keys live
+//! in the data directory, never in configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::api::Limits;
+use crate::store::StoreOptions;
+
+#[derive(Debug, Parser)]
+#[command(name = "fhir-gateway", version, about = "A FHIR R4 gateway: every write sealed, stored by IPFS CID and anchored in a signed Merkle log")]
+pub struct Cli {
+    /// A TOML configuration file (see README "Configuration").
+    #[arg(long, global = true, env = "FHIR_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (HTTP on the listen address).
+    Serve(ServeArgs),
+    /// Check the whole data directory offline: Merkle tree, signatures, checkpoints, every blob.
+    Verify(DataArgs),
+    /// Manage key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a new KEK, re-wrap every data key under it and retire the old ones (gateway stopped).
+    Rotate(DataArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// The data directory [default: ./data]
+    #[arg(long, env = "FHIR_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "FHIR_GATEWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The data directory [default: ./data]
+    #[arg(long, env = "FHIR_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The FHIR base URL clients use [default: http://<listen>/fhir]
+    #[arg(long, env = "FHIR_GATEWAY_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Largest accepted request body in bytes [default: 16777216]
+    #[arg(long, env = "FHIR_GATEWAY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Issue a checkpoint at least every N ledger entries [default: 1000]
+    #[arg(long, env = "FHIR_GATEWAY_CHECKPOINT_EVERY_ENTRIES")]
+    pub checkpoint_every_entries: Option<u64>,
+    /// ... and at least every T milliseconds while entries are uncovered [default: 1000]
+    #[arg(long, env = "FHIR_GATEWAY_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// The checkpoint origin line [default: localhost/fhir-gateway/<key id>]
+    #[arg(long, env = "FHIR_GATEWAY_LEDGER_ORIGIN")]
+    pub ledger_origin: Option<String>,
+    /// Log format
+    #[arg(long, env = "FHIR_GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file's shape; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub base_url: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub ledger: FileLedgerConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLedgerConfig {
+    pub origin: Option<String>,
+    pub checkpoint_every_entries: Option<u64>,
+    pub checkpoint_interval_ms: Option<u64>,
+}
+
+/// The resolved configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub base_url: Option<String>,
+    pub limits: Limits,
+    pub store: StoreOptions,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            base_url: None,
+            limits: Limits::default(),
+            store: StoreOptions::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+pub fn read_file_config(path: Option<&Path>) -> Result<FileConfig, String> {
+    let Some(path) = path else { return Ok(FileConfig::default()) };
+    let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+impl Config {
+    pub fn resolve(args: ServeArgs, file: FileConfig) -> Config {
+        let defaults = Config::default();
+        let store_defaults = StoreOptions::default();
+        Config {
+            listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
+            base_url: args.base_url.or(file.base_url),
+            limits: Limits {
+                max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(defaults.limits.max_body_bytes),
+                ..defaults.limits
+            },
+            store: StoreOptions {
+                ledger_origin: args.ledger_origin.or(file.ledger.origin),
+                checkpoint_every_entries: args
+                    .checkpoint_every_entries
+                    .or(file.ledger.checkpoint_every_entries)
+                    .unwrap_or(store_defaults.checkpoint_every_entries)
+                    .max(1),
+                checkpoint_interval: args
+                    .checkpoint_interval_ms
+                    .or(file.ledger.checkpoint_interval_ms)
+                    .map(|millis| Duration::from_millis(millis.max(10)))
+                    .unwrap_or(store_defaults.checkpoint_interval),
+                ..store_defaults
+            },
+            log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
+        }
+    }
+
+    /// The data directory for a command other than `serve`.
+    pub fn data_dir_for(args: DataArgs, file: &FileConfig) -> PathBuf {
+        args.data_dir.or_else(|| file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./data"))
+    }
+}

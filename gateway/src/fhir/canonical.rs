@@ -1,0 +1,116 @@
+//! The canonical byte form of a resource: what is sealed, hashed, stored and served.
+//!
+//! It is RFC 8785 (JSON Canonicalization Scheme) with one documented deviation:
+//!
+//! * objects: members sorted by the UTF-16 code units of their names (RFC 8785 §3.2.3);
+//! * no insignificant white space;
+//! * strings: escaped as RFC 8785 §3.2.2.2 (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other
+//!   control characters as lower-case `\u00xx`, everything else literal UTF-8);
+//! * **numbers: kept in the lexical form the client sent** (serde_json's `arbitrary_precision`).
+//!   RFC 8785 would rewrite `37.50` as `37.5`, but in FHIR the trailing zero is the decimal's
+//!   precision (R4 §2.24.0.1 "decimal"), so rewriting it would change the record.
+//!
+//! The function does no I/O and never fails: every `serde_json::Value` has exactly one form.
+
+use serde_json::Value;
+
+/// The canonical bytes of `value`.
+pub fn to_canonical_bytes(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    write_value(value, &mut out);
+    out
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(number) => out.extend_from_slice(number.to_string().as_bytes()),
+        Value::String(text) => write_string(text, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (position, item) in items.iter().enumerate() {
+                if position > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => {
+            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+            sorted.sort_by(|(left, _), (right, _)| left.encode_utf16().cmp(right.encode_utf16()));
+            out.push(b'{');
+            for (position, (name, member)) in sorted.into_iter().enumerate() {
+                if position > 0 {
+                    out.push(b',');
+                }
+                write_string(name, out);
+                out.push(b':');
+                write_value(member, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for character in text.chars() {
+        match character {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            control if (control as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", control as u32).as_bytes());
+            }
+            other => {
+                let mut buffer = [0u8; 4];
+                out.extend_from_slice(other.encode_utf8(&mut buffer).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical(text: &str) -> String {
+        let value: Value = serde_json::from_str(text).unwrap();
+        String::from_utf8(to_canonical_bytes(&value)).unwrap()
+    }
+
+    #[test]
+    fn sorts_members_and_drops_white_space() {
+        assert_eq!(canonical(r#"{ "b": 1, "a": [true, null] }"#), r#"{"a":[true,null],"b":1}"#);
+    }
+
+    #[test]
+    fn keeps_decimal_precision() {
+        assert_eq!(canonical(r#"{"value": 37.50}"#), r#"{"value":37.50}"#);
+        assert_eq!(canonical(r#"{"value": 120}"#), r#"{"value":120}"#);
+        assert_eq!(canonical(r#"{"value": 1.0e3}"#), r#"{"value":1.0e3}"#);
+        assert_eq!(canonical(r#"{"value": -0.000100}"#), r#"{"value":-0.000100}"#);
+    }
+
+    /// RFC 8785 §3.2.3 sorts by UTF-16 code units: U+E000 sorts after U+1F600 (a surrogate pair,
+    /// 0xD83D...), although its UTF-8 bytes sort before.
+    #[test]
+    fn sorts_by_utf16_code_units() {
+        assert_eq!(canonical("{\"\u{e000}\":1,\"\u{1f600}\":2}"), "{\"\u{1f600}\":2,\"\u{e000}\":1}");
+    }
+
+    /// String escapes from RFC 8785 §3.2.2.2 (and its Appendix B examples).
+    #[test]
+    fn escapes_strings_like_rfc8785() {
+        assert_eq!(canonical(r#""\u0001\u000a\u001f\"\\/€""#), r#""\u0001\n\u001f\"\\/€""#);
+        assert_eq!(canonical(r#""\u2028""#), "\"\u{2028}\"");
+    }
+}

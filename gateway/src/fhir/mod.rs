@@ -1,0 +1,90 @@
+//! FHIR R4 glue that does no I/O: resource type names, the canonical byte form, validation.
+//!
+//! Architecture decision: resources are handled as `serde_json::Value` with
+//! `arbitrary_precision` (numbers keep their lexical form), never as a typed model. fhir-sdk,
+//! which the user named, has no R4 model (STU3, R4B, R5 only), silently drops unknown elements,
+//! rewrites decimals (`37.50` becomes `37.5`) and costs ~30 minutes of cold build on this
+//! machine; it can therefore serve neither as storage format nor as strict validator. Strict
+//! validation is driven by a table generated from the official R4 StructureDefinitions
+//! (`r4_model.json`, `tools/gen_r4_model.py`). See ARCHITECTURE.md.
+
+pub mod canonical;
+pub mod resource_type;
+pub mod validation;
+
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+pub use validation::{Issue, IssueCode, Leniency, R4Model, Severity};
+
+static R4_MODEL: LazyLock<R4Model> = LazyLock::new(|| {
+    R4Model::from_json(include_str!("r4_model.json")).expect("the bundled r4_model.json is consistent")
+});
+
+/// The bundled R4 validation table.
+pub fn r4_model() -> &'static R4Model {
+    &R4_MODEL
+}
+
+impl Issue {
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+fn structure_issue(expression: &str, diagnostics: String) -> Issue {
+    Issue { severity: Severity::Error, code: IssueCode::Structure, expression: expression.to_string(), diagnostics }
+}
+
+/// Validates a resource as the gateway accepts it: strictly against R4 for the types the table
+/// covers (Patient, Observation, Consent), and for every other type: a JSON object with a known
+/// `resourceType`, a well-formed `id` and a `meta` object.
+pub fn validate_resource(resource: &Value, leniency: Leniency) -> Vec<Issue> {
+    let Some(object) = resource.as_object() else {
+        return vec![structure_issue("", "a resource must be a JSON object".into())];
+    };
+    let Some(resource_type) = object.get("resourceType").and_then(Value::as_str) else {
+        return vec![structure_issue("", "resourceType is missing or not a string".into())];
+    };
+    if !resource_type::is_resource_type(resource_type) {
+        return vec![structure_issue("resourceType", format!("'{resource_type}' is not an R4 resource type"))];
+    }
+    if r4_model().is_strictly_validated(resource_type) {
+        return validation::validate(r4_model(), resource, leniency);
+    }
+    let mut issues = Vec::new();
+    if let Some(id) = object.get("id") {
+        if !id.as_str().is_some_and(is_valid_id) {
+            issues.push(structure_issue(
+                &format!("{resource_type}.id"),
+                "id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'".into(),
+            ));
+        }
+    }
+    if let Some(meta) = object.get("meta")
+        && !meta.as_object().is_some_and(|meta| !meta.is_empty())
+    {
+        issues.push(structure_issue(&format!("{resource_type}.meta"), "meta must be a non-empty JSON object".into()));
+    }
+    issues
+}
+
+/// FHIR `id`: `[A-Za-z0-9\-\.]{1,64}`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.')
+}
+
+/// Now, truncated to milliseconds (the precision of `meta.lastUpdated` here).
+pub fn now_instant() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000).expect("a valid nanosecond")
+}
+
+/// A FHIR `instant` in UTC with milliseconds: `2026-11-21T15:20:12.123Z`.
+pub fn format_instant(instant: time::OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    instant.to_offset(time::UtcOffset::UTC).format(&format).expect("formats")
+}

@@ -1,0 +1,145 @@
+//! Ledger entries: what the Merkle log commits to for every record version.
+//!
+//! An entry names no patient and carries no clinical content: the resource is named by a
+//! pseudonym (HMAC of `Type/id` under the gateway's ledger secret) and its content by a keyed
+//! hash (HMAC of the canonical plaintext), so neither can be brute-forced from the public log.
+//!
+//! Encoding (the leaf bytes): the canonical JSON ([`crate::fhir::canonical`]) of
+//!
+//! ```json
+//! {"cid":"bafk…","contentHash":"<hex>","kind":"create","principal":"<pseudonym>",
+//!  "pseudonym":"<hex>","recorded":"2026-11-21T15:20:12.123Z","resourceType":"Patient",
+//!  "signature":"<base64 ed25519>","versionId":1}
+//! ```
+//!
+//! `signature` is Ed25519 over `"fhir-gateway ledger entry v1\n"` followed by the canonical JSON
+//! of the same object without `signature`. `cid` and `contentHash` are absent for deletions.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::fhir::canonical::to_canonical_bytes;
+
+const SIGNING_CONTEXT: &[u8] = b"fhir-gateway ledger entry v1\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LedgerEntry {
+    pub kind: EntryKind,
+    pub resource_type: String,
+    pub pseudonym: String,
+    pub version_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    pub principal: String,
+    pub recorded: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("ledger entry is not well-formed JSON of the entry shape")]
+    Malformed,
+    #[error("ledger entry is not in canonical form")]
+    NotCanonical,
+    #[error("ledger entry signature does not verify")]
+    BadSignature,
+}
+
+impl LedgerEntry {
+    fn unsigned_bytes(&self) -> Vec<u8> {
+        let value = serde_json::to_value(self).expect("entry serialises");
+        to_canonical_bytes(&value)
+    }
+
+    /// The signed leaf bytes.
+    pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
+        let mut message = SIGNING_CONTEXT.to_vec();
+        message.extend_from_slice(&self.unsigned_bytes());
+        let signature = key.sign(&message);
+        let mut value = serde_json::to_value(self).expect("entry serialises");
+        value
+            .as_object_mut()
+            .expect("entry is an object")
+            .insert("signature".into(), BASE64.encode(signature.to_bytes()).into());
+        to_canonical_bytes(&value)
+    }
+
+    /// Parses leaf bytes without checking the signature (the read path; `verify` checks it).
+    pub fn parse(leaf: &[u8]) -> Result<LedgerEntry, EntryError> {
+        let value: serde_json::Value = serde_json::from_slice(leaf).map_err(|_| EntryError::Malformed)?;
+        let mut object = value.as_object().cloned().ok_or(EntryError::Malformed)?;
+        object.remove("signature").ok_or(EntryError::Malformed)?;
+        serde_json::from_value(serde_json::Value::Object(object)).map_err(|_| EntryError::Malformed)
+    }
+
+    /// Parses leaf bytes and checks canonical form and signature.
+    pub fn parse_verified(leaf: &[u8], key: &VerifyingKey) -> Result<LedgerEntry, EntryError> {
+        let value: serde_json::Value = serde_json::from_slice(leaf).map_err(|_| EntryError::Malformed)?;
+        if to_canonical_bytes(&value) != leaf {
+            return Err(EntryError::NotCanonical);
+        }
+        let entry = LedgerEntry::parse(leaf)?;
+        let signature_text = value.get("signature").and_then(|text| text.as_str()).ok_or(EntryError::Malformed)?;
+        let signature_bytes: [u8; 64] = BASE64
+            .decode(signature_text)
+            .map_err(|_| EntryError::Malformed)?
+            .try_into()
+            .map_err(|_| EntryError::Malformed)?;
+        let mut message = SIGNING_CONTEXT.to_vec();
+        message.extend_from_slice(&entry.unsigned_bytes());
+        key.verify_strict(&message, &Signature::from_bytes(&signature_bytes)).map_err(|_| EntryError::BadSignature)?;
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LedgerEntry {
+        LedgerEntry {
+            kind: EntryKind::Create,
+            resource_type: "Patient".into(),
+            pseudonym: "ab".repeat(32),
+            version_id: 1,
+            content_hash: Some("cd".repeat(32)),
+            cid: Some("bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4".into()),
+            principal: "unauthenticated".into(),
+            recorded: "2026-11-21T15:20:12.123Z".into(),
+        }
+    }
+
+    #[test]
+    fn signed_leaf_round_trips_and_tampering_is_caught() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let leaf = sample().sign(&key);
+        let text = std::str::from_utf8(&leaf).unwrap();
+        assert!(text.starts_with(r#"{"cid":"bafk"#) && text.contains(r#""kind":"create""#));
+        assert_eq!(LedgerEntry::parse_verified(&leaf, &key.verifying_key()).unwrap(), sample());
+
+        let tampered = text.replace(r#""versionId":1"#, r#""versionId":2"#);
+        assert_eq!(
+            LedgerEntry::parse_verified(tampered.as_bytes(), &key.verifying_key()),
+            Err(EntryError::BadSignature)
+        );
+        let reordered = text.replacen('{', "{ ", 1);
+        assert_eq!(
+            LedgerEntry::parse_verified(reordered.as_bytes(), &key.verifying_key()),
+            Err(EntryError::NotCanonical)
+        );
+        let other_key = SigningKey::from_bytes(&[4u8; 32]).verifying_key();
+        assert_eq!(LedgerEntry::parse_verified(&leaf, &other_key), Err(EntryError::BadSignature));
+    }
+}

@@ -1,0 +1,186 @@
+//! The ledger on disk: `<data>/ledger/entries.log` (one journal record per leaf, in leaf order)
+//! and `<data>/ledger/checkpoints.log` (every signed checkpoint note ever issued).
+//!
+//! Leaves become visible (counted in [`LedgerLog::tree_size`]) only after they are durable.
+//! On open, the newest checkpoint must verify under the gateway key and match the recomputed
+//! root of the leaves it covers; otherwise the gateway refuses to start.
+
+use std::path::Path;
+use std::sync::RwLock;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+use super::merkle::{self, CompactRange, Hash};
+use super::note::{self, Checkpoint, NoteSigner};
+use crate::journal::{Journal, JournalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("checkpoint: {0}")]
+    Note(#[from] note::NoteError),
+    #[error("merkle: {0}")]
+    Merkle(#[from] merkle::ProofError),
+    #[error("the newest checkpoint (tree size {checkpoint_size}) does not match the {tree_size} leaves on disk")]
+    CheckpointMismatch { checkpoint_size: u64, tree_size: u64 },
+    #[error("leaf {0} does not exist")]
+    NoSuchLeaf(u64),
+}
+
+pub struct LedgerLog {
+    entries: Journal,
+    checkpoints: Journal,
+    signer: NoteSigner,
+    state: RwLock<LedgerState>,
+}
+
+struct LedgerState {
+    offsets: Vec<u64>,
+    leaf_hashes: Vec<Hash>,
+    frontier: CompactRange,
+    latest_checkpoint: Option<(Checkpoint, String)>,
+}
+
+impl LedgerLog {
+    pub fn open(directory: &Path, signing_key: SigningKey, origin: &str) -> Result<LedgerLog, LedgerError> {
+        let signer = NoteSigner::new(origin, signing_key)?;
+        let mut offsets = Vec::new();
+        let mut leaf_hashes = Vec::new();
+        let entries = Journal::open(&directory.join("entries.log"), |offset, leaf| {
+            offsets.push(offset);
+            leaf_hashes.push(merkle::leaf_hash(leaf));
+        })?;
+        let mut notes = Vec::new();
+        let checkpoints = Journal::open(&directory.join("checkpoints.log"), |_, record| {
+            notes.push(String::from_utf8_lossy(record).into_owned());
+        })?;
+        let mut frontier = CompactRange::new();
+        for leaf_hash in &leaf_hashes {
+            frontier.append(*leaf_hash)?;
+        }
+        let latest_checkpoint = match notes.pop() {
+            None => None,
+            Some(text) => {
+                let (checkpoint, _) = note::open_checkpoint(&text, origin, &[signer.verifier()])?;
+                let tree_size = leaf_hashes.len() as u64;
+                let covered = usize::try_from(checkpoint.tree_size()).unwrap_or(usize::MAX);
+                if covered > leaf_hashes.len()
+                    || merkle::root_from_leaf_hashes(&leaf_hashes[..covered]) != *checkpoint.root_hash()
+                {
+                    return Err(LedgerError::CheckpointMismatch { checkpoint_size: checkpoint.tree_size(), tree_size });
+                }
+                Some((checkpoint, text))
+            }
+        };
+        Ok(LedgerLog {
+            entries,
+            checkpoints,
+            signer,
+            state: RwLock::new(LedgerState { offsets, leaf_hashes, frontier, latest_checkpoint }),
+        })
+    }
+
+    pub fn tree_size(&self) -> u64 {
+        self.state.read().expect("ledger state").leaf_hashes.len() as u64
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        *self.signer.verifier().public_key()
+    }
+
+    /// The note verifier key (`<origin>+<keyid>+<base64>`) that followers use to check checkpoints.
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_key()
+    }
+
+    pub fn origin(&self) -> &str {
+        self.signer.name()
+    }
+
+    /// Appends leaves and makes them durable; returns the index of the first one. Only the
+    /// commit pipeline calls this, from one thread.
+    pub fn append_durably<L: AsRef<[u8]>>(&self, leaves: &[L]) -> Result<u64, LedgerError> {
+        let offsets = self.entries.append(leaves)?;
+        self.entries.sync()?;
+        let mut state = self.state.write().expect("ledger state");
+        let first_leaf_index = state.leaf_hashes.len() as u64;
+        for (leaf, offset) in leaves.iter().zip(offsets) {
+            let leaf_hash = merkle::leaf_hash(leaf.as_ref());
+            state.frontier.append(leaf_hash)?;
+            state.leaf_hashes.push(leaf_hash);
+            state.offsets.push(offset);
+        }
+        Ok(first_leaf_index)
+    }
+
+    pub fn read_leaf(&self, leaf_index: u64) -> Result<Vec<u8>, LedgerError> {
+        let offset = {
+            let state = self.state.read().expect("ledger state");
+            *state.offsets.get(leaf_index as usize).ok_or(LedgerError::NoSuchLeaf(leaf_index))?
+        };
+        Ok(self.entries.read_at(offset)?)
+    }
+
+    /// Signs and durably records a checkpoint of the current tree, unless the newest one
+    /// already covers it. Returns the newest checkpoint note.
+    pub fn checkpoint(&self) -> Result<String, LedgerError> {
+        let (tree_size, root_hash) = {
+            let state = self.state.read().expect("ledger state");
+            if let Some((checkpoint, text)) = &state.latest_checkpoint
+                && checkpoint.tree_size() == state.leaf_hashes.len() as u64
+            {
+                return Ok(text.clone());
+            }
+            (state.frontier.tree_size(), state.frontier.root())
+        };
+        let checkpoint = Checkpoint::new(self.signer.name(), tree_size, root_hash)?;
+        let text = note::sign_checkpoint(&checkpoint, &self.signer)?;
+        self.checkpoints.append(&[text.as_bytes()])?;
+        self.checkpoints.sync()?;
+        self.state.write().expect("ledger state").latest_checkpoint = Some((checkpoint, text.clone()));
+        Ok(text)
+    }
+
+    pub fn latest_checkpoint(&self) -> Option<(u64, String)> {
+        let state = self.state.read().expect("ledger state");
+        state.latest_checkpoint.as_ref().map(|(checkpoint, text)| (checkpoint.tree_size(), text.clone()))
+    }
+
+    /// An RFC 9162 inclusion proof of `leaf_index` in the tree of size `tree_size`.
+    pub fn inclusion_proof(&self, leaf_index: u64, tree_size: u64) -> Result<Vec<Hash>, LedgerError> {
+        let state = self.state.read().expect("ledger state");
+        Ok(merkle::inclusion_proof(&state.leaf_hashes, leaf_index, tree_size)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_and_checkpoints_survive_reopen() {
+        let directory = std::env::temp_dir().join(format!("fg-ledger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        let origin = "localhost/fhir-gateway/test";
+        let note_text = {
+            let ledger = LedgerLog::open(&directory, key.clone(), origin).unwrap();
+            assert_eq!(ledger.append_durably(&[b"a".as_slice(), b"b", b"c"]).unwrap(), 0);
+            let note_text = ledger.checkpoint().unwrap();
+            assert_eq!(ledger.append_durably(&[b"d"]).unwrap(), 3);
+            note_text
+        };
+        let ledger = LedgerLog::open(&directory, key.clone(), origin).unwrap();
+        assert_eq!(ledger.tree_size(), 4);
+        assert_eq!(ledger.read_leaf(3).unwrap(), b"d");
+        assert_eq!(ledger.latest_checkpoint().unwrap(), (3, note_text.clone()));
+        let (checkpoint, _) = note::open_checkpoint(&note_text, origin, &[NoteSigner::new(origin, key.clone()).unwrap().verifier()]).unwrap();
+        let proof = ledger.inclusion_proof(1, 3).unwrap();
+        merkle::verify_inclusion(&merkle::leaf_hash(b"b"), 1, 3, &proof, checkpoint.root_hash()).unwrap();
+        drop(ledger);
+
+        // Another key cannot open the log: the checkpoint does not verify.
+        assert!(LedgerLog::open(&directory, SigningKey::from_bytes(&[6u8; 32]), origin).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! fhir-gateway: a FHIR R4 gateway whose every write is validated, sealed, stored by IPFS CID and
+//! anchored in a signed Merkle log before it is acknowledged. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod blob;
+pub mod config;
+pub mod fhir;
+pub mod journal;
+pub mod ledger;
+pub mod seal;
+pub mod server;
+pub mod store;
+pub mod verify;

@@ -1,0 +1,78 @@
+//! The `fhir-gateway` binary: command line, configuration and logging; everything else is in
+//! the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fhir_gateway::config::{Cli, Command, Config, KeysCommand, LogFormat, read_file_config};
+use fhir_gateway::server::{Server, shutdown_signal};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("FHIR_GATEWAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file_config = match read_file_config(cli.config.as_deref()) {
+        Ok(file_config) => file_config,
+        Err(error) => {
+            eprintln!("fhir-gateway: configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::resolve(args, file_config);
+            init_logging(config.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime");
+            runtime.block_on(async {
+                let server = match Server::bind(&config).await {
+                    Ok(server) => server,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match server.run(shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        tracing::error!(%error, "server failed");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Verify(args) => {
+            let data_dir = Config::data_dir_for(args, &file_config);
+            match fhir_gateway::verify::verify(&data_dir, file_config.ledger.origin.as_deref()) {
+                Ok(report) => {
+                    print!("{report}");
+                    if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
+                Err(error) => {
+                    eprintln!("fhir-gateway verify: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Keys(KeysCommand::Rotate(args)) => {
+            let data_dir = Config::data_dir_for(args, &file_config);
+            match fhir_gateway::store::rotate_keys(&data_dir) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("fhir-gateway keys rotate: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Wiring for `serve`: open the store, build the router, listen, and shut down gracefully
+//! (stop accepting, finish in-flight requests, commit what was submitted, final checkpoint).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::store::{OpenError, ResourceStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the data directory: {0}")]
+    Open(#[from] OpenError),
+    #[error("cannot listen: {0}")]
+    Listen(std::io::Error),
+}
+
+/// Opens the store and binds the listener; `run` then serves until `shutdown` resolves.
+pub struct Server {
+    listener: TcpListener,
+    store: ResourceStore,
+    state: AppState,
+}
+
+impl Server {
+    pub async fn bind(config: &Config) -> Result<Server, ServeError> {
+        let store = ResourceStore::open(&config.data_dir, config.store.clone())?;
+        let listener = TcpListener::bind(config.listen).await.map_err(ServeError::Listen)?;
+        let local = listener.local_addr().map_err(ServeError::Listen)?;
+        let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
+        let state = AppState { store: store.clone(), base_url: Arc::from(base_url.trim_end_matches('/')), limits: config.limits.clone() };
+        Ok(Server { listener, store, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(address = %self.local_addr(), base_url = %self.state.base_url, "serving");
+        let router = api::router(self.state);
+        let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await;
+        self.store.close().await;
+        tracing::info!("stopped: every acknowledged write is durable and checkpointed");
+        served
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+}

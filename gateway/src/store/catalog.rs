@@ -1,0 +1,202 @@
+//! The record catalog: which versions each resource has and where their sealed bytes and ledger
+//! entries are. Kept in memory, journalled to `<data>/records/catalog.log` (one
+//! [`CatalogRecord`] per version, in leaf order), so a restart rebuilds it without unsealing.
+//!
+//! The catalog is local state, never published: it holds resource ids and wrapped data keys.
+//! Identifiers (e.g. MRNs) appear only as keyed hashes, for conditional create.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::blob::Cid;
+use crate::seal::{WRAPPED_KEY_LEN, WrappedKey};
+
+pub type KeyedHash = [u8; 32];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub resource_type: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub version_id: u64,
+    pub leaf_index: u64,
+    pub last_updated: OffsetDateTime,
+    /// `None` for a deletion.
+    pub sealed: Option<SealedLocation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SealedLocation {
+    pub cid: Cid,
+    pub wrapped_key: WrappedKey,
+}
+
+impl VersionRecord {
+    pub fn is_deletion(&self) -> bool {
+        self.sealed.is_none()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ResourceHistory {
+    /// Oldest first; version ids are 1, 2, 3, ... in order.
+    pub versions: Vec<VersionRecord>,
+    identifier_hashes: Vec<KeyedHash>,
+}
+
+impl ResourceHistory {
+    pub fn current(&self) -> Option<&VersionRecord> {
+        self.versions.last()
+    }
+}
+
+/// One journal record: a version and the identifier hashes of its content.
+#[derive(Debug, Clone)]
+pub struct CatalogRecord {
+    pub key: ResourceKey,
+    pub version: VersionRecord,
+    pub identifier_hashes: Vec<KeyedHash>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CatalogRecordJson {
+    resource_type: String,
+    id: String,
+    version_id: u64,
+    leaf_index: u64,
+    last_updated_unix_nanos: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kek_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wrapped_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    identifier_hashes: Vec<String>,
+}
+
+impl CatalogRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let sealed = self.version.sealed.as_ref();
+        let json = CatalogRecordJson {
+            resource_type: self.key.resource_type.clone(),
+            id: self.key.id.clone(),
+            version_id: self.version.version_id,
+            leaf_index: self.version.leaf_index,
+            last_updated_unix_nanos: self.version.last_updated.unix_timestamp_nanos().to_string(),
+            cid: sealed.map(|sealed| sealed.cid.to_string()),
+            kek_id: sealed.map(|sealed| sealed.wrapped_key.kek_id),
+            wrapped_key: sealed.map(|sealed| BASE64.encode(sealed.wrapped_key.bytes)),
+            identifier_hashes: self.identifier_hashes.iter().map(|hash| BASE64.encode(hash)).collect(),
+        };
+        serde_json::to_vec(&json).expect("catalog record serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<CatalogRecord, String> {
+        let json: CatalogRecordJson = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+        let nanos: i128 = json.last_updated_unix_nanos.parse().map_err(|_| "bad lastUpdated".to_string())?;
+        let last_updated = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|error| error.to_string())?;
+        let sealed = match (json.cid, json.kek_id, json.wrapped_key) {
+            (Some(cid), Some(kek_id), Some(wrapped)) => {
+                let bytes: [u8; WRAPPED_KEY_LEN] = BASE64
+                    .decode(wrapped)
+                    .map_err(|error| error.to_string())?
+                    .try_into()
+                    .map_err(|_| "bad wrapped key length".to_string())?;
+                Some(SealedLocation {
+                    cid: cid.parse().map_err(|_| "bad cid".to_string())?,
+                    wrapped_key: WrappedKey { kek_id, bytes },
+                })
+            }
+            (None, None, None) => None,
+            _ => return Err("partial sealed location".into()),
+        };
+        let identifier_hashes = json
+            .identifier_hashes
+            .iter()
+            .map(|text| BASE64.decode(text).ok().and_then(|bytes| bytes.try_into().ok()).ok_or("bad identifier hash"))
+            .collect::<Result<_, _>>()?;
+        Ok(CatalogRecord {
+            key: ResourceKey { resource_type: json.resource_type, id: json.id },
+            version: VersionRecord { version_id: json.version_id, leaf_index: json.leaf_index, last_updated, sealed },
+            identifier_hashes,
+        })
+    }
+}
+
+/// The in-memory catalog. Written only by the commit pipeline, after the versions are durable.
+#[derive(Default)]
+pub struct Catalog {
+    resources: HashMap<ResourceKey, ResourceHistory>,
+    /// Per type, every version in commit order: (leaf index, id, version id).
+    type_history: HashMap<String, Vec<(u64, String, u64)>>,
+    /// Identifier hash -> resources whose current version carries it.
+    identifiers: HashMap<KeyedHash, Vec<ResourceKey>>,
+}
+
+impl Catalog {
+    pub fn apply(&mut self, record: CatalogRecord) {
+        let CatalogRecord { key, version, identifier_hashes } = record;
+        self.type_history.entry(key.resource_type.clone()).or_default().push((
+            version.leaf_index,
+            key.id.clone(),
+            version.version_id,
+        ));
+        let history = self.resources.entry(key.clone()).or_default();
+        for old_hash in std::mem::take(&mut history.identifier_hashes) {
+            if let Some(keys) = self.identifiers.get_mut(&old_hash) {
+                keys.retain(|other| other != &key);
+                if keys.is_empty() {
+                    self.identifiers.remove(&old_hash);
+                }
+            }
+        }
+        if !version.is_deletion() {
+            for hash in &identifier_hashes {
+                self.identifiers.entry(*hash).or_default().push(key.clone());
+            }
+            history.identifier_hashes = identifier_hashes;
+        }
+        history.versions.push(version);
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Option<&ResourceHistory> {
+        self.resources.get(key)
+    }
+
+    /// Current, not deleted resources whose identifiers include every one of `hashes`.
+    pub fn matching_identifiers(&self, resource_type: &str, hashes: &[KeyedHash]) -> Vec<ResourceKey> {
+        let Some((first, rest)) = hashes.split_first() else { return Vec::new() };
+        let mut matches: Vec<ResourceKey> = self
+            .identifiers
+            .get(first)
+            .into_iter()
+            .flatten()
+            .filter(|key| key.resource_type == resource_type)
+            .filter(|key| rest.iter().all(|hash| self.identifiers.get(hash).is_some_and(|keys| keys.contains(key))))
+            .cloned()
+            .collect();
+        matches.sort();
+        matches.dedup();
+        matches
+    }
+
+    /// Every version of a type, newest first, starting below `before_leaf` (exclusive).
+    pub fn type_history(&self, resource_type: &str, before_leaf: Option<u64>) -> impl Iterator<Item = &(u64, String, u64)> {
+        let all = self.type_history.get(resource_type).map(Vec::as_slice).unwrap_or_default();
+        let end = before_leaf.map_or(all.len(), |bound| all.partition_point(|(leaf_index, _, _)| *leaf_index < bound));
+        all[..end].iter().rev()
+    }
+
+    pub fn all_records(&self) -> impl Iterator<Item = (&ResourceKey, &VersionRecord)> {
+        self.resources.iter().flat_map(|(key, history)| history.versions.iter().map(move |version| (key, version)))
+    }
+}

@@ -1,0 +1,322 @@
+//! The commit pipeline: one thread takes prepared writes in groups, checks each against the
+//! state it was prepared on, makes the whole group durable with shared fsyncs, and only then
+//! publishes it to readers and answers.
+//!
+//! Order per group (the commit point is the ledger's fsync):
+//! 1. blocks → blob store, catalog records → catalog journal; fsync both;
+//! 2. ledger entries → ledger; fsync;
+//! 3. apply to the in-memory catalog (now readers see it); answer every writer.
+//!
+//! A crash before 2 completes leaves catalog records past the ledger's end; `open` drops them.
+//! If any step fails the store is poisoned: it answers the group with an error and refuses all
+//! later writes, so nothing that might not be durable is ever acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
+use super::{Principal, Shared, StoreError, StoredVersion};
+use crate::blob::{self, Block};
+use crate::fhir::{self, canonical::to_canonical_bytes};
+use crate::ledger::{EntryKind, LedgerEntry};
+use crate::seal::{self, SealContext};
+
+pub(crate) enum CommitRequest {
+    Write { prepared: Box<PreparedWrite>, expectation: Expectation, reply: oneshot::Sender<Result<CommitReply, StoreError>> },
+    Tick,
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What a write was prepared on; checked again at commit time.
+#[derive(Clone)]
+pub(crate) enum Expectation {
+    /// A new id; for a conditional create also: still nothing matches (`_id`, identifier hashes).
+    Absent { condition: Option<(Option<String>, Vec<KeyedHash>)> },
+    /// The resource's current version is still `base` (`None`: it has no version).
+    Current { base: Option<u64> },
+}
+
+pub(crate) enum CommitReply {
+    Committed(StoredVersion),
+    /// The resource changed between preparation and commit.
+    Conflict,
+    /// A conditional create's condition matches now.
+    ConditionMatched,
+}
+
+pub(crate) struct PreparedWrite {
+    key: ResourceKey,
+    version_id: u64,
+    last_updated: OffsetDateTime,
+    body: Option<Vec<u8>>,
+    blocks: Vec<Block>,
+    sealed: Option<SealedLocation>,
+    identifier_hashes: Vec<KeyedHash>,
+    leaf: Vec<u8>,
+}
+
+/// Everything CPU-bound about a write, done in the caller's task: meta, canonical bytes, seal,
+/// CID, keyed hashes, the signed ledger entry.
+pub(crate) fn prepare(
+    shared: &Shared,
+    key: &ResourceKey,
+    resource: Option<Value>,
+    version_id: u64,
+    kind: EntryKind,
+    principal: &Principal,
+) -> Result<PreparedWrite, StoreError> {
+    let last_updated = fhir::now_instant();
+    let recorded = fhir::format_instant(last_updated);
+    let mut prepared = PreparedWrite {
+        key: key.clone(),
+        version_id,
+        last_updated,
+        body: None,
+        blocks: Vec::new(),
+        sealed: None,
+        identifier_hashes: Vec::new(),
+        leaf: Vec::new(),
+    };
+    let mut content_hash = None;
+    if let Some(mut resource) = resource {
+        let object = resource.as_object_mut().ok_or_else(|| StoreError::BadRequest("not a JSON object".into()))?;
+        object.insert("id".into(), Value::String(key.id.clone()));
+        let meta = object.entry("meta").or_insert_with(|| json!({}));
+        let meta = meta.as_object_mut().ok_or_else(|| StoreError::BadRequest("meta must be an object".into()))?;
+        meta.insert("versionId".into(), Value::String(version_id.to_string()));
+        meta.insert("lastUpdated".into(), Value::String(recorded.clone()));
+        prepared.identifier_hashes = identifier_hashes(shared, &key.resource_type, &resource);
+
+        let canonical = to_canonical_bytes(&resource);
+        let context = SealContext { resource_type: &key.resource_type, id: &key.id, version_id };
+        let (sealed_bytes, data_key) = seal::seal(&canonical, context)?;
+        let wrapped_key = shared.keyring.read().expect("keyring lock").wrap(&data_key, context)?;
+        let (cid, blocks) = blob::file_blocks(&sealed_bytes);
+        content_hash = Some(shared.secrets.content_hash(&canonical));
+        prepared.blocks = blocks;
+        prepared.sealed = Some(SealedLocation { cid, wrapped_key });
+        prepared.body = Some(canonical);
+    }
+    let entry = LedgerEntry {
+        kind,
+        resource_type: key.resource_type.clone(),
+        pseudonym: shared.secrets.pseudonym(key),
+        version_id,
+        content_hash,
+        cid: prepared.sealed.as_ref().map(|sealed| sealed.cid.to_string()),
+        principal: shared.secrets.principal(principal),
+        recorded,
+    };
+    prepared.leaf = entry.sign(&shared.secrets.signing_key);
+    Ok(prepared)
+}
+
+fn identifier_hashes(shared: &Shared, resource_type: &str, resource: &Value) -> Vec<KeyedHash> {
+    let mut hashes = Vec::new();
+    for identifier in resource.get("identifier").and_then(Value::as_array).into_iter().flatten() {
+        let Some(value) = identifier.get("value").and_then(Value::as_str) else { continue };
+        let system = identifier.get("system").and_then(Value::as_str).unwrap_or("");
+        hashes.push(shared.secrets.identifier_hash(resource_type, Some(system), value));
+        hashes.push(shared.secrets.identifier_hash(resource_type, None, value));
+    }
+    hashes.sort();
+    hashes.dedup();
+    hashes
+}
+
+/// Current resources of `resource_type` matching an `If-None-Exist` condition.
+pub(crate) fn condition_matches(
+    catalog: &Catalog,
+    resource_type: &str,
+    id: Option<&str>,
+    hashes: &[KeyedHash],
+) -> Vec<ResourceKey> {
+    let mut matches = if hashes.is_empty() {
+        Vec::new()
+    } else {
+        catalog.matching_identifiers(resource_type, hashes)
+    };
+    if let Some(id) = id {
+        let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
+        let exists = catalog.get(&key).and_then(|history| history.current()).is_some_and(|version| !version.is_deletion());
+        if hashes.is_empty() {
+            matches = if exists { vec![key] } else { Vec::new() };
+        } else {
+            matches.retain(|candidate| *candidate == key);
+        }
+    }
+    matches
+}
+
+pub(crate) fn start(shared: Arc<Shared>) -> mpsc::Sender<CommitRequest> {
+    let (sender, receiver) = mpsc::channel(4 * shared.options.max_group_commit);
+    let ticks = sender.downgrade();
+    let interval = shared.options.checkpoint_interval;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(sender) = ticks.upgrade() else { break };
+            if sender.send(CommitRequest::Tick).await.is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::Builder::new()
+        .name("commit".into())
+        .spawn(move || run(shared, receiver))
+        .expect("the commit thread starts");
+    sender
+}
+
+type PendingWrite = (Box<PreparedWrite>, Expectation, oneshot::Sender<Result<CommitReply, StoreError>>);
+
+fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut writes: Vec<PendingWrite> = Vec::new();
+        let mut tick = false;
+        let mut shutdown = None;
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                CommitRequest::Write { prepared, expectation, reply } => writes.push((prepared, expectation, reply)),
+                CommitRequest::Tick => tick = true,
+                CommitRequest::Shutdown(reply) => {
+                    shutdown = Some(reply);
+                    break;
+                }
+            }
+            if writes.len() < shared.options.max_group_commit {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            commit_group(&shared, writes);
+        }
+        let checkpointed = shared.ledger.latest_checkpoint().map_or(0, |(tree_size, _)| tree_size);
+        let uncovered = shared.ledger.tree_size() - checkpointed;
+        if uncovered >= shared.options.checkpoint_every_entries || (uncovered > 0 && (tick || shutdown.is_some())) {
+            if let Err(error) = shared.ledger.checkpoint() {
+                tracing::error!(%error, "checkpoint failed; refusing further writes");
+                shared.poisoned.store(true, Ordering::SeqCst);
+            }
+        }
+        if let Some(reply) = shutdown {
+            let _ = reply.send(());
+            return;
+        }
+    }
+}
+
+fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
+    if shared.poisoned.load(Ordering::SeqCst) {
+        for (_, _, reply) in writes {
+            let _ = reply.send(Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into())));
+        }
+        return;
+    }
+    let first_leaf_index = shared.ledger.tree_size();
+    let mut accepted: Vec<(Box<PreparedWrite>, oneshot::Sender<Result<CommitReply, StoreError>>)> = Vec::new();
+    {
+        let catalog = shared.catalog.read().expect("catalog lock");
+        // (version id, deleted?) of resources written earlier in this group.
+        let mut group_state: HashMap<ResourceKey, (u64, bool)> = HashMap::new();
+        for (prepared, expectation, reply) in writes {
+            let current = group_state.get(&prepared.key).copied().or_else(|| {
+                catalog.get(&prepared.key).and_then(|history| history.current()).map(|version| (version.version_id, version.is_deletion()))
+            });
+            let verdict = match &expectation {
+                Expectation::Absent { .. } if current.is_some() => Some(CommitReply::Conflict),
+                Expectation::Absent { condition: Some((id, hashes)) } => {
+                    let in_catalog = !condition_matches(&catalog, &prepared.key.resource_type, id.as_deref(), hashes).is_empty();
+                    let in_group = accepted.iter().any(|(earlier, _)| {
+                        earlier.key.resource_type == prepared.key.resource_type
+                            && earlier.body.is_some()
+                            && id.as_ref().is_none_or(|id| *id == earlier.key.id)
+                            && hashes.iter().all(|hash| earlier.identifier_hashes.contains(hash))
+                    });
+                    (in_catalog || in_group).then_some(CommitReply::ConditionMatched)
+                }
+                Expectation::Absent { condition: None } => None,
+                Expectation::Current { base } => {
+                    (current.map(|(version_id, _)| version_id) != *base).then_some(CommitReply::Conflict)
+                }
+            };
+            match verdict {
+                Some(verdict) => {
+                    let _ = reply.send(Ok(verdict));
+                }
+                None => {
+                    group_state.insert(prepared.key.clone(), (prepared.version_id, prepared.body.is_none()));
+                    accepted.push((prepared, reply));
+                }
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    let records: Vec<CatalogRecord> = accepted
+        .iter()
+        .enumerate()
+        .map(|(position, (prepared, _))| CatalogRecord {
+            key: prepared.key.clone(),
+            version: VersionRecord {
+                version_id: prepared.version_id,
+                leaf_index: first_leaf_index + position as u64,
+                last_updated: prepared.last_updated,
+                sealed: prepared.sealed.clone(),
+            },
+            identifier_hashes: prepared.identifier_hashes.clone(),
+        })
+        .collect();
+    let durable = make_durable(shared, &accepted, &records, first_leaf_index);
+    if let Err(error) = durable {
+        tracing::error!(%error, "storage failure during group commit; refusing further writes");
+        shared.poisoned.store(true, Ordering::SeqCst);
+        for (_, reply) in accepted {
+            let _ = reply.send(Err(StoreError::Unavailable("storage failure: the write was not stored".into())));
+        }
+        return;
+    }
+    {
+        let mut catalog = shared.catalog.write().expect("catalog lock");
+        for record in records {
+            catalog.apply(record);
+        }
+    }
+    for (prepared, reply) in accepted {
+        let prepared = *prepared;
+        let version = StoredVersion {
+            key: prepared.key,
+            version_id: prepared.version_id,
+            last_updated: prepared.last_updated,
+            body: prepared.body,
+        };
+        let _ = reply.send(Ok(CommitReply::Committed(version)));
+    }
+}
+
+fn make_durable(
+    shared: &Shared,
+    accepted: &[(Box<PreparedWrite>, oneshot::Sender<Result<CommitReply, StoreError>>)],
+    records: &[CatalogRecord],
+    first_leaf_index: u64,
+) -> Result<(), String> {
+    let blocks: Vec<Block> = accepted.iter().flat_map(|(prepared, _)| prepared.blocks.iter().cloned()).collect();
+    shared.blobs.put_blocks(&blocks).map_err(|error| error.to_string())?;
+    let encoded: Vec<Vec<u8>> = records.iter().map(CatalogRecord::encode).collect();
+    shared.catalog_journal.append(&encoded).map_err(|error| error.to_string())?;
+    shared.blobs.sync().map_err(|error| error.to_string())?;
+    shared.catalog_journal.sync().map_err(|error| error.to_string())?;
+    let leaves: Vec<&[u8]> = accepted.iter().map(|(prepared, _)| prepared.leaf.as_slice()).collect();
+    let leaf_index = shared.ledger.append_durably(&leaves).map_err(|error| error.to_string())?;
+    if leaf_index != first_leaf_index {
+        return Err(format!("ledger appended at {leaf_index}, expected {first_leaf_index}"));
+    }
+    Ok(())
+}

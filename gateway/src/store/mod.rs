@@ -1,0 +1,638 @@
+//! The versioned resource store: the write path (validate, canonicalise, seal, store by CID,
+//! anchor in the ledger, durable before the answer) and the verified read path.
+//!
+//! Writes are prepared in the caller's task (CPU work in parallel) and committed by one commit
+//! thread ([`commit`]) in groups that share their fsyncs. Reads go straight to the catalog, the
+//! blob store and the ledger, and check every link: bytes against CID, AEAD tag against the
+//! binding, plaintext against the ledger entry's keyed hash.
+
+pub mod catalog;
+mod commit;
+mod rotate;
+mod secrets;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::blob::{self, BlobStore, EmbeddedBlockstore};
+use crate::fhir::{self, Issue, Leniency};
+use crate::journal::{Journal, JournalError};
+use crate::ledger::{EntryKind, LedgerEntry, LedgerError, LedgerLog};
+use crate::seal::{self, Keyring, SealContext};
+use catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, VersionRecord};
+use commit::{CommitReply, CommitRequest, Expectation, PreparedWrite};
+pub use rotate::rotate_keys;
+pub use secrets::LedgerSecrets;
+
+/// How many times a plain update re-prepares after losing a race before answering 409.
+const MAX_UPDATE_ATTEMPTS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The checkpoint origin line; defaults to `localhost/fhir-gateway/<key id>`.
+    pub ledger_origin: Option<String>,
+    pub checkpoint_every_entries: u64,
+    pub checkpoint_interval: Duration,
+    /// Most writes committed together by one group commit.
+    pub max_group_commit: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            ledger_origin: None,
+            checkpoint_every_entries: 1000,
+            checkpoint_interval: Duration::from_millis(1000),
+            max_group_commit: 512,
+        }
+    }
+}
+
+/// Who submitted a write, as recorded (pseudonymously) in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No authentication configured for this request.
+    Unauthenticated,
+    /// An authenticated identity (e.g. a token's `sub`); recorded only as a keyed hash.
+    Named(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the resource is not valid")]
+    Invalid(Vec<Issue>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("resource not found")]
+    NotFound,
+    #[error("resource deleted (version {0})")]
+    Gone(u64),
+    #[error("version conflict: the resource was changed concurrently")]
+    VersionConflict,
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("write refused: {0}")]
+    Unavailable(String),
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<JournalError> for StoreError {
+    fn from(error: JournalError) -> Self {
+        StoreError::Internal(error.to_string())
+    }
+}
+
+impl From<LedgerError> for StoreError {
+    fn from(error: LedgerError) -> Self {
+        StoreError::Internal(error.to_string())
+    }
+}
+
+impl From<seal::SealError> for StoreError {
+    fn from(error: seal::SealError) -> Self {
+        StoreError::Internal(error.to_string())
+    }
+}
+
+/// One version as read back and verified.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub key: ResourceKey,
+    pub version_id: u64,
+    pub last_updated: OffsetDateTime,
+    /// The canonical resource bytes; `None` for a deletion.
+    pub body: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub version: StoredVersion,
+    /// The write created the resource (or revived a deleted one).
+    pub created: bool,
+}
+
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(WriteOutcome),
+    /// `If-None-Exist` matched exactly this resource; nothing was written.
+    Existing(StoredVersion),
+}
+
+/// An `If-None-Exist` condition: all parts must match.
+#[derive(Debug, Clone, Default)]
+pub struct CreateCondition {
+    pub id: Option<String>,
+    pub identifiers: Vec<IdentifierQuery>,
+}
+
+/// `identifier=system|value` (`system: Some`), `|value` (`Some("")`), or `value` (`None`: any system).
+#[derive(Debug, Clone)]
+pub struct IdentifierQuery {
+    pub system: Option<String>,
+    pub value: String,
+}
+
+pub struct HistoryPage {
+    pub versions: Vec<StoredVersion>,
+    /// Pass back to get the next (older) page.
+    pub next_cursor: Option<u64>,
+}
+
+pub(crate) struct Shared {
+    blobs: Arc<dyn BlobStore>,
+    ledger: LedgerLog,
+    catalog: RwLock<Catalog>,
+    catalog_journal: Journal,
+    keyring: RwLock<Keyring>,
+    secrets: LedgerSecrets,
+    poisoned: AtomicBool,
+    options: StoreOptions,
+    /// Held while the store is open: one process per data directory.
+    _lock: std::fs::File,
+}
+
+#[derive(Clone)]
+pub struct ResourceStore {
+    shared: Arc<Shared>,
+    commits: mpsc::Sender<CommitRequest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Keyring(#[from] seal::KeyringError),
+    #[error(transparent)]
+    Blob(#[from] blob::BlobError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("catalog record at offset {offset} is unreadable: {reason}")]
+    Catalog { offset: u64, reason: String },
+    #[error("the data directory {0} is in use by another fhir-gateway process")]
+    Locked(PathBuf),
+    #[error("the catalog names leaf {leaf_index} but the ledger has {tree_size} leaves")]
+    CatalogAheadOfLedger { leaf_index: u64, tree_size: u64 },
+}
+
+/// The files of a data directory.
+pub struct DataLayout {
+    pub root: PathBuf,
+}
+
+impl DataLayout {
+    pub fn new(root: &Path) -> Self {
+        DataLayout { root: root.to_path_buf() }
+    }
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    pub fn blocks(&self) -> PathBuf {
+        self.root.join("blocks")
+    }
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join("ledger")
+    }
+    pub fn catalog(&self) -> PathBuf {
+        self.root.join("records").join("catalog.log")
+    }
+}
+
+/// Takes the exclusive lock on `<data>/LOCK` (released when the file is dropped or the process dies).
+pub(crate) fn lock_data_directory(layout: &DataLayout) -> Result<std::fs::File, OpenError> {
+    std::fs::create_dir_all(&layout.root)
+        .map_err(|source| OpenError::Journal(JournalError::Io { path: layout.root.clone(), source }))?;
+    let path = layout.root.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::Journal(JournalError::Io { path: path.clone(), source }))?;
+    file.try_lock().map_err(|_| OpenError::Locked(layout.root.clone()))?;
+    Ok(file)
+}
+
+impl ResourceStore {
+    /// Opens the data directory (creating it on first start) and starts the commit thread.
+    /// Must be called inside a Tokio runtime.
+    pub fn open(data_directory: &Path, options: StoreOptions) -> Result<ResourceStore, OpenError> {
+        let layout = DataLayout::new(data_directory);
+        let lock = lock_data_directory(&layout)?;
+        let keyring = Keyring::open_or_create(&layout.keys())?;
+        let secrets = LedgerSecrets::open_or_create(&layout.keys())?;
+        let origin = options.ledger_origin.clone().unwrap_or_else(|| secrets.default_origin());
+        let blobs: Arc<dyn BlobStore> = Arc::new(EmbeddedBlockstore::open(&layout.blocks())?);
+        let ledger = LedgerLog::open(&layout.ledger(), secrets.signing_key.clone(), &origin)?;
+        let tree_size = ledger.tree_size();
+
+        let mut records = Vec::new();
+        let mut first_error = None;
+        let mut cut_at = None;
+        let catalog_journal = Journal::open(&layout.catalog(), |offset, bytes| match CatalogRecord::decode(bytes) {
+            Ok(record) if record.version.leaf_index >= tree_size => {
+                // Written before a crash whose ledger append never became durable: never acknowledged.
+                cut_at.get_or_insert(offset);
+            }
+            Ok(record) if cut_at.is_none() => records.push(record),
+            Ok(record) => {
+                let leaf_index = record.version.leaf_index;
+                first_error.get_or_insert(OpenError::CatalogAheadOfLedger { leaf_index, tree_size });
+            }
+            Err(reason) => {
+                first_error.get_or_insert(OpenError::Catalog { offset, reason });
+            }
+        })?;
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        if let Some(offset) = cut_at {
+            tracing::warn!(offset, "catalog: dropping versions whose ledger entries never became durable");
+            catalog_journal.truncate(offset)?;
+        }
+        let mut catalog = Catalog::default();
+        for record in records {
+            catalog.apply(record);
+        }
+
+        let shared = Arc::new(Shared {
+            blobs,
+            ledger,
+            catalog: RwLock::new(catalog),
+            catalog_journal,
+            keyring: RwLock::new(keyring),
+            secrets,
+            poisoned: AtomicBool::new(false),
+            options,
+            _lock: lock,
+        });
+        shared.ledger.checkpoint()?;
+        let commits = commit::start(shared.clone());
+        Ok(ResourceStore { shared, commits })
+    }
+
+    /// Commits everything submitted so far, issues a final checkpoint and stops the commit thread.
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.commits.send(CommitRequest::Shutdown(reply)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    pub fn ledger(&self) -> &LedgerLog {
+        &self.shared.ledger
+    }
+
+    pub fn is_accepting_writes(&self) -> bool {
+        !self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
+    // ---- writes ----
+
+    /// Creates a resource under a new server-assigned id (an `id` in the body is ignored, as
+    /// FHIR requires), unless `condition` matches an existing one.
+    pub async fn create(
+        &self,
+        mut resource: Value,
+        principal: &Principal,
+        leniency: Leniency,
+        condition: Option<&CreateCondition>,
+    ) -> Result<CreateOutcome, StoreError> {
+        validate(&resource, leniency)?;
+        let resource_type = resource_type_of(&resource)?;
+        let condition_hashes = match condition {
+            Some(condition) => {
+                let hashes = self.condition_hashes(&resource_type, condition);
+                if let Some(existing) = self.find_condition_match(&resource_type, condition, &hashes)? {
+                    return Ok(CreateOutcome::Existing(existing));
+                }
+                Some((condition.id.clone(), hashes))
+            }
+            None => None,
+        };
+        if let Some(object) = resource.as_object_mut() {
+            object.remove("id");
+        }
+        let key = ResourceKey { resource_type, id: new_resource_id()? };
+        let prepared = self.prepare(&key, Some(resource), 1, EntryKind::Create, principal)?;
+        let expectation = Expectation::Absent { condition: condition_hashes.clone() };
+        match self.submit(prepared, expectation).await? {
+            CommitReply::Committed(version) => Ok(CreateOutcome::Created(WriteOutcome { version, created: true })),
+            CommitReply::ConditionMatched => {
+                let (id, hashes) = condition_hashes.unwrap_or_default();
+                let condition = CreateCondition { id, identifiers: Vec::new() };
+                match self.find_condition_match(&key.resource_type, &condition, &hashes)? {
+                    Some(existing) => Ok(CreateOutcome::Existing(existing)),
+                    None => Err(StoreError::VersionConflict),
+                }
+            }
+            CommitReply::Conflict { .. } => Err(StoreError::VersionConflict),
+        }
+    }
+
+    /// Updates (or creates, with the client's id) a resource. `if_match` is the version the
+    /// client last saw (`If-Match: W/"n"`).
+    pub async fn update(
+        &self,
+        key: &ResourceKey,
+        resource: Value,
+        principal: &Principal,
+        leniency: Leniency,
+        if_match: Option<u64>,
+    ) -> Result<WriteOutcome, StoreError> {
+        validate(&resource, leniency)?;
+        if resource_type_of(&resource)? != key.resource_type {
+            return Err(StoreError::BadRequest(format!(
+                "the resource's resourceType does not match the URL's type {}",
+                key.resource_type
+            )));
+        }
+        match resource.get("id").and_then(Value::as_str) {
+            Some(id) if id == key.id => {}
+            Some(_) => return Err(StoreError::BadRequest("the resource's id does not match the id in the URL".into())),
+            None => return Err(StoreError::BadRequest("an update must carry the resource's id in the body".into())),
+        }
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let current = self.current_state(key);
+            check_if_match(if_match, current)?;
+            let version_id = current.map_or(1, |(version_id, _)| version_id + 1);
+            let kind = if current.is_some_and(|(_, deleted)| !deleted) { EntryKind::Update } else { EntryKind::Create };
+            let prepared = self.prepare(key, Some(resource.clone()), version_id, kind, principal)?;
+            let expectation = Expectation::Current { base: current.map(|(version_id, _)| version_id) };
+            match self.submit(prepared, expectation).await? {
+                CommitReply::Committed(version) => {
+                    return Ok(WriteOutcome { version, created: kind == EntryKind::Create });
+                }
+                CommitReply::Conflict { .. } if if_match.is_some() => {
+                    return Err(StoreError::PreconditionFailed(
+                        "the resource was changed since the version named in If-Match".into(),
+                    ));
+                }
+                CommitReply::Conflict { .. } | CommitReply::ConditionMatched => continue,
+            }
+        }
+        Err(StoreError::VersionConflict)
+    }
+
+    /// Deletes a resource (a new version marks it deleted). Returns the deletion's version id,
+    /// or `None` if it was already deleted.
+    pub async fn delete(&self, key: &ResourceKey, principal: &Principal) -> Result<Option<u64>, StoreError> {
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let Some((version_id, deleted)) = self.current_state(key) else { return Err(StoreError::NotFound) };
+            if deleted {
+                return Ok(None);
+            }
+            let prepared = self.prepare(key, None, version_id + 1, EntryKind::Delete, principal)?;
+            let expectation = Expectation::Current { base: Some(version_id) };
+            if let CommitReply::Committed(version) = self.submit(prepared, expectation).await? {
+                return Ok(Some(version.version_id));
+            }
+        }
+        Err(StoreError::VersionConflict)
+    }
+
+    async fn submit(&self, prepared: PreparedWrite, expectation: Expectation) -> Result<CommitReply, StoreError> {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commits
+            .send(CommitRequest::Write { prepared: Box::new(prepared), expectation, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?
+    }
+
+    /// (current version id, deleted?) of a resource, if it has any version.
+    fn current_state(&self, key: &ResourceKey) -> Option<(u64, bool)> {
+        let catalog = self.shared.catalog.read().expect("catalog lock");
+        catalog.get(key).and_then(|history| history.current()).map(|version| (version.version_id, version.is_deletion()))
+    }
+
+    fn prepare(
+        &self,
+        key: &ResourceKey,
+        resource: Option<Value>,
+        version_id: u64,
+        kind: EntryKind,
+        principal: &Principal,
+    ) -> Result<PreparedWrite, StoreError> {
+        commit::prepare(&self.shared, key, resource, version_id, kind, principal)
+    }
+
+    fn condition_hashes(&self, resource_type: &str, condition: &CreateCondition) -> Vec<KeyedHash> {
+        condition
+            .identifiers
+            .iter()
+            .map(|query| self.shared.secrets.identifier_hash(resource_type, query.system.as_deref(), &query.value))
+            .collect()
+    }
+
+    fn find_condition_match(
+        &self,
+        resource_type: &str,
+        condition: &CreateCondition,
+        hashes: &[KeyedHash],
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let matches = {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            commit::condition_matches(&catalog, resource_type, condition.id.as_deref(), hashes)
+        };
+        match matches.as_slice() {
+            [] => Ok(None),
+            [key] => self.read(key).map(Some),
+            _ => Err(StoreError::PreconditionFailed(format!(
+                "If-None-Exist matched {} resources; it must match at most one",
+                matches.len()
+            ))),
+        }
+    }
+
+    // ---- reads ----
+
+    /// The current version; `Gone` if the newest version is a deletion.
+    pub fn read(&self, key: &ResourceKey) -> Result<StoredVersion, StoreError> {
+        let version = {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            catalog.get(key).and_then(|history| history.current()).cloned().ok_or(StoreError::NotFound)?
+        };
+        if version.is_deletion() {
+            return Err(StoreError::Gone(version.version_id));
+        }
+        self.load(key, &version)
+    }
+
+    /// One version; `Gone` if that version is a deletion.
+    pub fn vread(&self, key: &ResourceKey, version_id: u64) -> Result<StoredVersion, StoreError> {
+        let version = {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            let history = catalog.get(key).ok_or(StoreError::NotFound)?;
+            let index = version_id.checked_sub(1).ok_or(StoreError::NotFound)? as usize;
+            history.versions.get(index).cloned().ok_or(StoreError::NotFound)?
+        };
+        if version.is_deletion() {
+            return Err(StoreError::Gone(version.version_id));
+        }
+        self.load(key, &version)
+    }
+
+    /// Versions of one resource, newest first, below version `before_version`.
+    pub fn instance_history(
+        &self,
+        key: &ResourceKey,
+        before_version: Option<u64>,
+        since: Option<OffsetDateTime>,
+        count: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        if count == 0 {
+            self.shared.catalog.read().expect("catalog lock").get(key).ok_or(StoreError::NotFound)?;
+            return Ok(HistoryPage { versions: Vec::new(), next_cursor: None });
+        }
+        let versions: Vec<VersionRecord> = {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            let history = catalog.get(key).ok_or(StoreError::NotFound)?;
+            history
+                .versions
+                .iter()
+                .rev()
+                .filter(|version| before_version.is_none_or(|bound| version.version_id < bound))
+                .filter(|version| since.is_none_or(|since| version.last_updated >= since))
+                .take(count + 1)
+                .cloned()
+                .collect()
+        };
+        let next_cursor = versions.get(count).map(|_| versions[count - 1].version_id);
+        let page = versions.iter().take(count).map(|version| self.load(key, version)).collect::<Result<_, _>>()?;
+        Ok(HistoryPage { versions: page, next_cursor })
+    }
+
+    /// Versions of every resource of a type, newest first, committed before ledger leaf `before_leaf`.
+    pub fn type_history(
+        &self,
+        resource_type: &str,
+        before_leaf: Option<u64>,
+        since: Option<OffsetDateTime>,
+        count: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        if count == 0 {
+            return Ok(HistoryPage { versions: Vec::new(), next_cursor: None });
+        }
+        let mut selected: Vec<(ResourceKey, VersionRecord)> = Vec::with_capacity(count + 1);
+        {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            for (_, id, version_id) in catalog.type_history(resource_type, before_leaf) {
+                let key = ResourceKey { resource_type: resource_type.to_string(), id: id.clone() };
+                let Some(version) = catalog.get(&key).and_then(|history| history.versions.get(*version_id as usize - 1))
+                else {
+                    continue;
+                };
+                if since.is_some_and(|since| version.last_updated < since) {
+                    break;
+                }
+                selected.push((key, version.clone()));
+                if selected.len() > count {
+                    break;
+                }
+            }
+        }
+        let next_cursor = selected.get(count).map(|_| selected[count - 1].1.leaf_index);
+        selected.truncate(count);
+        let versions = selected.iter().map(|(key, version)| self.load(key, version)).collect::<Result<_, _>>()?;
+        Ok(HistoryPage { versions, next_cursor })
+    }
+
+    /// Fetches, checks and unseals one version. Any broken link is an integrity error, logged
+    /// with pseudonymous names only.
+    fn load(&self, key: &ResourceKey, version: &VersionRecord) -> Result<StoredVersion, StoreError> {
+        let shared = &self.shared;
+        let pseudonym = shared.secrets.pseudonym(key);
+        let integrity = |what: &str| {
+            tracing::error!(pseudonym = %pseudonym, version_id = version.version_id, leaf_index = version.leaf_index, problem = what, "integrity check failed on read");
+            StoreError::Integrity(what.to_string())
+        };
+        let leaf = shared.ledger.read_leaf(version.leaf_index).map_err(|_| integrity("ledger entry unreadable"))?;
+        let entry = LedgerEntry::parse(&leaf).map_err(|_| integrity("ledger entry malformed"))?;
+        if entry.pseudonym != pseudonym || entry.version_id != version.version_id || entry.resource_type != key.resource_type {
+            return Err(integrity("ledger entry names another record"));
+        }
+        let body = match &version.sealed {
+            None => {
+                if entry.kind != EntryKind::Delete {
+                    return Err(integrity("ledger entry is not a deletion"));
+                }
+                None
+            }
+            Some(sealed) => {
+                if entry.cid.as_deref() != Some(sealed.cid.to_string().as_str()) {
+                    return Err(integrity("ledger entry names another CID"));
+                }
+                let sealed_bytes = blob::read_file(shared.blobs.as_ref(), &sealed.cid)
+                    .map_err(|_| integrity("sealed blob missing or does not match its CID"))?;
+                let context = SealContext {
+                    resource_type: &key.resource_type,
+                    id: &key.id,
+                    version_id: version.version_id,
+                };
+                let data_key = shared
+                    .keyring
+                    .read()
+                    .expect("keyring lock")
+                    .unwrap(&sealed.wrapped_key, context)
+                    .map_err(|_| integrity("data key does not unwrap"))?;
+                let plaintext =
+                    seal::unseal(&sealed_bytes, &data_key, context).map_err(|_| integrity("sealed blob does not open"))?;
+                if entry.content_hash.as_deref() != Some(shared.secrets.content_hash(&plaintext).as_str()) {
+                    return Err(integrity("plaintext does not match the ledger entry"));
+                }
+                Some(plaintext)
+            }
+        };
+        Ok(StoredVersion { key: key.clone(), version_id: version.version_id, last_updated: version.last_updated, body })
+    }
+}
+
+fn validate(resource: &Value, leniency: Leniency) -> Result<(), StoreError> {
+    let issues = fhir::validate_resource(resource, leniency);
+    if issues.iter().any(Issue::is_error) {
+        return Err(StoreError::Invalid(issues));
+    }
+    Ok(())
+}
+
+fn resource_type_of(resource: &Value) -> Result<String, StoreError> {
+    resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| StoreError::BadRequest("resourceType is missing".into()))
+}
+
+fn check_if_match(if_match: Option<u64>, current: Option<(u64, bool)>) -> Result<(), StoreError> {
+    match (if_match, current) {
+        (None, _) => Ok(()),
+        (Some(expected), Some((version_id, _))) if expected == version_id => Ok(()),
+        (Some(expected), Some((version_id, _))) => Err(StoreError::PreconditionFailed(format!(
+            "If-Match names version {expected} but the current version is {version_id}"
+        ))),
+        (Some(_), None) => Err(StoreError::PreconditionFailed("If-Match given but the resource does not exist".into())),
+    }
+}
+
+/// A server-assigned id: a random (version 4) UUID, so ids reveal nothing and cannot be guessed.
+fn new_resource_id() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| StoreError::Internal("random source failed".into()))?;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    Ok(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+}

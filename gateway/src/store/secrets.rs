@@ -1,0 +1,76 @@
+//! The gateway's ledger secrets: the Ed25519 key that signs ledger entries and checkpoints
+//! (`keys/ledger-ed25519.key`, a 32-byte seed) and the HMAC key behind every pseudonym and keyed
+//! hash on the ledger (`keys/ledger-hmac.key`). Both are created on first start, mode 0600.
+//!
+//! Every keyed hash is HMAC-SHA-256 with a purpose label first, so a value hashed for one
+//! purpose can never be matched against another.
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use super::Principal;
+use super::catalog::{KeyedHash, ResourceKey};
+use crate::seal::KeyringError;
+use crate::seal::keyring::read_or_create_secret;
+
+pub struct LedgerSecrets {
+    pub(crate) signing_key: SigningKey,
+    hmac_key: [u8; 32],
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+impl LedgerSecrets {
+    pub fn open_or_create(keys_directory: &Path) -> Result<LedgerSecrets, KeyringError> {
+        let seed = read_or_create_secret(&keys_directory.join("ledger-ed25519.key"))?;
+        let hmac_key = read_or_create_secret(&keys_directory.join("ledger-hmac.key"))?;
+        Ok(LedgerSecrets { signing_key: SigningKey::from_bytes(&seed), hmac_key })
+    }
+
+    fn keyed_hash(&self, purpose: &str, parts: &[&[u8]]) -> KeyedHash {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.hmac_key).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        for part in parts {
+            mac.update(&[0]);
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The ledger's name for a resource: stable across its versions, meaningless without the key.
+    pub fn pseudonym(&self, key: &ResourceKey) -> String {
+        hex(&self.keyed_hash("pseudonym", &[key.resource_type.as_bytes(), key.id.as_bytes()]))
+    }
+
+    /// The ledger's keyed hash of a version's canonical plaintext.
+    pub fn content_hash(&self, plaintext: &[u8]) -> String {
+        hex(&self.keyed_hash("content", &[plaintext]))
+    }
+
+    /// `system: Some(s)` hashes `s|value` (`Some("")` for an identifier without system);
+    /// `None` hashes the value under any system.
+    pub fn identifier_hash(&self, resource_type: &str, system: Option<&str>, value: &str) -> KeyedHash {
+        match system {
+            Some(system) => self.keyed_hash("identifier", &[resource_type.as_bytes(), system.as_bytes(), value.as_bytes()]),
+            None => self.keyed_hash("identifier-value", &[resource_type.as_bytes(), value.as_bytes()]),
+        }
+    }
+
+    pub fn principal(&self, principal: &Principal) -> String {
+        match principal {
+            Principal::Unauthenticated => "unauthenticated".into(),
+            Principal::Named(name) => hex(&self.keyed_hash("principal", &[name.as_bytes()])),
+        }
+    }
+
+    /// `localhost/fhir-gateway/<first 8 hex digits of SHA-256(public key)>`.
+    pub fn default_origin(&self) -> String {
+        let digest = Sha256::digest(self.signing_key.verifying_key().as_bytes());
+        format!("localhost/fhir-gateway/{}", hex(&digest[..4]))
+    }
+}

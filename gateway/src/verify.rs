@@ -1,0 +1,187 @@
+//! `fhir-gateway verify`: an offline audit of a data directory. It changes nothing on disk.
+//!
+//! 1. Every ledger entry is canonical JSON with a valid Ed25519 signature.
+//! 2. Every checkpoint verifies under the gateway key, and its root equals the RFC 9162 root
+//!    recomputed from the leaves it covers; sizes never shrink.
+//! 3. Every catalog record points at a ledger entry that names the same pseudonym, version and
+//!    CID; every blob's blocks match their CIDs; every sealed blob opens; every plaintext matches
+//!    the entry's keyed hash.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::blob::{self, EmbeddedBlockstore};
+use crate::journal::{self, ScanEnd};
+use crate::ledger::merkle::{self, Hash};
+use crate::ledger::note::{self, NoteSigner};
+use crate::ledger::{EntryKind, LedgerEntry};
+use crate::seal::{self, Keyring, SealContext};
+use crate::store::catalog::CatalogRecord;
+use crate::store::{DataLayout, LedgerSecrets};
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub ledger_entries: u64,
+    pub checkpoints: u64,
+    pub newest_checkpoint_size: u64,
+    pub records: u64,
+    pub blobs_checked: u64,
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(formatter, "ledger entries:     {}", self.ledger_entries)?;
+        writeln!(formatter, "checkpoints:        {} (newest covers {} entries)", self.checkpoints, self.newest_checkpoint_size)?;
+        writeln!(formatter, "record versions:    {}", self.records)?;
+        writeln!(formatter, "sealed blobs:       {} checked", self.blobs_checked)?;
+        if self.problems.is_empty() {
+            writeln!(formatter, "result:             OK, no mismatch")
+        } else {
+            writeln!(formatter, "result:             {} PROBLEM(S)", self.problems.len())?;
+            for problem in &self.problems {
+                writeln!(formatter, "  - {problem}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn describe_scan_end(what: &str, end: ScanEnd, problems: &mut Vec<String>) {
+    match end {
+        ScanEnd::Clean => {}
+        ScanEnd::TornTail { valid_end, file_len } => {
+            problems.push(format!("{what}: {} unreadable bytes after offset {valid_end} (crash tail or truncation)", file_len - valid_end))
+        }
+        ScanEnd::Corrupt { offset } => problems.push(format!("{what}: damaged record at offset {offset}")),
+    }
+}
+
+pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyReport, String> {
+    let layout = DataLayout::new(data_directory);
+    if !layout.keys().is_dir() {
+        return Err(format!("{} is not a gateway data directory (no keys/)", data_directory.display()));
+    }
+    let secrets = LedgerSecrets::open_or_create(&layout.keys()).map_err(|error| error.to_string())?;
+    let keyring = Keyring::open_or_create(&layout.keys()).map_err(|error| error.to_string())?;
+    let verifying_key = secrets.signing_key.verifying_key();
+    let origin = origin.map(str::to_string).unwrap_or_else(|| secrets.default_origin());
+    let mut report = VerifyReport::default();
+
+    // 1. Ledger entries.
+    let mut entries: Vec<Option<LedgerEntry>> = Vec::new();
+    let mut leaf_hashes: Vec<Hash> = Vec::new();
+    let mut signature_problems = Vec::new();
+    let end = journal::scan(&layout.ledger().join("entries.log"), |_, leaf| {
+        let leaf_index = leaf_hashes.len();
+        leaf_hashes.push(merkle::leaf_hash(leaf));
+        match LedgerEntry::parse_verified(leaf, &verifying_key) {
+            Ok(entry) => entries.push(Some(entry)),
+            Err(error) => {
+                signature_problems.push(format!("ledger entry {leaf_index}: {error}"));
+                entries.push(None);
+            }
+        }
+    })
+    .map_err(|error| error.to_string())?;
+    describe_scan_end("ledger/entries.log", end, &mut report.problems);
+    report.problems.extend(signature_problems);
+    report.ledger_entries = leaf_hashes.len() as u64;
+
+    // 2. Checkpoints. The origin is read from the first note if not given.
+    let mut notes = Vec::new();
+    let end = journal::scan(&layout.ledger().join("checkpoints.log"), |_, record| {
+        notes.push(String::from_utf8_lossy(record).into_owned());
+    })
+    .map_err(|error| error.to_string())?;
+    describe_scan_end("ledger/checkpoints.log", end, &mut report.problems);
+    let origin = notes.first().and_then(|text| text.lines().next()).map(str::to_string).unwrap_or(origin);
+    let verifier = NoteSigner::new(origin.clone(), secrets.signing_key.clone()).map_err(|error| error.to_string())?.verifier();
+    let mut previous_size = 0;
+    for (position, text) in notes.iter().enumerate() {
+        report.checkpoints += 1;
+        match note::open_checkpoint(text, &origin, std::slice::from_ref(&verifier)) {
+            Err(error) => report.problems.push(format!("checkpoint {position}: {error}")),
+            Ok((checkpoint, _)) => {
+                let size = checkpoint.tree_size();
+                if size < previous_size {
+                    report.problems.push(format!("checkpoint {position}: tree size {size} is smaller than an earlier {previous_size}"));
+                }
+                previous_size = previous_size.max(size);
+                report.newest_checkpoint_size = size;
+                if size > leaf_hashes.len() as u64 {
+                    report.problems.push(format!("checkpoint {position}: covers {size} entries but only {} exist", leaf_hashes.len()));
+                } else if merkle::root_from_leaf_hashes(&leaf_hashes[..size as usize]) != *checkpoint.root_hash() {
+                    report.problems.push(format!("checkpoint {position}: root hash does not match the entries (size {size})"));
+                }
+            }
+        }
+    }
+
+    // 3. Catalog and blobs.
+    let (blobs, pack_scan) = EmbeddedBlockstore::open_read_only(&layout.blocks()).map_err(|error| error.to_string())?;
+    for offset in &pack_scan.damaged_offsets {
+        report.problems.push(format!("blocks/blocks.pack: block at offset {offset} does not match its CID"));
+    }
+    let mut records = Vec::new();
+    let end = journal::scan(&layout.catalog(), |offset, bytes| match CatalogRecord::decode(bytes) {
+        Ok(record) => records.push(record),
+        Err(reason) => report.problems.push(format!("catalog record at offset {offset}: {reason}")),
+    })
+    .map_err(|error| error.to_string())?;
+    describe_scan_end("records/catalog.log", end, &mut report.problems);
+    for record in records {
+        report.records += 1;
+        let name = format!("version {} of {}", record.version.version_id, secrets.pseudonym(&record.key));
+        let Some(Some(entry)) = entries.get(record.version.leaf_index as usize) else {
+            if record.version.leaf_index >= entries.len() as u64 {
+                report.problems.push(format!("{name}: its ledger entry {} does not exist", record.version.leaf_index));
+            }
+            continue;
+        };
+        if entry.pseudonym != secrets.pseudonym(&record.key) || entry.version_id != record.version.version_id {
+            report.problems.push(format!("{name}: ledger entry {} names another record", record.version.leaf_index));
+            continue;
+        }
+        let Some(sealed) = &record.version.sealed else {
+            if entry.kind != EntryKind::Delete {
+                report.problems.push(format!("{name}: catalog says deleted, ledger says {:?}", entry.kind));
+            }
+            continue;
+        };
+        report.blobs_checked += 1;
+        if entry.cid.as_deref() != Some(sealed.cid.to_string().as_str()) {
+            report.problems.push(format!("{name}: ledger entry names another CID"));
+            continue;
+        }
+        let sealed_bytes = match blob::read_file(&blobs, &sealed.cid) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                report.problems.push(format!("{name}: blob {}: {error}", sealed.cid));
+                continue;
+            }
+        };
+        let context = SealContext {
+            resource_type: &record.key.resource_type,
+            id: &record.key.id,
+            version_id: record.version.version_id,
+        };
+        let plaintext = keyring
+            .unwrap(&sealed.wrapped_key, context)
+            .and_then(|data_key| seal::unseal(&sealed_bytes, &data_key, context));
+        match plaintext {
+            Err(error) => report.problems.push(format!("{name}: blob {} does not open: {error}", sealed.cid)),
+            Ok(plaintext) if entry.content_hash.as_deref() != Some(secrets.content_hash(&plaintext).as_str()) => {
+                report.problems.push(format!("{name}: plaintext does not match the ledger's content hash"))
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(report)
+}
