@@ -1,1 +1,7 @@
-fn main(){}
+//! The one integration-test binary. Every test talks to a real `fhir-gateway` process over HTTP
+//! on loopback (see `harness`), with its own data directory.
+
+mod harness;
+mod persistence;
+mod rest;
+mod roundtrip;

@@ -8,7 +8,9 @@
 //!   control characters as lower-case `\u00xx`, everything else literal UTF-8);
 //! * **numbers: kept in the lexical form the client sent** (serde_json's `arbitrary_precision`).
 //!   RFC 8785 would rewrite `37.50` as `37.5`, but in FHIR the trailing zero is the decimal's
-//!   precision (R4 §2.24.0.1 "decimal"), so rewriting it would change the record.
+//!   precision (R4 §2.24.0.1 "decimal"), so rewriting it would change the record. The one
+//!   normalisation is serde_json's: an exponent gets an explicit sign (`1.0e3` → `1.0e+3`),
+//!   which keeps both value and precision.
 //!
 //! The function does no I/O and never fails: every `serde_json::Value` has exactly one form.
 
@@ -96,7 +98,7 @@ mod tests {
     fn keeps_decimal_precision() {
         assert_eq!(canonical(r#"{"value": 37.50}"#), r#"{"value":37.50}"#);
         assert_eq!(canonical(r#"{"value": 120}"#), r#"{"value":120}"#);
-        assert_eq!(canonical(r#"{"value": 1.0e3}"#), r#"{"value":1.0e3}"#);
+        assert_eq!(canonical(r#"{"value": 1.0e3}"#), r#"{"value":1.0e+3}"#);
         assert_eq!(canonical(r#"{"value": -0.000100}"#), r#"{"value":-0.000100}"#);
     }
 

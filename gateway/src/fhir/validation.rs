@@ -12,7 +12,7 @@
 //! - the root is an object whose `resourceType` is a strictly validated type;
 //!   `resourceType` appears only at resource roots (the root and `contained` entries);
 //! - every property is a known element (unknown ones are errors, or warnings under
-//!   [`Leniency::Lenient`]);
+//!   [`Leniency::Lenient`], which likewise relaxes reference target types);
 //! - cardinality: required elements are present; an element with max 1 is never an
 //!   array, a repeating one always is; empty objects, arrays and strings are invalid;
 //!   `null` appears only inside arrays, aligned with a non-null `_x` entry;
@@ -892,11 +892,17 @@ impl<'m> Validator<'m> {
     }
 
     fn unknown_property(&mut self, expression: &str, diagnostics: String) {
+        self.relaxable(IssueCode::Structure, expression, diagnostics);
+    }
+
+    /// An error that `Prefer: handling=lenient` turns into a warning: unknown properties and
+    /// reference target types (both occur in real feeds and in official examples).
+    fn relaxable(&mut self, code: IssueCode, expression: &str, diagnostics: String) {
         let severity = match self.leniency {
             Leniency::Strict => Severity::Error,
             Leniency::Lenient => Severity::Warning,
         };
-        self.report(severity, IssueCode::Structure, expression, diagnostics);
+        self.report(severity, code, expression, diagnostics);
     }
 
     /// A resource: the root (`location` is `None`) or an entry of `contained`.
@@ -1489,7 +1495,7 @@ impl<'m> Validator<'m> {
                 element.path,
                 element.targets.join(", ")
             );
-            self.error(
+            self.relaxable(
                 IssueCode::Structure,
                 &format!("{location}.reference"),
                 diagnostics,

@@ -12,7 +12,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use super::merkle::{self, CompactRange, Hash};
 use super::note::{self, Checkpoint, NoteSigner};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{self, Journal, JournalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -45,24 +45,39 @@ struct LedgerState {
 impl LedgerLog {
     pub fn open(directory: &Path, signing_key: SigningKey, origin: &str) -> Result<LedgerLog, LedgerError> {
         let signer = NoteSigner::new(origin, signing_key)?;
-        let mut offsets = Vec::new();
-        let mut leaf_hashes = Vec::new();
-        let entries = Journal::open(&directory.join("entries.log"), |offset, leaf| {
-            offsets.push(offset);
-            leaf_hashes.push(merkle::leaf_hash(leaf));
-        })?;
         let mut notes = Vec::new();
         let checkpoints = Journal::open(&directory.join("checkpoints.log"), |_, record| {
             notes.push(String::from_utf8_lossy(record).into_owned());
+        })?;
+        let newest = match notes.pop() {
+            None => None,
+            Some(text) => Some((note::open_checkpoint(&text, origin, &[signer.verifier()])?.0, text)),
+        };
+        // A signed checkpoint proves its entries were durable: they can never be a crash tail,
+        // so check before `Journal::open` may cut one off.
+        let entries_path = directory.join("entries.log");
+        let mut intact = 0u64;
+        if let journal::ScanEnd::Corrupt { offset } = journal::scan(&entries_path, |_, _| intact += 1)? {
+            return Err(JournalError::Corrupt { path: entries_path, offset }.into());
+        }
+        if let Some((checkpoint, _)) = &newest
+            && checkpoint.tree_size() > intact
+        {
+            return Err(LedgerError::CheckpointMismatch { checkpoint_size: checkpoint.tree_size(), tree_size: intact });
+        }
+        let mut offsets = Vec::new();
+        let mut leaf_hashes = Vec::new();
+        let entries = Journal::open(&entries_path, |offset, leaf| {
+            offsets.push(offset);
+            leaf_hashes.push(merkle::leaf_hash(leaf));
         })?;
         let mut frontier = CompactRange::new();
         for leaf_hash in &leaf_hashes {
             frontier.append(*leaf_hash)?;
         }
-        let latest_checkpoint = match notes.pop() {
+        let latest_checkpoint = match newest {
             None => None,
-            Some(text) => {
-                let (checkpoint, _) = note::open_checkpoint(&text, origin, &[signer.verifier()])?;
+            Some((checkpoint, text)) => {
                 let tree_size = leaf_hashes.len() as u64;
                 let covered = usize::try_from(checkpoint.tree_size()).unwrap_or(usize::MAX);
                 if covered > leaf_hashes.len()

@@ -221,6 +221,9 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
     }
     let first_leaf_index = shared.ledger.tree_size();
     let mut accepted: Vec<(Box<PreparedWrite>, oneshot::Sender<Result<CommitReply, StoreError>>)> = Vec::new();
+    // Refusals are answered only after the group is published: a conditional create that
+    // matched a write of this same group must find that write when it looks it up.
+    let mut refused: Vec<(oneshot::Sender<Result<CommitReply, StoreError>>, CommitReply)> = Vec::new();
     {
         let catalog = shared.catalog.read().expect("catalog lock");
         // (version id, deleted?) of resources written earlier in this group.
@@ -247,9 +250,7 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
                 }
             };
             match verdict {
-                Some(verdict) => {
-                    let _ = reply.send(Ok(verdict));
-                }
+                Some(verdict) => refused.push((reply, verdict)),
                 None => {
                     group_state.insert(prepared.key.clone(), (prepared.version_id, prepared.body.is_none()));
                     accepted.push((prepared, reply));
@@ -257,7 +258,13 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
             }
         }
     }
+    let answer_refused = |refused: Vec<(oneshot::Sender<Result<CommitReply, StoreError>>, CommitReply)>| {
+        for (reply, verdict) in refused {
+            let _ = reply.send(Ok(verdict));
+        }
+    };
     if accepted.is_empty() {
+        answer_refused(refused);
         return;
     }
     let records: Vec<CatalogRecord> = accepted
@@ -281,6 +288,7 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
         for (_, reply) in accepted {
             let _ = reply.send(Err(StoreError::Unavailable("storage failure: the write was not stored".into())));
         }
+        answer_refused(refused);
         return;
     }
     {
@@ -299,6 +307,7 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
         };
         let _ = reply.send(Ok(CommitReply::Committed(version)));
     }
+    answer_refused(refused);
 }
 
 fn make_durable(
