@@ -5,3 +5,4 @@ mod harness;
 mod persistence;
 mod rest;
 mod roundtrip;
+mod validation;
