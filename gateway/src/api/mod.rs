@@ -13,7 +13,10 @@ mod resource;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::get;
 
 use crate::store::ResourceStore;
@@ -71,5 +74,24 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "method not allowed on this endpoint")
         })
+        .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One log line per request: method, route *template* (never the path: ids may be meaningful),
+/// status and duration. No query strings, headers or bodies.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    let route = route.as_deref().unwrap_or("(unmatched)");
+    if response.status().is_server_error() {
+        tracing::warn!(%method, route, status, micros, "request");
+    } else {
+        tracing::debug!(%method, route, status, micros, "request");
+    }
+    response
 }
