@@ -226,12 +226,21 @@ impl ResourceStore {
     /// Opens the data directory (creating it on first start) and starts the commit thread.
     /// Must be called inside a Tokio runtime.
     pub fn open(data_directory: &Path, options: StoreOptions) -> Result<ResourceStore, OpenError> {
+        let blobs = Arc::new(EmbeddedBlockstore::open(&DataLayout::new(data_directory).blocks())?);
+        ResourceStore::open_with_blob_store(data_directory, options, blobs)
+    }
+
+    /// Opens with another blob store (Kubo, or a failing one in tests).
+    pub fn open_with_blob_store(
+        data_directory: &Path,
+        options: StoreOptions,
+        blobs: Arc<dyn BlobStore>,
+    ) -> Result<ResourceStore, OpenError> {
         let layout = DataLayout::new(data_directory);
         let lock = lock_data_directory(&layout)?;
         let keyring = Keyring::open_or_create(&layout.keys())?;
         let secrets = LedgerSecrets::open_or_create(&layout.keys())?;
         let origin = options.ledger_origin.clone().unwrap_or_else(|| secrets.default_origin());
-        let blobs: Arc<dyn BlobStore> = Arc::new(EmbeddedBlockstore::open(&layout.blocks())?);
         let ledger = LedgerLog::open(&layout.ledger(), secrets.signing_key.clone(), &origin)?;
         let tree_size = ledger.tree_size();
 
@@ -635,4 +644,77 @@ fn new_resource_id() -> Result<String, StoreError> {
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
     Ok(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::blob::{BlobError, Block, Cid};
+
+    /// An embedded blockstore whose `sync` fails once `failing` is set, like a disk gone bad.
+    struct FailingBlobStore {
+        inner: EmbeddedBlockstore,
+        failing: AtomicBool,
+    }
+
+    impl BlobStore for FailingBlobStore {
+        fn put_blocks(&self, blocks: &[Block]) -> Result<(), BlobError> {
+            self.inner.put_blocks(blocks)
+        }
+        fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, BlobError> {
+            self.inner.get_block(cid)
+        }
+        fn sync(&self) -> Result<(), BlobError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(BlobError::Io(std::io::Error::other("simulated fsync failure (EIO)")));
+            }
+            self.inner.sync()
+        }
+        fn cids(&self) -> Result<Vec<Cid>, BlobError> {
+            self.inner.cids()
+        }
+    }
+
+    fn patient() -> Value {
+        serde_json::json!({ "resourceType": "Patient", "gender": "female" })
+    }
+
+    #[tokio::test]
+    async fn an_fsync_failure_acknowledges_nothing_and_stops_writes() {
+        let directory = std::env::temp_dir().join(format!("fg-store-fsync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let blobs = Arc::new(FailingBlobStore {
+            inner: EmbeddedBlockstore::open(&DataLayout::new(&directory).blocks()).unwrap(),
+            failing: AtomicBool::new(false),
+        });
+        let store = ResourceStore::open_with_blob_store(&directory, StoreOptions::default(), blobs.clone()).unwrap();
+        let principal = Principal::Unauthenticated;
+        let CreateOutcome::Created(kept) = store.create(patient(), &principal, Leniency::Strict, None).await.unwrap() else {
+            panic!("created")
+        };
+
+        blobs.failing.store(true, Ordering::SeqCst);
+        let failed = store.create(patient(), &principal, Leniency::Strict, None).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+        assert!(!store.is_accepting_writes());
+        assert_eq!(store.ledger().tree_size(), 1, "the failed write never reached the ledger");
+
+        // Even once the disk is back, the store refuses writes until restarted (and recovered).
+        blobs.failing.store(false, Ordering::SeqCst);
+        let refused = store.create(patient(), &principal, Leniency::Strict, None).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+        // Reads of acknowledged data still work.
+        assert_eq!(store.read(&kept.version.key).unwrap().body, kept.version.body);
+        store.close().await;
+        drop(store);
+
+        let reopened = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
+        assert_eq!(reopened.ledger().tree_size(), 1);
+        assert_eq!(reopened.read(&kept.version.key).unwrap().body, kept.version.body);
+        assert!(reopened.is_accepting_writes());
+        reopened.close().await;
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
 }
