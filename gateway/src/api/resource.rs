@@ -32,7 +32,14 @@ fn resource_key(resource_type_name: &str, id: &str) -> Result<ResourceKey, ApiEr
     Ok(ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() })
 }
 
-/// Query parameters: only `allowed` ones (plus `_format`, `_pretty`) are accepted.
+/// The query's parameters, once `_format`/`Accept` are acceptable: only `allowed` ones (plus
+/// `_format`, `_pretty`) are accepted.
+fn parameters(headers: &HeaderMap, query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let parameters = query_parameters(query, allowed)?;
+    check_acceptable(headers, parameters.get("_format").map(String::as_str))?;
+    Ok(parameters)
+}
+
 fn query_parameters(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let mut parameters = HashMap::new();
     for (name, value) in form_urlencoded_pairs(query.unwrap_or_default()) {
@@ -114,8 +121,7 @@ pub async fn create(
     FhirJson(body): FhirJson,
 ) -> Result<Response, ApiError> {
     let resource_type = resource_type(&type_name)?;
-    let parameters = query_parameters(query.as_deref(), &[])?;
-    check_acceptable(&headers, parameters.get("_format").map(String::as_str))?;
+    parameters(&headers, query.as_deref(), &[])?;
     body_type_matches(&body, resource_type)?;
     let prefer = Prefer::from_headers(&headers);
     let condition = if_none_exist(&headers)?;
@@ -134,8 +140,7 @@ pub async fn read(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&type_name, &id)?;
-    let parameters = query_parameters(query.as_deref(), &[])?;
-    check_acceptable(&headers, parameters.get("_format").map(String::as_str))?;
+    parameters(&headers, query.as_deref(), &[])?;
     let version = state.store.read(&key)?;
     Ok(read_response(&state, version))
 }
@@ -148,8 +153,7 @@ pub async fn vread(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&type_name, &id)?;
-    let parameters = query_parameters(query.as_deref(), &[])?;
-    check_acceptable(&headers, parameters.get("_format").map(String::as_str))?;
+    parameters(&headers, query.as_deref(), &[])?;
     let version_id = version_text.parse::<u64>().map_err(|_| ApiError::not_found("no such version"))?;
     let version = state.store.vread(&key, version_id)?;
     Ok(read_response(&state, version))
@@ -168,8 +172,7 @@ pub async fn update(
         return Err(ApiError::bad_request("the id in the URL is not a valid FHIR id"));
     }
     let key = ResourceKey { resource_type: resource_type.to_string(), id };
-    let parameters = query_parameters(query.as_deref(), &[])?;
-    check_acceptable(&headers, parameters.get("_format").map(String::as_str))?;
+    parameters(&headers, query.as_deref(), &[])?;
     body_type_matches(&body, resource_type)?;
     let prefer = Prefer::from_headers(&headers);
     let expected_version = if_match(&headers)?;
@@ -203,8 +206,7 @@ struct HistoryParameters {
 }
 
 fn history_parameters(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<HistoryParameters, ApiError> {
-    let parameters = query_parameters(query, &["_count", "_since", "_cursor"])?;
-    check_acceptable(headers, parameters.get("_format").map(String::as_str))?;
+    let parameters = parameters(headers, query, &["_count", "_since", "_cursor"])?;
     let count = match parameters.get("_count") {
         None => state.limits.default_page_size,
         Some(text) => text

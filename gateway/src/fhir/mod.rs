@@ -54,16 +54,16 @@ pub fn validate_resource(resource: &Value, leniency: Leniency) -> Vec<Issue> {
         return validation::validate(r4_model(), resource, leniency);
     }
     let mut issues = Vec::new();
-    if let Some(id) = object.get("id") {
-        if !id.as_str().is_some_and(is_valid_id) {
-            issues.push(structure_issue(
-                &format!("{resource_type}.id"),
-                "id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'".into(),
-            ));
-        }
+    if let Some(id) = object.get("id")
+        && !id.as_str().is_some_and(is_valid_id)
+    {
+        issues.push(structure_issue(
+            &format!("{resource_type}.id"),
+            "id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'".into(),
+        ));
     }
     if let Some(meta) = object.get("meta")
-        && !meta.as_object().is_some_and(|meta| !meta.is_empty())
+        && meta.as_object().is_none_or(|meta| meta.is_empty())
     {
         issues.push(structure_issue(&format!("{resource_type}.meta"), "meta must be a non-empty JSON object".into()));
     }

@@ -172,6 +172,11 @@ impl Catalog {
         self.resources.get(key)
     }
 
+    /// (current version id, deleted?) of a resource, if it has any version.
+    pub fn current_state(&self, key: &ResourceKey) -> Option<(u64, bool)> {
+        self.get(key).and_then(ResourceHistory::current).map(|version| (version.version_id, version.is_deletion()))
+    }
+
     /// Current, not deleted resources whose identifiers include every one of `hashes`.
     pub fn matching_identifiers(&self, resource_type: &str, hashes: &[KeyedHash]) -> Vec<ResourceKey> {
         let Some((first, rest)) = hashes.split_first() else { return Vec::new() };

@@ -143,7 +143,7 @@ pub(crate) fn condition_matches(
     };
     if let Some(id) = id {
         let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
-        let exists = catalog.get(&key).and_then(|history| history.current()).is_some_and(|version| !version.is_deletion());
+        let exists = catalog.current_state(&key).is_some_and(|(_, deleted)| !deleted);
         if hashes.is_empty() {
             matches = if exists { vec![key] } else { Vec::new() };
         } else {
@@ -173,7 +173,8 @@ pub(crate) fn start(shared: Arc<Shared>) -> mpsc::Sender<CommitRequest> {
     sender
 }
 
-type PendingWrite = (Box<PreparedWrite>, Expectation, oneshot::Sender<Result<CommitReply, StoreError>>);
+type Reply = oneshot::Sender<Result<CommitReply, StoreError>>;
+type PendingWrite = (Box<PreparedWrite>, Expectation, Reply);
 
 fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
     while let Some(first) = receiver.blocking_recv() {
@@ -199,11 +200,10 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
         }
         let checkpointed = shared.ledger.latest_checkpoint().map_or(0, |(tree_size, _)| tree_size);
         let uncovered = shared.ledger.tree_size() - checkpointed;
-        if uncovered >= shared.options.checkpoint_every_entries || (uncovered > 0 && (tick || shutdown.is_some())) {
-            if let Err(error) = shared.ledger.checkpoint() {
-                tracing::error!(%error, "checkpoint failed; refusing further writes");
-                shared.poisoned.store(true, Ordering::SeqCst);
-            }
+        let due = uncovered >= shared.options.checkpoint_every_entries || (uncovered > 0 && (tick || shutdown.is_some()));
+        if due && let Err(error) = shared.ledger.checkpoint() {
+            tracing::error!(%error, "checkpoint failed; refusing further writes");
+            shared.poisoned.store(true, Ordering::SeqCst);
         }
         if let Some(reply) = shutdown {
             let _ = reply.send(());
@@ -220,18 +220,16 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
         return;
     }
     let first_leaf_index = shared.ledger.tree_size();
-    let mut accepted: Vec<(Box<PreparedWrite>, oneshot::Sender<Result<CommitReply, StoreError>>)> = Vec::new();
+    let mut accepted: Vec<(Box<PreparedWrite>, Reply)> = Vec::new();
     // Refusals are answered only after the group is published: a conditional create that
     // matched a write of this same group must find that write when it looks it up.
-    let mut refused: Vec<(oneshot::Sender<Result<CommitReply, StoreError>>, CommitReply)> = Vec::new();
+    let mut refused: Vec<(Reply, CommitReply)> = Vec::new();
     {
         let catalog = shared.catalog.read().expect("catalog lock");
         // (version id, deleted?) of resources written earlier in this group.
         let mut group_state: HashMap<ResourceKey, (u64, bool)> = HashMap::new();
         for (prepared, expectation, reply) in writes {
-            let current = group_state.get(&prepared.key).copied().or_else(|| {
-                catalog.get(&prepared.key).and_then(|history| history.current()).map(|version| (version.version_id, version.is_deletion()))
-            });
+            let current = group_state.get(&prepared.key).copied().or_else(|| catalog.current_state(&prepared.key));
             let verdict = match &expectation {
                 Expectation::Absent { .. } if current.is_some() => Some(CommitReply::Conflict),
                 Expectation::Absent { condition: Some((id, hashes)) } => {
@@ -258,7 +256,7 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
             }
         }
     }
-    let answer_refused = |refused: Vec<(oneshot::Sender<Result<CommitReply, StoreError>>, CommitReply)>| {
+    let answer_refused = |refused: Vec<(Reply, CommitReply)>| {
         for (reply, verdict) in refused {
             let _ = reply.send(Ok(verdict));
         }
@@ -312,7 +310,7 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
 
 fn make_durable(
     shared: &Shared,
-    accepted: &[(Box<PreparedWrite>, oneshot::Sender<Result<CommitReply, StoreError>>)],
+    accepted: &[(Box<PreparedWrite>, Reply)],
     records: &[CatalogRecord],
     first_leaf_index: u64,
 ) -> Result<(), String> {

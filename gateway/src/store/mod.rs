@@ -332,7 +332,7 @@ impl ResourceStore {
             object.remove("id");
         }
         let key = ResourceKey { resource_type, id: new_resource_id()? };
-        let prepared = self.prepare(&key, Some(resource), 1, EntryKind::Create, principal)?;
+        let prepared = commit::prepare(&self.shared, &key, Some(resource), 1, EntryKind::Create, principal)?;
         let expectation = Expectation::Absent { condition: condition_hashes.clone() };
         match self.submit(prepared, expectation).await? {
             CommitReply::Committed(version) => Ok(CreateOutcome::Created(WriteOutcome { version, created: true })),
@@ -344,7 +344,7 @@ impl ResourceStore {
                     None => Err(StoreError::VersionConflict),
                 }
             }
-            CommitReply::Conflict { .. } => Err(StoreError::VersionConflict),
+            CommitReply::Conflict => Err(StoreError::VersionConflict),
         }
     }
 
@@ -375,18 +375,18 @@ impl ResourceStore {
             check_if_match(if_match, current)?;
             let version_id = current.map_or(1, |(version_id, _)| version_id + 1);
             let kind = if current.is_some_and(|(_, deleted)| !deleted) { EntryKind::Update } else { EntryKind::Create };
-            let prepared = self.prepare(key, Some(resource.clone()), version_id, kind, principal)?;
+            let prepared = commit::prepare(&self.shared, key, Some(resource.clone()), version_id, kind, principal)?;
             let expectation = Expectation::Current { base: current.map(|(version_id, _)| version_id) };
             match self.submit(prepared, expectation).await? {
                 CommitReply::Committed(version) => {
                     return Ok(WriteOutcome { version, created: kind == EntryKind::Create });
                 }
-                CommitReply::Conflict { .. } if if_match.is_some() => {
+                CommitReply::Conflict if if_match.is_some() => {
                     return Err(StoreError::PreconditionFailed(
                         "the resource was changed since the version named in If-Match".into(),
                     ));
                 }
-                CommitReply::Conflict { .. } | CommitReply::ConditionMatched => continue,
+                CommitReply::Conflict | CommitReply::ConditionMatched => continue,
             }
         }
         Err(StoreError::VersionConflict)
@@ -400,7 +400,7 @@ impl ResourceStore {
             if deleted {
                 return Ok(None);
             }
-            let prepared = self.prepare(key, None, version_id + 1, EntryKind::Delete, principal)?;
+            let prepared = commit::prepare(&self.shared, key, None, version_id + 1, EntryKind::Delete, principal)?;
             let expectation = Expectation::Current { base: Some(version_id) };
             if let CommitReply::Committed(version) = self.submit(prepared, expectation).await? {
                 return Ok(Some(version.version_id));
@@ -423,19 +423,7 @@ impl ResourceStore {
 
     /// (current version id, deleted?) of a resource, if it has any version.
     fn current_state(&self, key: &ResourceKey) -> Option<(u64, bool)> {
-        let catalog = self.shared.catalog.read().expect("catalog lock");
-        catalog.get(key).and_then(|history| history.current()).map(|version| (version.version_id, version.is_deletion()))
-    }
-
-    fn prepare(
-        &self,
-        key: &ResourceKey,
-        resource: Option<Value>,
-        version_id: u64,
-        kind: EntryKind,
-        principal: &Principal,
-    ) -> Result<PreparedWrite, StoreError> {
-        commit::prepare(&self.shared, key, resource, version_id, kind, principal)
+        self.shared.catalog.read().expect("catalog lock").current_state(key)
     }
 
     fn condition_hashes(&self, resource_type: &str, condition: &CreateCondition) -> Vec<KeyedHash> {
