@@ -8,6 +8,7 @@
 //! validation is driven by a table generated from the official R4 StructureDefinitions
 //! (`r4_model.json`, `tools/gen_r4_model.py`). See ARCHITECTURE.md.
 
+pub mod bundle;
 pub mod canonical;
 pub mod resource_type;
 pub mod validation;
