@@ -129,6 +129,30 @@ impl LedgerLog {
         Ok(first_leaf_index)
     }
 
+    /// Cuts the log back to `tree_size` leaves (recovery from a partially durable transaction).
+    /// Refused if a signed checkpoint covers any leaf that would go.
+    pub fn truncate(&self, tree_size: u64) -> Result<(), LedgerError> {
+        let mut state = self.state.write().expect("ledger state");
+        let current = state.leaf_hashes.len() as u64;
+        if let Some((checkpoint, _)) = &state.latest_checkpoint
+            && checkpoint.tree_size() > tree_size
+        {
+            return Err(LedgerError::CheckpointMismatch { checkpoint_size: checkpoint.tree_size(), tree_size });
+        }
+        if tree_size >= current {
+            return Ok(());
+        }
+        self.entries.truncate(state.offsets[tree_size as usize])?;
+        state.offsets.truncate(tree_size as usize);
+        state.leaf_hashes.truncate(tree_size as usize);
+        let mut frontier = CompactRange::new();
+        for leaf_hash in &state.leaf_hashes {
+            frontier.append(*leaf_hash)?;
+        }
+        state.frontier = frontier;
+        Ok(())
+    }
+
     pub fn read_leaf(&self, leaf_index: u64) -> Result<Vec<u8>, LedgerError> {
         let offset = {
             let state = self.state.read().expect("ledger state");

@@ -63,6 +63,8 @@ pub struct CatalogRecord {
     pub key: ResourceKey,
     pub version: VersionRecord,
     pub identifier_hashes: Vec<KeyedHash>,
+    /// For a write of a transaction: the leaf index just past the transaction's last entry.
+    pub transaction_end_leaf: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,6 +83,8 @@ struct CatalogRecordJson {
     wrapped_key: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     identifier_hashes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transaction_end_leaf: Option<u64>,
 }
 
 impl CatalogRecord {
@@ -96,6 +100,7 @@ impl CatalogRecord {
             kek_id: sealed.map(|sealed| sealed.wrapped_key.kek_id),
             wrapped_key: sealed.map(|sealed| BASE64.encode(sealed.wrapped_key.bytes)),
             identifier_hashes: self.identifier_hashes.iter().map(|hash| BASE64.encode(hash)).collect(),
+            transaction_end_leaf: self.transaction_end_leaf,
         };
         serde_json::to_vec(&json).expect("catalog record serialises")
     }
@@ -128,6 +133,7 @@ impl CatalogRecord {
             key: ResourceKey { resource_type: json.resource_type, id: json.id },
             version: VersionRecord { version_id: json.version_id, leaf_index: json.leaf_index, last_updated, sealed },
             identifier_hashes,
+            transaction_end_leaf: json.transaction_end_leaf,
         })
     }
 }
@@ -144,7 +150,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn apply(&mut self, record: CatalogRecord) {
-        let CatalogRecord { key, version, identifier_hashes } = record;
+        let CatalogRecord { key, version, identifier_hashes, .. } = record;
         self.type_history.entry(key.resource_type.clone()).or_default().push((
             version.leaf_index,
             key.id.clone(),

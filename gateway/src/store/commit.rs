@@ -11,7 +11,6 @@
 //! If any step fails the store is poisoned: it answers the group with an error and refuses all
 //! later writes, so nothing that might not be durable is ever acknowledged.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -27,10 +26,13 @@ use crate::ledger::{EntryKind, LedgerEntry};
 use crate::seal::{self, SealContext};
 
 pub(crate) enum CommitRequest {
-    Write { prepared: Box<PreparedWrite>, expectation: Expectation, reply: oneshot::Sender<Result<CommitReply, StoreError>> },
+    /// Writes committed all together or not at all: one write, or a transaction's.
+    Unit { writes: Vec<(PreparedWrite, Expectation)>, reply: Reply },
     Tick,
     Shutdown(oneshot::Sender<()>),
 }
+
+pub(crate) type Reply = oneshot::Sender<Result<UnitOutcome, StoreError>>;
 
 /// What a write was prepared on; checked again at commit time.
 #[derive(Clone)]
@@ -41,8 +43,15 @@ pub(crate) enum Expectation {
     Current { base: Option<u64> },
 }
 
-pub(crate) enum CommitReply {
-    Committed(StoredVersion),
+pub(crate) enum UnitOutcome {
+    /// Every write is durable and visible; versions in the unit's order.
+    Committed(Vec<StoredVersion>),
+    /// Nothing was written: the write at `index` found the store changed, or its condition matched.
+    Refused { index: usize, refusal: Refusal },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
     /// The resource changed between preparation and commit.
     Conflict,
     /// A conditional create's condition matches now.
@@ -50,7 +59,7 @@ pub(crate) enum CommitReply {
 }
 
 pub(crate) struct PreparedWrite {
-    key: ResourceKey,
+    pub(crate) key: ResourceKey,
     version_id: u64,
     last_updated: OffsetDateTime,
     body: Option<Vec<u8>>,
@@ -173,30 +182,36 @@ pub(crate) fn start(shared: Arc<Shared>) -> mpsc::Sender<CommitRequest> {
     sender
 }
 
-type Reply = oneshot::Sender<Result<CommitReply, StoreError>>;
-type PendingWrite = (Box<PreparedWrite>, Expectation, Reply);
+struct PendingUnit {
+    writes: Vec<(PreparedWrite, Expectation)>,
+    reply: Reply,
+}
 
 fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
     while let Some(first) = receiver.blocking_recv() {
-        let mut writes: Vec<PendingWrite> = Vec::new();
+        let mut units: Vec<PendingUnit> = Vec::new();
+        let mut write_count = 0;
         let mut tick = false;
         let mut shutdown = None;
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
-                CommitRequest::Write { prepared, expectation, reply } => writes.push((prepared, expectation, reply)),
+                CommitRequest::Unit { writes, reply } => {
+                    write_count += writes.len();
+                    units.push(PendingUnit { writes, reply });
+                }
                 CommitRequest::Tick => tick = true,
                 CommitRequest::Shutdown(reply) => {
                     shutdown = Some(reply);
                     break;
                 }
             }
-            if writes.len() < shared.options.max_group_commit {
+            if write_count < shared.options.max_group_commit {
                 next = receiver.try_recv().ok();
             }
         }
-        if !writes.is_empty() {
-            commit_group(&shared, writes);
+        if !units.is_empty() {
+            commit_group(&shared, units);
         }
         let checkpointed = shared.ledger.latest_checkpoint().map_or(0, |(tree_size, _)| tree_size);
         let uncovered = shared.ledger.tree_size() - checkpointed;
@@ -212,75 +227,109 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
     }
 }
 
-fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
+/// A write accepted into this group, as later writes' conditions see it.
+struct GroupWrite {
+    key: ResourceKey,
+    version_id: u64,
+    deleted: bool,
+    identifier_hashes: Vec<KeyedHash>,
+}
+
+/// Checks one write against the catalog and the writes before it (earlier units of the group,
+/// earlier writes of its own unit).
+fn check(catalog: &Catalog, earlier: &[GroupWrite], prepared: &PreparedWrite, expectation: &Expectation) -> Option<Refusal> {
+    let current = earlier
+        .iter()
+        .rev()
+        .find(|write| write.key == prepared.key)
+        .map(|write| (write.version_id, write.deleted))
+        .or_else(|| catalog.current_state(&prepared.key));
+    match expectation {
+        Expectation::Absent { .. } if current.is_some() => Some(Refusal::Conflict),
+        Expectation::Absent { condition: Some((id, hashes)) } => {
+            let in_catalog = !condition_matches(catalog, &prepared.key.resource_type, id.as_deref(), hashes).is_empty();
+            let in_group = earlier.iter().any(|write| {
+                write.key.resource_type == prepared.key.resource_type
+                    && !write.deleted
+                    && id.as_ref().is_none_or(|id| *id == write.key.id)
+                    && hashes.iter().all(|hash| write.identifier_hashes.contains(hash))
+            });
+            (in_catalog || in_group).then_some(Refusal::ConditionMatched)
+        }
+        Expectation::Absent { condition: None } => None,
+        Expectation::Current { base } => (current.map(|(version_id, _)| version_id) != *base).then_some(Refusal::Conflict),
+    }
+}
+
+fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     if shared.poisoned.load(Ordering::SeqCst) {
-        for (_, _, reply) in writes {
-            let _ = reply.send(Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into())));
+        for unit in units {
+            let _ = unit.reply.send(Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into())));
         }
         return;
     }
     let first_leaf_index = shared.ledger.tree_size();
-    let mut accepted: Vec<(Box<PreparedWrite>, Reply)> = Vec::new();
+    let mut accepted: Vec<(Vec<PreparedWrite>, Reply)> = Vec::new();
     // Refusals are answered only after the group is published: a conditional create that
     // matched a write of this same group must find that write when it looks it up.
-    let mut refused: Vec<(Reply, CommitReply)> = Vec::new();
+    let mut refused: Vec<(Reply, UnitOutcome)> = Vec::new();
     {
         let catalog = shared.catalog.read().expect("catalog lock");
-        // (version id, deleted?) of resources written earlier in this group.
-        let mut group_state: HashMap<ResourceKey, (u64, bool)> = HashMap::new();
-        for (prepared, expectation, reply) in writes {
-            let current = group_state.get(&prepared.key).copied().or_else(|| catalog.current_state(&prepared.key));
-            let verdict = match &expectation {
-                Expectation::Absent { .. } if current.is_some() => Some(CommitReply::Conflict),
-                Expectation::Absent { condition: Some((id, hashes)) } => {
-                    let in_catalog = !condition_matches(&catalog, &prepared.key.resource_type, id.as_deref(), hashes).is_empty();
-                    let in_group = accepted.iter().any(|(earlier, _)| {
-                        earlier.key.resource_type == prepared.key.resource_type
-                            && earlier.body.is_some()
-                            && id.as_ref().is_none_or(|id| *id == earlier.key.id)
-                            && hashes.iter().all(|hash| earlier.identifier_hashes.contains(hash))
-                    });
-                    (in_catalog || in_group).then_some(CommitReply::ConditionMatched)
+        let mut group: Vec<GroupWrite> = Vec::new();
+        for unit in units {
+            let group_len = group.len();
+            let mut refusal = None;
+            for (index, (prepared, expectation)) in unit.writes.iter().enumerate() {
+                if let Some(reason) = check(&catalog, &group, prepared, expectation) {
+                    refusal = Some(UnitOutcome::Refused { index, refusal: reason });
+                    break;
                 }
-                Expectation::Absent { condition: None } => None,
-                Expectation::Current { base } => {
-                    (current.map(|(version_id, _)| version_id) != *base).then_some(CommitReply::Conflict)
+                group.push(GroupWrite {
+                    key: prepared.key.clone(),
+                    version_id: prepared.version_id,
+                    deleted: prepared.body.is_none(),
+                    identifier_hashes: prepared.identifier_hashes.clone(),
+                });
+            }
+            match refusal {
+                Some(outcome) => {
+                    group.truncate(group_len);
+                    refused.push((unit.reply, outcome));
                 }
-            };
-            match verdict {
-                Some(verdict) => refused.push((reply, verdict)),
-                None => {
-                    group_state.insert(prepared.key.clone(), (prepared.version_id, prepared.body.is_none()));
-                    accepted.push((prepared, reply));
-                }
+                None => accepted.push((unit.writes.into_iter().map(|(prepared, _)| prepared).collect(), unit.reply)),
             }
         }
     }
-    let answer_refused = |refused: Vec<(Reply, CommitReply)>| {
-        for (reply, verdict) in refused {
-            let _ = reply.send(Ok(verdict));
+    let answer_refused = |refused: Vec<(Reply, UnitOutcome)>| {
+        for (reply, outcome) in refused {
+            let _ = reply.send(Ok(outcome));
         }
     };
     if accepted.is_empty() {
         answer_refused(refused);
         return;
     }
-    let records: Vec<CatalogRecord> = accepted
-        .iter()
-        .enumerate()
-        .map(|(position, (prepared, _))| CatalogRecord {
-            key: prepared.key.clone(),
-            version: VersionRecord {
-                version_id: prepared.version_id,
-                leaf_index: first_leaf_index + position as u64,
-                last_updated: prepared.last_updated,
-                sealed: prepared.sealed.clone(),
-            },
-            identifier_hashes: prepared.identifier_hashes.clone(),
-        })
-        .collect();
-    let durable = make_durable(shared, &accepted, &records, first_leaf_index);
-    if let Err(error) = durable {
+    let mut records: Vec<CatalogRecord> = Vec::new();
+    for (writes, _) in &accepted {
+        let unit_first_leaf = first_leaf_index + records.len() as u64;
+        // A unit of several writes is a transaction: recovery must see all of it or none.
+        let transaction_end_leaf = (writes.len() > 1).then_some(unit_first_leaf + writes.len() as u64);
+        for prepared in writes {
+            records.push(CatalogRecord {
+                key: prepared.key.clone(),
+                version: VersionRecord {
+                    version_id: prepared.version_id,
+                    leaf_index: first_leaf_index + records.len() as u64,
+                    last_updated: prepared.last_updated,
+                    sealed: prepared.sealed.clone(),
+                },
+                identifier_hashes: prepared.identifier_hashes.clone(),
+                transaction_end_leaf,
+            });
+        }
+    }
+    let writes: Vec<&PreparedWrite> = accepted.iter().flat_map(|(writes, _)| writes.iter()).collect();
+    if let Err(error) = make_durable(shared, &writes, &records, first_leaf_index) {
         tracing::error!(%error, "storage failure during group commit; refusing further writes");
         shared.poisoned.store(true, Ordering::SeqCst);
         for (_, reply) in accepted {
@@ -295,32 +344,34 @@ fn commit_group(shared: &Shared, writes: Vec<PendingWrite>) {
             catalog.apply(record);
         }
     }
-    for (prepared, reply) in accepted {
-        let prepared = *prepared;
-        let version = StoredVersion {
-            key: prepared.key,
-            version_id: prepared.version_id,
-            last_updated: prepared.last_updated,
-            body: prepared.body,
-        };
-        let _ = reply.send(Ok(CommitReply::Committed(version)));
+    for (writes, reply) in accepted {
+        let versions = writes
+            .into_iter()
+            .map(|prepared| StoredVersion {
+                key: prepared.key,
+                version_id: prepared.version_id,
+                last_updated: prepared.last_updated,
+                body: prepared.body,
+            })
+            .collect();
+        let _ = reply.send(Ok(UnitOutcome::Committed(versions)));
     }
     answer_refused(refused);
 }
 
 fn make_durable(
     shared: &Shared,
-    accepted: &[(Box<PreparedWrite>, Reply)],
+    writes: &[&PreparedWrite],
     records: &[CatalogRecord],
     first_leaf_index: u64,
 ) -> Result<(), String> {
-    let blocks: Vec<Block> = accepted.iter().flat_map(|(prepared, _)| prepared.blocks.iter().cloned()).collect();
+    let blocks: Vec<Block> = writes.iter().flat_map(|prepared| prepared.blocks.iter().cloned()).collect();
     shared.blobs.put_blocks(&blocks).map_err(|error| error.to_string())?;
     let encoded: Vec<Vec<u8>> = records.iter().map(CatalogRecord::encode).collect();
     shared.catalog_journal.append(&encoded).map_err(|error| error.to_string())?;
     shared.blobs.sync().map_err(|error| error.to_string())?;
     shared.catalog_journal.sync().map_err(|error| error.to_string())?;
-    let leaves: Vec<&[u8]> = accepted.iter().map(|(prepared, _)| prepared.leaf.as_slice()).collect();
+    let leaves: Vec<&[u8]> = writes.iter().map(|prepared| prepared.leaf.as_slice()).collect();
     let leaf_index = shared.ledger.append_durably(&leaves).map_err(|error| error.to_string())?;
     if leaf_index != first_leaf_index {
         return Err(format!("ledger appended at {leaf_index}, expected {first_leaf_index}"));

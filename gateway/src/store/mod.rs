@@ -26,7 +26,7 @@ use crate::journal::{Journal, JournalError};
 use crate::ledger::{EntryKind, LedgerEntry, LedgerError, LedgerLog};
 use crate::seal::{self, Keyring, SealContext};
 use catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, VersionRecord};
-use commit::{CommitReply, CommitRequest, Expectation, PreparedWrite};
+use commit::{CommitRequest, Expectation, PreparedWrite, Refusal, UnitOutcome};
 pub use rotate::rotate_keys;
 pub use secrets::LedgerSecrets;
 
@@ -180,8 +180,8 @@ pub enum OpenError {
     Catalog { offset: u64, reason: String },
     #[error("the data directory {0} is in use by another fhir-gateway process")]
     Locked(PathBuf),
-    #[error("the catalog names leaf {leaf_index} but the ledger has {tree_size} leaves")]
-    CatalogAheadOfLedger { leaf_index: u64, tree_size: u64 },
+    #[error("the catalog ({records} records) does not match the ledger ({tree_size} leaves) from record {position}; run verify")]
+    CatalogMismatch { records: u64, tree_size: u64, position: u64 },
 }
 
 /// The files of a data directory.
@@ -242,21 +242,11 @@ impl ResourceStore {
         let secrets = LedgerSecrets::open_or_create(&layout.keys())?;
         let origin = options.ledger_origin.clone().unwrap_or_else(|| secrets.default_origin());
         let ledger = LedgerLog::open(&layout.ledger(), secrets.signing_key.clone(), &origin)?;
-        let tree_size = ledger.tree_size();
 
-        let mut records = Vec::new();
+        let mut records: Vec<(u64, CatalogRecord)> = Vec::new();
         let mut first_error = None;
-        let mut cut_at = None;
         let catalog_journal = Journal::open(&layout.catalog(), |offset, bytes| match CatalogRecord::decode(bytes) {
-            Ok(record) if record.version.leaf_index >= tree_size => {
-                // Written before a crash whose ledger append never became durable: never acknowledged.
-                cut_at.get_or_insert(offset);
-            }
-            Ok(record) if cut_at.is_none() => records.push(record),
-            Ok(record) => {
-                let leaf_index = record.version.leaf_index;
-                first_error.get_or_insert(OpenError::CatalogAheadOfLedger { leaf_index, tree_size });
-            }
+            Ok(record) => records.push((offset, record)),
             Err(reason) => {
                 first_error.get_or_insert(OpenError::Catalog { offset, reason });
             }
@@ -264,12 +254,37 @@ impl ResourceStore {
         if let Some(error) = first_error {
             return Err(error);
         }
-        if let Some(offset) = cut_at {
-            tracing::warn!(offset, "catalog: dropping versions whose ledger entries never became durable");
-            catalog_journal.truncate(offset)?;
+        // Versions whose ledger entries never became durable were never acknowledged; neither
+        // was a transaction of which only some entries became durable. Both are cut off.
+        let durable_leaves = ledger.tree_size();
+        let cut_leaf = records
+            .iter()
+            .filter(|(_, record)| {
+                record.version.leaf_index >= durable_leaves
+                    || record.transaction_end_leaf.is_some_and(|end| end > durable_leaves)
+            })
+            .map(|(_, record)| record.version.leaf_index)
+            .min();
+        if let Some(cut_leaf) = cut_leaf {
+            let position = records.partition_point(|(_, record)| record.version.leaf_index < cut_leaf);
+            if records[position..].iter().any(|(_, record)| record.version.leaf_index < cut_leaf) {
+                return Err(OpenError::Catalog { offset: records[position].0, reason: "records out of leaf order".into() });
+            }
+            tracing::warn!(cut_leaf, durable_leaves, "dropping writes (and partial transactions) that never became durable");
+            if cut_leaf < durable_leaves {
+                ledger.truncate(cut_leaf)?;
+            }
+            catalog_journal.truncate(records[position].0)?;
+            records.truncate(position);
+        }
+        // Every leaf is one version, in order: a missing or extra record is damage, not a crash.
+        if let Some(position) = records.iter().enumerate().position(|(position, (_, record))| record.version.leaf_index != position as u64)
+            .or((records.len() as u64 != ledger.tree_size()).then_some(records.len()))
+        {
+            return Err(OpenError::CatalogMismatch { records: records.len() as u64, tree_size: ledger.tree_size(), position: position as u64 });
         }
         let mut catalog = Catalog::default();
-        for record in records {
+        for (_, record) in records {
             catalog.apply(record);
         }
 
@@ -335,8 +350,8 @@ impl ResourceStore {
         let prepared = commit::prepare(&self.shared, &key, Some(resource), 1, EntryKind::Create, principal)?;
         let expectation = Expectation::Absent { condition: condition_hashes.clone() };
         match self.submit(prepared, expectation).await? {
-            CommitReply::Committed(version) => Ok(CreateOutcome::Created(WriteOutcome { version, created: true })),
-            CommitReply::ConditionMatched => {
+            Ok(version) => Ok(CreateOutcome::Created(WriteOutcome { version, created: true })),
+            Err(Refusal::ConditionMatched) => {
                 let (id, hashes) = condition_hashes.unwrap_or_default();
                 let condition = CreateCondition { id, identifiers: Vec::new() };
                 match self.find_condition_match(&key.resource_type, &condition, &hashes)? {
@@ -344,7 +359,7 @@ impl ResourceStore {
                     None => Err(StoreError::VersionConflict),
                 }
             }
-            CommitReply::Conflict => Err(StoreError::VersionConflict),
+            Err(Refusal::Conflict) => Err(StoreError::VersionConflict),
         }
     }
 
@@ -378,15 +393,15 @@ impl ResourceStore {
             let prepared = commit::prepare(&self.shared, key, Some(resource.clone()), version_id, kind, principal)?;
             let expectation = Expectation::Current { base: current.map(|(version_id, _)| version_id) };
             match self.submit(prepared, expectation).await? {
-                CommitReply::Committed(version) => {
+                Ok(version) => {
                     return Ok(WriteOutcome { version, created: kind == EntryKind::Create });
                 }
-                CommitReply::Conflict if if_match.is_some() => {
+                Err(Refusal::Conflict) if if_match.is_some() => {
                     return Err(StoreError::PreconditionFailed(
                         "the resource was changed since the version named in If-Match".into(),
                     ));
                 }
-                CommitReply::Conflict | CommitReply::ConditionMatched => continue,
+                Err(_) => continue,
             }
         }
         Err(StoreError::VersionConflict)
@@ -402,23 +417,32 @@ impl ResourceStore {
             }
             let prepared = commit::prepare(&self.shared, key, None, version_id + 1, EntryKind::Delete, principal)?;
             let expectation = Expectation::Current { base: Some(version_id) };
-            if let CommitReply::Committed(version) = self.submit(prepared, expectation).await? {
+            if let Ok(version) = self.submit(prepared, expectation).await? {
                 return Ok(Some(version.version_id));
             }
         }
         Err(StoreError::VersionConflict)
     }
 
-    async fn submit(&self, prepared: PreparedWrite, expectation: Expectation) -> Result<CommitReply, StoreError> {
+    /// Commits writes all together or not at all.
+    async fn submit_unit(&self, writes: Vec<(PreparedWrite, Expectation)>) -> Result<UnitOutcome, StoreError> {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into()));
         }
         let (reply, answer) = oneshot::channel();
         self.commits
-            .send(CommitRequest::Write { prepared: Box::new(prepared), expectation, reply })
+            .send(CommitRequest::Unit { writes, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?;
         answer.await.map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?
+    }
+
+    /// Commits one write: its version, or why it was refused.
+    async fn submit(&self, prepared: PreparedWrite, expectation: Expectation) -> Result<Result<StoredVersion, Refusal>, StoreError> {
+        match self.submit_unit(vec![(prepared, expectation)]).await? {
+            UnitOutcome::Committed(mut versions) => Ok(Ok(versions.pop().expect("one version per write"))),
+            UnitOutcome::Refused { refusal, .. } => Ok(Err(refusal)),
+        }
     }
 
     /// (current version id, deleted?) of a resource, if it has any version.
