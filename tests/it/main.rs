@@ -3,6 +3,7 @@
 
 mod cli;
 mod harness;
+mod openapi;
 mod persistence;
 mod rest;
 mod roundtrip;

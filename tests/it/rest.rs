@@ -336,3 +336,14 @@ async fn capability_statement_lists_what_works() {
     assert!(interactions.contains(&"vread") && interactions.contains(&"history-type"));
     assert!(!interactions.contains(&"search-type"), "search is not implemented yet");
 }
+
+#[tokio::test]
+async fn malformed_path_parameters_get_an_operation_outcome() {
+    let gateway = Gateway::start().await;
+    expect_outcome(gateway.http.get(format!("{}/Patient/%FF", gateway.base())).send().await.unwrap(), 400).await;
+    let post = gateway.http.post(format!("{}/%FF", gateway.base())).header("content-type", FHIR_JSON).body("{}").send().await.unwrap();
+    assert!(post.status().is_client_error());
+    assert_eq!(json_body(post).await["resourceType"], "OperationOutcome");
+    // `_format=application/fhir+json` with an unescaped `+` (decoded as a space) is JSON too.
+    assert_eq!(gateway.get("metadata?_format=application/fhir+json").await.status(), 200);
+}

@@ -3,14 +3,16 @@
 //! [`ApiError`], so a malformed request gets the same OperationOutcome as everything else.
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
 use crate::fhir::Leniency;
-use crate::store::{CreateCondition, IdentifierQuery};
+use crate::store::CreateCondition;
 
 /// A request body that is a JSON object sent as `application/fhir+json` or `application/json`.
 pub struct FhirJson(pub Value);
@@ -56,6 +58,24 @@ impl FromRequest<AppState> for FhirJson {
             return Err(ApiError::bad_request("the body must be a JSON object (a FHIR resource)"));
         }
         Ok(FhirJson(value))
+    }
+}
+
+/// Path parameters, with axum's rejection (e.g. `%FF` in an id) rendered as an OperationOutcome.
+pub struct FhirPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for FhirPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(FhirPath(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
     }
 }
 
@@ -105,74 +125,11 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .ok_or_else(|| ApiError::bad_request("If-Match must be a version ETag such as W/\"3\""))
 }
 
-/// `If-None-Exist: identifier=system|value&_id=...` → a condition (only `identifier` and `_id`
-/// are supported until search lands; anything else is refused rather than ignored).
+/// `If-None-Exist: identifier=system|value&_id=...` → a condition.
 pub fn if_none_exist(headers: &HeaderMap) -> Result<Option<CreateCondition>, ApiError> {
     let Some(value) = headers.get("if-none-exist") else { return Ok(None) };
     let text = value.to_str().map_err(|_| ApiError::bad_request("If-None-Exist is not ASCII"))?;
-    let query = text.split_once('?').map_or(text, |(_, query)| query);
-    let mut condition = CreateCondition::default();
-    for (name, value) in form_urlencoded_pairs(query) {
-        match name.as_str() {
-            "_id" => condition.id = Some(value),
-            "identifier" => condition.identifiers.push(match value.split_once('|') {
-                Some((_, "")) => {
-                    return Err(ApiError::bad_request("If-None-Exist: identifier=system| (any value) is not supported"));
-                }
-                Some((system, value)) => IdentifierQuery { system: Some(system.to_string()), value: value.to_string() },
-                None => IdentifierQuery { system: None, value },
-            }),
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "If-None-Exist: parameter '{other}' is not supported (supported: identifier, _id)"
-                )));
-            }
-        }
-    }
-    if condition.id.is_none() && condition.identifiers.is_empty() {
-        return Err(ApiError::bad_request("If-None-Exist is empty"));
-    }
-    Ok(Some(condition))
-}
-
-/// Decodes `a=b&c=d` with `%xx` and `+` escapes.
-pub fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
-    fn hex_value(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|digit| digit as u8)
-    }
-    fn decode(text: &str) -> String {
-        let bytes = text.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut index = 0;
-        while index < bytes.len() {
-            let escaped = (bytes[index] == b'%' && index + 2 < bytes.len())
-                .then(|| Some(hex_value(bytes[index + 1])? * 16 + hex_value(bytes[index + 2])?))
-                .flatten();
-            match (bytes[index], escaped) {
-                (_, Some(byte)) => {
-                    out.push(byte);
-                    index += 3;
-                }
-                (b'+', None) => {
-                    out.push(b' ');
-                    index += 1;
-                }
-                (byte, None) => {
-                    out.push(byte);
-                    index += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(name), decode(value))
-        })
-        .collect()
+    CreateCondition::parse(text).map(Some).map_err(|message| ApiError::bad_request(format!("If-None-Exist: {message}")))
 }
 
 /// Checks `_format` and `Accept`: only FHIR JSON is served.
@@ -180,7 +137,8 @@ pub fn check_acceptable(headers: &HeaderMap, format: Option<&str>) -> Result<(),
     let not_acceptable =
         || ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "only JSON (application/fhir+json) is served");
     if let Some(format) = format {
-        let format = format.trim().to_ascii_lowercase();
+        // A literal `+` in `_format=application/fhir+json` arrives form-decoded as a space.
+        let format = format.trim().replace(' ', "+").to_ascii_lowercase();
         if !(format == "json" || is_json_media_type(&format)) {
             return Err(not_acceptable());
         }

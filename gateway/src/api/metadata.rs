@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{check_acceptable, form_urlencoded_pairs};
+use super::extract::check_acceptable;
 use super::{AppState, FHIR_JSON};
 use crate::fhir::resource_type::RESOURCE_TYPES;
 
@@ -16,7 +16,7 @@ pub async fn capability_statement(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let format = form_urlencoded_pairs(query.as_deref().unwrap_or_default())
+    let format = crate::fhir::query::pairs(query.as_deref().unwrap_or_default())
         .into_iter()
         .find(|(name, _)| name == "_format")
         .map(|(_, value)| value);
@@ -56,7 +56,7 @@ pub async fn capability_statement(
         "patchFormat": [],
         "rest": [{
             "mode": "server",
-            "documentation": "Conditional create (If-None-Exist) supports the parameters identifier and _id only. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types structurally.",
+            "documentation": "Conditional create (If-None-Exist) supports the parameters identifier and _id only. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types must be a JSON object with a known resourceType, a valid id and a meta object.",
             "resource": resources,
         }],
     });

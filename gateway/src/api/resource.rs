@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::error::{ApiError, operation_outcome};
-use super::extract::{FhirJson, Prefer, ReturnPreference, check_acceptable, form_urlencoded_pairs, if_match, if_none_exist};
+use super::extract::{FhirJson, FhirPath, Prefer, ReturnPreference, check_acceptable, if_match, if_none_exist};
 use super::{AppState, FHIR_JSON};
 use crate::fhir::{self, format_instant, is_valid_id, resource_type::is_resource_type};
 use crate::store::catalog::ResourceKey;
@@ -42,7 +42,7 @@ fn parameters(headers: &HeaderMap, query: Option<&str>, allowed: &[&str]) -> Res
 
 fn query_parameters(query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let mut parameters = HashMap::new();
-    for (name, value) in form_urlencoded_pairs(query.unwrap_or_default()) {
+    for (name, value) in crate::fhir::query::pairs(query.unwrap_or_default()) {
         if !(allowed.contains(&name.as_str()) || name == "_format" || name == "_pretty") {
             return Err(ApiError::bad_request(format!("unknown or unsupported parameter '{name}'")));
         }
@@ -115,7 +115,7 @@ fn body_type_matches(body: &Value, url_type: &str) -> Result<(), ApiError> {
 /// `POST [base]/[type]`
 pub async fn create(
     State(state): State<AppState>,
-    Path(type_name): Path<String>,
+    FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     FhirJson(body): FhirJson,
@@ -135,7 +135,7 @@ pub async fn create(
 /// `GET [base]/[type]/[id]`
 pub async fn read(
     State(state): State<AppState>,
-    Path((type_name, id)): Path<(String, String)>,
+    FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -148,7 +148,7 @@ pub async fn read(
 /// `GET [base]/[type]/[id]/_history/[vid]`
 pub async fn vread(
     State(state): State<AppState>,
-    Path((type_name, id, version_text)): Path<(String, String, String)>,
+    FhirPath((type_name, id, version_text)): FhirPath<(String, String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -162,7 +162,7 @@ pub async fn vread(
 /// `PUT [base]/[type]/[id]`: update, or create with the client's id.
 pub async fn update(
     State(state): State<AppState>,
-    Path((type_name, id)): Path<(String, String)>,
+    FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     FhirJson(body): FhirJson,
@@ -184,7 +184,7 @@ pub async fn update(
 /// `DELETE [base]/[type]/[id]`: 204; deleting a deleted resource is a no-op (also 204).
 pub async fn delete(
     State(state): State<AppState>,
-    Path((type_name, id)): Path<(String, String)>,
+    FhirPath((type_name, id)): FhirPath<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&type_name, &id)?;
@@ -278,7 +278,7 @@ fn history_bundle(state: &AppState, page: HistoryPage, self_path: &str, paramete
 /// `GET [base]/[type]/[id]/_history`
 pub async fn instance_history(
     State(state): State<AppState>,
-    Path((type_name, id)): Path<(String, String)>,
+    FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -292,7 +292,7 @@ pub async fn instance_history(
 /// `GET [base]/[type]/_history`
 pub async fn type_history(
     State(state): State<AppState>,
-    Path(type_name): Path<String>,
+    FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {

@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod canonical;
+pub mod query;
 pub mod resource_type;
 pub mod validation;
 

@@ -10,6 +10,7 @@ pub mod catalog;
 mod commit;
 mod rotate;
 mod secrets;
+mod transaction;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,7 @@ use catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, VersionRecord};
 use commit::{CommitRequest, Expectation, PreparedWrite, Refusal, UnitOutcome};
 pub use rotate::rotate_keys;
 pub use secrets::LedgerSecrets;
+pub use transaction::{EntryOutcome, TransactionError};
 
 /// How many times a plain update re-prepares after losing a race before answering 409.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
@@ -132,6 +134,30 @@ pub enum CreateOutcome {
 pub struct CreateCondition {
     pub id: Option<String>,
     pub identifiers: Vec<IdentifierQuery>,
+}
+
+impl CreateCondition {
+    /// Parses `identifier=system|value&_id=...` (an optional `Type?` prefix is ignored). Only
+    /// `identifier` and `_id` are supported; anything else is refused rather than ignored.
+    pub fn parse(query: &str) -> Result<CreateCondition, String> {
+        let query = query.split_once('?').map_or(query, |(_, query)| query);
+        let mut condition = CreateCondition::default();
+        for (name, value) in crate::fhir::query::pairs(query) {
+            match name.as_str() {
+                "_id" => condition.id = Some(value),
+                "identifier" => condition.identifiers.push(match value.split_once('|') {
+                    Some((_, "")) => return Err("identifier=system| (any value) is not supported".into()),
+                    Some((system, value)) => IdentifierQuery { system: Some(system.to_string()), value: value.to_string() },
+                    None => IdentifierQuery { system: None, value },
+                }),
+                other => return Err(format!("parameter '{other}' is not supported (supported: identifier, _id)")),
+            }
+        }
+        if condition.id.is_none() && condition.identifiers.is_empty() {
+            return Err("the condition is empty".into());
+        }
+        Ok(condition)
+    }
 }
 
 /// `identifier=system|value` (`system: Some`), `|value` (`Some("")`), or `value` (`None`: any system).
@@ -425,7 +451,7 @@ impl ResourceStore {
     }
 
     /// Commits writes all together or not at all.
-    async fn submit_unit(&self, writes: Vec<(PreparedWrite, Expectation)>) -> Result<UnitOutcome, StoreError> {
+    pub(crate) async fn submit_unit(&self, writes: Vec<(PreparedWrite, Expectation)>) -> Result<UnitOutcome, StoreError> {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into()));
         }
@@ -446,11 +472,11 @@ impl ResourceStore {
     }
 
     /// (current version id, deleted?) of a resource, if it has any version.
-    fn current_state(&self, key: &ResourceKey) -> Option<(u64, bool)> {
+    pub(crate) fn current_state(&self, key: &ResourceKey) -> Option<(u64, bool)> {
         self.shared.catalog.read().expect("catalog lock").current_state(key)
     }
 
-    fn condition_hashes(&self, resource_type: &str, condition: &CreateCondition) -> Vec<KeyedHash> {
+    pub(crate) fn condition_hashes(&self, resource_type: &str, condition: &CreateCondition) -> Vec<KeyedHash> {
         condition
             .identifiers
             .iter()
@@ -621,7 +647,7 @@ impl ResourceStore {
     }
 }
 
-fn validate(resource: &Value, leniency: Leniency) -> Result<(), StoreError> {
+pub(crate) fn validate(resource: &Value, leniency: Leniency) -> Result<(), StoreError> {
     let issues = fhir::validate_resource(resource, leniency);
     if issues.iter().any(Issue::is_error) {
         return Err(StoreError::Invalid(issues));
@@ -637,7 +663,7 @@ fn resource_type_of(resource: &Value) -> Result<String, StoreError> {
         .ok_or_else(|| StoreError::BadRequest("resourceType is missing".into()))
 }
 
-fn check_if_match(if_match: Option<u64>, current: Option<(u64, bool)>) -> Result<(), StoreError> {
+pub(crate) fn check_if_match(if_match: Option<u64>, current: Option<(u64, bool)>) -> Result<(), StoreError> {
     match (if_match, current) {
         (None, _) => Ok(()),
         (Some(expected), Some((version_id, _))) if expected == version_id => Ok(()),
@@ -649,7 +675,7 @@ fn check_if_match(if_match: Option<u64>, current: Option<(u64, bool)>) -> Result
 }
 
 /// A server-assigned id: a random (version 4) UUID, so ids reveal nothing and cannot be guessed.
-fn new_resource_id() -> Result<String, StoreError> {
+pub(crate) fn new_resource_id() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|_| StoreError::Internal("random source failed".into()))?;
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
