@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
@@ -32,7 +31,7 @@ impl Server {
         let listener = TcpListener::bind(config.listen).await.map_err(ServeError::Listen)?;
         let local = listener.local_addr().map_err(ServeError::Listen)?;
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
-        let state = AppState { store: store.clone(), base_url: Arc::from(base_url.trim_end_matches('/')), limits: config.limits.clone() };
+        let state = AppState::new(store.clone(), &base_url, config.limits.clone());
         Ok(Server { listener, store, state })
     }
 

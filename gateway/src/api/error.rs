@@ -84,8 +84,23 @@ pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> Value
     })
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The same error, said of one Bundle entry (its position as sent).
+    pub fn at_entry(mut self, position: usize) -> Self {
+        for issue in &mut self.issues {
+            issue.diagnostics = format!("Bundle.entry[{position}]: {}", issue.diagnostics);
+            let inner = issue.expression.take();
+            issue.expression = Some(match inner {
+                Some(expression) => format!("Bundle.entry[{position}].resource.{}", expression.split_once('.').map_or(expression.as_str(), |(_, rest)| rest)),
+                None => format!("Bundle.entry[{position}]"),
+            });
+        }
+        self
+    }
+
+    /// The OperationOutcome resource for this error (the body of its response, or a Bundle
+    /// entry's `response.outcome`).
+    pub fn to_outcome(&self) -> Value {
         let issues: Vec<Value> = self
             .issues
             .iter()
@@ -97,7 +112,13 @@ impl IntoResponse for ApiError {
                 rendered
             })
             .collect();
-        let body = json!({ "resourceType": "OperationOutcome", "issue": issues });
+        json!({ "resourceType": "OperationOutcome", "issue": issues })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.to_outcome();
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         response

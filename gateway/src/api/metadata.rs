@@ -58,6 +58,7 @@ pub async fn capability_statement(
             "mode": "server",
             "documentation": "Conditional create (If-None-Exist) supports the parameters identifier and _id only. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types must be a JSON object with a known resourceType, a valid id and a meta object.",
             "resource": resources,
+            "interaction": [{ "code": "transaction" }, { "code": "batch" }],
         }],
     });
     let mut response = statement.to_string().into_response();

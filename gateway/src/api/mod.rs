@@ -4,6 +4,7 @@
 //! The FHIR base is `/fhir`; the ledger's public face is `/ledger`. [`ROUTES`] lists every route,
 //! and a test checks that `openapi.yaml` describes exactly these.
 
+mod bundle;
 pub mod error;
 pub mod extract;
 mod ledger;
@@ -28,13 +29,22 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    pub max_bundle_entries: usize,
+    /// Bundles processed at the same time (the others wait): bounds memory.
+    pub max_concurrent_bundles: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 16 * 1024 * 1024, default_page_size: 50, max_page_size: 500 }
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_bundle_entries: 10_000,
+            max_concurrent_bundles: 4,
+            default_page_size: 50,
+            max_page_size: 500,
+        }
     }
 }
 
@@ -44,10 +54,23 @@ pub struct AppState {
     /// The FHIR base URL as clients reach it, e.g. `http://127.0.0.1:8080/fhir`.
     pub base_url: Arc<str>,
     pub limits: Limits,
+    pub bundle_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(store: ResourceStore, base_url: &str, limits: Limits) -> AppState {
+        AppState {
+            store,
+            base_url: Arc::from(base_url.trim_end_matches('/')),
+            bundle_permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_bundles.max(1))),
+            limits,
+        }
+    }
 }
 
 /// Every (method, path) the router serves, in OpenAPI path syntax.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/fhir"),
     ("get", "/fhir/metadata"),
     ("post", "/fhir/{type}"),
     ("get", "/fhir/{type}/_history"),
@@ -62,6 +85,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/fhir", axum::routing::post(bundle::transaction_or_batch))
         .route("/fhir/metadata", get(metadata::capability_statement))
         .route("/fhir/{type}", axum::routing::post(resource::create))
         .route("/fhir/{type}/_history", get(resource::type_history))

@@ -34,7 +34,7 @@ fn resource_key(resource_type_name: &str, id: &str) -> Result<ResourceKey, ApiEr
 
 /// The query's parameters, once `_format`/`Accept` are acceptable: only `allowed` ones (plus
 /// `_format`, `_pretty`) are accepted.
-fn parameters(headers: &HeaderMap, query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+pub(super) fn parameters(headers: &HeaderMap, query: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let parameters = query_parameters(query, allowed)?;
     check_acceptable(headers, parameters.get("_format").map(String::as_str))?;
     Ok(parameters)

@@ -755,4 +755,63 @@ mod tests {
         reopened.close().await;
         std::fs::remove_dir_all(&directory).unwrap();
     }
+
+    fn copy_directory(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_directory(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
+    /// A crash after some, not all, of a transaction's ledger entries reached the disk: at open the
+    /// whole transaction is gone, and nothing of it can be read.
+    #[tokio::test]
+    async fn a_partially_durable_transaction_is_rolled_back_whole() {
+        use crate::fhir::bundle::parse_bundle;
+        let directory = std::env::temp_dir().join(format!("fg-store-tx-{}", std::process::id()));
+        let crashed = directory.with_extension("crashed");
+        let _ = std::fs::remove_dir_all(&directory);
+        let _ = std::fs::remove_dir_all(&crashed);
+        let options = StoreOptions { checkpoint_interval: Duration::from_secs(3600), ..StoreOptions::default() };
+        let store = ResourceStore::open(&directory, options.clone()).unwrap();
+        let principal = Principal::Unauthenticated;
+        let CreateOutcome::Created(before) = store.create(patient(), &principal, Leniency::Strict, None).await.unwrap() else {
+            panic!("created")
+        };
+        let entries = (0..3)
+            .map(|_| serde_json::json!({ "resource": patient(), "request": { "method": "POST", "url": "Patient" } }))
+            .collect::<Vec<_>>();
+        let bundle = parse_bundle(serde_json::json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }), "", 10).unwrap();
+        let outcomes = store.transaction(bundle.entries, &principal, Leniency::Strict).await.unwrap();
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(store.ledger().tree_size(), 4);
+
+        // The files as a crash could leave them: the last ledger frame never reached the disk.
+        copy_directory(&directory, &crashed);
+        let entries_log = crashed.join("ledger/entries.log");
+        let mut offsets = Vec::new();
+        crate::journal::scan(&entries_log, |offset, _| offsets.push(offset)).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&entries_log).unwrap().set_len(offsets[3]).unwrap();
+        std::fs::remove_file(crashed.join("LOCK")).unwrap();
+
+        let recovered = ResourceStore::open(&crashed, options).unwrap();
+        assert_eq!(recovered.ledger().tree_size(), 1, "the transaction's two durable entries were cut too");
+        assert!(recovered.read(&before.version.key).is_ok());
+        for (_, outcome) in outcomes {
+            let EntryOutcome::Written { version, .. } = outcome else { panic!("written") };
+            assert!(matches!(recovered.read(&version.key), Err(StoreError::NotFound)));
+        }
+        // And it keeps working.
+        assert!(recovered.create(patient(), &principal, Leniency::Strict, None).await.is_ok());
+        recovered.close().await;
+        store.close().await;
+        std::fs::remove_dir_all(&directory).unwrap();
+        std::fs::remove_dir_all(&crashed).unwrap();
+    }
 }
