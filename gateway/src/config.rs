@@ -28,6 +28,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check the whole data directory offline: Merkle tree, signatures, checkpoints, every blob.
     Verify(DataArgs),
+    /// Load Bundles, resources and bulk-data ndjson (files or directories) through the write path
+    /// (gateway stopped).
+    Import(ImportArgs),
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -37,6 +40,18 @@ pub enum Command {
 pub enum KeysCommand {
     /// Create a new KEK, re-wrap every data key under it and retire the old ones (gateway stopped).
     Rotate(DataArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Accept unknown elements and reference target types as warnings (Prefer: handling=lenient)
+    #[arg(long)]
+    pub lenient: bool,
+    /// Files (.json Bundle or resource, .ndjson) or directories of them
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

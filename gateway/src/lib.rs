@@ -5,6 +5,7 @@ pub mod api;
 pub mod blob;
 pub mod config;
 pub mod fhir;
+pub mod import;
 pub mod journal;
 pub mod ledger;
 pub mod seal;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fhir_gateway::config::{Cli, Command, Config, KeysCommand, LogFormat, read_file_config};
+use fhir_gateway::fhir::Leniency;
 use fhir_gateway::server::{Server, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
@@ -57,6 +58,21 @@ fn main() -> ExitCode {
                 }
                 Err(error) => {
                     eprintln!("fhir-gateway verify: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Import(args) => {
+            init_logging(LogFormat::Text);
+            let data_dir = Config::data_dir_for(args.data, &file_config);
+            let leniency = if args.lenient { Leniency::Lenient } else { Leniency::Strict };
+            match fhir_gateway::import::import(&data_dir, &args.paths, leniency) {
+                Ok(summary) => {
+                    print!("{summary}");
+                    if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
+                Err(error) => {
+                    eprintln!("fhir-gateway import: {error}");
                     ExitCode::from(2)
                 }
             }

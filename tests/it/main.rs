@@ -4,6 +4,7 @@
 mod bundles;
 mod cli;
 mod harness;
+mod import;
 mod openapi;
 mod persistence;
 mod rest;

@@ -1,0 +1,356 @@
+//! `fhir-gateway import`: loads transaction/batch Bundles, single resources and bulk-data ndjson
+//! into a data directory through the same write path as the REST API (validation, sealing, CIDs,
+//! ledger), with the gateway stopped (the data directory lock enforces it).
+//!
+//! * A Bundle file is one transaction (or batch), exactly as `POST /fhir` would run it.
+//! * An ndjson file is cut into chunks of [`NDJSON_CHUNK`] lines; each chunk is a transaction of
+//!   `PUT Type/id` entries (the export's ids are kept, so references between files hold), and
+//!   conditional references such as `Practitioner?identifier=...` are resolved. A chunk that
+//!   fails is retried line by line, so every failure is reported with its file and line.
+//! * Reference data comes first, in phases: files holding Organizations, then Locations, then
+//!   Practitioners, then PractitionerRoles, then everything else (a file's phase is that of its
+//!   latest type), so conditional references find their targets. Within a phase, files and
+//!   chunks run concurrently.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::fhir::Leniency;
+use crate::fhir::bundle::{self, BundleEntry, BundleKind, Method};
+use crate::store::{EntryOutcome, Principal, ResourceStore, StoreError, StoreOptions};
+
+/// Lines of ndjson per transaction.
+pub const NDJSON_CHUNK: usize = 250;
+/// Transactions in flight at once (they share group commits).
+const CONCURRENT_TRANSACTIONS: usize = 8;
+const REFERENCE_TYPES: [&str; 4] = ["Organization", "Location", "Practitioner", "PractitionerRole"];
+
+#[derive(Debug, Default)]
+pub struct ImportSummary {
+    pub resources_by_type: BTreeMap<String, u64>,
+    pub failures: Vec<String>,
+    pub skipped: Vec<String>,
+    pub seconds: f64,
+}
+
+impl ImportSummary {
+    pub fn resources(&self) -> u64 {
+        self.resources_by_type.values().sum()
+    }
+
+    fn merge(&mut self, other: ImportSummary) {
+        for (resource_type, count) in other.resources_by_type {
+            *self.resources_by_type.entry(resource_type).or_default() += count;
+        }
+        self.failures.extend(other.failures);
+        self.skipped.extend(other.skipped);
+    }
+}
+
+impl fmt::Display for ImportSummary {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = if self.seconds > 0.0 { self.resources() as f64 / self.seconds } else { 0.0 };
+        writeln!(formatter, "imported {} resources in {:.1} s ({:.0} resources/s)", self.resources(), self.seconds, rate)?;
+        for (resource_type, count) in &self.resources_by_type {
+            writeln!(formatter, "  {resource_type:<28} {count:>8}")?;
+        }
+        for skipped in &self.skipped {
+            writeln!(formatter, "skipped: {skipped}")?;
+        }
+        writeln!(formatter, "failures: {}", self.failures.len())?;
+        for failure in &self.failures {
+            writeln!(formatter, "  {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One unit of import work: a Bundle file, or a chunk of an ndjson file.
+enum Work {
+    Bundle { path: PathBuf },
+    Lines { path: PathBuf, first_line: usize, lines: Vec<String> },
+}
+
+fn describe(error: &StoreError) -> String {
+    match error {
+        StoreError::Invalid(issues) => issues
+            .iter()
+            .filter(|issue| issue.is_error())
+            .map(|issue| format!("{}: {}", issue.expression, issue.diagnostics))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+fn files_under(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|error| format!("{}: {error}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.is_file())
+                .filter(|path| path.extension().is_some_and(|extension| extension == "json" || extension == "ndjson"))
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            return Err(format!("{}: no such file or directory", path.display()));
+        }
+    }
+    Ok(files)
+}
+
+/// Resource types a file holds (for ordering reference data first).
+fn types_in(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let mut types = Vec::new();
+    if path.extension().is_some_and(|extension| extension == "ndjson") {
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            let value: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            types.push(value.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string());
+        }
+    } else {
+        let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap_or(Value::Null);
+        match value.get("entry").and_then(Value::as_array) {
+            Some(entries) => types.extend(entries.iter().map(|entry| {
+                entry["resource"].get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string()
+            })),
+            None => types.push(value.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string()),
+        }
+    }
+    types.sort();
+    types.dedup();
+    Ok(types)
+}
+
+pub fn import(data_directory: &Path, paths: &[PathBuf], leniency: Leniency) -> Result<ImportSummary, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| error.to_string())?;
+    runtime.block_on(async {
+        let store = ResourceStore::open(data_directory, StoreOptions::default()).map_err(|error| error.to_string())?;
+        let result = import_into(&store, paths, leniency).await;
+        store.close().await;
+        result
+    })
+}
+
+async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Leniency) -> Result<ImportSummary, String> {
+    let started = Instant::now();
+    let mut summary = ImportSummary::default();
+    let mut phases: Vec<Vec<PathBuf>> = vec![Vec::new(); REFERENCE_TYPES.len() + 1];
+    for file in files_under(paths)? {
+        let types = types_in(&file)?;
+        if types.iter().all(|resource_type| resource_type.is_empty()) {
+            summary.skipped.push(format!("{}: holds no FHIR resources", file.display()));
+            continue;
+        }
+        let phase = types
+            .iter()
+            .map(|resource_type| {
+                REFERENCE_TYPES.iter().position(|reference| reference == resource_type).unwrap_or(REFERENCE_TYPES.len())
+            })
+            .max()
+            .unwrap_or(REFERENCE_TYPES.len());
+        phases[phase].push(file);
+    }
+    let progress = Progress::new();
+    for phase in phases {
+        let mut work = Vec::new();
+        for path in phase {
+            if path.extension().is_some_and(|extension| extension == "ndjson") {
+                let file = std::fs::File::open(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+                let mut lines = Vec::new();
+                let mut first_line = 1;
+                for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+                    let line = line.map_err(|error| format!("{}: {error}", path.display()))?;
+                    if lines.is_empty() {
+                        first_line = number + 1;
+                    }
+                    lines.push(line);
+                    if lines.len() == NDJSON_CHUNK {
+                        work.push(Work::Lines { path: path.clone(), first_line, lines: std::mem::take(&mut lines) });
+                    }
+                }
+                if !lines.is_empty() {
+                    work.push(Work::Lines { path: path.clone(), first_line, lines });
+                }
+            } else {
+                work.push(Work::Bundle { path });
+            }
+        }
+        // Within a phase, units run concurrently (bounded) and share group commits.
+        let permits = Arc::new(Semaphore::new(CONCURRENT_TRANSACTIONS));
+        let mut tasks = JoinSet::new();
+        for unit in work {
+            let permit = permits.clone().acquire_owned().await.map_err(|error| error.to_string())?;
+            let store = store.clone();
+            let progress = progress.clone();
+            tasks.spawn(async move {
+                let result = run_unit(&store, unit, leniency).await;
+                progress.add(result.resources());
+                drop(permit);
+                result
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            summary.merge(result.map_err(|error| error.to_string())?);
+        }
+    }
+    progress.finish();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn count(summary: &mut ImportSummary, outcomes: &[(usize, EntryOutcome)]) {
+    for (_, outcome) in outcomes {
+        if let EntryOutcome::Written { version, .. } = outcome {
+            *summary.resources_by_type.entry(version.key.resource_type.clone()).or_default() += 1;
+        }
+    }
+}
+
+async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> ImportSummary {
+    let mut summary = ImportSummary::default();
+    let principal = Principal::Named("import".into());
+    match unit {
+        Work::Bundle { path } => {
+            let name = path.display().to_string();
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|error| error.to_string())
+                .and_then(|text| serde_json::from_str::<Value>(text.trim_start_matches('\u{feff}')).map_err(|error| error.to_string()));
+            let value = match parsed {
+                Ok(value) => value,
+                Err(error) => {
+                    summary.failures.push(format!("{name}: {error}"));
+                    return summary;
+                }
+            };
+            if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+                // A single resource: create it (keeping nothing of its id, as POST does).
+                match store.create(value, &principal, leniency, None).await {
+                    Ok(crate::store::CreateOutcome::Created(outcome)) => {
+                        *summary.resources_by_type.entry(outcome.version.key.resource_type).or_default() += 1;
+                    }
+                    Ok(crate::store::CreateOutcome::Existing(_)) => {}
+                    Err(error) => summary.failures.push(format!("{name}: {}", describe(&error))),
+                }
+                return summary;
+            }
+            let parsed = match bundle::parse_bundle(value, "", usize::MAX) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    summary.failures.push(format!("{name}: {error}"));
+                    return summary;
+                }
+            };
+            match parsed.kind {
+                BundleKind::Transaction => match store.transaction(parsed.entries, &principal, leniency).await {
+                    Ok(outcomes) => count(&mut summary, &outcomes),
+                    Err(failure) => summary
+                        .failures
+                        .push(format!("{name}: Bundle.entry[{}]: {} (nothing of this Bundle was stored)", failure.position, describe(&failure.error))),
+                },
+                BundleKind::Batch => {
+                    let outcomes = store.batch(parsed.entries, &principal, leniency).await;
+                    count(&mut summary, &outcomes);
+                    for (position, outcome) in &outcomes {
+                        if let EntryOutcome::Failed(error) = outcome {
+                            summary.failures.push(format!("{name}: Bundle.entry[{position}]: {}", describe(error)));
+                        }
+                    }
+                }
+            }
+        }
+        Work::Lines { path, first_line, lines } => {
+            let name = path.display().to_string();
+            let mut entries = Vec::new();
+            for (offset, line) in lines.iter().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match ndjson_entry(line, first_line + offset) {
+                    Ok(entry) => entries.push(entry),
+                    Err(error) => summary.failures.push(format!("{name}:{}: {error}", first_line + offset)),
+                }
+            }
+            match store.transaction(entries.clone(), &principal, leniency).await {
+                Ok(outcomes) => count(&mut summary, &outcomes),
+                Err(_) => {
+                    // Find exactly which lines fail: each on its own.
+                    for entry in entries {
+                        let line_number = entry.position;
+                        match store.transaction(vec![entry], &principal, leniency).await {
+                            Ok(outcomes) => count(&mut summary, &outcomes),
+                            Err(failure) => summary.failures.push(format!("{name}:{line_number}: {}", describe(&failure.error))),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    summary
+}
+
+/// One ndjson line as a transaction entry: `PUT Type/id` (or `POST Type` without an id).
+fn ndjson_entry(line: &str, line_number: usize) -> Result<BundleEntry, String> {
+    let resource: Value = serde_json::from_str(line).map_err(|error| format!("not JSON: {error}"))?;
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or("resourceType is missing")?
+        .to_string();
+    let (method, url) = match resource.get("id").and_then(Value::as_str) {
+        Some(id) => (Method::Put, format!("{resource_type}/{id}")),
+        None => (Method::Post, resource_type),
+    };
+    let target = bundle::parse_request_url(&url, "")?;
+    Ok(BundleEntry {
+        position: line_number,
+        full_url: None,
+        method,
+        target,
+        resource: Some(resource),
+        if_none_exist: None,
+        if_match: None,
+    })
+}
+
+/// A progress line on standard error (only on a terminal).
+#[derive(Clone)]
+struct Progress {
+    done: Arc<std::sync::atomic::AtomicU64>,
+    started: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress { done: Arc::default(), started: Instant::now(), terminal: std::io::stderr().is_terminal() }
+    }
+
+    fn add(&self, resources: u64) {
+        let done = self.done.fetch_add(resources, std::sync::atomic::Ordering::Relaxed) + resources;
+        if self.terminal {
+            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            eprint!("\r  {done} resources imported ({rate:.0}/s)   ");
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}
