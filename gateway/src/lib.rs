@@ -9,6 +9,7 @@ pub mod import;
 pub mod journal;
 pub mod ledger;
 pub mod seal;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod verify;

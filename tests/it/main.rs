@@ -9,4 +9,5 @@ mod openapi;
 mod persistence;
 mod rest;
 mod roundtrip;
+mod search_core;
 mod validation;

@@ -1,0 +1,297 @@
+//! The tantivy index: derived state, rebuildable from the ledger and the sealed store.
+//!
+//! One document per current (not deleted) resource: its key (`Type/id`), type, the ledger leaf
+//! of its current version, `meta.lastUpdated`, a sort date, and its search terms (see
+//! [`super::terms`]: keyed hashes, never readable text). The index proposes candidates; every
+//! result is then read from the sealed store and checked by the pure matcher.
+//!
+//! Freshness: the last ledger leaf whose version is indexed is the commit payload. On open the
+//! index catches up from there; a search first waits until the index covers every version
+//! acknowledged before the search began (read-your-writes).
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tantivy::collector::{Count, DocSetCollector};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, Value as _};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use super::terms::TermCondition;
+
+/// A resource as the index sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexDocument {
+    pub key: String,
+    pub resource_type: String,
+    pub leaf_index: u64,
+    pub last_updated_ms: i64,
+    pub sort_date_ms: Option<i64>,
+    pub terms: Vec<String>,
+}
+
+/// One search hit, with what sorting and paging need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub key: String,
+    pub leaf_index: u64,
+    pub last_updated_ms: i64,
+    pub sort_date_ms: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("search index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("search index: {0}")]
+    Directory(#[from] tantivy::directory::error::OpenDirectoryError),
+    #[error("search index I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Fields {
+    key: Field,
+    resource_type: Field,
+    leaf_index: Field,
+    last_updated: Field,
+    sort_date: Field,
+    term: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let fields = Fields {
+        key: builder.add_text_field("key", STRING | STORED),
+        resource_type: builder.add_text_field("type", STRING),
+        leaf_index: builder.add_u64_field("leaf", INDEXED | FAST | STORED),
+        last_updated: builder.add_i64_field("last_updated", FAST | STORED),
+        sort_date: builder.add_i64_field("sort_date", FAST | STORED),
+        term: builder.add_text_field("term", STRING),
+    };
+    (builder.build(), fields)
+}
+
+pub struct TantivyIndex {
+    index: Index,
+    fields: Fields,
+    writer: Mutex<IndexWriter>,
+    reader: IndexReader,
+}
+
+const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+
+impl TantivyIndex {
+    /// Opens the index in `directory`, creating it if absent (or if its schema is not ours).
+    pub fn open(directory: &Path) -> Result<TantivyIndex, IndexError> {
+        std::fs::create_dir_all(directory)?;
+        let (schema, fields) = schema();
+        let index = match Index::open_in_dir(directory) {
+            Ok(index) if index.schema() == schema => index,
+            Ok(_) | Err(_) => {
+                // Derived state: an unreadable or foreign index is rebuilt from the store.
+                for entry in std::fs::read_dir(directory)? {
+                    let path = entry?.path();
+                    if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+                }
+                Index::create_in_dir(directory, schema)?
+            }
+        };
+        Self::from_index(index, fields)
+    }
+
+    /// An index in memory (tests).
+    pub fn in_memory() -> Result<TantivyIndex, IndexError> {
+        let (schema, fields) = schema();
+        Self::from_index(Index::create_in_ram(schema), fields)
+    }
+
+    fn from_index(index: Index, fields: Fields) -> Result<TantivyIndex, IndexError> {
+        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(TantivyIndex { index, fields, writer: Mutex::new(writer), reader })
+    }
+
+    /// The last ledger leaf covered by the last commit (`None`: nothing indexed yet).
+    pub fn indexed_leaf(&self) -> Option<u64> {
+        let metas = self.index.load_metas().ok()?;
+        metas.payload.as_deref().and_then(|payload| payload.parse().ok())
+    }
+
+    /// Replaces the resource's document (`document: None` removes it: a deletion).
+    pub fn upsert(&self, key: &str, document: Option<&IndexDocument>) -> Result<(), IndexError> {
+        let writer = self.writer.lock().expect("index writer lock");
+        writer.delete_term(Term::from_field_text(self.fields.key, key));
+        if let Some(document) = document {
+            let mut tantivy_document = TantivyDocument::default();
+            tantivy_document.add_text(self.fields.key, &document.key);
+            tantivy_document.add_text(self.fields.resource_type, &document.resource_type);
+            tantivy_document.add_u64(self.fields.leaf_index, document.leaf_index);
+            tantivy_document.add_i64(self.fields.last_updated, document.last_updated_ms);
+            tantivy_document.add_i64(self.fields.sort_date, document.sort_date_ms.unwrap_or(i64::MAX));
+            for term in &document.terms {
+                tantivy_document.add_text(self.fields.term, term);
+            }
+            writer.add_document(tantivy_document)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything upserted so far durable and searchable, recording `indexed_leaf`.
+    pub fn commit(&self, indexed_leaf: u64) -> Result<(), IndexError> {
+        {
+            let mut writer = self.writer.lock().expect("index writer lock");
+            let mut prepared = writer.prepare_commit()?;
+            prepared.set_payload(&indexed_leaf.to_string());
+            prepared.commit()?;
+        }
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Removes every document (before a rebuild).
+    pub fn clear(&self) -> Result<(), IndexError> {
+        let mut writer = self.writer.lock().expect("index writer lock");
+        writer.delete_all_documents()?;
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload("");
+        prepared.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    fn query(&self, resource_type: Option<&str>, condition: &TermCondition) -> Box<dyn Query> {
+        let condition = self.condition_query(condition);
+        match resource_type {
+            None => condition,
+            Some(resource_type) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(TermQuery::new(Term::from_field_text(self.fields.resource_type, resource_type), IndexRecordOption::Basic)) as Box<dyn Query>),
+                (Occur::Must, condition),
+            ])),
+        }
+    }
+
+    fn condition_query(&self, condition: &TermCondition) -> Box<dyn Query> {
+        let term = |text: &str| Term::from_field_text(self.fields.term, text);
+        match condition {
+            TermCondition::Everything => Box::new(AllQuery),
+            TermCondition::Term(text) => Box::new(TermQuery::new(term(text), IndexRecordOption::Basic)),
+            TermCondition::Range { lower, upper } => {
+                let bound = |bound: &Bound<String>| match bound {
+                    Bound::Included(text) => Bound::Included(term(text)),
+                    Bound::Excluded(text) => Bound::Excluded(term(text)),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                Box::new(RangeQuery::new(bound(lower), bound(upper)))
+            }
+            TermCondition::All(conditions) => Box::new(BooleanQuery::new(
+                conditions.iter().map(|condition| (Occur::Must, self.condition_query(condition))).collect(),
+            )),
+            TermCondition::Any(conditions) => Box::new(BooleanQuery::new(
+                conditions.iter().map(|condition| (Occur::Should, self.condition_query(condition))).collect(),
+            )),
+            TermCondition::Not(inner) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
+                (Occur::MustNot, self.condition_query(inner)),
+            ])),
+        }
+    }
+
+    /// Every document of `resource_type` (all types if `None`) matching the condition.
+    pub fn search(&self, resource_type: Option<&str>, condition: &TermCondition) -> Result<Vec<Hit>, IndexError> {
+        let searcher = self.reader.searcher();
+        let query = self.query(resource_type, condition);
+        let addresses = searcher.search(&query, &DocSetCollector)?;
+        let mut hits = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            hits.push(self.hit(&searcher, address)?);
+        }
+        Ok(hits)
+    }
+
+    pub fn count(&self, resource_type: Option<&str>, condition: &TermCondition) -> Result<usize, IndexError> {
+        Ok(self.reader.searcher().search(&self.query(resource_type, condition), &Count)?)
+    }
+
+    fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<Hit, IndexError> {
+        let document: TantivyDocument = searcher.doc(address)?;
+        let text = |field| document.get_first(field).and_then(|value| value.as_str()).unwrap_or_default().to_string();
+        let number = |field| document.get_first(field).and_then(|value| value.as_i64());
+        let sort_date_ms = number(self.fields.sort_date).filter(|value| *value != i64::MAX);
+        Ok(Hit {
+            key: text(self.fields.key),
+            leaf_index: document.get_first(self.fields.leaf_index).and_then(|value| value.as_u64()).unwrap_or_default(),
+            last_updated_ms: number(self.fields.last_updated).unwrap_or_default(),
+            sort_date_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(key: &str, leaf_index: u64, terms: &[&str]) -> IndexDocument {
+        IndexDocument {
+            key: key.into(),
+            resource_type: key.split('/').next().unwrap().into(),
+            leaf_index,
+            last_updated_ms: leaf_index as i64,
+            sort_date_ms: None,
+            terms: terms.iter().map(|term| term.to_string()).collect(),
+        }
+    }
+
+    fn keys(mut hits: Vec<Hit>) -> Vec<String> {
+        hits.sort_by_key(|hit| hit.leaf_index);
+        hits.into_iter().map(|hit| hit.key).collect()
+    }
+
+    #[test]
+    fn upsert_search_delete_and_payload() {
+        let index = TantivyIndex::in_memory().unwrap();
+        assert_eq!(index.indexed_leaf(), None);
+        index.upsert("Patient/a", Some(&document("Patient/a", 0, &["g|f", "d|0010"]))).unwrap();
+        index.upsert("Patient/b", Some(&document("Patient/b", 1, &["g|m", "d|0020"]))).unwrap();
+        index.upsert("Observation/c", Some(&document("Observation/c", 2, &["g|f"]))).unwrap();
+        index.commit(2).unwrap();
+        assert_eq!(index.indexed_leaf(), Some(2));
+
+        let female = TermCondition::Term("g|f".into());
+        assert_eq!(keys(index.search(Some("Patient"), &female).unwrap()), ["Patient/a"]);
+        assert_eq!(keys(index.search(None, &female).unwrap()), ["Patient/a", "Observation/c"]);
+        let range = TermCondition::Range { lower: Bound::Included("d|0015".into()), upper: Bound::Excluded("d|~".into()) };
+        assert_eq!(keys(index.search(Some("Patient"), &range).unwrap()), ["Patient/b"]);
+        let not_female = TermCondition::Not(Box::new(female.clone()));
+        assert_eq!(keys(index.search(Some("Patient"), &not_female).unwrap()), ["Patient/b"]);
+        assert_eq!(index.count(Some("Patient"), &TermCondition::Everything).unwrap(), 2);
+
+        // An update replaces the document; a deletion removes it.
+        index.upsert("Patient/a", Some(&document("Patient/a", 3, &["g|m"]))).unwrap();
+        index.upsert("Patient/b", None).unwrap();
+        index.commit(4).unwrap();
+        assert!(index.search(Some("Patient"), &female).unwrap().is_empty());
+        assert_eq!(keys(index.search(Some("Patient"), &TermCondition::Term("g|m".into())).unwrap()), ["Patient/a"]);
+        assert_eq!(index.indexed_leaf(), Some(4));
+    }
+
+    #[test]
+    fn survives_reopen_and_rebuilds_a_foreign_directory() {
+        let directory = std::env::temp_dir().join(format!("fg-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        {
+            let index = TantivyIndex::open(&directory).unwrap();
+            index.upsert("Patient/a", Some(&document("Patient/a", 0, &["x"]))).unwrap();
+            index.commit(0).unwrap();
+        }
+        let index = TantivyIndex::open(&directory).unwrap();
+        assert_eq!(index.indexed_leaf(), Some(0));
+        assert_eq!(index.count(None, &TermCondition::Term("x".into())).unwrap(), 1);
+        drop(index);
+        std::fs::write(directory.join("meta.json"), b"garbage").unwrap();
+        let index = TantivyIndex::open(&directory).unwrap();
+        assert_eq!(index.indexed_leaf(), None, "an unreadable index starts over");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
