@@ -10,6 +10,7 @@ pub mod extract;
 mod ledger;
 mod metadata;
 mod resource;
+mod search;
 
 use std::sync::Arc;
 
@@ -71,27 +72,33 @@ impl AppState {
 /// Every (method, path) the router serves, in OpenAPI path syntax.
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/fhir"),
+    ("get", "/fhir"),
     ("get", "/fhir/metadata"),
     ("post", "/fhir/{type}"),
+    ("get", "/fhir/{type}"),
+    ("post", "/fhir/{type}/_search"),
     ("get", "/fhir/{type}/_history"),
     ("get", "/fhir/{type}/{id}"),
     ("put", "/fhir/{type}/{id}"),
     ("delete", "/fhir/{type}/{id}"),
     ("get", "/fhir/{type}/{id}/_history"),
     ("get", "/fhir/{type}/{id}/_history/{vid}"),
+    ("get", "/fhir/{type}/{id}/{compartment}"),
     ("get", "/ledger/checkpoint"),
     ("get", "/healthz"),
 ];
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/fhir", axum::routing::post(bundle::transaction_or_batch))
+        .route("/fhir", axum::routing::post(bundle::transaction_or_batch).get(search::search_system))
         .route("/fhir/metadata", get(metadata::capability_statement))
-        .route("/fhir/{type}", axum::routing::post(resource::create))
+        .route("/fhir/{type}", axum::routing::post(resource::create).get(search::search_type))
+        .route("/fhir/{type}/_search", axum::routing::post(search::search_type_post))
         .route("/fhir/{type}/_history", get(resource::type_history))
         .route("/fhir/{type}/{id}", get(resource::read).put(resource::update).delete(resource::delete))
         .route("/fhir/{type}/{id}/_history", get(resource::instance_history))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))
+        .route("/fhir/{type}/{id}/{compartment}", get(search::compartment))
         .route("/ledger/checkpoint", get(ledger::checkpoint))
         .route("/healthz", get(ledger::health))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

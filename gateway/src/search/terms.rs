@@ -1,7 +1,28 @@
-//! Conditions on index terms: the small query language between search semantics and tantivy.
-//! Pure; [`super::index`] turns a [`TermCondition`] into a tantivy query.
+//! Index terms and the conditions on them: the small query language between FHIR search
+//! semantics and tantivy. Pure; [`super::index`] turns a [`TermCondition`] into a tantivy query.
+//!
+//! **No readable PHI in the index.** Every token, string and reference value becomes a keyed
+//! hash (HMAC-SHA-256 under a key derived from the ledger secret, truncated to 96 bits):
+//! strings as their normalised prefixes (up to [`MAX_PREFIX`] characters), their exact form and
+//! their trigrams (for `:contains`). Only dates, quantities and numbers are stored as
+//! order-preserving values, because range queries need the order.
+//!
+//! **Conditions are supersets.** A condition selects at least every resource the matcher would
+//! accept (it may select more: prefixes beyond [`MAX_PREFIX`], `:not`, `ne`, `ap`, multi-valued
+//! dates, composites); the search then confirms every candidate with the matcher on the sealed
+//! resource. Term layout: `{param}|{kind}|{value}`, one field for all.
 
 use std::ops::Bound;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use super::extract::{IndexEntry, IndexValue};
+use super::normalize::normalize_text;
+use super::query::{Filter, FilterValue, Modifier, Prefix, TokenSystem};
+
+/// Normalised string prefixes indexed (longer searches select by this prefix, then the matcher).
+pub const MAX_PREFIX: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TermCondition {
@@ -20,5 +41,264 @@ impl TermCondition {
     /// Terms starting with `prefix`.
     pub fn prefix(prefix: &str) -> TermCondition {
         TermCondition::Range { lower: Bound::Included(prefix.to_string()), upper: Bound::Excluded(format!("{prefix}\u{10ffff}")) }
+    }
+}
+
+/// Order-preserving text for an `i64` (dates in ms).
+fn sortable_i64(value: i64) -> String {
+    format!("{:016x}", (value as u64) ^ (1 << 63))
+}
+
+/// Order-preserving text for an `f64` (IEEE 754 total order for finite values).
+fn sortable_f64(value: f64) -> String {
+    let bits = value.to_bits();
+    let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+    format!("{ordered:016x}")
+}
+
+/// Turns index values into terms and filters into conditions, under one hashing key.
+pub struct TermEncoder {
+    key: [u8; 32],
+}
+
+impl TermEncoder {
+    pub fn new(key: [u8; 32]) -> TermEncoder {
+        TermEncoder { key }
+    }
+
+    fn hash(&self, parts: &[&str]) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
+        for part in parts {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        mac.finalize().into_bytes()[..12].iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    fn term(&self, param: &str, kind: &str, parts: &[&str]) -> String {
+        format!("{param}|{kind}|{}", self.hash(parts))
+    }
+
+    fn presence(param: &str) -> String {
+        format!("{param}|?")
+    }
+
+    fn prefixes(normalized: &str) -> impl Iterator<Item = &str> {
+        normalized.char_indices().skip(1).map(|(end, _)| &normalized[..end]).chain(std::iter::once(normalized)).take(MAX_PREFIX)
+    }
+
+    fn trigrams(normalized: &str) -> Vec<String> {
+        let characters: Vec<char> = normalized.chars().collect();
+        characters.windows(3).map(|window| window.iter().collect()).collect()
+    }
+
+    /// Every term of a resource's index entries.
+    pub fn document_terms(&self, entries: &[IndexEntry]) -> Vec<String> {
+        let mut terms = Vec::new();
+        for entry in entries {
+            let param = entry.param.as_str();
+            terms.push(Self::presence(param));
+            match &entry.value {
+                IndexValue::Token { system, code } => {
+                    let system = system.as_deref().unwrap_or("");
+                    terms.push(self.term(param, "t", &[system, code]));
+                    terms.push(self.term(param, "ta", &[code]));
+                    terms.push(self.term(param, "ts", &[system]));
+                }
+                IndexValue::Text { normalized, exact } => {
+                    terms.extend(Self::prefixes(normalized).map(|prefix| self.term(param, "sp", &[prefix])));
+                    terms.push(self.term(param, "sx", &[exact]));
+                    terms.extend(Self::trigrams(normalized).iter().map(|trigram| self.term(param, "sg", &[trigram])));
+                }
+                IndexValue::Reference { target } => {
+                    terms.push(self.term(param, "r", &[target]));
+                    let id = target.rsplit('/').next().unwrap_or(target);
+                    terms.push(self.term(param, "ri", &[id]));
+                }
+                IndexValue::Date { start_ms, end_ms } => {
+                    terms.push(format!("{param}|ds|{}", sortable_i64(*start_ms)));
+                    terms.push(format!("{param}|de|{}", sortable_i64(*end_ms)));
+                }
+                IndexValue::Quantity { value_f64, system, code, .. } => {
+                    terms.push(format!("{param}|q|{}", sortable_f64(*value_f64)));
+                    if let Some(code) = code {
+                        terms.push(self.term(param, "qc", &[code]));
+                        terms.push(self.term(param, "qu", &[system.as_deref().unwrap_or(""), code]));
+                    }
+                }
+                IndexValue::Number { value_f64, .. } => terms.push(format!("{param}|n|{}", sortable_f64(*value_f64))),
+            }
+        }
+        terms.sort();
+        terms.dedup();
+        terms
+    }
+
+    fn range(param: &str, kind: &str, lower: Bound<String>, upper: Bound<String>) -> TermCondition {
+        let prefix = format!("{param}|{kind}|");
+        let with_prefix = |bound: Bound<String>| match bound {
+            Bound::Included(value) => Bound::Included(format!("{prefix}{value}")),
+            Bound::Excluded(value) => Bound::Excluded(format!("{prefix}{value}")),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let lower = match with_prefix(lower) {
+            Bound::Unbounded => Bound::Included(prefix.clone()),
+            bound => bound,
+        };
+        let upper = match with_prefix(upper) {
+            Bound::Unbounded => Bound::Excluded(format!("{prefix}\u{10ffff}")),
+            bound => bound,
+        };
+        TermCondition::Range { lower, upper }
+    }
+
+    fn date_condition(param: &str, prefix: Prefix, start_ms: i64, end_ms: i64) -> TermCondition {
+        use Bound::{Excluded, Included, Unbounded};
+        let (start, end) = (sortable_i64(start_ms), sortable_i64(end_ms));
+        match prefix {
+            Prefix::Eq => TermCondition::All(vec![
+                Self::range(param, "ds", Included(start), Unbounded),
+                Self::range(param, "de", Unbounded, Included(end)),
+            ]),
+            Prefix::Gt => Self::range(param, "de", Excluded(end), Unbounded),
+            Prefix::Lt => Self::range(param, "ds", Unbounded, Excluded(start)),
+            Prefix::Ge => Self::range(param, "de", Included(start), Unbounded),
+            Prefix::Le => Self::range(param, "ds", Unbounded, Included(end)),
+            Prefix::Sa => Self::range(param, "ds", Excluded(end), Unbounded),
+            Prefix::Eb => Self::range(param, "de", Unbounded, Excluded(start)),
+            Prefix::Ne | Prefix::Ap => TermCondition::Term(Self::presence(param)),
+        }
+    }
+
+    fn number_condition(param: &str, kind: &str, prefix: Prefix, value: f64) -> TermCondition {
+        use Bound::{Included, Unbounded};
+        // Wide enough for any implicit precision or `ap` margin; the matcher decides exactly.
+        let margin = (value.abs() * 0.1).max(1.0);
+        match prefix {
+            Prefix::Eq | Prefix::Ap => Self::range(
+                param,
+                kind,
+                Included(sortable_f64(value - margin)),
+                Included(sortable_f64(value + margin)),
+            ),
+            Prefix::Gt | Prefix::Ge | Prefix::Sa => Self::range(param, kind, Included(sortable_f64(value - margin)), Unbounded),
+            Prefix::Lt | Prefix::Le | Prefix::Eb => Self::range(param, kind, Unbounded, Included(sortable_f64(value + margin))),
+            Prefix::Ne => TermCondition::Term(Self::presence(param)),
+        }
+    }
+
+    fn string_condition(&self, param: &str, value: &str, modifier: Option<&Modifier>) -> TermCondition {
+        match modifier {
+            Some(Modifier::Exact) => TermCondition::Term(self.term(param, "sx", &[value])),
+            Some(Modifier::Contains) => {
+                let trigrams = Self::trigrams(&normalize_text(value));
+                if trigrams.is_empty() {
+                    TermCondition::Term(Self::presence(param))
+                } else {
+                    TermCondition::All(trigrams.iter().map(|trigram| TermCondition::Term(self.term(param, "sg", &[trigram]))).collect())
+                }
+            }
+            _ => {
+                let normalized = normalize_text(value);
+                match normalized.char_indices().nth(MAX_PREFIX) {
+                    None if normalized.is_empty() => TermCondition::Term(Self::presence(param)),
+                    None => TermCondition::Term(self.term(param, "sp", &[&normalized])),
+                    Some((end, _)) => TermCondition::Term(self.term(param, "sp", &[&normalized[..end]])),
+                }
+            }
+        }
+    }
+
+    fn value_condition(&self, param: &str, modifier: Option<&Modifier>, value: &FilterValue) -> TermCondition {
+        match value {
+            FilterValue::Token { system, code } => match (system, code) {
+                (TokenSystem::Any, Some(code)) => TermCondition::Term(self.term(param, "ta", &[code])),
+                (TokenSystem::None, Some(code)) => TermCondition::Term(self.term(param, "t", &["", code])),
+                (TokenSystem::Some(system), Some(code)) => TermCondition::Term(self.term(param, "t", &[system, code])),
+                (TokenSystem::Some(system), None) => TermCondition::Term(self.term(param, "ts", &[system])),
+                (_, None) => TermCondition::Term(Self::presence(param)),
+            },
+            FilterValue::String(text) => self.string_condition(param, text, modifier),
+            FilterValue::Uri(uri) => TermCondition::Term(self.term(param, "ta", &[uri])),
+            FilterValue::Date { prefix, start_ms, end_ms } => Self::date_condition(param, *prefix, *start_ms, *end_ms),
+            FilterValue::Reference { target } if target.contains('/') => TermCondition::Term(self.term(param, "r", &[target])),
+            FilterValue::Reference { target } => TermCondition::Term(self.term(param, "ri", &[target])),
+            FilterValue::Quantity { prefix, value, system, code, .. } => {
+                let mut conditions = vec![Self::number_condition(param, "q", *prefix, *value)];
+                if let Some(code) = code {
+                    conditions.push(match system {
+                        Some(system) => TermCondition::Term(self.term(param, "qu", &[system, code])),
+                        None => TermCondition::Term(self.term(param, "qc", &[code])),
+                    });
+                }
+                TermCondition::All(conditions)
+            }
+            FilterValue::Number { prefix, value, .. } => Self::number_condition(param, "n", *prefix, *value),
+            FilterValue::Composite(components) => TermCondition::All(
+                components
+                    .iter()
+                    .enumerate()
+                    .map(|(position, component)| self.value_condition(&format!("{param}${position}"), None, component))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A superset condition for one filter (OR across its values).
+    pub fn filter_condition(&self, filter: &Filter) -> TermCondition {
+        if filter.chain.is_some() {
+            return TermCondition::Everything;
+        }
+        let param = filter.param.as_str();
+        match &filter.modifier {
+            Some(Modifier::Missing(true)) => TermCondition::Not(Box::new(TermCondition::Term(Self::presence(param)))),
+            Some(Modifier::Missing(false)) => TermCondition::Term(Self::presence(param)),
+            Some(Modifier::Not) => TermCondition::Everything,
+            Some(Modifier::Text) => TermCondition::Any(
+                filter.values.iter().map(|value| match value {
+                    FilterValue::String(text) | FilterValue::Uri(text) => self.string_condition(&format!("{param}:text"), text, None),
+                    _ => TermCondition::Everything,
+                }).collect(),
+            ),
+            Some(Modifier::Identifier) => TermCondition::Any(
+                filter.values.iter().map(|value| self.value_condition(&format!("{param}:identifier"), None, value)).collect(),
+            ),
+            modifier => TermCondition::Any(filter.values.iter().map(|value| self.value_condition(param, modifier.as_ref(), value)).collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sortable_encodings_keep_order() {
+        let numbers = [-1e300, -2.5, -0.0, 0.0, 1e-9, 37.5, 120.0, 1e300];
+        for pair in numbers.windows(2) {
+            assert!(sortable_f64(pair[0]) <= sortable_f64(pair[1]), "{pair:?}");
+        }
+        let dates = [i64::MIN, -2_208_988_800_000, 0, 1_700_000_000_000, i64::MAX];
+        for pair in dates.windows(2) {
+            assert!(sortable_i64(pair[0]) < sortable_i64(pair[1]), "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn strings_become_keyed_hashes_of_prefixes() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        let entries = [IndexEntry {
+            param: "family".into(),
+            value: IndexValue::Text { normalized: "chalmers".into(), exact: "Chalmers".into() },
+            group: None,
+        }];
+        let terms = encoder.document_terms(&entries);
+        assert!(terms.iter().all(|term| !term.to_lowercase().contains("chalm")), "no readable text: {terms:?}");
+        assert!(terms.contains(&encoder.term("family", "sp", &["cha"])));
+        assert!(terms.contains(&encoder.term("family", "sp", &["chalmers"])));
+        assert!(terms.contains(&encoder.term("family", "sx", &["Chalmers"])));
+        assert!(terms.contains(&"family|?".to_string()));
+        // Another key gives other terms.
+        assert_ne!(TermEncoder::new([2u8; 32]).document_terms(&entries), terms);
     }
 }

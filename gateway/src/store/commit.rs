@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
+use super::search::IndexJob;
 use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
 use crate::fhir::{self, canonical::to_canonical_bytes};
@@ -343,6 +344,20 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
         for record in records {
             catalog.apply(record);
         }
+    }
+    let jobs: Vec<IndexJob> = accepted
+        .iter()
+        .flat_map(|(writes, _)| writes.iter())
+        .enumerate()
+        .map(|(position, prepared)| IndexJob {
+            key: prepared.key.clone(),
+            leaf_index: first_leaf_index + position as u64,
+            last_updated_ms: (prepared.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
+            body: prepared.body.clone(),
+        })
+        .collect();
+    if let Some(index_jobs) = shared.index_jobs.get() {
+        let _ = index_jobs.send((jobs, shared.ledger.tree_size()));
     }
     for (writes, reply) in accepted {
         let versions = writes

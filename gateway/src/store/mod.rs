@@ -9,6 +9,7 @@
 pub mod catalog;
 mod commit;
 mod rotate;
+pub mod search;
 mod secrets;
 mod transaction;
 
@@ -182,6 +183,9 @@ pub(crate) struct Shared {
     secrets: LedgerSecrets,
     poisoned: AtomicBool,
     options: StoreOptions,
+    search: search::SearchIndex,
+    /// Where the commit thread sends published versions for indexing.
+    index_jobs: std::sync::OnceLock<std::sync::mpsc::Sender<(Vec<search::IndexJob>, u64)>>,
     /// Held while the store is open: one process per data directory.
     _lock: std::fs::File,
 }
@@ -204,6 +208,8 @@ pub enum OpenError {
     Journal(#[from] JournalError),
     #[error("catalog record at offset {offset} is unreadable: {reason}")]
     Catalog { offset: u64, reason: String },
+    #[error("search index: {0}")]
+    Index(String),
     #[error("the data directory {0} is in use by another fhir-gateway process")]
     Locked(PathBuf),
     #[error("the catalog ({records} records) does not match the ledger ({tree_size} leaves) from record {position}; run verify")]
@@ -230,6 +236,9 @@ impl DataLayout {
     }
     pub fn catalog(&self) -> PathBuf {
         self.root.join("records").join("catalog.log")
+    }
+    pub fn search_index(&self) -> PathBuf {
+        self.root.join("index")
     }
 }
 
@@ -314,6 +323,9 @@ impl ResourceStore {
             catalog.apply(record);
         }
 
+        let index = crate::search::index::TantivyIndex::open(&layout.search_index())
+            .map_err(|error| OpenError::Index(error.to_string()))?;
+        let search = search::SearchIndex::new(index, crate::search::terms::TermEncoder::new(secrets.search_key()));
         let shared = Arc::new(Shared {
             blobs,
             ledger,
@@ -323,11 +335,19 @@ impl ResourceStore {
             secrets,
             poisoned: AtomicBool::new(false),
             options,
+            search,
+            index_jobs: std::sync::OnceLock::new(),
             _lock: lock,
         });
         shared.ledger.checkpoint()?;
+        let _ = shared.index_jobs.set(search::start_indexer(shared.clone()));
         let commits = commit::start(shared.clone());
-        Ok(ResourceStore { shared, commits })
+        let store = ResourceStore { shared, commits };
+        let caught_up = store.catch_up_index().map_err(|error| OpenError::Index(error.to_string()))?;
+        if caught_up > 0 {
+            tracing::info!(resources = caught_up, "search index caught up with the ledger");
+        }
+        Ok(store)
     }
 
     /// Commits everything submitted so far, issues a final checkpoint and stops the commit thread.

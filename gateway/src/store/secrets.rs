@@ -68,6 +68,11 @@ impl LedgerSecrets {
         }
     }
 
+    /// The key of the search index's term hashes (no readable values in the index).
+    pub fn search_key(&self) -> [u8; 32] {
+        self.keyed_hash("search-index", &[])
+    }
+
     /// `localhost/fhir-gateway/<first 8 hex digits of SHA-256(public key)>`.
     pub fn default_origin(&self) -> String {
         let digest = Sha256::digest(self.signing_key.verifying_key().as_bytes());

@@ -1,0 +1,329 @@
+//! Search interactions (R4 §3.1.0.9, §3.1.1): type search (`GET [type]?`, `POST [type]/_search`),
+//! system search (`GET [base]?_type=`), Patient compartment search (`GET Patient/[id]/[type]`)
+//! and `Patient/[id]/$everything`, answered as `searchset` Bundles.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::{ApiError, operation_outcome};
+use super::extract::{FhirPath, Prefer, check_acceptable};
+use super::{AppState, FHIR_JSON};
+use crate::fhir::{self, Leniency, format_instant, is_valid_id, resource_type::is_resource_type};
+use crate::search::{SearchParamTable, SearchQuery, Summary, TotalMode, parse_query};
+use crate::store::StoredVersion;
+use crate::store::catalog::ResourceKey;
+use crate::store::search::SearchPage;
+
+/// Parameters this server handles itself (paging), not FHIR search parameters.
+const PAGING: &str = "_offset";
+
+struct Request {
+    pairs: Vec<(String, String)>,
+    offset: usize,
+    count: usize,
+    lenient: bool,
+}
+
+fn request(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Result<Request, ApiError> {
+    let format = pairs.iter().find(|(name, _)| name == "_format").map(|(_, value)| value.clone());
+    check_acceptable(headers, format.as_deref())?;
+    let lenient = Prefer::from_headers(headers).leniency == Leniency::Lenient;
+    let mut offset = 0;
+    let mut search_pairs = Vec::new();
+    for (name, value) in pairs {
+        if name == PAGING {
+            offset = value.parse().map_err(|_| ApiError::bad_request("_offset must be a non-negative integer"))?;
+        } else {
+            search_pairs.push((name, value));
+        }
+    }
+    let count = match search_pairs.iter().rev().find(|(name, _)| name == "_count") {
+        Some((_, value)) => value
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request("_count must be a non-negative integer"))?
+            .min(state.limits.max_page_size),
+        None => state.limits.default_page_size,
+    };
+    Ok(Request { pairs: search_pairs, offset, count, lenient })
+}
+
+fn parse(resource_type: &str, request: &Request) -> Result<SearchQuery, ApiError> {
+    let query = parse_query(SearchParamTable::r4(), resource_type, &request.pairs, request.lenient)
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    if query.filters.iter().any(|filter| filter.chain.is_some()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "chained and reverse-chained (_has) parameters are not supported yet",
+        ));
+    }
+    if matches!(query.summary, Some(Summary::True | Summary::Text | Summary::Data)) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "not-supported", "_summary supports count and false"));
+    }
+    Ok(query)
+}
+
+fn resource_type(name: &str) -> Result<&str, ApiError> {
+    if is_resource_type(name) { Ok(name) } else { Err(ApiError::not_found(format!("'{name}' is not a FHIR R4 resource type"))) }
+}
+
+/// `_elements`: keep the named top-level elements (and the mandatory `resourceType`, `id`,
+/// `meta`), and tag the result SUBSETTED.
+fn apply_elements(mut resource: Value, elements: &[String]) -> Value {
+    if elements.is_empty() {
+        return resource;
+    }
+    if let Some(object) = resource.as_object_mut() {
+        object.retain(|name, _| matches!(name.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|element| element == name));
+        let meta = object.entry("meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            let tags = meta.entry("tag").or_insert_with(|| json!([]));
+            if let Some(tags) = tags.as_array_mut() {
+                tags.push(json!({ "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED" }));
+            }
+        }
+    }
+    resource
+}
+
+fn entry(state: &AppState, version: &StoredVersion, mode: &str, elements: &[String]) -> Value {
+    let key = &version.key;
+    let resource = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()).unwrap_or(Value::Null);
+    json!({
+        "fullUrl": format!("{}/{}/{}", state.base_url, key.resource_type, key.id),
+        "resource": apply_elements(resource, elements),
+        "search": { "mode": mode },
+    })
+}
+
+fn self_url(path: &str, pairs: &[(String, String)], offset: Option<usize>) -> String {
+    let mut query: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+        .collect();
+    if let Some(offset) = offset {
+        query.push(format!("{PAGING}={offset}"));
+    }
+    if query.is_empty() { path.to_string() } else { format!("{path}?{}", query.join("&")) }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'|' | b',' | b'$' | b'/' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn searchset(state: &AppState, path: &str, request: &Request, query: &SearchQuery, page: SearchPage) -> Response {
+    let count_only = query.summary == Some(Summary::Count);
+    let mut entries: Vec<Value> = Vec::new();
+    if !count_only {
+        entries.extend(page.matches.iter().map(|version| entry(state, version, "match", &query.elements)));
+        entries.extend(page.includes.iter().map(|version| entry(state, version, "include", &query.elements)));
+    }
+    if !query.unknown.is_empty() {
+        let message = format!("ignored unknown or unsupported parameters: {}", query.unknown.join(", "));
+        entries.push(json!({ "resource": operation_outcome("warning", "not-supported", &message), "search": { "mode": "outcome" } }));
+    }
+    let base_path = format!("{}{}", state.base_url, path);
+    let mut links = vec![json!({ "relation": "self", "url": self_url(&base_path, &request.pairs, (request.offset > 0).then_some(request.offset)) })];
+    if let Some(next) = page.next_offset.filter(|_| !count_only) {
+        links.push(json!({ "relation": "next", "url": self_url(&base_path, &request.pairs, Some(next)) }));
+    }
+    if request.offset > 0 && !count_only {
+        let previous = request.offset.saturating_sub(request.count);
+        links.push(json!({ "relation": "previous", "url": self_url(&base_path, &request.pairs, Some(previous)) }));
+    }
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "meta": { "lastUpdated": format_instant(fhir::now_instant()) },
+        "link": links,
+        "entry": entries,
+    });
+    let show_total = count_only || query.total != Some(TotalMode::None);
+    if let (true, Some(total)) = (show_total, page.total) {
+        bundle["total"] = json!(total);
+    }
+    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+async fn run(
+    state: AppState,
+    path: String,
+    resource_type: String,
+    compartment: Option<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let query = parse(&resource_type, &request)?;
+    let store = state.store.clone();
+    let (offset, count) = (request.offset, request.count);
+    let compartment_for_task = compartment.clone();
+    let query_for_task = query.clone();
+    let page = tokio::task::spawn_blocking(move || store.search(&query_for_task, compartment_for_task.as_deref(), offset, count))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
+    Ok(searchset(&state, &path, &request, &query, page))
+}
+
+/// `GET [base]/[type]?params`
+pub async fn search_type(
+    State(state): State<AppState>,
+    FhirPath(type_name): FhirPath<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let resource_type = resource_type(&type_name)?.to_string();
+    let request = request(&state, &headers, fhir::query::pairs(query.as_deref().unwrap_or_default()))?;
+    run(state, format!("/{resource_type}"), resource_type, None, request).await
+}
+
+/// `POST [base]/[type]/_search` with `application/x-www-form-urlencoded` parameters (and any
+/// in the URL).
+pub async fn search_type_post(
+    State(state): State<AppState>,
+    FhirPath(type_name): FhirPath<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let resource_type = resource_type(&type_name)?.to_string();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    if !body.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "_search parameters must be sent as application/x-www-form-urlencoded",
+        ));
+    }
+    let mut pairs = fhir::query::pairs(query.as_deref().unwrap_or_default());
+    let form = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the form body is not UTF-8"))?;
+    pairs.extend(fhir::query::pairs(form));
+    let request = request(&state, &headers, pairs)?;
+    run(state, format!("/{resource_type}"), resource_type, None, request).await
+}
+
+/// `GET [base]/Patient/[id]/[type]?params` (compartment search) and `GET [base]/Patient/[id]/$everything`.
+pub async fn compartment(
+    State(state): State<AppState>,
+    FhirPath((compartment_type, id, target)): FhirPath<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if compartment_type != "Patient" {
+        return Err(ApiError::not_found("only the Patient compartment is supported"));
+    }
+    if !is_valid_id(&id) {
+        return Err(ApiError::not_found("no resource has this id"));
+    }
+    // The patient must exist (a deleted one is 410).
+    state.store.read(&ResourceKey { resource_type: "Patient".into(), id: id.clone() })?;
+    let pairs = fhir::query::pairs(query.as_deref().unwrap_or_default());
+    if target == "$everything" {
+        return everything(state, id, headers, pairs).await;
+    }
+    let resource_type = resource_type(&target)?.to_string();
+    let request = request(&state, &headers, pairs)?;
+    let path = format!("/Patient/{id}/{resource_type}");
+    run(state, path, resource_type, Some(format!("Patient/{id}")), request).await
+}
+
+/// `Patient/[id]/$everything` with `_since`, `_type`, `_count` (and `_offset` paging): the
+/// patient and every resource of its compartment.
+async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<(String, String)>) -> Result<Response, ApiError> {
+    let format = pairs.iter().find(|(name, _)| name == "_format").map(|(_, value)| value.clone());
+    check_acceptable(&headers, format.as_deref())?;
+    let mut since = None;
+    let mut types: Option<Vec<String>> = None;
+    let mut offset = 0usize;
+    let mut count = state.limits.default_page_size;
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "_since" => since = Some(value.clone()),
+            "_type" => types = Some(value.split(',').map(str::to_string).collect()),
+            "_count" => count = value.parse::<usize>().map_err(|_| ApiError::bad_request("_count must be a non-negative integer"))?.min(state.limits.max_page_size),
+            PAGING => offset = value.parse().map_err(|_| ApiError::bad_request("_offset must be a non-negative integer"))?,
+            "_format" | "_pretty" => {}
+            other => return Err(ApiError::bad_request(format!("$everything does not support the parameter '{other}'"))),
+        }
+    }
+    let table = SearchParamTable::r4();
+    let mut compartment_types: Vec<String> = table
+        .resource_types()
+        .filter(|resource_type| *resource_type == "Patient" || !table.patient_compartment_params(resource_type).is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(types) = &types {
+        for wanted in types {
+            resource_type(wanted)?;
+        }
+        compartment_types.retain(|resource_type| types.contains(resource_type));
+    }
+    let store = state.store.clone();
+    let patient_id = id.clone();
+    let since_pairs: Vec<(String, String)> = since.iter().map(|since| ("_lastUpdated".to_string(), format!("ge{since}"))).collect();
+    let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
+        let mut all = Vec::new();
+        for resource_type in compartment_types {
+            let query = parse_query(table, &resource_type, &since_pairs, false).map_err(|error| ApiError::bad_request(error.to_string()))?;
+            let page = store.search(&query, Some(&format!("Patient/{patient_id}")), 0, usize::MAX)?;
+            all.extend(page.matches);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
+    let total = all.len();
+    let page = SearchPage {
+        next_offset: (offset + count < total).then_some(offset + count),
+        matches: all.into_iter().skip(offset).take(count).collect(),
+        includes: Vec::new(),
+        total: Some(total),
+    };
+    let request = Request { pairs: pairs.into_iter().filter(|(name, _)| name != PAGING).collect(), offset, count, lenient: false };
+    let query = parse_query(table, "Patient", &[], false).map_err(|error| ApiError::bad_request(error.to_string()))?;
+    Ok(searchset(&state, &format!("/Patient/{id}/$everything"), &request, &query, page))
+}
+
+/// `GET [base]?_type=A,B&params`: a search across the listed types (parameters common to them).
+pub async fn search_system(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let pairs = fhir::query::pairs(query.as_deref().unwrap_or_default());
+    let types: Vec<String> = pairs
+        .iter()
+        .find(|(name, _)| name == "_type")
+        .map(|(_, value)| value.split(',').map(str::to_string).collect())
+        .ok_or_else(|| ApiError::bad_request("a system search needs _type (e.g. _type=Patient,Observation)"))?;
+    for wanted in &types {
+        resource_type(wanted)?;
+    }
+    let request = request(&state, &headers, pairs.into_iter().filter(|(name, _)| name != "_type").collect())?;
+    let queries: Vec<SearchQuery> = types.iter().map(|resource_type| parse(resource_type, &request)).collect::<Result<_, _>>()?;
+    let store = state.store.clone();
+    let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
+        let mut all = Vec::new();
+        for query in &queries {
+            all.extend(store.search(query, None, 0, usize::MAX)?.matches);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
+    let total = all.len();
+    let page = SearchPage {
+        next_offset: (request.offset + request.count < total).then_some(request.offset + request.count),
+        matches: all.into_iter().skip(request.offset).take(request.count).collect(),
+        includes: Vec::new(),
+        total: Some(total),
+    };
+    let query = parse(&types[0], &request)?;
+    let mut request = request;
+    request.pairs.insert(0, ("_type".into(), types.join(",")));
+    Ok(searchset(&state, "", &request, &query, page))
+}

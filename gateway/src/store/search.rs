@@ -1,0 +1,377 @@
+//! Search over the store: the indexer (fed by the commit thread, caught up at open) and the
+//! search operation.
+//!
+//! A search waits until the index covers every version acknowledged before it began, asks the
+//! index for candidates (a superset), reads each candidate from the sealed store (verified like
+//! any read), confirms it with the pure matcher, then sorts and pages. Search therefore never
+//! serves stale or unverified content, and the index may be approximate without being wrong.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::catalog::ResourceKey;
+use super::{ResourceStore, Shared, StoreError, StoredVersion};
+use crate::search::index::{Hit, IndexDocument, TantivyIndex};
+use crate::search::terms::{TermCondition, TermEncoder};
+use crate::search::{Include, IndexValue, ParamType, SearchParamTable, SearchQuery, extract, extract_param, matches};
+
+/// Results of one search beyond this many candidates are not counted (`total` is omitted).
+pub const MAX_COUNTED_CANDIDATES: usize = 10_000;
+/// How long a search waits for the index to catch up before answering 503.
+const FRESHNESS_WAIT: Duration = Duration::from_secs(10);
+
+/// A version the indexer must apply (`body: None`: the resource is deleted).
+pub(crate) struct IndexJob {
+    pub key: ResourceKey,
+    pub leaf_index: u64,
+    pub last_updated_ms: i64,
+    pub body: Option<Vec<u8>>,
+}
+
+/// The index and how far it has got.
+pub(crate) struct SearchIndex {
+    pub index: TantivyIndex,
+    pub encoder: TermEncoder,
+    /// Number of ledger leaves covered (all versions below this leaf are indexed).
+    covered: Mutex<u64>,
+    covered_changed: Condvar,
+    pub failures: AtomicU64,
+}
+
+impl SearchIndex {
+    pub fn new(index: TantivyIndex, encoder: TermEncoder) -> SearchIndex {
+        let covered = index.indexed_leaf().map_or(0, |leaf| leaf + 1);
+        SearchIndex { index, encoder, covered: Mutex::new(covered), covered_changed: Condvar::new(), failures: AtomicU64::new(0) }
+    }
+
+    pub fn covered(&self) -> u64 {
+        *self.covered.lock().expect("covered lock")
+    }
+
+    fn set_covered(&self, tree_size: u64) {
+        let mut covered = self.covered.lock().expect("covered lock");
+        if tree_size > *covered {
+            *covered = tree_size;
+        }
+        self.covered_changed.notify_all();
+    }
+
+    /// Waits (bounded) until the index covers `tree_size` leaves.
+    fn wait_for(&self, tree_size: u64) -> bool {
+        let covered = self.covered.lock().expect("covered lock");
+        let (covered, _) = self
+            .covered_changed
+            .wait_timeout_while(covered, FRESHNESS_WAIT, |covered| *covered < tree_size)
+            .expect("covered lock");
+        *covered >= tree_size
+    }
+
+    /// The index document of one resource version.
+    pub fn document(&self, key: &ResourceKey, leaf_index: u64, last_updated_ms: i64, resource: &Value) -> IndexDocument {
+        let entries = extract(SearchParamTable::r4(), resource);
+        let sort_date_ms = entries
+            .iter()
+            .filter(|entry| entry.param == "birthdate" || entry.param == "date")
+            .filter_map(|entry| match entry.value {
+                IndexValue::Date { start_ms, .. } => Some(start_ms),
+                _ => None,
+            })
+            .min();
+        let terms = self.encoder.document_terms(&entries);
+        IndexDocument {
+            key: format!("{}/{}", key.resource_type, key.id),
+            resource_type: key.resource_type.clone(),
+            leaf_index,
+            last_updated_ms,
+            sort_date_ms,
+            terms,
+        }
+    }
+
+    /// Applies a batch of jobs and commits; `tree_size` is the ledger size they bring it to.
+    pub fn apply(&self, jobs: &[IndexJob], tree_size: u64) {
+        let result = (|| -> Result<(), crate::search::index::IndexError> {
+            for job in jobs {
+                let key = format!("{}/{}", job.key.resource_type, job.key.id);
+                let document = job.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()).map(|resource| {
+                    self.document(&job.key, job.leaf_index, job.last_updated_ms, &resource)
+                });
+                self.index.upsert(&key, document.as_ref())?;
+            }
+            self.index.commit(tree_size.saturating_sub(1))
+        })();
+        match result {
+            Ok(()) => self.set_covered(tree_size),
+            Err(error) => {
+                // The index is derived state: a failure here costs freshness, never data.
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "search index update failed; searches will wait, then answer 503");
+            }
+        }
+    }
+}
+
+/// Starts the indexer thread; the commit thread sends `(jobs, tree_size)` after each publish.
+pub(crate) fn start_indexer(shared: Arc<Shared>) -> std::sync::mpsc::Sender<(Vec<IndexJob>, u64)> {
+    let (sender, receiver) = std::sync::mpsc::channel::<(Vec<IndexJob>, u64)>();
+    std::thread::Builder::new()
+        .name("indexer".into())
+        .spawn(move || {
+            while let Ok((mut jobs, mut tree_size)) = receiver.recv() {
+                // Coalesce whatever else is waiting into one tantivy commit.
+                while let Ok((more, size)) = receiver.try_recv() {
+                    jobs.extend(more);
+                    tree_size = size;
+                }
+                shared.search.apply(&jobs, tree_size);
+            }
+        })
+        .expect("the indexer thread starts");
+    sender
+}
+
+/// One page of search results.
+pub struct SearchPage {
+    pub matches: Vec<StoredVersion>,
+    pub includes: Vec<StoredVersion>,
+    /// Total matches, when counted (see [`MAX_COUNTED_CANDIDATES`]).
+    pub total: Option<usize>,
+    /// Offset of the next page, if there is one.
+    pub next_offset: Option<usize>,
+}
+
+fn sort_value(hit: &Hit, param: &str) -> Option<i64> {
+    match param {
+        "_lastUpdated" => Some(hit.last_updated_ms),
+        _ => hit.sort_date_ms,
+    }
+}
+
+impl ResourceStore {
+    /// Brings the index up to the ledger: re-indexes every resource touched by a version the
+    /// index does not cover yet (all of them after `reindex` or a lost index).
+    pub fn catch_up_index(&self) -> Result<u64, StoreError> {
+        let covered = self.shared.search.covered();
+        let tree_size = self.shared.ledger.tree_size();
+        if covered >= tree_size {
+            return Ok(0);
+        }
+        let keys: BTreeSet<ResourceKey> = {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            catalog.all_records().filter(|(_, version)| version.leaf_index >= covered).map(|(key, _)| key.clone()).collect()
+        };
+        let mut jobs = Vec::with_capacity(keys.len());
+        for key in keys {
+            let job = match self.read(&key) {
+                Ok(version) => IndexJob {
+                    leaf_index: self.current_leaf(&key),
+                    last_updated_ms: (version.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
+                    body: version.body,
+                    key,
+                },
+                Err(StoreError::Gone(_)) => IndexJob { key, leaf_index: 0, last_updated_ms: 0, body: None },
+                Err(error) => return Err(error),
+            };
+            jobs.push(job);
+            if jobs.len() >= 5_000 {
+                self.shared.search.apply(&jobs, covered);
+                jobs.clear();
+            }
+        }
+        let count = jobs.len() as u64;
+        self.shared.search.apply(&jobs, tree_size);
+        Ok(count)
+    }
+
+    fn current_leaf(&self, key: &ResourceKey) -> u64 {
+        let catalog = self.shared.catalog.read().expect("catalog lock");
+        catalog.get(key).and_then(|history| history.current()).map_or(0, |version| version.leaf_index)
+    }
+
+    /// Drops the index and rebuilds it from the store (`fhir-gateway reindex`).
+    pub fn reindex(&self) -> Result<u64, StoreError> {
+        self.shared.search.index.clear().map_err(|error| StoreError::Internal(error.to_string()))?;
+        *self.shared.search.covered.lock().expect("covered lock") = 0;
+        self.catch_up_index()
+    }
+
+    fn wait_for_index(&self) -> Result<(), StoreError> {
+        let tree_size = self.shared.ledger.tree_size();
+        if self.shared.search.wait_for(tree_size) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the search index is behind; try again shortly".into()))
+        }
+    }
+
+    /// Resources matching `condition` and confirmed by the matcher, in index order (not sorted).
+    fn confirmed(&self, resource_type: Option<&str>, condition: &TermCondition, query: &SearchQuery) -> Result<Vec<(Hit, StoredVersion, Value)>, StoreError> {
+        let hits = self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
+        let mut confirmed = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let Some((resource_type, id)) = hit.key.split_once('/') else { continue };
+            let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
+            let version = match self.read(&key) {
+                Ok(version) => version,
+                // Deleted or replaced since the index saw it: the next index commit fixes it.
+                Err(StoreError::NotFound | StoreError::Gone(_)) => continue,
+                Err(error) => return Err(error),
+            };
+            let Some(resource) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) else { continue };
+            if query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource) {
+                confirmed.push((hit, version, resource));
+            }
+        }
+        Ok(confirmed)
+    }
+
+    /// A type search (or, with `compartment`, a search restricted to one Patient's compartment).
+    pub fn search(
+        &self,
+        query: &SearchQuery,
+        compartment: Option<&str>,
+        offset: usize,
+        count: usize,
+    ) -> Result<SearchPage, StoreError> {
+        self.wait_for_index()?;
+        let encoder = &self.shared.search.encoder;
+        let mut conditions: Vec<TermCondition> = query.filters.iter().map(|filter| encoder.filter_condition(filter)).collect();
+        if let Some(patient_reference) = compartment {
+            conditions.push(self.compartment_condition(&query.resource_type, patient_reference)?);
+        }
+        let condition = if conditions.is_empty() { TermCondition::Everything } else { TermCondition::All(conditions) };
+        let candidates = self.shared.search.index.count(Some(&query.resource_type), &condition).map_err(|error| StoreError::Internal(error.to_string()))?;
+        if candidates > MAX_COUNTED_CANDIDATES && !query.sort.is_empty() {
+            return Err(StoreError::BadRequest(format!(
+                "{candidates} candidates is more than the {MAX_COUNTED_CANDIDATES} a sorted search may consider; narrow the search"
+            )));
+        }
+        let mut confirmed = self.confirmed(Some(&query.resource_type), &condition, query)?;
+        // Default order: ledger order (oldest first), which new writes only extend.
+        confirmed.sort_by_key(|(hit, _, _)| hit.leaf_index);
+        for sort in query.sort.iter().rev() {
+            match sort.param_type {
+                ParamType::String => {
+                    let value = |resource: &Value| first_string(resource, &query.resource_type, &sort.param);
+                    confirmed.sort_by(|left, right| value(&left.2).cmp(&value(&right.2)));
+                }
+                _ => confirmed.sort_by_key(|(hit, _, _)| sort_value(hit, &sort.param).unwrap_or(i64::MAX)),
+            }
+            if sort.descending {
+                confirmed.reverse();
+            }
+        }
+        let total = confirmed.len();
+        let next_offset = (offset + count < total).then_some(offset + count);
+        let page: Vec<(StoredVersion, Value)> =
+            confirmed.into_iter().skip(offset).take(count).map(|(_, version, resource)| (version, resource)).collect();
+        let includes = self.includes(query, &page)?;
+        Ok(SearchPage { matches: page.into_iter().map(|(version, _)| version).collect(), includes, total: Some(total), next_offset })
+    }
+
+    fn compartment_condition(&self, resource_type: &str, patient_reference: &str) -> Result<TermCondition, StoreError> {
+        let params = SearchParamTable::r4().patient_compartment_params(resource_type);
+        if resource_type == "Patient" {
+            let id = patient_reference.trim_start_matches("Patient/");
+            let filter = crate::search::parse_query(SearchParamTable::r4(), "Patient", &[("_id".into(), id.into())], false)
+                .map_err(|error| StoreError::BadRequest(error.to_string()))?;
+            return Ok(TermCondition::Any(filter.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect()));
+        }
+        if params.is_empty() {
+            return Err(StoreError::BadRequest(format!("{resource_type} is not in the Patient compartment")));
+        }
+        let mut any = Vec::new();
+        for param in params {
+            let query = crate::search::parse_query(SearchParamTable::r4(), resource_type, &[(param.clone(), patient_reference.to_string())], false)
+                .map_err(|error| StoreError::BadRequest(error.to_string()))?;
+            any.extend(query.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)));
+        }
+        Ok(TermCondition::Any(any))
+    }
+
+    /// `_include` and `_revinclude` (with `:iterate`, at most three rounds) for a page.
+    fn includes(&self, query: &SearchQuery, page: &[(StoredVersion, Value)]) -> Result<Vec<StoredVersion>, StoreError> {
+        if query.includes.is_empty() && query.revincludes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = SearchParamTable::r4();
+        let mut seen: BTreeSet<String> = page.iter().map(|(version, _)| format!("{}/{}", version.key.resource_type, version.key.id)).collect();
+        let mut included = Vec::new();
+        let mut frontier: Vec<Value> = page.iter().map(|(_, resource)| resource.clone()).collect();
+        for round in 0..3 {
+            let mut next = Vec::new();
+            for resource in &frontier {
+                let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
+                let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                for include in query.includes.iter().filter(|include| round == 0 || include.iterate) {
+                    for target in include_targets(table, include, &resource_type, resource) {
+                        if seen.insert(target.clone())
+                            && let Some((target_type, target_id)) = target.split_once('/')
+                            && let Ok(version) = self.read(&ResourceKey { resource_type: target_type.into(), id: target_id.into() })
+                        {
+                            if let Some(value) = version.body.as_deref().and_then(|body| serde_json::from_slice(body).ok()) {
+                                next.push(value);
+                            }
+                            included.push(version);
+                        }
+                    }
+                }
+                for include in query.revincludes.iter().filter(|include| round == 0 || include.iterate) {
+                    let (Some(source_type), Some(param)) = (&include.source_type, &include.param) else { continue };
+                    let reference = format!("{resource_type}/{id}");
+                    let Ok(reverse) = crate::search::parse_query(table, source_type, &[(param.clone(), reference)], false) else { continue };
+                    let condition = TermCondition::All(reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect());
+                    for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse)? {
+                        if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
+                            next.push(value);
+                            included.push(version);
+                        }
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(included)
+    }
+}
+
+/// `Type/id` references an `_include` follows from one resource.
+fn include_targets(table: &SearchParamTable, include: &Include, resource_type: &str, resource: &Value) -> Vec<String> {
+    if include.source_type.as_deref().is_some_and(|source| source != resource_type) {
+        return Vec::new();
+    }
+    let params: Vec<_> = match &include.param {
+        Some(name) => table.param(resource_type, name).into_iter().collect(),
+        None => table.params(resource_type).iter().filter(|param| param.param_type == ParamType::Reference).collect(),
+    };
+    let mut targets = Vec::new();
+    for param in params {
+        for entry in extract_param(table, resource, param) {
+            if let IndexValue::Reference { target } = entry.value
+                && target.split('/').count() == 2
+                && include.target_type.as_deref().is_none_or(|wanted| target.starts_with(&format!("{wanted}/")))
+            {
+                targets.push(target);
+            }
+        }
+    }
+    targets
+}
+
+/// The first normalised string value of a parameter (for `_sort` on strings such as `family`).
+fn first_string(resource: &Value, resource_type: &str, param: &str) -> Option<String> {
+    let table = SearchParamTable::r4();
+    let param = table.param(resource_type, param)?;
+    extract_param(table, resource, param).into_iter().find_map(|entry| match entry.value {
+        IndexValue::Text { normalized, .. } => Some(normalized),
+        IndexValue::Token { code, .. } => Some(code),
+        _ => None,
+    })
+}
