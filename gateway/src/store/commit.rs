@@ -222,6 +222,8 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
             shared.poisoned.store(true, Ordering::SeqCst);
         }
         if let Some(reply) = shutdown {
+            // Let go of the store before saying so, so `close` can release the data directory.
+            drop(shared);
             let _ = reply.send(());
             return;
         }
@@ -356,7 +358,7 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
             body: prepared.body.clone(),
         })
         .collect();
-    if let Some(index_jobs) = shared.index_jobs.get() {
+    if let Some((index_jobs, _)) = shared.indexer.lock().expect("indexer lock").as_ref() {
         let _ = index_jobs.send((jobs, shared.ledger.tree_size()));
     }
     for (writes, reply) in accepted {

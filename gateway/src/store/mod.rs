@@ -184,8 +184,8 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     options: StoreOptions,
     search: search::SearchIndex,
-    /// Where the commit thread sends published versions for indexing.
-    index_jobs: std::sync::OnceLock<std::sync::mpsc::Sender<(Vec<search::IndexJob>, u64)>>,
+    /// Where the commit thread sends published versions for indexing, and the indexer thread.
+    indexer: std::sync::Mutex<Option<(std::sync::mpsc::Sender<(Vec<search::IndexJob>, u64)>, std::thread::JoinHandle<()>)>>,
     /// Held while the store is open: one process per data directory.
     _lock: std::fs::File,
 }
@@ -336,11 +336,11 @@ impl ResourceStore {
             poisoned: AtomicBool::new(false),
             options,
             search,
-            index_jobs: std::sync::OnceLock::new(),
+            indexer: std::sync::Mutex::new(None),
             _lock: lock,
         });
         shared.ledger.checkpoint()?;
-        let _ = shared.index_jobs.set(search::start_indexer(shared.clone()));
+        *shared.indexer.lock().expect("indexer lock") = Some(search::start_indexer(Arc::downgrade(&shared)));
         let commits = commit::start(shared.clone());
         let store = ResourceStore { shared, commits };
         let caught_up = store.catch_up_index().map_err(|error| OpenError::Index(error.to_string()))?;
@@ -350,11 +350,17 @@ impl ResourceStore {
         Ok(store)
     }
 
-    /// Commits everything submitted so far, issues a final checkpoint and stops the commit thread.
+    /// Commits everything submitted so far, issues a final checkpoint, stops the commit thread,
+    /// then lets the indexer finish what it was sent and stops it.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
         if self.commits.send(CommitRequest::Shutdown(reply)).await.is_ok() {
             let _ = done.await;
+        }
+        let indexer = self.shared.indexer.lock().expect("indexer lock").take();
+        if let Some((sender, thread)) = indexer {
+            drop(sender);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
 
@@ -773,6 +779,7 @@ mod tests {
         assert_eq!(reopened.read(&kept.version.key).unwrap().body, kept.version.body);
         assert!(reopened.is_accepting_writes());
         reopened.close().await;
+        drop(reopened);
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
@@ -831,6 +838,8 @@ mod tests {
         assert!(recovered.create(patient(), &principal, Leniency::Strict, None).await.is_ok());
         recovered.close().await;
         store.close().await;
+        drop(recovered);
+        drop(store);
         std::fs::remove_dir_all(&directory).unwrap();
         std::fs::remove_dir_all(&crashed).unwrap();
     }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -116,9 +116,12 @@ impl SearchIndex {
 }
 
 /// Starts the indexer thread; the commit thread sends `(jobs, tree_size)` after each publish.
-pub(crate) fn start_indexer(shared: Arc<Shared>) -> std::sync::mpsc::Sender<(Vec<IndexJob>, u64)> {
+/// The thread holds the store only weakly (the store holds the sender): it ends with the store.
+pub(crate) fn start_indexer(
+    shared: Weak<Shared>,
+) -> (std::sync::mpsc::Sender<(Vec<IndexJob>, u64)>, std::thread::JoinHandle<()>) {
     let (sender, receiver) = std::sync::mpsc::channel::<(Vec<IndexJob>, u64)>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("indexer".into())
         .spawn(move || {
             while let Ok((mut jobs, mut tree_size)) = receiver.recv() {
@@ -127,11 +130,12 @@ pub(crate) fn start_indexer(shared: Arc<Shared>) -> std::sync::mpsc::Sender<(Vec
                     jobs.extend(more);
                     tree_size = size;
                 }
+                let Some(shared) = shared.upgrade() else { break };
                 shared.search.apply(&jobs, tree_size);
             }
         })
         .expect("the indexer thread starts");
-    sender
+    (sender, thread)
 }
 
 /// One page of search results.
