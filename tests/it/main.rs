@@ -9,5 +9,6 @@ mod openapi;
 mod persistence;
 mod rest;
 mod roundtrip;
+mod search;
 mod search_core;
 mod validation;

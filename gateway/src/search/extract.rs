@@ -24,6 +24,9 @@ use crate::search::search_params::{ElementPath, ParamType, SearchParam, SearchPa
 
 /// Suffix of the auxiliary entries holding code display texts (token `:text`).
 pub const TEXT_SUFFIX: &str = ":text";
+/// Suffix of the auxiliary entries marking a reference element that is present but cannot be
+/// indexed (a contained `#ref`, or only a `display`): for `:missing`, it is not missing.
+pub const PRESENT_SUFFIX: &str = ":present";
 /// Suffix of the auxiliary entries holding `Reference.identifier` (reference `:identifier`).
 pub const IDENTIFIER_SUFFIX: &str = ":identifier";
 
@@ -313,6 +316,9 @@ impl<'t> Extractor<'t> {
             _ => leaf.as_str().map(|s| s.split('|').next().unwrap_or(s)),
         };
         let Some(target) = raw.and_then(|raw| normalize_reference(self.table, raw)) else {
+            if path.target.is_none() && leaf.is_object() {
+                self.push_aux(name, PRESENT_SUFFIX, IndexValue::Token { system: None, code: String::new() }, group);
+            }
             return;
         };
         if let Some(wanted) = &path.target {

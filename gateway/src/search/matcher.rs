@@ -48,7 +48,7 @@ use serde_json::Value;
 
 use crate::search::datetime::DateRange;
 use crate::search::extract::{
-    IDENTIFIER_SUFFIX, IndexEntry, IndexValue, TEXT_SUFFIX, composite_key, extract_param,
+    IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX, composite_key, extract_param,
 };
 use crate::search::normalize::normalize_text;
 use crate::search::query::{Chain, Filter, FilterValue, Modifier, Prefix, SearchQuery, TokenSystem};
@@ -271,7 +271,9 @@ fn direct_filter_matches(
             .any(|v| value_matches(modifier, &entry.value, v, now_ms))
     };
     match modifier {
-        Some(Modifier::Missing(missing)) => primary().next().is_none() == *missing,
+        Some(Modifier::Missing(missing)) => {
+            (primary().next().is_none() && auxiliary(PRESENT_SUFFIX).next().is_none()) == *missing
+        }
         Some(Modifier::Not) => !primary().any(any_value),
         Some(Modifier::Text) => auxiliary(TEXT_SUFFIX).any(any_value),
         Some(Modifier::Identifier) => auxiliary(IDENTIFIER_SUFFIX).any(any_value),

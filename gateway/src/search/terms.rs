@@ -17,7 +17,7 @@ use std::ops::Bound;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::extract::{IndexEntry, IndexValue};
+use super::extract::{IndexEntry, IndexValue, PRESENT_SUFFIX};
 use super::normalize::normalize_text;
 use super::query::{Filter, FilterValue, Modifier, Prefix, TokenSystem};
 
@@ -96,6 +96,10 @@ impl TermEncoder {
     pub fn document_terms(&self, entries: &[IndexEntry]) -> Vec<String> {
         let mut terms = Vec::new();
         for entry in entries {
+            if let Some(base) = entry.param.strip_suffix(PRESENT_SUFFIX) {
+                terms.push(Self::presence(base));
+                continue;
+            }
             let param = entry.param.as_str();
             terms.push(Self::presence(param));
             match &entry.value {

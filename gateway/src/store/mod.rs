@@ -185,7 +185,7 @@ pub(crate) struct Shared {
     options: StoreOptions,
     search: search::SearchIndex,
     /// Where the commit thread sends published versions for indexing, and the indexer thread.
-    indexer: std::sync::Mutex<Option<(std::sync::mpsc::Sender<(Vec<search::IndexJob>, u64)>, std::thread::JoinHandle<()>)>>,
+    indexer: std::sync::Mutex<Option<search::Indexer>>,
     /// Held while the store is open: one process per data directory.
     _lock: std::fs::File,
 }

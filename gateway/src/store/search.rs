@@ -115,11 +115,12 @@ impl SearchIndex {
     }
 }
 
+/// The commit thread's handle on the indexer: where to send published versions, and the thread.
+pub(crate) type Indexer = (std::sync::mpsc::Sender<(Vec<IndexJob>, u64)>, std::thread::JoinHandle<()>);
+
 /// Starts the indexer thread; the commit thread sends `(jobs, tree_size)` after each publish.
 /// The thread holds the store only weakly (the store holds the sender): it ends with the store.
-pub(crate) fn start_indexer(
-    shared: Weak<Shared>,
-) -> (std::sync::mpsc::Sender<(Vec<IndexJob>, u64)>, std::thread::JoinHandle<()>) {
+pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
     let (sender, receiver) = std::sync::mpsc::channel::<(Vec<IndexJob>, u64)>();
     let thread = std::thread::Builder::new()
         .name("indexer".into())
@@ -261,7 +262,7 @@ impl ResourceStore {
             match sort.param_type {
                 ParamType::String => {
                     let value = |resource: &Value| first_string(resource, &query.resource_type, &sort.param);
-                    confirmed.sort_by(|left, right| value(&left.2).cmp(&value(&right.2)));
+                    confirmed.sort_by_key(|(_, _, resource)| value(resource));
                 }
                 _ => confirmed.sort_by_key(|(hit, _, _)| sort_value(hit, &sort.param).unwrap_or(i64::MAX)),
             }
