@@ -31,6 +31,8 @@ pub enum Command {
     /// Load Bundles, resources and bulk-data ndjson (files or directories) through the write path
     /// (gateway stopped).
     Import(ImportArgs),
+    /// Drop the search index and rebuild it from the store (gateway stopped).
+    Reindex(DataArgs),
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),

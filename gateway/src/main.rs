@@ -77,6 +77,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reindex(args) => {
+            init_logging(LogFormat::Text);
+            let data_dir = Config::data_dir_for(args, &file_config);
+            match fhir_gateway::store::reindex(&data_dir) {
+                Ok(resources) => {
+                    println!("reindexed {resources} resources");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("fhir-gateway reindex: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keys(KeysCommand::Rotate(args)) => {
             let data_dir = Config::data_dir_for(args, &file_config);
             match fhir_gateway::store::rotate_keys(&data_dir) {

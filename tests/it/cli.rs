@@ -81,3 +81,15 @@ async fn a_toml_file_configures_the_gateway() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_key"));
 }
+
+#[tokio::test]
+async fn reindex_rebuilds_the_search_index() {
+    let mut gateway = Gateway::start().await;
+    gateway.post("Patient", &json!({"resourceType": "Patient", "gender": "female", "name": [{"family": "Reindex"}]})).await;
+    gateway.stop();
+    let output = Command::new(binary()).args(["reindex", "--data-dir"]).arg(gateway.data.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "reindexed 1 resources");
+    gateway.restart().await;
+    assert_eq!(json_body(gateway.get("Patient?family=reindex").await).await["total"], 1);
+}

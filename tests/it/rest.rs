@@ -334,7 +334,15 @@ async fn capability_statement_lists_what_works() {
     let patient = resources.iter().find(|resource| resource["type"] == "Patient").unwrap();
     let interactions: Vec<&str> = patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
     assert!(interactions.contains(&"vread") && interactions.contains(&"history-type"));
-    assert!(!interactions.contains(&"search-type"), "search is not implemented yet");
+    assert!(interactions.contains(&"search-type"));
+    let params: Vec<&str> = patient["searchParam"].as_array().unwrap().iter().map(|param| param["name"].as_str().unwrap()).collect();
+    for name in ["identifier", "name", "family", "given", "birthdate", "gender", "address-postalcode", "telecom", "active", "_id", "_lastUpdated"] {
+        assert!(params.contains(&name), "{name} in {params:?}");
+    }
+    assert!(!params.contains(&"deceased"), "an unsupported parameter is not listed");
+    assert_eq!(patient["operation"][0]["name"], "everything");
+    let system: Vec<&str> = statement["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    assert_eq!(system, ["transaction", "batch", "search-system"]);
 }
 
 #[tokio::test]

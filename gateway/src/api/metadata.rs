@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::extract::check_acceptable;
 use super::{AppState, FHIR_JSON};
 use crate::fhir::resource_type::RESOURCE_TYPES;
+use crate::search::SearchParamTable;
 
 pub async fn capability_statement(
     State(state): State<AppState>,
@@ -21,24 +22,38 @@ pub async fn capability_statement(
         .find(|(name, _)| name == "_format")
         .map(|(_, value)| value);
     check_acceptable(&headers, format.as_deref())?;
+    let table = SearchParamTable::r4();
     let interactions: Vec<Value> =
-        ["create", "read", "vread", "update", "delete", "history-instance", "history-type"]
+        ["create", "read", "vread", "update", "delete", "history-instance", "history-type", "search-type"]
             .iter()
             .map(|code| json!({ "code": code }))
             .collect();
     let resources: Vec<Value> = RESOURCE_TYPES
         .iter()
         .map(|resource_type| {
-            json!({
+            let search_params: Vec<Value> = table
+                .params(resource_type)
+                .iter()
+                .filter(|param| param.is_supported())
+                .map(|param| json!({ "name": param.name, "type": format!("{:?}", param.param_type).to_lowercase() }))
+                .collect();
+            let mut resource = json!({
                 "type": resource_type,
                 "interaction": interactions,
+                "searchParam": search_params,
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-            })
+            });
+            if *resource_type == "Patient" {
+                resource["operation"] = json!([{ "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" }]);
+            }
+            resource
         })
         .collect();
     let statement = json!({
@@ -56,9 +71,9 @@ pub async fn capability_statement(
         "patchFormat": [],
         "rest": [{
             "mode": "server",
-            "documentation": "Conditional create (If-None-Exist) supports the parameters identifier and _id only. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types must be a JSON object with a known resourceType, a valid id and a meta object.",
+            "documentation": "Conditional create (If-None-Exist), conditional references and conditional update/delete in Bundles support the parameters identifier and _id. Search supports every listed parameter except chained and _has parameters. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types must be a JSON object with a known resourceType, a valid id and a meta object.",
             "resource": resources,
-            "interaction": [{ "code": "transaction" }, { "code": "batch" }],
+            "interaction": [{ "code": "transaction" }, { "code": "batch" }, { "code": "search-system" }],
         }],
     });
     let mut response = statement.to_string().into_response();

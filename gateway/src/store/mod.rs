@@ -242,6 +242,17 @@ impl DataLayout {
     }
 }
 
+/// `fhir-gateway reindex`: opens the store (gateway stopped) and rebuilds the search index.
+pub fn reindex(data_directory: &Path) -> Result<u64, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| error.to_string())?;
+    runtime.block_on(async {
+        let store = ResourceStore::open(data_directory, StoreOptions::default()).map_err(|error| error.to_string())?;
+        let result = store.reindex().map_err(|error| error.to_string());
+        store.close().await;
+        result
+    })
+}
+
 /// Takes the exclusive lock on `<data>/LOCK` (released when the file is dropped or the process dies).
 pub(crate) fn lock_data_directory(layout: &DataLayout) -> Result<std::fs::File, OpenError> {
     std::fs::create_dir_all(&layout.root)
