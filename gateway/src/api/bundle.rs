@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -19,20 +19,22 @@ pub async fn transaction_or_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    FhirJson(body): FhirJson,
+    request: Request,
 ) -> Result<Response, ApiError> {
     parameters(&headers, query.as_deref(), &[])?;
     let prefer = Prefer::from_headers(&headers);
+    // Bundles are large: a bounded number are read and processed at once (the others wait
+    // before their bodies are read), so memory stays bounded.
+    let _permit = Arc::clone(&state.bundle_permits).acquire_owned().await.map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the gateway is shutting down")
+    })?;
+    let FhirJson(body) = FhirJson::from_request(request, &state).await?;
     let parsed = bundle::parse_bundle(body, &state.base_url, state.limits.max_bundle_entries).map_err(|error| {
         let api_error = ApiError::bad_request(error.message.clone());
         match error.position {
             Some(position) => api_error.at_entry(position),
             None => api_error,
         }
-    })?;
-    // Bundles are large: a bounded number are processed at once, so memory stays bounded.
-    let _permit = Arc::clone(&state.bundle_permits).acquire_owned().await.map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the gateway is shutting down")
     })?;
     let principal = Principal::Unauthenticated;
     let (response_type, outcomes) = match parsed.kind {

@@ -42,7 +42,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 16 * 1024 * 1024,
             max_bundle_entries: 10_000,
-            max_concurrent_bundles: 4,
+            max_concurrent_bundles: 2,
             default_page_size: 50,
             max_page_size: 500,
         }

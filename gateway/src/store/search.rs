@@ -116,12 +116,16 @@ impl SearchIndex {
 }
 
 /// The commit thread's handle on the indexer: where to send published versions, and the thread.
-pub(crate) type Indexer = (std::sync::mpsc::Sender<(Vec<IndexJob>, u64)>, std::thread::JoinHandle<()>);
+pub(crate) type Indexer = (std::sync::mpsc::SyncSender<(Vec<IndexJob>, u64)>, std::thread::JoinHandle<()>);
+
+/// Published groups waiting for the indexer. When it lags this far behind, the commit thread
+/// waits: bounded memory (each job holds a resource body) rather than an unbounded queue.
+const INDEX_QUEUE: usize = 4;
 
 /// Starts the indexer thread; the commit thread sends `(jobs, tree_size)` after each publish.
 /// The thread holds the store only weakly (the store holds the sender): it ends with the store.
 pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
-    let (sender, receiver) = std::sync::mpsc::channel::<(Vec<IndexJob>, u64)>();
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(Vec<IndexJob>, u64)>(INDEX_QUEUE);
     let thread = std::thread::Builder::new()
         .name("indexer".into())
         .spawn(move || {
