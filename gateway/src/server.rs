@@ -42,7 +42,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr(), base_url = %self.state.base_url, "serving");
         let router = api::router(self.state);
-        let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await;
+        let app = tower::Layer::layer(&tower::util::MapRequestLayer::new(api::trim_trailing_slash), router);
+        let make_service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+        let served = axum::serve(self.listener, make_service).with_graceful_shutdown(shutdown).await;
         self.store.close().await;
         tracing::info!("stopped: every acknowledged write is durable and checkpointed");
         served

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Real-client checks against a real gateway process:
-#   1. fhirpy (tests/clients/test_fhirpy.py, pytest): create/read/update/delete as a client library does it;
+#   1. fhirpy (tests/clients/test_fhirpy.py, pytest): create/read/update/delete, a transaction and
+#      searches, as a client library does them;
+#   1b. fhir-kit-client (tests/clients/fhir_kit_client.test.mjs, node --test): a transaction,
+#      reads and a search (installed by `npm ci --prefix tests/clients`);
 #   2. schemathesis: generated requests against openapi.yaml; no 5xx, every response as documented;
 #   3. after a graceful stop (SIGTERM, exit 0): no panic in the log, `fhir-gateway verify` is clean.
 #
@@ -118,6 +121,14 @@ echo "run.sh: gateway ready at $ROOT"
 
 echo "==== fhirpy (pytest) ===="
 if ! FHIR_BASE="$ROOT/fhir" run_child "$PYTHON" -m pytest -q -p no:cacheprovider "$REPO/tests/clients"; then
+    FAILED=1
+fi
+
+echo "==== fhir-kit-client (node --test) ===="
+if [ ! -d "$REPO/tests/clients/node_modules/fhir-kit-client" ]; then
+    echo "run.sh: fhir-kit-client is not installed (npm ci --prefix tests/clients)" >&2
+    FAILED=1
+elif ! FHIR_BASE="$ROOT/fhir" run_child node --test "$REPO/tests/clients/fhir_kit_client.test.mjs"; then
     FAILED=1
 fi
 

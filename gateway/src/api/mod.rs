@@ -109,6 +109,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Clients post to `[base]/` as well as `[base]`: a trailing slash is trimmed before routing.
+pub fn trim_trailing_slash(mut request: Request) -> Request {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let new_path_and_query = match request.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_string(),
+        };
+        let mut parts = request.uri().clone().into_parts();
+        if let Ok(path_and_query) = new_path_and_query.parse() {
+            parts.path_and_query = Some(path_and_query);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    request
+}
+
 /// One log line per request: method, route *template* (never the path: ids may be meaningful),
 /// status and duration. No query strings, headers or bodies.
 async fn log_request(request: Request, next: Next) -> Response {

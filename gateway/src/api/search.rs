@@ -223,14 +223,16 @@ pub async fn compartment(
     if !is_valid_id(&id) {
         return Err(ApiError::not_found("no resource has this id"));
     }
-    // The patient must exist (a deleted one is 410).
-    state.store.read(&ResourceKey { resource_type: "Patient".into(), id: id.clone() })?;
     let pairs = fhir::query::pairs(query.as_deref().unwrap_or_default());
+    let patient = ResourceKey { resource_type: "Patient".into(), id: id.clone() };
     if target == "$everything" {
         return everything(state, id, headers, pairs).await;
     }
     let resource_type = resource_type(&target)?.to_string();
     let request = request(&state, &headers, pairs)?;
+    parse(&resource_type, &request)?;
+    // Bad input first (400), then the patient must exist (a deleted one is 410).
+    state.store.read(&patient)?;
     let path = format!("/Patient/{id}/{resource_type}");
     run(state, path, resource_type, Some(format!("Patient/{id}")), request).await
 }
@@ -254,6 +256,7 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
             other => return Err(ApiError::bad_request(format!("$everything does not support the parameter '{other}'"))),
         }
     }
+    state.store.read(&ResourceKey { resource_type: "Patient".into(), id: id.clone() })?;
     let table = SearchParamTable::r4();
     let mut compartment_types: Vec<String> = table
         .resource_types()
