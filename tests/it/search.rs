@@ -280,3 +280,14 @@ async fn official_observation_examples_by_code_value_and_composite() {
     let without_subject = observations.iter().filter(|observation| observation.get("subject").is_none()).count();
     assert_eq!(json_body(gateway.get("Observation?subject:missing=true").await).await["total"].as_u64(), Some(without_subject as u64));
 }
+
+/// Found by schemathesis in CI: `_offset` near `usize::MAX` overflowed `offset + count`.
+#[tokio::test]
+async fn a_huge_offset_is_an_empty_page_not_a_crash() {
+    let gateway = Gateway::start().await;
+    gateway.post("Patient", &json!({ "resourceType": "Patient", "gender": "male" })).await;
+    let page = json_body(gateway.get("Patient?_offset=18446744073709551615").await).await;
+    assert_eq!(page["total"], 1);
+    assert!(page["entry"].as_array().unwrap().is_empty());
+    expect_outcome(gateway.get("Patient?_offset=-1").await, 400).await;
+}

@@ -285,7 +285,7 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
     let total = all.len();
     let page = SearchPage {
-        next_offset: (offset + count < total).then_some(offset + count),
+        next_offset: (offset.saturating_add(count) < total).then_some(offset.saturating_add(count)),
         matches: all.into_iter().skip(offset).take(count).collect(),
         includes: Vec::new(),
         total: Some(total),
@@ -320,7 +320,7 @@ pub async fn search_system(State(state): State<AppState>, headers: HeaderMap, Ra
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
     let total = all.len();
     let page = SearchPage {
-        next_offset: (request.offset + request.count < total).then_some(request.offset + request.count),
+        next_offset: (request.offset.saturating_add(request.count) < total).then_some(request.offset.saturating_add(request.count)),
         matches: all.into_iter().skip(request.offset).take(request.count).collect(),
         includes: Vec::new(),
         total: Some(total),

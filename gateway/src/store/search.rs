@@ -275,7 +275,7 @@ impl ResourceStore {
             }
         }
         let total = confirmed.len();
-        let next_offset = (offset + count < total).then_some(offset + count);
+        let next_offset = (offset.saturating_add(count) < total).then_some(offset.saturating_add(count));
         let page: Vec<(StoredVersion, Value)> =
             confirmed.into_iter().skip(offset).take(count).map(|(_, version, resource)| (version, resource)).collect();
         let includes = self.includes(query, &page)?;
