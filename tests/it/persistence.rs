@@ -117,6 +117,14 @@ async fn kill_9_under_concurrent_writes_loses_no_acknowledged_write() {
     for (id, _) in &acknowledged {
         assert_eq!(counts.get(id), Some(&1), "{id}");
     }
+    // Search too: the index (derived state) caught up at start, so a crash between a write and
+    // its index update lost no acknowledged resource from search.
+    let total = json_body(gateway.get("Observation?_summary=count").await).await["total"].as_u64().unwrap();
+    assert_eq!(total as usize, counts.len());
+    for (id, _) in acknowledged.iter().step_by((acknowledged.len() / 20).max(1)) {
+        let found = json_body(gateway.get(&format!("Observation?_id={id}")).await).await;
+        assert_eq!(found["total"], 1, "{id} not found by search after the crash");
+    }
     gateway.stop();
     let (clean, report) = gateway.verify();
     assert!(clean, "{report}");
