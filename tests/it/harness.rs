@@ -227,3 +227,19 @@ pub async fn expect_outcome(response: reqwest::Response, status: u16) -> String 
     assert_eq!(body["issue"][0]["severity"], "error", "{body}");
     body.to_string()
 }
+
+/// xorshift64*: a deterministic, dependency-free generator for the bounded fuzz loops.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}

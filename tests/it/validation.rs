@@ -724,21 +724,7 @@ fn reference_targets() {
 // Robustness: mutated inputs never panic
 // ---------------------------------------------------------------------------
 
-/// xorshift64*, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::harness::Rng;
 
 fn replacement(rng: &mut Rng) -> Value {
     match rng.below(10) {

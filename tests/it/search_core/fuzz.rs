@@ -9,20 +9,9 @@ use fhir_gateway::search::reference::normalize_reference;
 use fhir_gateway::search::{ResourceSet, extract, parse_query};
 use serde_json::json;
 
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
+use crate::harness::Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len())]
