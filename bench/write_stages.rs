@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example write_stages -- [--iterations N] [--corpora DIR] [--dir DIR]
+//!     [--only Patient-example.json,Observation-example.json]
 //! ```
 //!
 //! Input: every Patient and Observation example in `<corpora>/Patient` and
@@ -33,6 +34,8 @@ struct Args {
     iterations: usize,
     corpora: PathBuf,
     dir: Option<PathBuf>,
+    /// Only these example files (by file name), e.g. the bodies bench/run.sh posts.
+    only: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -40,6 +43,7 @@ fn parse_args() -> Args {
         iterations: 50,
         corpora: Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora/fhir-r4-examples"),
         dir: None,
+        only: Vec::new(),
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -48,8 +52,9 @@ fn parse_args() -> Args {
             "--iterations" => args.iterations = value().parse().expect("--iterations N"),
             "--corpora" => args.corpora = PathBuf::from(value()),
             "--dir" => args.dir = Some(PathBuf::from(value())),
+            "--only" => args.only = value().split(',').map(str::to_string).collect(),
             "-h" | "--help" => {
-                eprintln!("usage: write_stages [--iterations N] [--corpora DIR] [--dir SCRATCH_DIR]");
+                eprintln!("usage: write_stages [--iterations N] [--corpora DIR] [--dir SCRATCH_DIR] [--only FILE.json,...]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -355,7 +360,10 @@ fn read_back(stages: &mut Stages, store: &Store, keyring: &Keyring, secrets: &Le
 
 fn main() {
     let args = parse_args();
-    let inputs = load_corpus(&args.corpora);
+    let mut inputs = load_corpus(&args.corpora);
+    if !args.only.is_empty() {
+        inputs.retain(|input| args.only.contains(&input.name));
+    }
     let invalid: Vec<&str> = inputs
         .iter()
         .filter(|input| {
@@ -398,6 +406,7 @@ fn main() {
     let mut all = Stages::default();
     let mut by_type = [Stages::default(), Stages::default()];
     let mut prepared_all = Vec::new();
+    let mut per_file: std::collections::BTreeMap<String, (usize, Vec<u64>, Vec<u64>)> = Default::default();
     for _ in 0..args.iterations {
         for input in &inputs {
             let slot = usize::from(input.resource_type == "Observation");
@@ -407,6 +416,10 @@ fn main() {
                 all.add(name, samples[0]);
                 by_type[slot].add(name, samples[0]);
             }
+            let per_file = per_file.entry(input.name.clone()).or_insert((input.bytes.len(), Vec::new(), Vec::new()));
+            per_file.1.push(one.mean_total() as u64);
+            let validate = one.names.iter().position(|name| name.starts_with("validate")).expect("a validate stage");
+            per_file.2.push(one.samples[validate][0]);
             prepared_all.push(prepared);
         }
     }
@@ -427,6 +440,22 @@ fn main() {
         1,
         "total",
     );
+
+    println!("\n### Request-side CPU per example file (median over iterations; costliest first)\n");
+    println!("| file | bytes | total µs | of which validate µs |");
+    println!("|---|---:|---:|---:|");
+    let mut files: Vec<(String, usize, u64, u64)> = per_file
+        .into_iter()
+        .map(|(name, (bytes, mut totals, mut validates))| {
+            totals.sort_unstable();
+            validates.sort_unstable();
+            (name, bytes, totals[totals.len() / 2], validates[validates.len() / 2])
+        })
+        .collect();
+    files.sort_by_key(|(_, _, total, _)| std::cmp::Reverse(*total));
+    for (name, bytes, total, validate) in &files {
+        println!("| {name} | {bytes} | {:.1} | {:.1} |", *total as f64 / 1e3, *validate as f64 / 1e3);
+    }
 
     // Commit stages, groups of 1 and of 32, each in its own data directory.
     let io_records = prepared_all.len();
