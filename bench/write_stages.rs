@@ -99,8 +99,7 @@ impl Stages {
         println!("|---|---:|---:|---:|---:|---:|");
         // A stage that does not run every round (the checkpoint) is amortised over all rounds.
         let rounds = self.rounds() as f64;
-        let means: Vec<f64> =
-            self.samples.iter().map(|samples| samples.iter().sum::<u64>() as f64 / rounds / per as f64).collect();
+        let means: Vec<f64> = self.samples.iter().map(|samples| samples.iter().sum::<u64>() as f64 / rounds / per as f64).collect();
         let total = self.mean_total() / per as f64;
         let mut rows = Vec::new();
         for (index, name) in self.names.iter().enumerate() {
@@ -188,13 +187,7 @@ struct Prepared {
 
 /// `store::commit::prepare` (plus parse and validate from the HTTP handler / `store::create`),
 /// stage by stage.
-fn prepare(
-    stages: &mut Stages,
-    input: &Input,
-    keyring: &Keyring,
-    secrets: &LedgerSecrets,
-    signing_key: &SigningKey,
-) -> Prepared {
+fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &LedgerSecrets, signing_key: &SigningKey) -> Prepared {
     let mut resource: Value = stages.time("parse (serde_json → Value)", || {
         let text = std::str::from_utf8(&input.bytes).expect("UTF-8");
         serde_json::from_str(text.trim_start_matches('\u{feff}')).expect("JSON")
@@ -266,10 +259,10 @@ fn prepare(
         let again = stages.time("diag: sign = to_value + canonical (signed)", || {
             let mut value = serde_json::to_value(&entry).expect("entry");
             use base64::Engine as _;
-            value.as_object_mut().expect("object").insert(
-                "signature".into(),
-                base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()).into(),
-            );
+            value
+                .as_object_mut()
+                .expect("object")
+                .insert("signature".into(), base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()).into());
             to_canonical_bytes(&value)
         });
         assert_eq!(again, leaf, "the step-by-step leaf equals LedgerEntry::sign's");
@@ -326,9 +319,7 @@ fn commit_group(stages: &mut Stages, store: &Store, group: &[Prepared]) {
     let index = stages.time("ledger append + fdatasync + Merkle", || store.ledger.append_durably(&leaves).expect("ledger"));
     assert_eq!(index, first_leaf_index);
     if store.ledger.tree_size() - store.ledger.latest_checkpoint().map_or(0, |(size, _)| size) >= 1000 {
-        stages.time("checkpoint (every 1000 leaves; amortised)", || {
-            store.ledger.checkpoint().expect("checkpoint")
-        });
+        stages.time("checkpoint (every 1000 leaves; amortised)", || store.ledger.checkpoint().expect("checkpoint"));
     }
 }
 
@@ -336,16 +327,14 @@ fn open_store(directory: &Path, signing_key: &SigningKey) -> Store {
     Store {
         blobs: EmbeddedBlockstore::open(&directory.join("blocks")).expect("blockstore"),
         catalog: Journal::open(&directory.join("records/catalog.log"), |_, _| {}).expect("catalog journal"),
-        ledger: LedgerLog::open(&directory.join("ledger"), signing_key.clone(), "localhost/fhir-gateway/bench")
-            .expect("ledger"),
+        ledger: LedgerLog::open(&directory.join("ledger"), signing_key.clone(), "localhost/fhir-gateway/bench").expect("ledger"),
     }
 }
 
 /// `ResourceStore::load`: ledger entry, blob, CID check, unwrap, unseal, keyed-hash check.
 fn read_back(stages: &mut Stages, store: &Store, keyring: &Keyring, secrets: &LedgerSecrets, prepared: &Prepared, leaf_index: u64) {
-    let entry = stages.time("ledger pread + parse entry", || {
-        LedgerEntry::parse(&store.ledger.read_leaf(leaf_index).expect("leaf")).expect("entry")
-    });
+    let entry = stages
+        .time("ledger pread + parse entry", || LedgerEntry::parse(&store.ledger.read_leaf(leaf_index).expect("leaf")).expect("entry"));
     let pseudonym = stages.time("HMAC pseudonym", || secrets.pseudonym(&prepared.key));
     assert_eq!(entry.pseudonym, pseudonym);
     assert_eq!(entry.cid.as_deref(), Some(prepared.sealed.cid.to_string().as_str()));
@@ -376,9 +365,8 @@ fn main() {
     let observations = inputs.len() - patients;
     assert!(!inputs.is_empty(), "no examples under {}", args.corpora.display());
 
-    let scratch = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("fhir-gateway-write-stages-{}", std::process::id()))
-    });
+    let scratch =
+        args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("fhir-gateway-write-stages-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).expect("scratch directory");
     let keyring = Keyring::open_or_create(&scratch.join("keys")).expect("keyring");
@@ -424,22 +412,13 @@ fn main() {
         }
     }
     let average_bytes = |resource_type: &str| {
-        let sizes: Vec<usize> =
-            inputs.iter().filter(|input| input.resource_type == resource_type).map(|input| input.bytes.len()).collect();
+        let sizes: Vec<usize> = inputs.iter().filter(|input| input.resource_type == resource_type).map(|input| input.bytes.len()).collect();
         sizes.iter().sum::<usize>() / sizes.len().max(1)
     };
     all.print("Request-side CPU stages, all resources (ns per resource)", 1, "total CPU per create (excl. HTTP)");
     let cpu_total = all.mean_total();
-    by_type[0].print(
-        &format!("Request-side CPU stages, Patient (mean input {} bytes)", average_bytes("Patient")),
-        1,
-        "total",
-    );
-    by_type[1].print(
-        &format!("Request-side CPU stages, Observation (mean input {} bytes)", average_bytes("Observation")),
-        1,
-        "total",
-    );
+    by_type[0].print(&format!("Request-side CPU stages, Patient (mean input {} bytes)", average_bytes("Patient")), 1, "total");
+    by_type[1].print(&format!("Request-side CPU stages, Observation (mean input {} bytes)", average_bytes("Observation")), 1, "total");
 
     println!("\n### Request-side CPU per example file (median over iterations; costliest first)\n");
     println!("| file | bytes | total µs | of which validate µs |");
@@ -500,7 +479,12 @@ fn main() {
     for (group_size, per_record, _) in &results {
         println!("| commit thread per record, group of {group_size} | {:.1} µs (≈ {:.0} records/s) |", per_record / 1e3, 1e9 / per_record);
     }
-    println!("| read path per read (excl. HTTP) | {:.1} µs (⇒ {:.0} / {:.0} reads/s on 1 / 2 cores) |", read_total / 1e3, 1e9 / read_total, 2e9 / read_total);
+    println!(
+        "| read path per read (excl. HTTP) | {:.1} µs (⇒ {:.0} / {:.0} reads/s on 1 / 2 cores) |",
+        read_total / 1e3,
+        1e9 / read_total,
+        2e9 / read_total
+    );
 
     drop(results);
     if args.dir.is_none() {

@@ -13,7 +13,11 @@ use crate::api::Limits;
 use crate::store::StoreOptions;
 
 #[derive(Debug, Parser)]
-#[command(name = "fhir-gateway", version, about = "A FHIR R4 gateway: every write sealed, stored by IPFS CID and anchored in a signed Merkle log")]
+#[command(
+    name = "fhir-gateway",
+    version,
+    about = "A FHIR R4 gateway: every write sealed, stored by IPFS CID and anchored in a signed Merkle log"
+)]
 pub struct Cli {
     /// A TOML configuration file (see README "Configuration").
     #[arg(long, global = true, env = "FHIR_GATEWAY_CONFIG")]

@@ -124,9 +124,9 @@ fn types_in(path: &Path) -> Result<Vec<String>, String> {
     } else {
         let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap_or(Value::Null);
         match value.get("entry").and_then(Value::as_array) {
-            Some(entries) => types.extend(entries.iter().map(|entry| {
-                entry["resource"].get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string()
-            })),
+            Some(entries) => types.extend(
+                entries.iter().map(|entry| entry["resource"].get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string()),
+            ),
             None => types.push(value.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string()),
         }
     }
@@ -157,9 +157,7 @@ async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Lenienc
         }
         let phase = types
             .iter()
-            .map(|resource_type| {
-                REFERENCE_TYPES.iter().position(|reference| reference == resource_type).unwrap_or(REFERENCE_TYPES.len())
-            })
+            .map(|resource_type| REFERENCE_TYPES.iter().position(|reference| reference == resource_type).unwrap_or(REFERENCE_TYPES.len()))
             .max()
             .unwrap_or(REFERENCE_TYPES.len());
         phases[phase].push(file);
@@ -257,9 +255,11 @@ async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> Impo
             match parsed.kind {
                 BundleKind::Transaction => match store.transaction(parsed.entries, &principal, leniency).await {
                     Ok(outcomes) => count(&mut summary, &outcomes),
-                    Err(failure) => summary
-                        .failures
-                        .push(format!("{name}: Bundle.entry[{}]: {} (nothing of this Bundle was stored)", failure.position, describe(&failure.error))),
+                    Err(failure) => summary.failures.push(format!(
+                        "{name}: Bundle.entry[{}]: {} (nothing of this Bundle was stored)",
+                        failure.position,
+                        describe(&failure.error)
+                    )),
                 },
                 BundleKind::Batch => {
                     let outcomes = store.batch(parsed.entries, &principal, leniency).await;
@@ -305,25 +305,13 @@ async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> Impo
 /// One ndjson line as a transaction entry: `PUT Type/id` (or `POST Type` without an id).
 fn ndjson_entry(line: &str, line_number: usize) -> Result<BundleEntry, String> {
     let resource: Value = serde_json::from_str(line).map_err(|error| format!("not JSON: {error}"))?;
-    let resource_type = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .ok_or("resourceType is missing")?
-        .to_string();
+    let resource_type = resource.get("resourceType").and_then(Value::as_str).ok_or("resourceType is missing")?.to_string();
     let (method, url) = match resource.get("id").and_then(Value::as_str) {
         Some(id) => (Method::Put, format!("{resource_type}/{id}")),
         None => (Method::Post, resource_type),
     };
     let target = bundle::parse_request_url(&url, "")?;
-    Ok(BundleEntry {
-        position: line_number,
-        full_url: None,
-        method,
-        target,
-        resource: Some(resource),
-        if_none_exist: None,
-        if_match: None,
-    })
+    Ok(BundleEntry { position: line_number, full_url: None, method, target, resource: Some(resource), if_none_exist: None, if_match: None })
 }
 
 /// A progress line on standard error (only on a terminal).

@@ -52,9 +52,14 @@ fn checksum(record: &[u8]) -> [u8; 8] {
 pub enum ScanEnd {
     Clean,
     /// Bytes after `valid_end` that a crash during an append can leave.
-    TornTail { valid_end: u64, file_len: u64 },
+    TornTail {
+        valid_end: u64,
+        file_len: u64,
+    },
     /// A damaged frame with more data after it: not a crash, a corruption (or an edit).
-    Corrupt { offset: u64 },
+    Corrupt {
+        offset: u64,
+    },
 }
 
 /// The most a crash can leave behind: one group commit's appends are far smaller.
@@ -72,9 +77,7 @@ pub fn scan(path: &Path, mut on_record: impl FnMut(u64, &[u8])) -> Result<ScanEn
     let file_len = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
     let mut offset = 0u64;
-    let torn = |offset: u64| -> Result<ScanEnd, JournalError> {
-        Ok(ScanEnd::TornTail { valid_end: offset, file_len })
-    };
+    let torn = |offset: u64| -> Result<ScanEnd, JournalError> { Ok(ScanEnd::TornTail { valid_end: offset, file_len }) };
     while offset < file_len {
         let mut len_bytes = [0u8; 4];
         if reader.read_exact(&mut len_bytes).is_err() {
@@ -139,11 +142,7 @@ impl Journal {
             }
             None => file_len,
         };
-        Ok(Journal {
-            path: path.to_path_buf(),
-            reader: File::open(path).map_err(io)?,
-            writer: Mutex::new(JournalWriter { file, end }),
-        })
+        Ok(Journal { path: path.to_path_buf(), reader: File::open(path).map_err(io)?, writer: Mutex::new(JournalWriter { file, end }) })
     }
 
     fn io_error(&self, source: std::io::Error) -> JournalError {

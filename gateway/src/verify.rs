@@ -167,14 +167,8 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
                 continue;
             }
         };
-        let context = SealContext {
-            resource_type: &record.key.resource_type,
-            id: &record.key.id,
-            version_id: record.version.version_id,
-        };
-        let plaintext = keyring
-            .unwrap(&sealed.wrapped_key, context)
-            .and_then(|data_key| seal::unseal(&sealed_bytes, &data_key, context));
+        let context = SealContext { resource_type: &record.key.resource_type, id: &record.key.id, version_id: record.version.version_id };
+        let plaintext = keyring.unwrap(&sealed.wrapped_key, context).and_then(|data_key| seal::unseal(&sealed_bytes, &data_key, context));
         match plaintext {
             Err(error) => report.problems.push(format!("{name}: blob {} does not open: {error}", sealed.cid)),
             Ok(plaintext) if entry.content_hash.as_deref() != Some(secrets.content_hash(&plaintext).as_str()) => {

@@ -48,9 +48,8 @@ async fn ids_of_type(gateway: &Gateway, resource_type: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_transaction_with_one_invalid_entry_stores_nothing_and_a_batch_stores_the_rest() {
     let gateway = Gateway::start().await;
-    let entries: Vec<Value> = (0..10)
-        .map(|index| patient_entry(&format!("p{index}"), if index == 6 { "not-a-gender" } else { "female" }))
-        .collect();
+    let entries: Vec<Value> =
+        (0..10).map(|index| patient_entry(&format!("p{index}"), if index == 6 { "not-a-gender" } else { "female" })).collect();
     let before = file_sizes(&gateway);
     let text = expect_outcome(post_bundle(&gateway, &bundle("transaction", entries.clone())).await, 422).await;
     assert!(text.contains("Bundle.entry[6]"), "the failing entry is named: {text}");
@@ -70,7 +69,8 @@ async fn a_transaction_with_one_invalid_entry_stores_nothing_and_a_batch_stores_
 #[tokio::test]
 async fn urn_uuid_and_conditional_references_are_resolved() {
     let gateway = Gateway::start().await;
-    let mut practitioner = json!({ "resourceType": "Practitioner", "identifier": [{ "system": "http://hl7.org/fhir/sid/us-npi", "value": "9999" }] });
+    let mut practitioner =
+        json!({ "resourceType": "Practitioner", "identifier": [{ "system": "http://hl7.org/fhir/sid/us-npi", "value": "9999" }] });
     let created = json_body(gateway.post("Practitioner", &practitioner).await).await;
     let practitioner_id = created["id"].as_str().unwrap().to_string();
     practitioner["id"] = json!(practitioner_id);
@@ -82,11 +82,14 @@ async fn urn_uuid_and_conditional_references_are_resolved() {
         "contained": [{ "resourceType": "Provenance", "id": "p", "recorded": "2026-01-01T00:00:00Z",
                         "agent": [{ "who": { "reference": "urn:uuid:patient-a" } }], "target": [{ "reference": "urn:uuid:patient-a" }] }]
     });
-    let request = bundle("transaction", vec![
-        json!({ "fullUrl": "urn:uuid:observation-1", "resource": observation, "request": { "method": "POST", "url": "Observation" } }),
-        json!({ "fullUrl": "urn:uuid:patient-a", "resource": { "resourceType": "Patient", "gender": "male" }, "request": { "method": "POST", "url": "Patient" } }),
-        json!({ "request": { "method": "GET", "url": format!("Practitioner/{practitioner_id}") } }),
-    ]);
+    let request = bundle(
+        "transaction",
+        vec![
+            json!({ "fullUrl": "urn:uuid:observation-1", "resource": observation, "request": { "method": "POST", "url": "Observation" } }),
+            json!({ "fullUrl": "urn:uuid:patient-a", "resource": { "resourceType": "Patient", "gender": "male" }, "request": { "method": "POST", "url": "Patient" } }),
+            json!({ "request": { "method": "GET", "url": format!("Practitioner/{practitioner_id}") } }),
+        ],
+    );
     let response = json_body(post_bundle(&gateway, &request).await).await;
     assert_eq!(response["type"], "transaction-response");
     let entries = response["entry"].as_array().unwrap();
@@ -105,12 +108,15 @@ async fn urn_uuid_and_conditional_references_are_resolved() {
     assert_eq!(stored["contained"][0]["agent"][0]["who"]["reference"], format!("Patient/{patient_id}"));
 
     // A conditional reference that matches nothing fails the whole transaction.
-    let unmatched = bundle("transaction", vec![
-        json!({ "resource": { "resourceType": "Patient", "gender": "male" }, "request": { "method": "POST", "url": "Patient" } }),
-        json!({ "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+    let unmatched = bundle(
+        "transaction",
+        vec![
+            json!({ "resource": { "resourceType": "Patient", "gender": "male" }, "request": { "method": "POST", "url": "Patient" } }),
+            json!({ "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "x" },
                               "subject": { "reference": "Patient?identifier=nobody" } },
                 "request": { "method": "POST", "url": "Observation" } }),
-    ]);
+        ],
+    );
     let before = file_sizes(&gateway);
     assert!(expect_outcome(post_bundle(&gateway, &unmatched).await, 412).await.contains("Bundle.entry[1]"));
     assert_eq!(file_sizes(&gateway), before);
@@ -119,17 +125,28 @@ async fn urn_uuid_and_conditional_references_are_resolved() {
 #[tokio::test]
 async fn transaction_conditions_and_if_match() {
     let gateway = Gateway::start().await;
-    let existing = json_body(gateway.post("Patient", &json!({ "resourceType": "Patient", "gender": "female",
-        "identifier": [{ "system": "urn:mrn", "value": "7" }] })).await).await;
+    let existing = json_body(
+        gateway
+            .post(
+                "Patient",
+                &json!({ "resourceType": "Patient", "gender": "female",
+        "identifier": [{ "system": "urn:mrn", "value": "7" }] }),
+            )
+            .await,
+    )
+    .await;
     let existing_id = existing["id"].as_str().unwrap().to_string();
 
     // ifNoneExist matches: no new Patient, and references to its fullUrl point at the match.
-    let request = bundle("transaction", vec![
-        json!({ "fullUrl": "urn:uuid:p", "resource": { "resourceType": "Patient", "gender": "female" },
+    let request = bundle(
+        "transaction",
+        vec![
+            json!({ "fullUrl": "urn:uuid:p", "resource": { "resourceType": "Patient", "gender": "female" },
                 "request": { "method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|7" } }),
-        json!({ "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "x" }, "subject": { "reference": "urn:uuid:p" } },
+            json!({ "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "x" }, "subject": { "reference": "urn:uuid:p" } },
                 "request": { "method": "POST", "url": "Observation" } }),
-    ]);
+        ],
+    );
     let response = json_body(post_bundle(&gateway, &request).await).await;
     assert_eq!(response["entry"][0]["response"]["status"], "200 OK");
     assert_eq!(response["entry"][1]["resource"]["subject"]["reference"], format!("Patient/{existing_id}"));
@@ -138,28 +155,37 @@ async fn transaction_conditions_and_if_match() {
     // A stale ifMatch fails the transaction, naming the entry; nothing else is stored.
     let mut update = existing.clone();
     update["gender"] = json!("other");
-    let request = bundle("transaction", vec![
-        patient_entry("new", "male"),
-        json!({ "resource": update, "request": { "method": "PUT", "url": format!("Patient/{existing_id}"), "ifMatch": "W/\"9\"" } }),
-    ]);
+    let request = bundle(
+        "transaction",
+        vec![
+            patient_entry("new", "male"),
+            json!({ "resource": update, "request": { "method": "PUT", "url": format!("Patient/{existing_id}"), "ifMatch": "W/\"9\"" } }),
+        ],
+    );
     assert!(expect_outcome(post_bundle(&gateway, &request).await, 412).await.contains("Bundle.entry[1]"));
     assert_eq!(ids_of_type(&gateway, "Patient").await.len(), 1);
 
     // DELETE and PUT in one transaction; deletes are processed first.
-    let request = bundle("transaction", vec![
-        json!({ "resource": { "resourceType": "Patient", "id": "client-1", "gender": "male" }, "request": { "method": "PUT", "url": "Patient/client-1" } }),
-        json!({ "request": { "method": "DELETE", "url": format!("Patient/{existing_id}") } }),
-    ]);
+    let request = bundle(
+        "transaction",
+        vec![
+            json!({ "resource": { "resourceType": "Patient", "id": "client-1", "gender": "male" }, "request": { "method": "PUT", "url": "Patient/client-1" } }),
+            json!({ "request": { "method": "DELETE", "url": format!("Patient/{existing_id}") } }),
+        ],
+    );
     let response = json_body(post_bundle(&gateway, &request).await).await;
     assert_eq!(response["entry"][0]["response"]["status"], "201 Created");
     assert_eq!(response["entry"][1]["response"]["status"], "204 No Content");
     expect_outcome(gateway.get(&format!("Patient/{existing_id}")).await, 410).await;
 
     // Writing one resource twice in a transaction is refused.
-    let twice = bundle("transaction", vec![
-        json!({ "resource": { "resourceType": "Patient", "id": "dup" }, "request": { "method": "PUT", "url": "Patient/dup" } }),
-        json!({ "resource": { "resourceType": "Patient", "id": "dup" }, "request": { "method": "PUT", "url": "Patient/dup" } }),
-    ]);
+    let twice = bundle(
+        "transaction",
+        vec![
+            json!({ "resource": { "resourceType": "Patient", "id": "dup" }, "request": { "method": "PUT", "url": "Patient/dup" } }),
+            json!({ "resource": { "resourceType": "Patient", "id": "dup" }, "request": { "method": "PUT", "url": "Patient/dup" } }),
+        ],
+    );
     expect_outcome(post_bundle(&gateway, &twice).await, 400).await;
     // Malformed Bundles.
     expect_outcome(post_bundle(&gateway, &json!({ "resourceType": "Bundle", "type": "collection" })).await, 400).await;
@@ -188,7 +214,15 @@ async fn all_synthea_transaction_bundles_load_with_exact_counts() {
         for entry in input["entry"].as_array().unwrap() {
             *expected.entry(entry["resource"]["resourceType"].as_str().unwrap().to_string()).or_default() += 1;
         }
-        let response = gateway.http.post(gateway.base()).header("content-type", FHIR_JSON).header("prefer", "return=minimal").body(text).send().await.unwrap();
+        let response = gateway
+            .http
+            .post(gateway.base())
+            .header("content-type", FHIR_JSON)
+            .header("prefer", "return=minimal")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         let body = response.text().await.unwrap();
         assert_eq!(status, 200, "{}: {}", path.display(), &body[..body.len().min(2000)]);

@@ -15,11 +15,8 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fhir-gateway-it-{label}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
+        let path =
+            std::env::temp_dir().join(format!("fhir-gateway-it-{label}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -166,23 +163,11 @@ impl Gateway {
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .header("content-type", FHIR_JSON)
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("POST")
+        self.http.post(self.url(path)).header("content-type", FHIR_JSON).body(body.to_string()).send().await.expect("POST")
     }
 
     pub async fn put(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.http
-            .put(self.url(path))
-            .header("content-type", FHIR_JSON)
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("PUT")
+        self.http.put(self.url(path)).header("content-type", FHIR_JSON).body(body.to_string()).send().await.expect("PUT")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -191,12 +176,7 @@ impl Gateway {
 
     /// Runs the binary's `verify` on this data directory (the gateway may be stopped or running).
     pub fn verify(&self) -> (bool, String) {
-        let output = Command::new(binary())
-            .arg("verify")
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .output()
-            .expect("run verify");
+        let output = Command::new(binary()).arg("verify").arg("--data-dir").arg(self.data.path()).output().expect("run verify");
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         (output.status.success(), text)
     }

@@ -79,8 +79,10 @@ async fn failures_are_named_and_exit_non_zero() {
     std::fs::write(
         &file,
         concat!(
-            r#"{"resourceType":"Patient","id":"good","gender":"female"}"#, "\n",
-            r#"{"resourceType":"Patient","id":"bad","gender":"nonsense"}"#, "\n",
+            r#"{"resourceType":"Patient","id":"good","gender":"female"}"#,
+            "\n",
+            r#"{"resourceType":"Patient","id":"bad","gender":"nonsense"}"#,
+            "\n",
             "not json\n",
         ),
     )

@@ -55,11 +55,9 @@ fn format_routes(routes: &BTreeSet<(String, String)>) -> String {
 #[test]
 fn openapi_documents_exactly_the_router_routes() {
     let document = document();
-    let served: BTreeSet<(String, String)> =
-        ROUTES.iter().map(|(method, path)| (method.to_string(), path.to_string())).collect();
+    let served: BTreeSet<(String, String)> = ROUTES.iter().map(|(method, path)| (method.to_string(), path.to_string())).collect();
     assert_eq!(served.len(), ROUTES.len(), "ROUTES lists a route twice");
-    let documented: BTreeSet<(String, String)> =
-        operations(&document).into_iter().map(|(method, path, _)| (method, path)).collect();
+    let documented: BTreeSet<(String, String)> = operations(&document).into_iter().map(|(method, path, _)| (method, path)).collect();
 
     let undocumented: BTreeSet<_> = served.difference(&documented).cloned().collect();
     let not_served: BTreeSet<_> = documented.difference(&served).cloned().collect();
@@ -115,8 +113,7 @@ fn openapi_path_parameters_match_the_templates() {
     let document = document();
     let mut problems = Vec::new();
     for (method, path, operation) in operations(&document) {
-        let in_template: BTreeSet<&str> =
-            path.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}')).collect();
+        let in_template: BTreeSet<&str> = path.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}')).collect();
         let path_level = document["paths"][path.as_str()]["parameters"].as_array().cloned().unwrap_or_default();
         let operation_level = operation["parameters"].as_array().cloned().unwrap_or_default();
         let declared: BTreeSet<String> = path_level

@@ -22,10 +22,7 @@ async fn create_read_update_vread_delete() {
     let id = created["id"].as_str().unwrap().to_string();
     assert_ne!(id, "client-chosen", "a create ignores the client's id");
     assert_eq!(id.len(), 36, "server ids are random UUIDs: {id}");
-    assert_eq!(
-        headers["location"].to_str().unwrap(),
-        format!("{}/Patient/{id}/_history/1", gateway.base())
-    );
+    assert_eq!(headers["location"].to_str().unwrap(), format!("{}/Patient/{id}/_history/1", gateway.base()));
     assert_eq!(created["meta"]["versionId"], "1");
     assert!(created["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
 
@@ -214,13 +211,7 @@ where
 async fn prefer_return_and_handling() {
     let gateway = Gateway::start().await;
     let send = |prefer: &'static str, body: Value| {
-        gateway
-            .http
-            .post(gateway.url("Patient"))
-            .header("content-type", FHIR_JSON)
-            .header("prefer", prefer)
-            .body(body.to_string())
-            .send()
+        gateway.http.post(gateway.url("Patient")).header("content-type", FHIR_JSON).header("prefer", prefer).body(body.to_string()).send()
     };
     let minimal = send("return=minimal", patient("Minimal")).await.unwrap();
     assert_eq!(minimal.status(), 201);
@@ -336,7 +327,9 @@ async fn capability_statement_lists_what_works() {
     assert!(interactions.contains(&"vread") && interactions.contains(&"history-type"));
     assert!(interactions.contains(&"search-type"));
     let params: Vec<&str> = patient["searchParam"].as_array().unwrap().iter().map(|param| param["name"].as_str().unwrap()).collect();
-    for name in ["identifier", "name", "family", "given", "birthdate", "gender", "address-postalcode", "telecom", "active", "_id", "_lastUpdated"] {
+    for name in
+        ["identifier", "name", "family", "given", "birthdate", "gender", "address-postalcode", "telecom", "active", "_id", "_lastUpdated"]
+    {
         assert!(params.contains(&name), "{name} in {params:?}");
     }
     assert!(!params.contains(&"deceased"), "an unsupported parameter is not listed");

@@ -114,7 +114,9 @@ async fn search_semantics_on_synthea_data() {
     let expected: BTreeSet<String> = corpus
         .patients
         .iter()
-        .filter(|patient| patient["name"].as_array().unwrap().iter().any(|name| fold(name["family"].as_str().unwrap_or("")).starts_with(&fold(&prefix))))
+        .filter(|patient| {
+            patient["name"].as_array().unwrap().iter().any(|name| fold(name["family"].as_str().unwrap_or("")).starts_with(&fold(&prefix)))
+        })
         .map(synthea_id)
         .collect();
     let (entries, _) = all_pages(&gateway, gateway.url(&format!("Patient?family={prefix}"))).await;
@@ -128,7 +130,9 @@ async fn search_semantics_on_synthea_data() {
     let expected_contains = corpus
         .patients
         .iter()
-        .filter(|patient| patient["name"].as_array().unwrap().iter().any(|name| fold(name["family"].as_str().unwrap_or("")).contains(middle)))
+        .filter(|patient| {
+            patient["name"].as_array().unwrap().iter().any(|name| fold(name["family"].as_str().unwrap_or("")).contains(middle))
+        })
         .count();
     let (entries, _) = all_pages(&gateway, gateway.url(&format!("Patient?family:contains={middle}"))).await;
     assert_eq!(entries.len(), expected_contains, "family:contains={middle}");
@@ -169,7 +173,8 @@ async fn search_semantics_on_synthea_data() {
     let observations = &corpus.observations[&wanted];
     let code = observations[0]["code"]["coding"][0]["code"].as_str().unwrap();
     let expected = observations.iter().filter(|observation| observation["code"]["coding"][0]["code"] == code).count();
-    let (entries, total) = all_pages(&gateway, gateway.url(&format!("Observation?patient={patient_id}&code=http://loinc.org|{code}"))).await;
+    let (entries, total) =
+        all_pages(&gateway, gateway.url(&format!("Observation?patient={patient_id}&code=http://loinc.org|{code}"))).await;
     assert_eq!((entries.len(), total), (expected, Some(expected as u64)));
     let (entries, _) = all_pages(&gateway, gateway.url(&format!("Patient/{patient_id}/Observation?code={code}"))).await;
     assert_eq!(entries.len(), expected, "compartment search");
@@ -187,7 +192,8 @@ async fn search_semantics_on_synthea_data() {
             .filter(|observation| observation["code"]["coding"][0]["code"] == code)
             .filter(|observation| observation["valueQuantity"]["value"].to_string().parse::<f64>().is_ok_and(|other| other > value))
             .count();
-        let (entries, _) = all_pages(&gateway, gateway.url(&format!("Observation?patient={patient_id}&code={code}&value-quantity=gt{value}"))).await;
+        let (entries, _) =
+            all_pages(&gateway, gateway.url(&format!("Observation?patient={patient_id}&code={code}&value-quantity=gt{value}"))).await;
         assert_eq!(entries.len(), expected, "value-quantity=gt{value}");
     }
 
@@ -198,19 +204,24 @@ async fn search_semantics_on_synthea_data() {
     let elements = json_body(gateway.get(&format!("Patient?_id={patient_id}&_elements=gender")).await).await;
     let resource = &elements["entry"][0]["resource"];
     assert!(resource.get("gender").is_some() && resource.get("name").is_none(), "{resource}");
-    let with_observations = json_body(gateway.get(&format!("Patient?_id={patient_id}&_revinclude=Observation:subject&_count=1")).await).await;
+    let with_observations =
+        json_body(gateway.get(&format!("Patient?_id={patient_id}&_revinclude=Observation:subject&_count=1")).await).await;
     let included = with_observations["entry"].as_array().unwrap().iter().filter(|entry| entry["search"]["mode"] == "include").count();
     assert_eq!(included, expected_all);
 
     // $everything holds the patient and every Observation of the patient.
-    let (entries, _) = all_pages(&gateway, gateway.url(&format!("Patient/{patient_id}/$everything?_type=Patient,Observation&_count=40"))).await;
+    let (entries, _) =
+        all_pages(&gateway, gateway.url(&format!("Patient/{patient_id}/$everything?_type=Patient,Observation&_count=40"))).await;
     assert_eq!(entries.len(), expected_all + 1);
 }
 
 #[tokio::test]
 async fn search_sees_writes_at_once_and_refuses_what_it_cannot_do() {
     let gateway = Gateway::start().await;
-    let created = json_body(gateway.post("Patient", &json!({ "resourceType": "Patient", "name": [{ "family": "Ødegård" }], "gender": "other" })).await).await;
+    let created = json_body(
+        gateway.post("Patient", &json!({ "resourceType": "Patient", "name": [{ "family": "Ødegård" }], "gender": "other" })).await,
+    )
+    .await;
     let id = created["id"].as_str().unwrap();
     // Read-your-writes: the index catches up before answering.
     let found = json_body(gateway.get("Patient?family=odeg").await).await;
@@ -251,12 +262,22 @@ async fn official_observation_examples_by_code_value_and_composite() {
     let mut observations = Vec::new();
     for entry in std::fs::read_dir(corpora().join("fhir-r4-examples/Observation")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        let response = gateway.http.post(gateway.url("Observation")).header("content-type", FHIR_JSON).header("prefer", "handling=lenient").body(text.clone()).send().await.unwrap();
+        let response = gateway
+            .http
+            .post(gateway.url("Observation"))
+            .header("content-type", FHIR_JSON)
+            .header("prefer", "handling=lenient")
+            .body(text.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 201);
         observations.push(serde_json::from_str::<Value>(&text).unwrap());
     }
     let has_code = |observation: &Value, system: &str, code: &str| {
-        observation["code"]["coding"].as_array().is_some_and(|codings| codings.iter().any(|coding| coding["system"] == system && coding["code"] == code))
+        observation["code"]["coding"]
+            .as_array()
+            .is_some_and(|codings| codings.iter().any(|coding| coding["system"] == system && coding["code"] == code))
     };
     // Systolic blood pressure above 100 in a component (composite, same component).
     let expected = observations
@@ -276,7 +297,10 @@ async fn official_observation_examples_by_code_value_and_composite() {
     // status token and :not / :missing.
     let finals = observations.iter().filter(|observation| observation["status"] == "final").count();
     assert_eq!(json_body(gateway.get("Observation?status=final").await).await["total"].as_u64(), Some(finals as u64));
-    assert_eq!(json_body(gateway.get("Observation?status:not=final").await).await["total"].as_u64(), Some((observations.len() - finals) as u64));
+    assert_eq!(
+        json_body(gateway.get("Observation?status:not=final").await).await["total"].as_u64(),
+        Some((observations.len() - finals) as u64)
+    );
     let without_subject = observations.iter().filter(|observation| observation.get("subject").is_none()).count();
     assert_eq!(json_body(gateway.get("Observation?subject:missing=true").await).await["total"].as_u64(), Some(without_subject as u64));
 }

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
 use fhir_gateway::fhir::validation::{Issue, IssueCode, Leniency, R4Model, Severity, validate};
+use serde_json::{Value, json};
 
 use crate::harness::corpora;
 
@@ -14,31 +14,22 @@ fn model() -> &'static R4Model {
 
 fn read_json(path: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(text.trim_start_matches('\u{feff}'))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn errors(issues: &[Issue]) -> Vec<&Issue> {
-    issues
-        .iter()
-        .filter(|i| i.severity == Severity::Error)
-        .collect()
+    issues.iter().filter(|i| i.severity == Severity::Error).collect()
 }
 
 fn sorted_files(dir: &Path) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
     paths.sort();
     paths
 }
 
 fn example_files() -> Vec<PathBuf> {
-    ["Patient", "Observation", "Consent"]
-        .iter()
-        .flat_map(|folder| sorted_files(&corpora().join("fhir-r4-examples").join(folder)))
-        .collect()
+    ["Patient", "Observation", "Consent"].iter().flat_map(|folder| sorted_files(&corpora().join("fhir-r4-examples").join(folder))).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -54,25 +45,16 @@ fn model_header_and_strict_types() {
         assert!(model.is_strictly_validated(resource_type));
     }
     for resource_type in ["Encounter", "Resource", "DomainResource", "HumanName", ""] {
-        assert!(
-            !model.is_strictly_validated(resource_type),
-            "{resource_type}"
-        );
+        assert!(!model.is_strictly_validated(resource_type), "{resource_type}");
     }
 }
 
 #[test]
 fn model_with_an_unknown_regex_is_rejected() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway/src/fhir/r4_model.json")).unwrap();
-    let drifted = text.replacen(
-        r#""regex":"[A-Za-z0-9\\-\\.]{1,64}""#,
-        r#""regex":"[A-Za-z0-9]{1,64}""#,
-        1,
-    );
+    let drifted = text.replacen(r#""regex":"[A-Za-z0-9\\-\\.]{1,64}""#, r#""regex":"[A-Za-z0-9]{1,64}""#, 1);
     assert_ne!(text, drifted, "the id regex is in the table");
-    let error = R4Model::from_json(&drifted)
-        .err()
-        .expect("drift is detected");
+    let error = R4Model::from_json(&drifted).err().expect("drift is detected");
     assert!(error.contains("no matcher"), "{error}");
     assert!(R4Model::from_json("{}").is_err());
 }
@@ -85,11 +67,7 @@ fn model_with_an_unknown_regex_is_rejected() {
 const KNOWN_EXAMPLE_ISSUES: &[(&str, &str, IssueCode)] = &[
     // Observation.performer allows CareTeam, Organization, Patient, Practitioner,
     // PractitionerRole and RelatedPerson; the example points it at "Encounter/example".
-    (
-        "Observation-clinical-gender.json",
-        "Observation.performer[0].reference",
-        IssueCode::Structure,
-    ),
+    ("Observation-clinical-gender.json", "Observation.performer[0].reference", IssueCode::Structure),
 ];
 
 #[test]
@@ -100,10 +78,8 @@ fn official_examples_are_valid() {
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy();
         let resource = read_json(path).unwrap();
-        let found: Vec<(String, IssueCode)> = validate(model(), &resource, Leniency::Strict)
-            .into_iter()
-            .map(|i| (i.expression, i.code))
-            .collect();
+        let found: Vec<(String, IssueCode)> =
+            validate(model(), &resource, Leniency::Strict).into_iter().map(|i| (i.expression, i.code)).collect();
         let expected: Vec<(String, IssueCode)> = KNOWN_EXAMPLE_ISSUES
             .iter()
             .filter(|(file, _, _)| *file == name)
@@ -130,27 +106,12 @@ fn decimals_keep_their_lexical_form() {
 
 /// Cases whose errors are outside this validator's scope, with the reason.
 const OUT_OF_SCOPE: &[(&str, &str)] = &[
-    (
-        "pat-security-bad-xhtml.json",
-        "XHTML content rules (txt-1, element names)",
-    ),
-    (
-        "pat-security-bad-string.json",
-        "security check for HTML-like text in strings",
-    ),
+    ("pat-security-bad-xhtml.json", "XHTML content rules (txt-1, element names)"),
+    ("pat-security-bad-string.json", "security check for HTML-like text in strings"),
     ("obs-temp-bad.json", "profile bodytemp (magic LOINC code)"),
-    (
-        "pat-dob-ext.json",
-        "extension definition cannot be resolved",
-    ),
-    (
-        "pat-example-ext.json",
-        "extension definition / example URL rules",
-    ),
-    (
-        "patient-with-turvakielto.json",
-        "extension definition cannot be resolved",
-    ),
+    ("pat-dob-ext.json", "extension definition cannot be resolved"),
+    ("pat-example-ext.json", "extension definition / example URL rules"),
+    ("patient-with-turvakielto.json", "extension definition cannot be resolved"),
     ("maiden-name.json", "extension context rules"),
     ("obs-vs-1.json", "extension definition + profile bp"),
     ("obs-temp-code2.json", "SNOMED CT terminology server"),
@@ -171,10 +132,7 @@ const EXPECTED_ERRORS: &[(&str, &[&str])] = &[
     ("obs-quantity.json", &["Observation.code"]),
     // HL7 also reports the extension and the bp profile (out of scope).
     ("obs-vs-2.json", &["Observation.text.div"]),
-    (
-        "Observation-ex-pain.json",
-        &["Observation.code", "Observation.valueInteger.value"],
-    ),
+    ("Observation-ex-pain.json", &["Observation.code", "Observation.valueInteger.value"]),
 ];
 
 /// The resourceType of a document, read loosely so unparsable inputs are classified too.
@@ -189,19 +147,14 @@ fn loose_resource_type(text: &str) -> Option<&str> {
 fn agrees_with_the_hl7_validator_on_in_scope_cases() {
     let root = corpora().join("fhir-validator-testcases-r4");
     let manifest = read_json(&root.join("r4-manifest.json")).unwrap();
-    let mut table = String::from(
-        "| case | HL7 errors | our errors | verdict | scope |\n|---|---|---|---|---|\n",
-    );
+    let mut table = String::from("| case | HL7 errors | our errors | verdict | scope |\n|---|---|---|---|---|\n");
     let (mut in_scope, mut agreed, mut out_of_scope) = (0, 0, 0);
     let mut problems = Vec::new();
     for case in manifest.as_array().unwrap() {
         let input = case["input"].as_str().unwrap();
         let java_errors = case["expected_error_count"].as_u64().unwrap();
         let text = std::fs::read_to_string(root.join(input)).unwrap();
-        if !matches!(
-            loose_resource_type(&text),
-            Some("Patient" | "Observation" | "Consent")
-        ) {
+        if !matches!(loose_resource_type(&text), Some("Patient" | "Observation" | "Consent")) {
             continue;
         }
         let file = input.rsplit('/').next().unwrap();
@@ -214,10 +167,7 @@ fn agrees_with_the_hl7_validator_on_in_scope_cases() {
         };
         // Unparsable JSON is rejected before validation (by serde_json): one error.
         let ours: Vec<String> = match serde_json::from_str::<Value>(&text) {
-            Ok(resource) => errors(&validate(model(), &resource, Leniency::Strict))
-                .iter()
-                .map(|i| i.expression.clone())
-                .collect(),
+            Ok(resource) => errors(&validate(model(), &resource, Leniency::Strict)).iter().map(|i| i.expression.clone()).collect(),
             Err(e) => vec![format!("(JSON parse error: {e})")],
         };
         let agree = (java_errors == 0) == ours.is_empty();
@@ -235,27 +185,15 @@ fn agrees_with_the_hl7_validator_on_in_scope_cases() {
             if let Some((_, expected)) = EXPECTED_ERRORS.iter().find(|(f, _)| *f == file)
                 && ours != *expected
             {
-                problems.push(format!(
-                    "{file}: expected errors at {expected:?}, found {ours:?}"
-                ));
+                problems.push(format!("{file}: expected errors at {expected:?}, found {ours:?}"));
             }
         } else {
             out_of_scope += 1;
         }
-        table.push_str(&format!(
-            "| {file} | {java_errors} | {} | {verdict} | {scope} |\n",
-            ours.len()
-        ));
+        table.push_str(&format!("| {file} | {java_errors} | {} | {verdict} | {scope} |\n", ours.len()));
     }
-    println!(
-        "{table}\n{in_scope} in scope: {agreed} agreed, {} disagreed; {out_of_scope} out of scope",
-        in_scope - agreed
-    );
-    assert_eq!(
-        (in_scope, out_of_scope),
-        (29, 11),
-        "the Patient/Observation cases are found"
-    );
+    println!("{table}\n{in_scope} in scope: {agreed} agreed, {} disagreed; {out_of_scope} out of scope", in_scope - agreed);
+    assert_eq!((in_scope, out_of_scope), (29, 11), "the Patient/Observation cases are found");
     assert!(problems.is_empty(), "{problems:#?}\n{table}");
 }
 
@@ -268,10 +206,7 @@ fn patient(extra: Value) -> Value {
 }
 
 fn observation(extra: Value) -> Value {
-    merge(
-        json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}),
-        extra,
-    )
+    merge(json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}), extra)
 }
 
 fn consent(extra: Value) -> Value {
@@ -301,10 +236,7 @@ fn merge(mut base: Value, extra: Value) -> Value {
 #[track_caller]
 fn assert_single_error(resource: Value, expression: &str, code: IssueCode) {
     let issues = validate(model(), &resource, Leniency::Strict);
-    let found: Vec<(&str, IssueCode)> = issues
-        .iter()
-        .map(|i| (i.expression.as_str(), i.code))
-        .collect();
+    let found: Vec<(&str, IssueCode)> = issues.iter().map(|i| (i.expression.as_str(), i.code)).collect();
     assert_eq!(found, [(expression, code)], "{issues:#?}");
     assert_eq!(issues[0].severity, Severity::Error);
 }
@@ -324,45 +256,22 @@ fn minimal_resources_are_valid() {
 
 #[test]
 fn unknown_element() {
-    assert_single_error(
-        patient(json!({"nickname": "Bob"})),
-        "Patient.nickname",
-        IssueCode::Structure,
-    );
-    let issues = validate(
-        model(),
-        &patient(json!({"nickname": "Bob"})),
-        Leniency::Lenient,
-    );
+    assert_single_error(patient(json!({"nickname": "Bob"})), "Patient.nickname", IssueCode::Structure);
+    let issues = validate(model(), &patient(json!({"nickname": "Bob"})), Leniency::Lenient);
     assert_eq!(issues.len(), 1);
-    assert_eq!(
-        (issues[0].severity, issues[0].code),
-        (Severity::Warning, IssueCode::Structure)
-    );
-    assert_single_error(
-        patient(json!({"name": [{"resourceType": "HumanName"}]})),
-        "Patient.name[0].resourceType",
-        IssueCode::Structure,
-    );
+    assert_eq!((issues[0].severity, issues[0].code), (Severity::Warning, IssueCode::Structure));
+    assert_single_error(patient(json!({"name": [{"resourceType": "HumanName"}]})), "Patient.name[0].resourceType", IssueCode::Structure);
 }
 
 #[test]
 fn wrong_gender_code() {
-    assert_single_error(
-        patient(json!({"gender": "M"})),
-        "Patient.gender",
-        IssueCode::CodeInvalid,
-    );
+    assert_single_error(patient(json!({"gender": "M"})), "Patient.gender", IssueCode::CodeInvalid);
     assert_valid(patient(json!({"gender": "unknown"})));
 }
 
 #[test]
 fn observation_without_status() {
-    assert_single_error(
-        observation(json!({"status": null})),
-        "Observation.status",
-        IssueCode::Required,
-    );
+    assert_single_error(observation(json!({"status": null})), "Observation.status", IssueCode::Required);
     // A primitive may be absent when its `_x` sibling carries an extension.
     let absent = json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]});
     assert_valid(observation(json!({"status": null, "_status": absent})));
@@ -370,74 +279,30 @@ fn observation_without_status() {
 
 #[test]
 fn bad_birth_dates() {
-    assert_single_error(
-        patient(json!({"birthDate": "1980-13-01"})),
-        "Patient.birthDate",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        patient(json!({"birthDate": "1980-1-1"})),
-        "Patient.birthDate",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        patient(json!({"birthDate": "1981-02-29"})),
-        "Patient.birthDate",
-        IssueCode::Value,
-    );
+    assert_single_error(patient(json!({"birthDate": "1980-13-01"})), "Patient.birthDate", IssueCode::Value);
+    assert_single_error(patient(json!({"birthDate": "1980-1-1"})), "Patient.birthDate", IssueCode::Value);
+    assert_single_error(patient(json!({"birthDate": "1981-02-29"})), "Patient.birthDate", IssueCode::Value);
     assert_valid(patient(json!({"birthDate": "1980"})));
 }
 
 #[test]
 fn array_where_max_is_one() {
-    assert_single_error(
-        patient(json!({"gender": ["male"]})),
-        "Patient.gender",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        patient(json!({"maritalStatus": [{"text": "married"}]})),
-        "Patient.maritalStatus",
-        IssueCode::Structure,
-    );
+    assert_single_error(patient(json!({"gender": ["male"]})), "Patient.gender", IssueCode::Structure);
+    assert_single_error(patient(json!({"maritalStatus": [{"text": "married"}]})), "Patient.maritalStatus", IssueCode::Structure);
 }
 
 #[test]
 fn object_where_array_is_required() {
-    assert_single_error(
-        patient(json!({"name": {"family": "Chalmers"}})),
-        "Patient.name",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        patient(json!({"name": [{"given": "Peter"}]})),
-        "Patient.name[0].given",
-        IssueCode::Structure,
-    );
+    assert_single_error(patient(json!({"name": {"family": "Chalmers"}})), "Patient.name", IssueCode::Structure);
+    assert_single_error(patient(json!({"name": [{"given": "Peter"}]})), "Patient.name[0].given", IssueCode::Structure);
 }
 
 #[test]
 fn empty_values() {
-    assert_single_error(
-        patient(json!({"name": [{"family": ""}]})),
-        "Patient.name[0].family",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        patient(json!({"name": []})),
-        "Patient.name",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        patient(json!({"name": [null]})),
-        "Patient.name[0]",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        patient(json!({"maritalStatus": {}})),
-        "Patient.maritalStatus",
-        IssueCode::Structure,
-    );
+    assert_single_error(patient(json!({"name": [{"family": ""}]})), "Patient.name[0].family", IssueCode::Value);
+    assert_single_error(patient(json!({"name": []})), "Patient.name", IssueCode::Structure);
+    assert_single_error(patient(json!({"name": [null]})), "Patient.name[0]", IssueCode::Structure);
+    assert_single_error(patient(json!({"maritalStatus": {}})), "Patient.maritalStatus", IssueCode::Structure);
 }
 
 #[test]
@@ -449,50 +314,21 @@ fn two_forms_of_a_choice() {
 #[test]
 fn choice_of_a_disallowed_type() {
     // Observation.value[x] has no decimal (nor Money) form.
-    assert_single_error(
-        observation(json!({"valueDecimal": 1.5})),
-        "Observation.valueDecimal",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        observation(json!({"valueMoney": {"value": 1}})),
-        "Observation.valueMoney",
-        IssueCode::Structure,
-    );
+    assert_single_error(observation(json!({"valueDecimal": 1.5})), "Observation.valueDecimal", IssueCode::Structure);
+    assert_single_error(observation(json!({"valueMoney": {"value": 1}})), "Observation.valueMoney", IssueCode::Structure);
     // Not a type at all: an unknown element.
-    assert_single_error(
-        observation(json!({"valueWhatever": 1})),
-        "Observation.valueWhatever",
-        IssueCode::Structure,
-    );
+    assert_single_error(observation(json!({"valueWhatever": 1})), "Observation.valueWhatever", IssueCode::Structure);
 }
 
 #[test]
 fn integer_with_fraction() {
-    assert_single_error(
-        observation(json!({"valueInteger": 1.5})),
-        "Observation.valueInteger",
-        IssueCode::Value,
-    );
+    assert_single_error(observation(json!({"valueInteger": 1.5})), "Observation.valueInteger", IssueCode::Value);
     let exponent: Value = serde_json::from_str("1e3").unwrap();
-    assert_single_error(
-        observation(json!({"valueInteger": exponent})),
-        "Observation.valueInteger",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        observation(json!({"valueInteger": 2147483648u64})),
-        "Observation.valueInteger",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        observation(json!({"valueInteger": "12"})),
-        "Observation.valueInteger",
-        IssueCode::Value,
-    );
+    assert_single_error(observation(json!({"valueInteger": exponent})), "Observation.valueInteger", IssueCode::Value);
+    assert_single_error(observation(json!({"valueInteger": 2147483648u64})), "Observation.valueInteger", IssueCode::Value);
+    assert_single_error(observation(json!({"valueInteger": "12"})), "Observation.valueInteger", IssueCode::Value);
     assert_valid(observation(json!({"valueInteger": -2147483648i64})));
-    let zero_dimensions =
-        json!({"origin": {"value": 0}, "period": 1, "dimensions": 0, "data": "E"});
+    let zero_dimensions = json!({"origin": {"value": 0}, "period": 1, "dimensions": 0, "data": "E"});
     assert_single_error(
         observation(json!({"valueSampledData": zero_dimensions})),
         "Observation.valueSampledData.dimensions",
@@ -502,25 +338,13 @@ fn integer_with_fraction() {
 
 #[test]
 fn boolean_as_string() {
-    assert_single_error(
-        patient(json!({"active": "true"})),
-        "Patient.active",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        patient(json!({"deceasedBoolean": "false"})),
-        "Patient.deceasedBoolean",
-        IssueCode::Value,
-    );
+    assert_single_error(patient(json!({"active": "true"})), "Patient.active", IssueCode::Value);
+    assert_single_error(patient(json!({"deceasedBoolean": "false"})), "Patient.deceasedBoolean", IssueCode::Value);
 }
 
 #[test]
 fn consent_without_scope() {
-    assert_single_error(
-        consent(json!({"scope": null})),
-        "Consent.scope",
-        IssueCode::Required,
-    );
+    assert_single_error(consent(json!({"scope": null})), "Consent.scope", IssueCode::Required);
 }
 
 #[test]
@@ -541,11 +365,7 @@ fn deep_consent_provision_with_unknown_element() {
         IssueCode::CodeInvalid,
     );
     let as_object = json!({"provision": {"type": "deny"}});
-    assert_single_error(
-        consent(json!({"provision": as_object})),
-        "Consent.provision.provision",
-        IssueCode::Structure,
-    );
+    assert_single_error(consent(json!({"provision": as_object})), "Consent.provision.provision", IssueCode::Structure);
 }
 
 #[test]
@@ -554,11 +374,7 @@ fn nested_paths_carry_indexes() {
         {"code": {"text": "systolic"}, "valueQuantity": {"value": 120}},
         {"code": {"text": "diastolic"}, "valueQuantity": {"value": "80"}}
     ]);
-    assert_single_error(
-        observation(json!({"component": components})),
-        "Observation.component[1].valueQuantity.value",
-        IssueCode::Value,
-    );
+    assert_single_error(observation(json!({"component": components})), "Observation.component[1].valueQuantity.value", IssueCode::Value);
     let range = json!([{"low": {"value": 1, "comparator": "<"}}]);
     // Range.low is a SimpleQuantity: comparator is prohibited (max 0).
     assert_single_error(
@@ -574,32 +390,12 @@ fn primitive_extension_siblings() {
     assert_valid(patient(json!({"name": name})));
     assert_valid(patient(json!({"_birthDate": {"id": "b1"}})));
     let misaligned = json!([{"given": ["Peter", "James"], "_given": [null]}]);
-    assert_single_error(
-        patient(json!({"name": misaligned})),
-        "Patient.name[0].given",
-        IssueCode::Structure,
-    );
+    assert_single_error(patient(json!({"name": misaligned})), "Patient.name[0].given", IssueCode::Structure);
     let both_null = json!([{"given": ["Peter", null], "_given": [null, null]}]);
-    assert_single_error(
-        patient(json!({"name": both_null})),
-        "Patient.name[0].given[1]",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        patient(json!({"name": [{"given": ["Peter", null]}]})),
-        "Patient.name[0].given[1]",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        patient(json!({"_birthDate": {"value": "1980"}})),
-        "Patient.birthDate.value",
-        IssueCode::Structure,
-    );
-    assert_single_error(
-        patient(json!({"_name": {"id": "n"}})),
-        "Patient._name",
-        IssueCode::Structure,
-    );
+    assert_single_error(patient(json!({"name": both_null})), "Patient.name[0].given[1]", IssueCode::Structure);
+    assert_single_error(patient(json!({"name": [{"given": ["Peter", null]}]})), "Patient.name[0].given[1]", IssueCode::Structure);
+    assert_single_error(patient(json!({"_birthDate": {"value": "1980"}})), "Patient.birthDate.value", IssueCode::Structure);
+    assert_single_error(patient(json!({"_name": {"id": "n"}})), "Patient._name", IssueCode::Structure);
     let mut null_date = patient(json!({}));
     null_date["birthDate"] = Value::Null;
     assert_single_error(null_date, "Patient.birthDate", IssueCode::Structure);
@@ -607,102 +403,41 @@ fn primitive_extension_siblings() {
 
 #[test]
 fn extensions_are_checked_structurally() {
-    assert_single_error(
-        patient(json!({"extension": [{"valueString": "x"}]})),
-        "Patient.extension[0].url",
-        IssueCode::Required,
-    );
+    assert_single_error(patient(json!({"extension": [{"valueString": "x"}]})), "Patient.extension[0].url", IssueCode::Required);
     let both = json!([{"url": "http://example.org/a", "valueString": "x", "extension": [{"url": "b", "valueBoolean": true}]}]);
-    assert_single_error(
-        patient(json!({"extension": both})),
-        "Patient.extension[0]",
-        IssueCode::Invariant,
-    );
+    assert_single_error(patient(json!({"extension": both})), "Patient.extension[0]", IssueCode::Invariant);
     let bad_value = json!([{"url": "http://example.org/a", "valueDate": "2020-02-30"}]);
-    assert_single_error(
-        patient(json!({"modifierExtension": bad_value})),
-        "Patient.modifierExtension[0].valueDate",
-        IssueCode::Value,
-    );
+    assert_single_error(patient(json!({"modifierExtension": bad_value})), "Patient.modifierExtension[0].valueDate", IssueCode::Value);
     let every_type = json!([{"url": "http://example.org/a", "valueMeta": {"versionId": "1"}}]);
     assert_valid(patient(json!({"extension": every_type})));
 }
 
 #[test]
 fn resource_id_and_meta() {
-    assert_single_error(
-        patient(json!({"id": "bad_id"})),
-        "Patient.id",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        patient(json!({"id": "x".repeat(65)})),
-        "Patient.id",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        patient(json!({"meta": {"lastUpdated": "2020-01-01"}})),
-        "Patient.meta.lastUpdated",
-        IssueCode::Value,
-    );
-    assert_single_error(
-        patient(json!({"meta": {"profile": "http://x"}})),
-        "Patient.meta.profile",
-        IssueCode::Structure,
-    );
-    assert_valid(patient(
-        json!({"meta": {"versionId": "2", "lastUpdated": "2020-01-01T00:00:00Z", "tag": [{"code": "t"}]}}),
-    ));
+    assert_single_error(patient(json!({"id": "bad_id"})), "Patient.id", IssueCode::Value);
+    assert_single_error(patient(json!({"id": "x".repeat(65)})), "Patient.id", IssueCode::Value);
+    assert_single_error(patient(json!({"meta": {"lastUpdated": "2020-01-01"}})), "Patient.meta.lastUpdated", IssueCode::Value);
+    assert_single_error(patient(json!({"meta": {"profile": "http://x"}})), "Patient.meta.profile", IssueCode::Structure);
+    assert_valid(patient(json!({"meta": {"versionId": "2", "lastUpdated": "2020-01-01T00:00:00Z", "tag": [{"code": "t"}]}})));
 }
 
 #[test]
 fn roots_and_contained_resources() {
-    let root_issue = |value: Value| {
-        validate(model(), &value, Leniency::Strict)
-            .into_iter()
-            .map(|i| (i.expression, i.code))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        root_issue(json!([])),
-        [("Resource".to_owned(), IssueCode::Structure)]
-    );
-    assert_eq!(
-        root_issue(json!({"id": "x"})),
-        [("Resource.resourceType".to_owned(), IssueCode::Required)]
-    );
-    assert_eq!(
-        root_issue(json!({"resourceType": "Encounter"})),
-        [("Encounter".to_owned(), IssueCode::Structure)]
-    );
+    let root_issue =
+        |value: Value| validate(model(), &value, Leniency::Strict).into_iter().map(|i| (i.expression, i.code)).collect::<Vec<_>>();
+    assert_eq!(root_issue(json!([])), [("Resource".to_owned(), IssueCode::Structure)]);
+    assert_eq!(root_issue(json!({"id": "x"})), [("Resource.resourceType".to_owned(), IssueCode::Required)]);
+    assert_eq!(root_issue(json!({"resourceType": "Encounter"})), [("Encounter".to_owned(), IssueCode::Structure)]);
     let practitioner = json!({"resourceType": "Practitioner", "id": "pr1", "anything": "goes"});
-    assert_valid(observation(
-        json!({"contained": [practitioner], "performer": [{"reference": "#pr1"}]}),
-    ));
+    assert_valid(observation(json!({"contained": [practitioner], "performer": [{"reference": "#pr1"}]})));
     let no_id = json!({"resourceType": "Practitioner"});
-    assert_single_error(
-        observation(json!({"contained": [no_id]})),
-        "Observation.contained[0].id",
-        IssueCode::Required,
-    );
+    assert_single_error(observation(json!({"contained": [no_id]})), "Observation.contained[0].id", IssueCode::Required);
     let unknown = json!({"resourceType": "Spaceship", "id": "s"});
-    assert_single_error(
-        observation(json!({"contained": [unknown]})),
-        "Observation.contained[0].resourceType",
-        IssueCode::Structure,
-    );
+    assert_single_error(observation(json!({"contained": [unknown]})), "Observation.contained[0].resourceType", IssueCode::Structure);
     let strict = json!({"resourceType": "Patient", "id": "p2", "gender": "x"});
-    assert_single_error(
-        observation(json!({"contained": [strict]})),
-        "Observation.contained[0].gender",
-        IssueCode::CodeInvalid,
-    );
+    assert_single_error(observation(json!({"contained": [strict]})), "Observation.contained[0].gender", IssueCode::CodeInvalid);
     let nested = json!({"resourceType": "Patient", "id": "p2", "contained": [{"resourceType": "Practitioner", "id": "p3"}]});
-    assert_single_error(
-        observation(json!({"contained": [nested]})),
-        "Observation.contained[0]",
-        IssueCode::Invariant,
-    );
+    assert_single_error(observation(json!({"contained": [nested]})), "Observation.contained[0]", IssueCode::Invariant);
 }
 
 #[test]
@@ -712,12 +447,8 @@ fn reference_targets() {
         "Observation.subject.reference",
         IssueCode::Structure,
     );
-    assert_valid(observation(
-        json!({"subject": {"reference": "http://x.org/fhir/Patient/1/_history/2"}}),
-    ));
-    assert_valid(observation(
-        json!({"focus": [{"reference": "Practitioner/1"}]}),
-    ));
+    assert_valid(observation(json!({"subject": {"reference": "http://x.org/fhir/Patient/1/_history/2"}})));
+    assert_valid(observation(json!({"focus": [{"reference": "Practitioner/1"}]})));
 }
 
 // ---------------------------------------------------------------------------
@@ -795,22 +526,13 @@ fn mutated_examples_never_panic() {
             }
             for leniency in [Leniency::Strict, Leniency::Lenient] {
                 let first = validate(model(), &mutated, leniency);
-                assert_eq!(
-                    first,
-                    validate(model(), &mutated, leniency),
-                    "deterministic"
-                );
+                assert_eq!(first, validate(model(), &mutated, leniency), "deterministic");
             }
             validated += 1;
         }
     }
-    for odd in [
-        json!(null),
-        json!(1),
-        json!("Patient"),
-        json!({"resourceType": {}}),
-        json!({"resourceType": "Patient", "contained": [[]]}),
-    ] {
+    for odd in [json!(null), json!(1), json!("Patient"), json!({"resourceType": {}}), json!({"resourceType": "Patient", "contained": [[]]})]
+    {
         let _ = validate(model(), &odd, Leniency::Strict);
     }
     assert_eq!(validated, 98 * 12);

@@ -25,9 +25,10 @@ pub async fn transaction_or_batch(
     let prefer = Prefer::from_headers(&headers);
     // Bundles are large: a bounded number are read and processed at once (the others wait
     // before their bodies are read), so memory stays bounded.
-    let _permit = Arc::clone(&state.bundle_permits).acquire_owned().await.map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the gateway is shutting down")
-    })?;
+    let _permit = Arc::clone(&state.bundle_permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the gateway is shutting down"))?;
     let FhirJson(body) = FhirJson::from_request(request, &state).await?;
     let parsed = bundle::parse_bundle(body, &state.base_url, state.limits.max_bundle_entries).map_err(|error| {
         let api_error = ApiError::bad_request(error.message.clone());

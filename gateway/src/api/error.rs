@@ -42,10 +42,7 @@ struct OutcomeIssue {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, diagnostics: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            issues: vec![OutcomeIssue { severity: "error", code, diagnostics: diagnostics.into(), expression: None }],
-        }
+        ApiError { status, issues: vec![OutcomeIssue { severity: "error", code, diagnostics: diagnostics.into(), expression: None }] }
     }
 
     pub fn bad_request(diagnostics: impl Into<String>) -> Self {
@@ -91,7 +88,10 @@ impl ApiError {
             issue.diagnostics = format!("Bundle.entry[{position}]: {}", issue.diagnostics);
             let inner = issue.expression.take();
             issue.expression = Some(match inner {
-                Some(expression) => format!("Bundle.entry[{position}].resource.{}", expression.split_once('.').map_or(expression.as_str(), |(_, rest)| rest)),
+                Some(expression) => format!(
+                    "Bundle.entry[{position}].resource.{}",
+                    expression.split_once('.').map_or(expression.as_str(), |(_, rest)| rest)
+                ),
                 None => format!("Bundle.entry[{position}]"),
             });
         }
@@ -134,11 +134,9 @@ impl From<StoreError> for ApiError {
             StoreError::Gone(version_id) => {
                 ApiError::new(StatusCode::GONE, "deleted", format!("the resource was deleted (version {version_id})"))
             }
-            StoreError::VersionConflict => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "the resource was changed concurrently; read it again and retry",
-            ),
+            StoreError::VersionConflict => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "the resource was changed concurrently; read it again and retry")
+            }
             StoreError::PreconditionFailed(message) => ApiError::new(StatusCode::PRECONDITION_FAILED, "conflict", message),
             StoreError::Unavailable(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", message),
             StoreError::Integrity(_) => ApiError::new(

@@ -28,11 +28,7 @@ impl FromRequest<AppState> for FhirJson {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.limits.max_body_bytes;
         let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-long",
-                format!("the request body is larger than the limit of {limit} bytes"),
-            )
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-long", format!("the request body is larger than the limit of {limit} bytes"))
         };
         let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
         if !content_type.is_some_and(is_json_media_type) {
@@ -134,8 +130,7 @@ pub fn if_none_exist(headers: &HeaderMap) -> Result<Option<CreateCondition>, Api
 
 /// Checks `_format` and `Accept`: only FHIR JSON is served.
 pub fn check_acceptable(headers: &HeaderMap, format: Option<&str>) -> Result<(), ApiError> {
-    let not_acceptable =
-        || ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "only JSON (application/fhir+json) is served");
+    let not_acceptable = || ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-supported", "only JSON (application/fhir+json) is served");
     if let Some(format) = format {
         // A literal `+` in `_format=application/fhir+json` arrives form-decoded as a space.
         let format = format.trim().replace(' ', "+").to_ascii_lowercase();

@@ -23,11 +23,10 @@ pub async fn capability_statement(
         .map(|(_, value)| value);
     check_acceptable(&headers, format.as_deref())?;
     let table = SearchParamTable::r4();
-    let interactions: Vec<Value> =
-        ["create", "read", "vread", "update", "delete", "history-instance", "history-type", "search-type"]
-            .iter()
-            .map(|code| json!({ "code": code }))
-            .collect();
+    let interactions: Vec<Value> = ["create", "read", "vread", "update", "delete", "history-instance", "history-type", "search-type"]
+        .iter()
+        .map(|code| json!({ "code": code }))
+        .collect();
     let resources: Vec<Value> = RESOURCE_TYPES
         .iter()
         .map(|resource_type| {
@@ -51,7 +50,8 @@ pub async fn capability_statement(
                 "conditionalDelete": "not-supported",
             });
             if *resource_type == "Patient" {
-                resource["operation"] = json!([{ "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" }]);
+                resource["operation"] =
+                    json!([{ "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" }]);
             }
             resource
         })

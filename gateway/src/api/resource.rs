@@ -17,11 +17,7 @@ use crate::store::catalog::ResourceKey;
 use crate::store::{CreateOutcome, HistoryPage, Principal, StoredVersion};
 
 fn resource_type(name: &str) -> Result<&str, ApiError> {
-    if is_resource_type(name) {
-        Ok(name)
-    } else {
-        Err(ApiError::not_found(format!("'{name}' is not a FHIR R4 resource type")))
-    }
+    if is_resource_type(name) { Ok(name) } else { Err(ApiError::not_found(format!("'{name}' is not a FHIR R4 resource type"))) }
 }
 
 fn resource_key(resource_type_name: &str, id: &str) -> Result<ResourceKey, ApiError> {
@@ -63,10 +59,7 @@ fn version_headers(response: &mut Response, state: &AppState, version: &StoredVe
         headers.insert(header::LAST_MODIFIED, modified);
     }
     if location {
-        let url = format!(
-            "{}/{}/{}/_history/{}",
-            state.base_url, version.key.resource_type, version.key.id, version.version_id
-        );
+        let url = format!("{}/{}/{}/_history/{}", state.base_url, version.key.resource_type, version.key.id, version.version_id);
         if let Ok(url) = HeaderValue::from_str(&url) {
             headers.insert(header::LOCATION, url);
         }
@@ -85,10 +78,7 @@ fn write_response(state: &AppState, status: StatusCode, version: StoredVersion, 
         ReturnPreference::Minimal => status.into_response(),
         ReturnPreference::Representation => fhir_response(status, version.body.clone().unwrap_or_default()),
         ReturnPreference::OperationOutcome => {
-            let message = format!(
-                "{}/{} stored as version {}",
-                version.key.resource_type, version.key.id, version.version_id
-            );
+            let message = format!("{}/{} stored as version {}", version.key.resource_type, version.key.id, version.version_id);
             fhir_response(status, operation_outcome("information", "informational", &message).to_string().into_bytes())
         }
     };
@@ -105,9 +95,7 @@ fn read_response(state: &AppState, version: StoredVersion) -> Response {
 fn body_type_matches(body: &Value, url_type: &str) -> Result<(), ApiError> {
     match body.get("resourceType").and_then(Value::as_str) {
         Some(body_type) if body_type == url_type => Ok(()),
-        Some(body_type) => Err(ApiError::bad_request(format!(
-            "the body is a {body_type} but the URL names {url_type}"
-        ))),
+        Some(body_type) => Err(ApiError::bad_request(format!("the body is a {body_type} but the URL names {url_type}"))),
         None => Err(ApiError::bad_request("resourceType is missing")),
     }
 }

@@ -100,10 +100,7 @@ fn entry(state: &AppState, version: &StoredVersion, mode: &str, elements: &[Stri
 }
 
 fn self_url(path: &str, pairs: &[(String, String)], offset: Option<usize>) -> String {
-    let mut query: Vec<String> = pairs
-        .iter()
-        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-        .collect();
+    let mut query: Vec<String> = pairs.iter().map(|(name, value)| format!("{}={}", encode(name), encode(value))).collect();
     if let Some(offset) = offset {
         query.push(format!("{PAGING}={offset}"));
     }
@@ -113,7 +110,9 @@ fn self_url(path: &str, pairs: &[(String, String)], offset: Option<usize>) -> St
 fn encode(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'|' | b',' | b'$' | b'/' => (byte as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'|' | b',' | b'$' | b'/' => {
+                (byte as char).to_string()
+            }
             other => format!("%{other:02X}"),
         })
         .collect()
@@ -131,7 +130,8 @@ fn searchset(state: &AppState, path: &str, request: &Request, query: &SearchQuer
         entries.push(json!({ "resource": operation_outcome("warning", "not-supported", &message), "search": { "mode": "outcome" } }));
     }
     let base_path = format!("{}{}", state.base_url, path);
-    let mut links = vec![json!({ "relation": "self", "url": self_url(&base_path, &request.pairs, (request.offset > 0).then_some(request.offset)) })];
+    let mut links =
+        vec![json!({ "relation": "self", "url": self_url(&base_path, &request.pairs, (request.offset > 0).then_some(request.offset)) })];
     if let Some(next) = page.next_offset.filter(|_| !count_only) {
         links.push(json!({ "relation": "next", "url": self_url(&base_path, &request.pairs, Some(next)) }));
     }
@@ -250,7 +250,12 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
         match name.as_str() {
             "_since" => since = Some(value.clone()),
             "_type" => types = Some(value.split(',').map(str::to_string).collect()),
-            "_count" => count = value.parse::<usize>().map_err(|_| ApiError::bad_request("_count must be a non-negative integer"))?.min(state.limits.max_page_size),
+            "_count" => {
+                count = value
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_request("_count must be a non-negative integer"))?
+                    .min(state.limits.max_page_size)
+            }
             PAGING => offset = value.parse().map_err(|_| ApiError::bad_request("_offset must be a non-negative integer"))?,
             "_format" | "_pretty" => {}
             other => return Err(ApiError::bad_request(format!("$everything does not support the parameter '{other}'"))),
@@ -275,7 +280,8 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
     let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
         let mut all = Vec::new();
         for resource_type in compartment_types {
-            let query = parse_query(table, &resource_type, &since_pairs, false).map_err(|error| ApiError::bad_request(error.to_string()))?;
+            let query =
+                parse_query(table, &resource_type, &since_pairs, false).map_err(|error| ApiError::bad_request(error.to_string()))?;
             let page = store.search(&query, Some(&format!("Patient/{patient_id}")), 0, usize::MAX)?;
             all.extend(page.matches);
         }

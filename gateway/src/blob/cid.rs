@@ -57,10 +57,7 @@ impl std::error::Error for CidError {}
 impl Cid {
     /// CIDv0 (implicitly dag-pb) for a sha2-256 digest.
     pub fn v0(digest: [u8; 32]) -> Cid {
-        let mut cid = Cid {
-            bytes: [0; MAX_LEN],
-            len: 0,
-        };
+        let mut cid = Cid { bytes: [0; MAX_LEN], len: 0 };
         cid.push(&[SHA2_256, DIGEST_LEN as u8]);
         cid.push(&digest);
         cid
@@ -68,10 +65,7 @@ impl Cid {
 
     /// CIDv1 with the given multicodec for a sha2-256 digest.
     pub fn v1(codec: u64, digest: [u8; 32]) -> Cid {
-        let mut cid = Cid {
-            bytes: [0; MAX_LEN],
-            len: 0,
-        };
+        let mut cid = Cid { bytes: [0; MAX_LEN], len: 0 };
         cid.push(&[1]);
         let mut codec_buf = Vec::with_capacity(10);
         put_varint(&mut codec_buf, codec);
@@ -106,11 +100,7 @@ impl Cid {
         let version = read_varint(b, &mut pos).ok_or(CidError::Binary)?;
         let codec = read_varint(b, &mut pos).ok_or(CidError::Binary)?;
         let mh = &b[pos..];
-        if version != 1
-            || mh.len() != 2 + DIGEST_LEN
-            || mh[0] != SHA2_256
-            || mh[1] != DIGEST_LEN as u8
-        {
+        if version != 1 || mh.len() != 2 + DIGEST_LEN || mh[0] != SHA2_256 || mh[1] != DIGEST_LEN as u8 {
             return Err(CidError::Binary);
         }
         let cid = Cid::v1(codec, mh[2..].try_into().map_err(|_| CidError::Binary)?);
@@ -131,11 +121,7 @@ impl Cid {
     }
 
     pub fn version(&self) -> CidVersion {
-        if self.bytes[0] == SHA2_256 {
-            CidVersion::V0
-        } else {
-            CidVersion::V1
-        }
+        if self.bytes[0] == SHA2_256 { CidVersion::V0 } else { CidVersion::V1 }
     }
 
     /// Multicodec of the block: `DAG_PB` for CIDv0.
@@ -178,11 +164,7 @@ impl FromStr for Cid {
     fn from_str(s: &str) -> Result<Cid, CidError> {
         if s.len() == 46 && s.starts_with("Qm") {
             let cid = Cid::from_bytes(&base58_decode(s).ok_or(CidError::Encoding)?)?;
-            return if cid.version() == CidVersion::V0 {
-                Ok(cid)
-            } else {
-                Err(CidError::Binary)
-            };
+            return if cid.version() == CidVersion::V0 { Ok(cid) } else { Err(CidError::Binary) };
         }
         let bytes = match s.as_bytes().first() {
             Some(b'b') => base32_decode(&s[1..], false),
@@ -193,11 +175,7 @@ impl FromStr for Cid {
         .ok_or(CidError::Encoding)?;
         let cid = Cid::from_bytes(&bytes)?;
         // A multibase string must carry a CIDv1; CIDv0 has no multibase form.
-        if cid.version() == CidVersion::V1 {
-            Ok(cid)
-        } else {
-            Err(CidError::Binary)
-        }
+        if cid.version() == CidVersion::V1 { Ok(cid) } else { Err(CidError::Binary) }
     }
 }
 
@@ -324,38 +302,18 @@ mod tests {
 
     #[test]
     fn string_round_trips() {
-        for s in [
-            V1,
-            V0,
-            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
-        ] {
+        for s in [V1, V0, "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"] {
             let cid: Cid = s.parse().unwrap();
             assert_eq!(cid.to_string(), s);
             assert_eq!(Cid::from_bytes(cid.as_bytes()).unwrap(), cid);
         }
         let v0: Cid = V0.parse().unwrap();
-        assert_eq!(
-            (v0.version(), v0.codec(), v0.as_bytes().len()),
-            (CidVersion::V0, DAG_PB, 34)
-        );
+        assert_eq!((v0.version(), v0.codec(), v0.as_bytes().len()), (CidVersion::V0, DAG_PB, 34));
         let v1: Cid = V1.parse().unwrap();
-        assert_eq!(
-            (v1.version(), v1.codec(), v1.as_bytes().len()),
-            (CidVersion::V1, DAG_PB, 36)
-        );
+        assert_eq!((v1.version(), v1.codec(), v1.as_bytes().len()), (CidVersion::V1, DAG_PB, 36));
         // Same CIDv1 in upper-case base32 and in base58btc.
-        assert_eq!(
-            format!("B{}", V1[1..].to_ascii_uppercase())
-                .parse::<Cid>()
-                .unwrap(),
-            v1
-        );
-        assert_eq!(
-            format!("z{}", base58_encode(v1.as_bytes()))
-                .parse::<Cid>()
-                .unwrap(),
-            v1
-        );
+        assert_eq!(format!("B{}", V1[1..].to_ascii_uppercase()).parse::<Cid>().unwrap(), v1);
+        assert_eq!(format!("z{}", base58_encode(v1.as_bytes())).parse::<Cid>().unwrap(), v1);
         // A v0 and v1 CID of the same dag-pb block differ but share the digest.
         assert_eq!(Cid::v1(DAG_PB, v0.digest()).digest(), v0.digest());
         assert_ne!(Cid::v1(DAG_PB, v0.digest()), v0);
@@ -399,12 +357,6 @@ mod tests {
         }
         assert_eq!(read_varint(&[0x80], &mut 0), None);
         assert_eq!(read_varint(&[0xff; 10], &mut 0), None);
-        assert_eq!(
-            read_varint(
-                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
-                &mut 0
-            ),
-            None
-        );
+        assert_eq!(read_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], &mut 0), None);
     }
 }

@@ -56,11 +56,7 @@ pub fn build_file_dag(content: &[u8], version: CidVersion) -> (Cid, Vec<Block>) 
     };
 
     // An empty file is one empty leaf.
-    let chunks: Vec<&[u8]> = if content.is_empty() {
-        vec![&[]]
-    } else {
-        content.chunks(CHUNK_SIZE).collect()
-    };
+    let chunks: Vec<&[u8]> = if content.is_empty() { vec![&[]] } else { content.chunks(CHUNK_SIZE).collect() };
     let mut level: Vec<Child> = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         let size = chunk.len() as u64;
@@ -71,11 +67,7 @@ pub fn build_file_dag(content: &[u8], version: CidVersion) -> (Cid, Vec<Block>) 
                 (Cid::hash(version, DAG_PB, &node), node)
             }
         };
-        level.push(Child {
-            cid,
-            tsize: data.len() as u64,
-            filesize: size,
-        });
+        level.push(Child { cid, tsize: data.len() as u64, filesize: size });
         emit(cid, data);
     }
 
@@ -91,11 +83,7 @@ pub fn build_file_dag(content: &[u8], version: CidVersion) -> (Cid, Vec<Block>) 
             let node = encode_pb_node(&links, &encode_unixfs_file(&[], filesize, &sizes));
             let cid = Cid::hash(version, DAG_PB, &node);
             let tsize = node.len() as u64 + children.iter().map(|c| c.tsize).sum::<u64>();
-            parents.push(Child {
-                cid,
-                tsize,
-                filesize,
-            });
+            parents.push(Child { cid, tsize, filesize });
             emit(cid, node);
         }
         level = parents;
@@ -169,19 +157,12 @@ pub struct ReadLimits {
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        ReadLimits {
-            max_depth: 16,
-            max_size: 256 << 20,
-            max_blocks: 1 << 20,
-        }
+        ReadLimits { max_depth: 16, max_size: 256 << 20, max_blocks: 1 << 20 }
     }
 }
 
 /// Reassemble the file from blocks fetched by CID; verifies every block hashes to its CID.
-pub fn read_file_dag(
-    root: &Cid,
-    get_block: &mut dyn FnMut(&Cid) -> Option<Vec<u8>>,
-) -> Result<Vec<u8>, DagError> {
+pub fn read_file_dag(root: &Cid, get_block: &mut dyn FnMut(&Cid) -> Option<Vec<u8>>) -> Result<Vec<u8>, DagError> {
     read_file_dag_with_limits(root, get_block, ReadLimits::default())
 }
 
@@ -191,12 +172,7 @@ pub fn read_file_dag_with_limits(
     get_block: &mut dyn FnMut(&Cid) -> Option<Vec<u8>>,
     limits: ReadLimits,
 ) -> Result<Vec<u8>, DagError> {
-    let mut reader = Reader {
-        get_block,
-        limits,
-        fetched: 0,
-        out: Vec::new(),
-    };
+    let mut reader = Reader { get_block, limits, fetched: 0, out: Vec::new() };
     reader.read(root, 0)?;
     Ok(reader.out)
 }
@@ -235,22 +211,15 @@ impl Reader<'_> {
         let malformed = |reason| DagError::Malformed { cid, reason };
         let mismatch = |reason| DagError::SizeMismatch { cid, reason };
         let node = decode_pb_node(&block).map_err(malformed)?;
-        let fs = decode_unixfs(node.data.ok_or(malformed("dag-pb node without Data"))?)
-            .map_err(malformed)?;
+        let fs = decode_unixfs(node.data.ok_or(malformed("dag-pb node without Data"))?).map_err(malformed)?;
         if fs.node_type != TYPE_FILE && fs.node_type != TYPE_RAW {
-            return Err(DagError::UnsupportedNodeType {
-                cid,
-                node_type: fs.node_type,
-            });
+            return Err(DagError::UnsupportedNodeType { cid, node_type: fs.node_type });
         }
         if fs.blocksizes.len() != node.links.len() {
             return Err(mismatch("blocksizes count differs from links count"));
         }
-        let total = fs
-            .blocksizes
-            .iter()
-            .try_fold(fs.data.len() as u64, |acc, &s| acc.checked_add(s))
-            .ok_or(mismatch("blocksizes overflow"))?;
+        let total =
+            fs.blocksizes.iter().try_fold(fs.data.len() as u64, |acc, &s| acc.checked_add(s)).ok_or(mismatch("blocksizes overflow"))?;
         if fs.filesize.is_some_and(|declared| declared != total) {
             return Err(mismatch("filesize differs from data + blocksizes"));
         }
@@ -355,10 +324,7 @@ impl<'a> PbReader<'a> {
 
     fn take(&mut self, n: u64) -> Result<&'a [u8], &'static str> {
         let rest = &self.buf[self.pos.min(self.buf.len())..];
-        let n = usize::try_from(n)
-            .ok()
-            .filter(|&n| n <= rest.len())
-            .ok_or(TRUNCATED)?;
+        let n = usize::try_from(n).ok().filter(|&n| n <= rest.len()).ok_or(TRUNCATED)?;
         self.pos += n;
         Ok(&rest[..n])
     }
@@ -388,10 +354,7 @@ struct PbNode<'a> {
 /// Links must be contiguous; unknown fields are rejected (dag-pb is strict).
 fn decode_pb_node(buf: &[u8]) -> Result<PbNode<'_>, &'static str> {
     let mut r = PbReader::new(buf);
-    let mut node = PbNode {
-        links: Vec::new(),
-        data: None,
-    };
+    let mut node = PbNode { links: Vec::new(), data: None };
     let mut links_before_data = false;
     while !r.at_end() {
         match r.key()? {
@@ -426,12 +389,7 @@ fn decode_pb_link(buf: &[u8]) -> Result<Cid, &'static str> {
         }
         last_field = field;
         match (field, wire_type) {
-            (1, 2) => {
-                hash = Some(
-                    Cid::from_bytes(r.bytes()?)
-                        .map_err(|_| "PBLink Hash is not a supported CID")?,
-                )
-            }
+            (1, 2) => hash = Some(Cid::from_bytes(r.bytes()?).map_err(|_| "PBLink Hash is not a supported CID")?),
             (2, 2) => {
                 std::str::from_utf8(r.bytes()?).map_err(|_| "PBLink Name is not UTF-8")?;
             }
@@ -473,12 +431,7 @@ fn decode_unixfs(buf: &[u8]) -> Result<UnixFsData<'_>, &'static str> {
             (_, wire_type) => r.skip(wire_type)?,
         }
     }
-    Ok(UnixFsData {
-        node_type: node_type.ok_or("UnixFS Data without Type")?,
-        data: data.unwrap_or(&[]),
-        filesize,
-        blocksizes,
-    })
+    Ok(UnixFsData { node_type: node_type.ok_or("UnixFS Data without Type")?, data: data.unwrap_or(&[]), filesize, blocksizes })
 }
 
 #[cfg(test)]
@@ -501,12 +454,7 @@ mod tests {
     fn check_vector(content: &[u8], v1: &str, v0: &str) {
         for (version, expected) in [(CidVersion::V1, v1), (CidVersion::V0, v0)] {
             let (root, blocks) = build_file_dag(content, version);
-            assert_eq!(
-                root.to_string(),
-                expected,
-                "{version:?}, {} bytes",
-                content.len()
-            );
+            assert_eq!(root.to_string(), expected, "{version:?}, {} bytes", content.len());
             assert_eq!(blocks.last().unwrap().cid, root, "root is last");
             assert!(blocks.iter().all(|b| block_matches(&b.cid, &b.data)));
             assert_eq!(read(&root, &store(&blocks)).unwrap(), content);
@@ -525,11 +473,7 @@ mod tests {
 
     #[test]
     fn kubo_vector_empty() {
-        check_vector(
-            b"",
-            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
-            "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH",
-        );
+        check_vector(b"", "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH");
     }
 
     #[test]
@@ -552,16 +496,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_shapes() {
-        for len in [
-            0,
-            1,
-            CHUNK_SIZE - 1,
-            CHUNK_SIZE,
-            CHUNK_SIZE + 1,
-            1_000_000,
-            174 * CHUNK_SIZE,
-            174 * CHUNK_SIZE + 5,
-        ] {
+        for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 1_000_000, 174 * CHUNK_SIZE, 174 * CHUNK_SIZE + 5] {
             let content = pattern(len);
             let leaves = len.div_ceil(CHUNK_SIZE).max(1);
             let branches = match leaves {
@@ -572,16 +507,8 @@ mod tests {
             for version in [CidVersion::V0, CidVersion::V1] {
                 let (root, blocks) = build_file_dag(&content, version);
                 assert_eq!(blocks.len(), leaves + branches, "{len} {version:?}");
-                assert_eq!(
-                    read(&root, &store(&blocks)).unwrap(),
-                    content,
-                    "{len} {version:?}"
-                );
-                let root_codec = if version == CidVersion::V1 && leaves == 1 {
-                    RAW
-                } else {
-                    DAG_PB
-                };
+                assert_eq!(read(&root, &store(&blocks)).unwrap(), content, "{len} {version:?}");
+                let root_codec = if version == CidVersion::V1 && leaves == 1 { RAW } else { DAG_PB };
                 assert_eq!((root.version(), root.codec()), (version, root_codec));
             }
         }
@@ -636,59 +563,30 @@ mod tests {
         // Every strict prefix of the root either fails to parse or fails the size checks.
         for len in 0..root.len() {
             let err = read_forged(&root[..len], &map).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    DagError::Malformed { .. } | DagError::SizeMismatch { .. }
-                ),
-                "{len}: {err:?}"
-            );
+            assert!(matches!(err, DagError::Malformed { .. } | DagError::SizeMismatch { .. }), "{len}: {err:?}");
         }
         let (_, v0_leaf) = build_file_dag(b"hello world\n", CidVersion::V0);
         let leaf = &v0_leaf[0].data;
-        assert!(matches!(
-            read_forged(&leaf[..leaf.len() - 3], &map),
-            Err(DagError::Malformed { .. })
-        ));
+        assert!(matches!(read_forged(&leaf[..leaf.len() - 3], &map), Err(DagError::Malformed { .. })));
     }
 
     #[test]
     fn lying_sizes_fail() {
         let (_, blocks) = build_file_dag(&pattern(2 * CHUNK_SIZE), CidVersion::V1);
         let map = store(&blocks);
-        let links: Vec<(Cid, u64)> = blocks[..2]
-            .iter()
-            .map(|b| (b.cid, b.data.len() as u64))
-            .collect();
+        let links: Vec<(Cid, u64)> = blocks[..2].iter().map(|b| (b.cid, b.data.len() as u64)).collect();
         let c = CHUNK_SIZE as u64;
-        for (filesize, sizes) in [
-            (2 * c, vec![c, c - 1]),
-            (2 * c + 1, vec![c, c]),
-            (c, vec![c]),
-            (u64::MAX, vec![u64::MAX, 2]),
-        ] {
+        for (filesize, sizes) in [(2 * c, vec![c, c - 1]), (2 * c + 1, vec![c, c]), (c, vec![c]), (u64::MAX, vec![u64::MAX, 2])] {
             let node = encode_pb_node(&links, &encode_unixfs_file(&[], filesize, &sizes));
-            assert!(
-                matches!(read_forged(&node, &map), Err(DagError::SizeMismatch { .. })),
-                "{filesize} {sizes:?}"
-            );
+            assert!(matches!(read_forged(&node, &map), Err(DagError::SizeMismatch { .. })), "{filesize} {sizes:?}");
         }
         // Huge but consistent declared sizes are refused before any child is fetched.
-        let node = encode_pb_node(
-            &links,
-            &encode_unixfs_file(&[], 2 << 40, &[1 << 40, 1 << 40]),
-        );
-        assert!(matches!(
-            read_forged(&node, &map),
-            Err(DagError::TooLarge(_))
-        ));
+        let node = encode_pb_node(&links, &encode_unixfs_file(&[], 2 << 40, &[1 << 40, 1 << 40]));
+        assert!(matches!(read_forged(&node, &map), Err(DagError::TooLarge(_))));
         // Directories are not files.
         let mut dir = Vec::new();
         put_uint(&mut dir, 1, 1);
-        assert!(matches!(
-            read_forged(&encode_pb_node(&[], &dir), &map),
-            Err(DagError::UnsupportedNodeType { node_type: 1, .. })
-        ));
+        assert!(matches!(read_forged(&encode_pb_node(&[], &dir), &map), Err(DagError::UnsupportedNodeType { node_type: 1, .. })));
     }
 
     #[test]
@@ -707,24 +605,15 @@ mod tests {
         // for a consistent 5.3 MB file.
         let (mut top, mut size) = (leaf, 1u64);
         for _ in 0..3 {
-            let node = encode_pb_node(
-                &vec![(top, 0); 174],
-                &encode_unixfs_file(&[], size * 174, &vec![size; 174]),
-            );
+            let node = encode_pb_node(&vec![(top, 0); 174], &encode_unixfs_file(&[], size * 174, &vec![size; 174]));
             top = Cid::hash(CidVersion::V1, DAG_PB, &node);
             size *= 174;
             map.insert(top, node);
         }
-        let limits = ReadLimits {
-            max_blocks: 10_000,
-            ..ReadLimits::default()
-        };
+        let limits = ReadLimits { max_blocks: 10_000, ..ReadLimits::default() };
         let res = read_file_dag_with_limits(&top, &mut |c| map.get(c).cloned(), limits);
         assert!(matches!(res, Err(DagError::TooManyBlocks(_))));
-        let limits = ReadLimits {
-            max_size: 1000,
-            ..ReadLimits::default()
-        };
+        let limits = ReadLimits { max_size: 1000, ..ReadLimits::default() };
         let res = read_file_dag_with_limits(&top, &mut |c| map.get(c).cloned(), limits);
         assert!(matches!(res, Err(DagError::TooLarge(_))));
     }
@@ -783,16 +672,10 @@ mod tests {
         put_bytes(&mut data_first, 1, &unixfs);
         data_first.extend(link(&blocks[0].cid));
         data_first.extend(link(&blocks[1].cid));
-        assert_eq!(
-            read_forged(&data_first, &map).unwrap(),
-            pattern(2 * CHUNK_SIZE)
-        );
+        assert_eq!(read_forged(&data_first, &map).unwrap(), pattern(2 * CHUNK_SIZE));
         let mut interleaved = link(&blocks[0].cid);
         put_bytes(&mut interleaved, 1, &unixfs);
         interleaved.extend(link(&blocks[1].cid));
-        assert!(matches!(
-            read_forged(&interleaved, &map),
-            Err(DagError::Malformed { .. })
-        ));
+        assert!(matches!(read_forged(&interleaved, &map), Err(DagError::Malformed { .. })));
     }
 }

@@ -138,10 +138,7 @@ pub fn parse_bundle(bundle: Value, base_url: &str, max_entries: usize) -> Result
         Some(_) => return Err(bundle_error("entry must be an array")),
     };
     if entries.len() > max_entries {
-        return Err(bundle_error(format!(
-            "{} entries exceed the limit of {max_entries} entries per Bundle",
-            entries.len()
-        )));
+        return Err(bundle_error(format!("{} entries exceed the limit of {max_entries} entries per Bundle", entries.len())));
     }
     let mut parsed = Vec::with_capacity(entries.len());
     for (position, entry) in entries.into_iter().enumerate() {
@@ -171,8 +168,7 @@ pub fn parse_bundle(bundle: Value, base_url: &str, max_entries: usize) -> Result
             (Method::Delete, _, _) => return Err(entry_error(position, "a DELETE entry's url must be Type/id or Type?query")),
             (Method::Get, _, _) => {}
         }
-        if let (Some(resource), RequestTarget::Type(resource_type) | RequestTarget::Instance { resource_type, .. }) =
-            (&resource, &target)
+        if let (Some(resource), RequestTarget::Type(resource_type) | RequestTarget::Instance { resource_type, .. }) = (&resource, &target)
             && resource.get("resourceType").and_then(Value::as_str) != Some(resource_type.as_str())
         {
             return Err(entry_error(position, format!("the resource is not a {resource_type}")));
@@ -298,9 +294,20 @@ mod tests {
             (json!({ "resourceType": "Patient" }), None),
             (with_entries(json!([{ "resource": { "resourceType": "Patient" } }])), Some(0)),
             (with_entries(json!([{ "request": { "method": "PATCH", "url": "Patient/1" } }])), Some(0)),
-            (with_entries(json!([{ "request": { "method": "GET", "url": "Patient" } }, { "request": { "method": "POST", "url": "Patient" } }])), Some(1)),
-            (with_entries(json!([{ "resource": { "resourceType": "Observation" }, "request": { "method": "POST", "url": "Patient" } }])), Some(0)),
-            (with_entries(json!([{ "resource": { "resourceType": "Patient" }, "request": { "method": "POST", "url": "Patient/1" } }])), Some(0)),
+            (
+                with_entries(
+                    json!([{ "request": { "method": "GET", "url": "Patient" } }, { "request": { "method": "POST", "url": "Patient" } }]),
+                ),
+                Some(1),
+            ),
+            (
+                with_entries(json!([{ "resource": { "resourceType": "Observation" }, "request": { "method": "POST", "url": "Patient" } }])),
+                Some(0),
+            ),
+            (
+                with_entries(json!([{ "resource": { "resourceType": "Patient" }, "request": { "method": "POST", "url": "Patient/1" } }])),
+                Some(0),
+            ),
         ];
         for (bundle, position) in cases {
             let error = parse_bundle(bundle.clone(), BASE, 10).unwrap_err();

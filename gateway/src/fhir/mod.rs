@@ -20,9 +20,8 @@ use serde_json::Value;
 
 pub use validation::{Issue, IssueCode, Leniency, R4Model, Severity};
 
-static R4_MODEL: LazyLock<R4Model> = LazyLock::new(|| {
-    R4Model::from_json(include_str!("r4_model.json")).expect("the bundled r4_model.json is consistent")
-});
+static R4_MODEL: LazyLock<R4Model> =
+    LazyLock::new(|| R4Model::from_json(include_str!("r4_model.json")).expect("the bundled r4_model.json is consistent"));
 
 /// The bundled R4 validation table.
 pub fn r4_model() -> &'static R4Model {
@@ -59,10 +58,7 @@ pub fn validate_resource(resource: &Value, leniency: Leniency) -> Vec<Issue> {
     if let Some(id) = object.get("id")
         && !id.as_str().is_some_and(is_valid_id)
     {
-        issues.push(structure_issue(
-            &format!("{resource_type}.id"),
-            "id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'".into(),
-        ));
+        issues.push(structure_issue(&format!("{resource_type}.id"), "id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'".into()));
     }
     if let Some(meta) = object.get("meta")
         && meta.as_object().is_none_or(|meta| meta.is_empty())
@@ -85,8 +81,6 @@ pub fn now_instant() -> time::OffsetDateTime {
 
 /// A FHIR `instant` in UTC with milliseconds: `2026-11-21T15:20:12.123Z`.
 pub fn format_instant(instant: time::OffsetDateTime) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     instant.to_offset(time::UtcOffset::UTC).format(&format).expect("formats")
 }

@@ -40,7 +40,6 @@ pub fn pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

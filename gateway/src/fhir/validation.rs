@@ -142,41 +142,21 @@ impl R4Model {
     /// A message naming the first problem: invalid JSON, a missing definition, or a
     /// primitive regex this module has no matcher for (the table and the code drifted).
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let raw: RawModel =
-            serde_json::from_str(text).map_err(|e| format!("r4 model: invalid JSON: {e}"))?;
+        let raw: RawModel = serde_json::from_str(text).map_err(|e| format!("r4 model: invalid JSON: {e}"))?;
         let mut primitives = HashMap::new();
         for (name, primitive) in raw.primitives {
-            let lexical = Lexical::for_regex(primitive.regex.as_deref()).ok_or_else(|| {
-                format!(
-                    "r4 model: no matcher for the regex of primitive '{name}': {:?}",
-                    primitive.regex
-                )
-            })?;
-            primitives.insert(
-                name,
-                PrimitiveType {
-                    json: primitive.json,
-                    lexical,
-                },
-            );
+            let lexical = Lexical::for_regex(primitive.regex.as_deref())
+                .ok_or_else(|| format!("r4 model: no matcher for the regex of primitive '{name}': {:?}", primitive.regex))?;
+            primitives.insert(name, PrimitiveType { json: primitive.json, lexical });
         }
         let complex: HashMap<String, ComplexType> = raw
             .types
             .into_iter()
             .map(|(name, raw_type)| ComplexType::from_raw(raw_type).map(|ty| (name, ty)))
             .collect::<Result<_, String>>()?;
-        let value_sets = raw
-            .value_sets
-            .into_iter()
-            .map(|(url, raw_set)| (url, ValueSet::from_raw(raw_set)))
-            .collect();
-        let model = R4Model {
-            header: raw.header,
-            primitives,
-            complex,
-            value_sets,
-            resource_types: raw.resource_types.into_iter().collect(),
-        };
+        let value_sets = raw.value_sets.into_iter().map(|(url, raw_set)| (url, ValueSet::from_raw(raw_set))).collect();
+        let model =
+            R4Model { header: raw.header, primitives, complex, value_sets, resource_types: raw.resource_types.into_iter().collect() };
         model.check_consistency()?;
         Ok(model)
     }
@@ -195,29 +175,20 @@ impl R4Model {
 
     /// The definition of a strictly validated type, with its name as stored in the model.
     fn strict_type(&self, resource_type: &str) -> Option<Context<'_>> {
-        let name = self
-            .header
-            .strict_resources
-            .iter()
-            .find(|t| *t == resource_type)?;
+        let name = self.header.strict_resources.iter().find(|t| *t == resource_type)?;
         let ty = self.complex.get(name)?;
         Some(Context { ty, path: name })
     }
 
     /// Is `suffix` the capitalised name of any type in the table (`Quantity`, `DateTime`)?
     fn is_type_suffix(&self, suffix: &str) -> bool {
-        self.primitives
-            .keys()
-            .chain(self.complex.keys())
-            .any(|t| is_choice_suffix(t, suffix))
+        self.primitives.keys().chain(self.complex.keys()).any(|t| is_choice_suffix(t, suffix))
     }
 
     fn check_consistency(&self) -> Result<(), String> {
         for resource in &self.header.strict_resources {
             if !self.complex.contains_key(resource) {
-                return Err(format!(
-                    "r4 model: strict resource '{resource}' has no definition"
-                ));
+                return Err(format!("r4 model: strict resource '{resource}' has no definition"));
             }
         }
         for ty in self.complex.values() {
@@ -227,27 +198,18 @@ impl R4Model {
                         || self.complex.contains_key(type_name)
                         || matches!(type_name.as_str(), "Resource" | "BackboneElement");
                     if !known {
-                        return Err(format!(
-                            "r4 model: {} has unknown type '{type_name}'",
-                            element.path
-                        ));
+                        return Err(format!("r4 model: {} has unknown type '{type_name}'", element.path));
                     }
                 }
                 if let Some(url) = &element.binding
                     && !self.value_sets.contains_key(url)
                 {
-                    return Err(format!(
-                        "r4 model: {} is bound to missing value set {url}",
-                        element.path
-                    ));
+                    return Err(format!("r4 model: {} is bound to missing value set {url}", element.path));
                 }
                 if let Some(target) = &element.content_ref
                     && !ty.children.contains_key(target)
                 {
-                    return Err(format!(
-                        "r4 model: {} refers to unknown {target}",
-                        element.path
-                    ));
+                    return Err(format!("r4 model: {} refers to unknown {target}", element.path));
                 }
             }
         }
@@ -262,11 +224,7 @@ impl R4Model {
 /// appear only under [`Leniency::Lenient`].
 #[must_use]
 pub fn validate(model: &R4Model, resource: &Value, leniency: Leniency) -> Vec<Issue> {
-    let mut validator = Validator {
-        model,
-        leniency,
-        issues: Vec::new(),
-    };
+    let mut validator = Validator { model, leniency, issues: Vec::new() };
     validator.resource(resource, None);
     validator.issues
 }
@@ -370,11 +328,7 @@ impl ElementDef {
 
     /// The name used for the element in messages: `value[x]` for choices.
     fn display_name(&self) -> String {
-        if self.choice {
-            format!("{}[x]", self.name)
-        } else {
-            self.name.clone()
-        }
+        if self.choice { format!("{}[x]", self.name) } else { self.name.clone() }
     }
 }
 
@@ -382,43 +336,32 @@ impl ComplexType {
     fn from_raw(raw: RawType) -> Result<Self, String> {
         let mut children: HashMap<String, Vec<ElementDef>> = HashMap::new();
         for (path, element) in raw.elements {
-            let (parent, last) = path
-                .rsplit_once('.')
-                .ok_or_else(|| format!("r4 model: element path without parent: {path}"))?;
+            let (parent, last) = path.rsplit_once('.').ok_or_else(|| format!("r4 model: element path without parent: {path}"))?;
             let max = match element.max.as_str() {
                 "*" => None,
-                n => Some(
-                    n.parse()
-                        .map_err(|_| format!("r4 model: bad max '{n}' at {path}"))?,
-                ),
+                n => Some(n.parse().map_err(|_| format!("r4 model: bad max '{n}' at {path}"))?),
             };
             let (name, choice) = match last.strip_suffix("[x]") {
                 Some(base) => (base.to_owned(), true),
                 None => (last.to_owned(), false),
             };
-            let types = if element.types.is_empty() && element.content_ref.is_some() {
-                vec!["BackboneElement".to_owned()]
-            } else {
-                element.types
-            };
+            let types =
+                if element.types.is_empty() && element.content_ref.is_some() { vec!["BackboneElement".to_owned()] } else { element.types };
             if types.is_empty() {
                 return Err(format!("r4 model: element without type: {path}"));
             }
-            children
-                .entry(parent.to_owned())
-                .or_default()
-                .push(ElementDef {
-                    name,
-                    choice,
-                    min: element.min,
-                    max,
-                    types,
-                    system: element.system,
-                    content_ref: element.content_ref,
-                    binding: element.binding,
-                    targets: element.targets,
-                    path,
-                });
+            children.entry(parent.to_owned()).or_default().push(ElementDef {
+                name,
+                choice,
+                min: element.min,
+                max,
+                types,
+                system: element.system,
+                content_ref: element.content_ref,
+                binding: element.binding,
+                targets: element.targets,
+                path,
+            });
         }
         Ok(ComplexType { children })
     }
@@ -437,12 +380,7 @@ struct ValueSet {
 impl ValueSet {
     fn from_raw(raw: RawValueSet) -> Self {
         let codes = match (raw.codes, raw.unexpandable) {
-            (Some(codes), None) => Some(
-                codes
-                    .into_iter()
-                    .map(|(system, list)| (system, list.into_iter().collect()))
-                    .collect(),
-            ),
+            (Some(codes), None) => Some(codes.into_iter().map(|(system, list)| (system, list.into_iter().collect())).collect()),
             _ => None,
         };
         ValueSet { codes }
@@ -460,11 +398,7 @@ impl ValueSet {
     fn describe(codes: &HashMap<String, HashSet<String>>) -> String {
         let mut all: Vec<&str> = codes.values().flatten().map(String::as_str).collect();
         all.sort_unstable();
-        if all.len() > 12 {
-            format!("{} codes", all.len())
-        } else {
-            all.join(", ")
-        }
+        if all.len() > 12 { format!("{} codes", all.len()) } else { all.join(", ") }
     }
 }
 
@@ -504,18 +438,12 @@ const LEXICAL_FOR_REGEX: &[(&str, Lexical)] = &[
     (r"(\s*([0-9a-zA-Z\+/=]){4}\s*)+", Lexical::Base64),
     ("true|false", Lexical::Boolean),
     (r"[^\s]+(\s[^\s]+)*", Lexical::Code),
-    (
-        r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?",
-        Lexical::Date,
-    ),
+    (r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?", Lexical::Date),
     (
         r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?",
         Lexical::DateTime,
     ),
-    (
-        r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?",
-        Lexical::Decimal,
-    ),
+    (r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?", Lexical::Decimal),
     (r"[A-Za-z0-9\-\.]{1,64}", Lexical::Id),
     (
         r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))",
@@ -526,25 +454,16 @@ const LEXICAL_FOR_REGEX: &[(&str, Lexical)] = &[
     (r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+", Lexical::Oid),
     ("[1-9][0-9]*", Lexical::PositiveInt),
     (r"[ \r\n\t\S]+", Lexical::Text),
-    (
-        r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?",
-        Lexical::Time,
-    ),
+    (r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?", Lexical::Time),
     ("[0]|([1-9][0-9]*)", Lexical::UnsignedInt),
-    (
-        "urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-        Lexical::Uuid,
-    ),
+    ("urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", Lexical::Uuid),
 ];
 
 impl Lexical {
     fn for_regex(regex: Option<&str>) -> Option<Lexical> {
         match regex {
             None => Some(Lexical::Xhtml),
-            Some(regex) => LEXICAL_FOR_REGEX
-                .iter()
-                .find(|(r, _)| *r == regex)
-                .map(|(_, l)| *l),
+            Some(regex) => LEXICAL_FOR_REGEX.iter().find(|(r, _)| *r == regex).map(|(_, l)| *l),
         }
     }
 
@@ -567,9 +486,7 @@ impl Lexical {
                 let digits = text.strip_prefix('-').unwrap_or(text);
                 is_unsigned_digits(digits) && fits_i32(text)
             }
-            Lexical::PositiveInt => {
-                is_unsigned_digits(text) && !text.starts_with('0') && fits_i32(text)
-            }
+            Lexical::PositiveInt => is_unsigned_digits(text) && !text.starts_with('0') && fits_i32(text),
             Lexical::UnsignedInt => is_unsigned_digits(text) && fits_i32(text),
             Lexical::NoWhitespace => !text.chars().any(is_regex_space),
             Lexical::Oid => is_oid(text),
@@ -587,9 +504,7 @@ fn is_regex_space(c: char) -> bool {
 
 /// `0|[1-9][0-9]*`.
 fn is_unsigned_digits(text: &str) -> bool {
-    !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'))
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'))
 }
 
 fn fits_i32(text: &str) -> bool {
@@ -608,17 +523,12 @@ fn is_json_number(text: &str) -> bool {
         None => (mantissa, None),
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    is_unsigned_digits(int_part)
-        && fraction.is_none_or(digits)
-        && exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e)))
+    is_unsigned_digits(int_part) && fraction.is_none_or(digits) && exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e)))
 }
 
 /// `[A-Za-z0-9\-\.]{1,64}`.
 fn is_id(text: &str) -> bool {
-    (1..=64).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// `[^\s]+(\s[^\s]+)*`: no leading, trailing or doubled whitespace.
@@ -657,12 +567,10 @@ fn is_uuid(text: &str) -> bool {
     };
     let groups: Vec<&str> = rest.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, len)| {
-            group.len() == len
-                && group
-                    .bytes()
-                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        })
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// `(\s*([0-9a-zA-Z\+/=]){4}\s*)+`: groups of four symbols, whitespace only between
@@ -702,10 +610,7 @@ struct Scanner<'t> {
 
 impl<'t> Scanner<'t> {
     fn new(text: &'t str) -> Self {
-        Scanner {
-            bytes: text.as_bytes(),
-            position: 0,
-        }
+        Scanner { bytes: text.as_bytes(), position: 0 }
     }
 
     fn at_end(&self) -> bool {
@@ -780,11 +685,7 @@ impl<'t> Scanner<'t> {
         }
         if self.eat(b'.') {
             let start = self.position;
-            while self
-                .bytes
-                .get(self.position)
-                .is_some_and(u8::is_ascii_digit)
-            {
+            while self.bytes.get(self.position).is_some_and(u8::is_ascii_digit) {
                 self.position += 1;
             }
             return self.position > start;
@@ -812,9 +713,7 @@ impl<'t> Scanner<'t> {
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
-            29
-        }
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -826,11 +725,7 @@ fn is_choice_suffix(type_name: &str, suffix: &str) -> bool {
     let mut type_chars = type_name.chars();
     let mut suffix_chars = suffix.chars();
     match (type_chars.next(), suffix_chars.next()) {
-        (Some(t), Some(s)) => {
-            s.is_ascii_uppercase()
-                && t.to_ascii_uppercase() == s
-                && type_chars.as_str() == suffix_chars.as_str()
-        }
+        (Some(t), Some(s)) => s.is_ascii_uppercase() && t.to_ascii_uppercase() == s && type_chars.as_str() == suffix_chars.as_str(),
         _ => false,
     }
 }
@@ -872,19 +767,8 @@ struct Validator<'m> {
 }
 
 impl<'m> Validator<'m> {
-    fn report(
-        &mut self,
-        severity: Severity,
-        code: IssueCode,
-        expression: &str,
-        diagnostics: String,
-    ) {
-        self.issues.push(Issue {
-            severity,
-            code,
-            expression: expression.to_owned(),
-            diagnostics,
-        });
+    fn report(&mut self, severity: Severity, code: IssueCode, expression: &str, diagnostics: String) {
+        self.issues.push(Issue { severity, code, expression: expression.to_owned(), diagnostics });
     }
 
     fn error(&mut self, code: IssueCode, expression: &str, diagnostics: String) {
@@ -909,31 +793,18 @@ impl<'m> Validator<'m> {
     fn resource(&mut self, value: &Value, location: Option<&str>) {
         let fallback = location.unwrap_or("Resource");
         let Some(object) = value.as_object() else {
-            self.error(
-                IssueCode::Structure,
-                fallback,
-                format!("a resource must be a JSON object, found {}", kind_of(value)),
-            );
+            self.error(IssueCode::Structure, fallback, format!("a resource must be a JSON object, found {}", kind_of(value)));
             return;
         };
         let resource_type = match object.get("resourceType") {
             Some(Value::String(name)) => name.as_str(),
             Some(other) => {
-                let diagnostics =
-                    format!("resourceType must be a string, found {}", kind_of(other));
-                self.error(
-                    IssueCode::Structure,
-                    &format!("{fallback}.resourceType"),
-                    diagnostics,
-                );
+                let diagnostics = format!("resourceType must be a string, found {}", kind_of(other));
+                self.error(IssueCode::Structure, &format!("{fallback}.resourceType"), diagnostics);
                 return;
             }
             None => {
-                self.error(
-                    IssueCode::Required,
-                    &format!("{fallback}.resourceType"),
-                    "resourceType is missing".into(),
-                );
+                self.error(IssueCode::Required, &format!("{fallback}.resourceType"), "resourceType is missing".into());
                 return;
             }
         };
@@ -949,11 +820,7 @@ impl<'m> Validator<'m> {
             return;
         } else if !self.model.resource_types.contains(resource_type) {
             let diagnostics = format!("unknown resource type '{resource_type}'");
-            self.error(
-                IssueCode::Structure,
-                &format!("{expression}.resourceType"),
-                diagnostics,
-            );
+            self.error(IssueCode::Structure, &format!("{expression}.resourceType"), diagnostics);
         }
         if location.is_some() {
             let strict = self.model.is_strictly_validated(resource_type);
@@ -967,17 +834,9 @@ impl<'m> Validator<'m> {
         let location = format!("{expression}.id");
         match object.get("id") {
             Some(Value::String(id)) if is_id(id) => {}
-            Some(other) if !strict => self.error(
-                IssueCode::Value,
-                &location,
-                format!("not a valid id: {other}"),
-            ),
+            Some(other) if !strict => self.error(IssueCode::Value, &location, format!("not a valid id: {other}")),
             Some(_) => {}
-            None => self.error(
-                IssueCode::Required,
-                &location,
-                "a contained resource must have an id".into(),
-            ),
+            None => self.error(IssueCode::Required, &location, "a contained resource must have an id".into()),
         }
         if object.contains_key("contained") {
             let diagnostics = "dom-2: a contained resource must not contain resources".to_owned();
@@ -986,19 +845,9 @@ impl<'m> Validator<'m> {
     }
 
     /// The properties of an object whose elements are defined by `context`.
-    fn object(
-        &mut self,
-        object: &Map<String, Value>,
-        context: Context<'m>,
-        expression: &str,
-        resource_root: bool,
-    ) {
+    fn object(&mut self, object: &Map<String, Value>, context: Context<'m>, expression: &str, resource_root: bool) {
         if object.is_empty() {
-            self.error(
-                IssueCode::Structure,
-                expression,
-                "empty objects are not allowed".into(),
-            );
+            self.error(IssueCode::Structure, expression, "empty objects are not allowed".into());
             return;
         }
         let elements = context.ty.children(context.path);
@@ -1032,11 +881,7 @@ impl<'m> Validator<'m> {
                 Resolved::Element(element, type_index) => (element, type_index),
                 Resolved::DisallowedType(element) => {
                     let def = &elements[element];
-                    let diagnostics = format!(
-                        "'{key}' names a type not allowed for {} (allowed: {})",
-                        def.path,
-                        def.types.join(", ")
-                    );
+                    let diagnostics = format!("'{key}' names a type not allowed for {} (allowed: {})", def.path, def.types.join(", "));
                     self.error(IssueCode::Structure, &location, diagnostics);
                     continue;
                 }
@@ -1046,27 +891,14 @@ impl<'m> Validator<'m> {
                 }
             };
             let def = &elements[element];
-            if is_extension
-                && (def.system || !self.model.primitives.contains_key(&def.types[type_index]))
-            {
-                let diagnostics = format!(
-                    "'{key}' is only allowed for primitive elements; {} is not one",
-                    def.path
-                );
+            if is_extension && (def.system || !self.model.primitives.contains_key(&def.types[type_index])) {
+                let diagnostics = format!("'{key}' is only allowed for primitive elements; {} is not one", def.path);
                 self.unknown_property(&location, diagnostics);
                 continue;
             }
-            let existing = forms
-                .iter()
-                .position(|f| f.element == element && f.type_index == type_index);
+            let existing = forms.iter().position(|f| f.element == element && f.type_index == type_index);
             let index = existing.unwrap_or_else(|| {
-                forms.push(Form {
-                    element,
-                    type_index,
-                    property: name.to_owned(),
-                    value: None,
-                    extension: None,
-                });
+                forms.push(Form { element, type_index, property: name.to_owned(), value: None, extension: None });
                 forms.len() - 1
             });
             let form = &mut forms[index];
@@ -1089,26 +921,15 @@ impl<'m> Validator<'m> {
                 self.error(
                     IssueCode::Structure,
                     &child,
-                    format!(
-                        "only one form of {} is allowed, found {}",
-                        element.display_name(),
-                        names.join(", ")
-                    ),
+                    format!("only one form of {} is allowed, found {}", element.display_name(), names.join(", ")),
                 );
             }
             if element.max == Some(0) && !present.is_empty() {
-                self.error(
-                    IssueCode::Structure,
-                    &child,
-                    format!("{} is not allowed here (max 0)", element.path),
-                );
+                self.error(IssueCode::Structure, &child, format!("{} is not allowed here (max 0)", element.path));
             }
             let count: usize = present.iter().map(|f| f.item_count()).sum();
             if count < element.min as usize {
-                let diagnostics = format!(
-                    "{}: minimum required = {}, but only found {count}",
-                    element.path, element.min
-                );
+                let diagnostics = format!("{}: minimum required = {}, but only found {count}", element.path, element.min);
                 self.error(IssueCode::Required, &child, diagnostics);
             }
         }
@@ -1123,11 +944,7 @@ impl<'m> Validator<'m> {
             let Some(suffix) = name.strip_prefix(element.name.as_str()) else {
                 continue;
             };
-            if let Some(type_index) = element
-                .types
-                .iter()
-                .position(|t| is_choice_suffix(t, suffix))
-            {
+            if let Some(type_index) = element.types.iter().position(|t| is_choice_suffix(t, suffix)) {
                 return Resolved::Element(index, type_index);
             }
             if self.model.is_type_suffix(suffix) {
@@ -1138,56 +955,31 @@ impl<'m> Validator<'m> {
     }
 
     /// One element form: array or single value, aligned with its `_x` sibling.
-    fn form(
-        &mut self,
-        element: &'m ElementDef,
-        form: &Form,
-        context: Context<'m>,
-        expression: &str,
-    ) {
+    fn form(&mut self, element: &'m ElementDef, form: &Form, context: Context<'m>, expression: &str) {
         let type_name = element.types[form.type_index].as_str();
         let location = format!("{expression}.{}", form.property);
         if !element.is_repeating() {
             for (value, prefix) in [(form.value, ""), (form.extension, "_")] {
                 if let Some(Value::Array(_)) = value {
-                    let diagnostics = format!(
-                        "{} has max cardinality 1 and must not be an array ('{prefix}{}')",
-                        element.path, form.property
-                    );
+                    let diagnostics =
+                        format!("{} has max cardinality 1 and must not be an array ('{prefix}{}')", element.path, form.property);
                     self.error(IssueCode::Structure, &location, diagnostics);
                     return;
                 }
             }
             let value = form.value.filter(|v| !v.is_null());
             if form.value.is_some_and(Value::is_null) {
-                self.error(
-                    IssueCode::Structure,
-                    &location,
-                    "null is only allowed inside arrays".into(),
-                );
+                self.error(IssueCode::Structure, &location, "null is only allowed inside arrays".into());
             }
-            self.item(
-                element,
-                type_name,
-                value,
-                form.extension,
-                context,
-                &location,
-            );
+            self.item(element, type_name, value, form.extension, context, &location);
             return;
         }
-        let values = match form
-            .value
-            .map(|v| self.array(v, element, &form.property, &location))
-        {
+        let values = match form.value.map(|v| self.array(v, element, &form.property, &location)) {
             Some(None) => return,
             Some(Some(items)) => Some(items),
             None => None,
         };
-        let extensions = match form
-            .extension
-            .map(|v| self.array(v, element, &form.property, &location))
-        {
+        let extensions = match form.extension.map(|v| self.array(v, element, &form.property, &location)) {
             Some(None) => return,
             Some(Some(items)) => Some(items),
             None => None,
@@ -1195,12 +987,8 @@ impl<'m> Validator<'m> {
         if let (Some(values), Some(extensions)) = (values, extensions)
             && values.len() != extensions.len()
         {
-            let diagnostics = format!(
-                "'{0}' has {1} entries but '_{0}' has {2}; they must align",
-                form.property,
-                values.len(),
-                extensions.len()
-            );
+            let diagnostics =
+                format!("'{0}' has {1} entries but '_{0}' has {2}; they must align", form.property, values.len(), extensions.len());
             self.error(IssueCode::Structure, &location, diagnostics);
             return;
         }
@@ -1208,10 +996,7 @@ impl<'m> Validator<'m> {
         if let Some(max) = element.max
             && length > max as usize
         {
-            let diagnostics = format!(
-                "{}: maximum allowed = {max}, but found {length}",
-                element.path
-            );
+            let diagnostics = format!("{}: maximum allowed = {max}, but found {length}", element.path);
             self.error(IssueCode::Structure, &location, diagnostics);
         }
         for index in 0..length {
@@ -1219,48 +1004,23 @@ impl<'m> Validator<'m> {
             let extension = extensions.map(|v| &v[index]).filter(|v| !v.is_null());
             let item_location = format!("{location}[{index}]");
             if value.is_none() && extension.is_none() {
-                self.error(
-                    IssueCode::Structure,
-                    &item_location,
-                    "null is only allowed where the aligned '_' entry has a value".into(),
-                );
+                self.error(IssueCode::Structure, &item_location, "null is only allowed where the aligned '_' entry has a value".into());
                 continue;
             }
-            self.item(
-                element,
-                type_name,
-                value,
-                extension,
-                context,
-                &item_location,
-            );
+            self.item(element, type_name, value, extension, context, &item_location);
         }
     }
 
     /// The array of a repeating element, or `None` after reporting why it is not one.
-    fn array<'v>(
-        &mut self,
-        value: &'v Value,
-        element: &ElementDef,
-        property: &str,
-        location: &str,
-    ) -> Option<&'v [Value]> {
+    fn array<'v>(&mut self, value: &'v Value, element: &ElementDef, property: &str, location: &str) -> Option<&'v [Value]> {
         match value {
             Value::Array(items) if items.is_empty() => {
-                self.error(
-                    IssueCode::Structure,
-                    location,
-                    "empty arrays are not allowed".into(),
-                );
+                self.error(IssueCode::Structure, location, "empty arrays are not allowed".into());
                 None
             }
             Value::Array(items) => Some(items),
             other => {
-                let diagnostics = format!(
-                    "{} repeats and must be an array, found {} ('{property}')",
-                    element.path,
-                    kind_of(other)
-                );
+                let diagnostics = format!("{} repeats and must be an array, found {} ('{property}')", element.path, kind_of(other));
                 self.error(IssueCode::Structure, location, diagnostics);
                 None
             }
@@ -1282,21 +1042,10 @@ impl<'m> Validator<'m> {
                 Value::Object(object) => {
                     let model = self.model;
                     let ty = &model.complex["Element"];
-                    self.object(
-                        object,
-                        Context {
-                            ty,
-                            path: "Element",
-                        },
-                        location,
-                        false,
-                    );
+                    self.object(object, Context { ty, path: "Element" }, location, false);
                 }
                 other => {
-                    let diagnostics = format!(
-                        "the '_' sibling must hold an object with id/extension, found {}",
-                        kind_of(other)
-                    );
+                    let diagnostics = format!("the '_' sibling must hold an object with id/extension, found {}", kind_of(other));
                     self.error(IssueCode::Structure, location, diagnostics);
                 }
             }
@@ -1315,11 +1064,7 @@ impl<'m> Validator<'m> {
             return;
         }
         let Some(object) = value.as_object() else {
-            let diagnostics = format!(
-                "{} of type {type_name} must be a JSON object, found {}",
-                element.path,
-                kind_of(value)
-            );
+            let diagnostics = format!("{} of type {type_name} must be a JSON object, found {}", element.path, kind_of(value));
             self.error(IssueCode::Structure, location, diagnostics);
             return;
         };
@@ -1339,65 +1084,34 @@ impl<'m> Validator<'m> {
     }
 
     /// Where the children of an element's object value are defined.
-    fn child_context(
-        &self,
-        element: &'m ElementDef,
-        type_name: &'m str,
-        owner: Context<'m>,
-    ) -> Option<Context<'m>> {
+    fn child_context(&self, element: &'m ElementDef, type_name: &'m str, owner: Context<'m>) -> Option<Context<'m>> {
         if let Some(target) = &element.content_ref {
-            return Some(Context {
-                ty: owner.ty,
-                path: target,
-            });
+            return Some(Context { ty: owner.ty, path: target });
         }
         if owner.ty.children.contains_key(&element.path) {
-            return Some(Context {
-                ty: owner.ty,
-                path: &element.path,
-            });
+            return Some(Context { ty: owner.ty, path: &element.path });
         }
-        self.model.complex.get(type_name).map(|ty| Context {
-            ty,
-            path: type_name,
-        })
+        self.model.complex.get(type_name).map(|ty| Context { ty, path: type_name })
     }
 
     /// JSON kind and lexical form of a primitive value; true if valid.
-    fn primitive(
-        &mut self,
-        type_name: &str,
-        primitive: &PrimitiveType,
-        value: &Value,
-        location: &str,
-    ) -> bool {
+    fn primitive(&mut self, type_name: &str, primitive: &PrimitiveType, value: &Value, location: &str) -> bool {
         let text = match (primitive.json, value) {
             (JsonKind::Boolean, Value::Bool(_)) => return true,
             (JsonKind::Number | JsonKind::Integer, Value::Number(number)) => number.as_str(),
             (JsonKind::String, Value::String(text)) if text.is_empty() => {
-                self.error(
-                    IssueCode::Value,
-                    location,
-                    "empty strings are not allowed".into(),
-                );
+                self.error(IssueCode::Value, location, "empty strings are not allowed".into());
                 return false;
             }
             (JsonKind::String, Value::String(text)) => text.as_str(),
             (_, Value::Object(_) | Value::Array(_)) => {
-                let diagnostics = format!(
-                    "a {type_name} must be a JSON {}, found {}",
-                    expected_kind(primitive.json),
-                    kind_of(value)
-                );
+                let diagnostics = format!("a {type_name} must be a JSON {}, found {}", expected_kind(primitive.json), kind_of(value));
                 self.error(IssueCode::Structure, location, diagnostics);
                 return false;
             }
             _ => {
-                let diagnostics = format!(
-                    "a {type_name} must be a JSON {}, found {} {value}",
-                    expected_kind(primitive.json),
-                    kind_of(value)
-                );
+                let diagnostics =
+                    format!("a {type_name} must be a JSON {}, found {} {value}", expected_kind(primitive.json), kind_of(value));
                 self.error(IssueCode::Value, location, diagnostics);
                 return false;
             }
@@ -1405,55 +1119,29 @@ impl<'m> Validator<'m> {
         if primitive.lexical.matches(text) {
             return true;
         }
-        self.error(
-            IssueCode::Value,
-            location,
-            format!("not a valid {type_name}: {value}"),
-        );
+        self.error(IssueCode::Value, location, format!("not a valid {type_name}: {value}"));
         false
     }
 
     /// A `code` value against a required value set.
     fn code_binding(&mut self, url: &str, code: &str, location: &str) {
-        let Some(codes) = self
-            .model
-            .value_sets
-            .get(url)
-            .and_then(|vs| vs.codes.as_ref())
-        else {
+        let Some(codes) = self.model.value_sets.get(url).and_then(|vs| vs.codes.as_ref()) else {
             return;
         };
         if !ValueSet::contains_code(codes, code) {
-            let diagnostics = format!(
-                "'{code}' is not in the required value set {url} ({})",
-                ValueSet::describe(codes)
-            );
+            let diagnostics = format!("'{code}' is not in the required value set {url} ({})", ValueSet::describe(codes));
             self.error(IssueCode::CodeInvalid, location, diagnostics);
         }
     }
 
     /// A `Coding` or `CodeableConcept` against a required value set: the coding (or one
     /// of the codings) must be from it.
-    fn coded_binding(
-        &mut self,
-        url: &str,
-        type_name: &str,
-        object: &Map<String, Value>,
-        location: &str,
-    ) {
-        let Some(codes) = self
-            .model
-            .value_sets
-            .get(url)
-            .and_then(|vs| vs.codes.as_ref())
-        else {
+    fn coded_binding(&mut self, url: &str, type_name: &str, object: &Map<String, Value>, location: &str) {
+        let Some(codes) = self.model.value_sets.get(url).and_then(|vs| vs.codes.as_ref()) else {
             return;
         };
-        let in_set = |coding: &Map<String, Value>| match (coding.get("system"), coding.get("code"))
-        {
-            (Some(Value::String(system)), Some(Value::String(code))) => {
-                ValueSet::contains_coding(codes, system, code)
-            }
+        let in_set = |coding: &Map<String, Value>| match (coding.get("system"), coding.get("code")) {
+            (Some(Value::String(system)), Some(Value::String(code))) => ValueSet::contains_coding(codes, system, code),
             _ => false,
         };
         let valid = match type_name {
@@ -1465,21 +1153,13 @@ impl<'m> Validator<'m> {
             _ => true,
         };
         if !valid {
-            let diagnostics = format!(
-                "no system/code from the required value set {url} ({})",
-                ValueSet::describe(codes)
-            );
+            let diagnostics = format!("no system/code from the required value set {url} ({})", ValueSet::describe(codes));
             self.error(IssueCode::CodeInvalid, location, diagnostics);
         }
     }
 
     /// A literal reference `[base/]Type/id[/_history/version]` must name an allowed target type.
-    fn reference_target(
-        &mut self,
-        element: &ElementDef,
-        object: &Map<String, Value>,
-        location: &str,
-    ) {
+    fn reference_target(&mut self, element: &ElementDef, object: &Map<String, Value>, location: &str) {
         if element.targets.is_empty() || element.targets.iter().any(|t| t == "Resource") {
             return;
         }
@@ -1490,28 +1170,17 @@ impl<'m> Validator<'m> {
             return;
         };
         if !element.targets.iter().any(|t| t == target) {
-            let diagnostics = format!(
-                "reference to a {target}, but {} allows only {}",
-                element.path,
-                element.targets.join(", ")
-            );
-            self.relaxable(
-                IssueCode::Structure,
-                &format!("{location}.reference"),
-                diagnostics,
-            );
+            let diagnostics = format!("reference to a {target}, but {} allows only {}", element.path, element.targets.join(", "));
+            self.relaxable(IssueCode::Structure, &format!("{location}.reference"), diagnostics);
         }
     }
 
     /// `ext-1`: an extension has either nested extensions or a value, not both and not neither.
     fn extension_invariant(&mut self, object: &Map<String, Value>, location: &str) {
-        let has_value = object
-            .keys()
-            .any(|k| k.starts_with("value") || k.starts_with("_value"));
+        let has_value = object.keys().any(|k| k.starts_with("value") || k.starts_with("_value"));
         let has_extensions = object.contains_key("extension");
         if has_value == has_extensions {
-            let diagnostics =
-                "ext-1: an extension must have either extensions or value[x], not both".to_owned();
+            let diagnostics = "ext-1: an extension must have either extensions or value[x], not both".to_owned();
             self.error(IssueCode::Invariant, location, diagnostics);
         }
     }
@@ -1521,9 +1190,7 @@ impl Form<'_> {
     /// How many values this form contributes towards the element's minimum cardinality.
     fn item_count(&self) -> usize {
         match (self.value, self.extension) {
-            (Some(Value::Array(values)), Some(Value::Array(extensions))) => {
-                values.len().max(extensions.len())
-            }
+            (Some(Value::Array(values)), Some(Value::Array(extensions))) => values.len().max(extensions.len()),
             (Some(Value::Array(items)), _) | (None, Some(Value::Array(items))) => items.len(),
             _ => 1,
         }
@@ -1574,24 +1241,10 @@ mod tests {
         for good in ["1980", "1980-02", "1980-02-29", "2000-02-29", "0001"] {
             assert!(Lexical::Date.matches(good), "{good}");
         }
-        for bad in [
-            "1980-13-01",
-            "1980-1-1",
-            "0000",
-            "1900-02-29",
-            "1980-04-31",
-            "1980-01-01T10:00:00Z",
-            "19800101",
-            "",
-        ] {
+        for bad in ["1980-13-01", "1980-1-1", "0000", "1900-02-29", "1980-04-31", "1980-01-01T10:00:00Z", "19800101", ""] {
             assert!(!Lexical::Date.matches(bad), "{bad}");
         }
-        for good in [
-            "2015-02-07T13:28:17.239+02:00",
-            "2015-02-07T13:28:17Z",
-            "2015-02",
-            "2015-02-07T23:59:60-14:00",
-        ] {
+        for good in ["2015-02-07T13:28:17.239+02:00", "2015-02-07T13:28:17Z", "2015-02", "2015-02-07T23:59:60-14:00"] {
             assert!(Lexical::DateTime.matches(good), "{good}");
         }
         for bad in [
@@ -1611,16 +1264,9 @@ mod tests {
 
     #[test]
     fn other_primitive_forms() {
+        assert!(Lexical::Id.matches("a-B.9") && !Lexical::Id.matches("bad_id") && !Lexical::Id.matches(&"a".repeat(65)));
         assert!(
-            Lexical::Id.matches("a-B.9")
-                && !Lexical::Id.matches("bad_id")
-                && !Lexical::Id.matches(&"a".repeat(65))
-        );
-        assert!(
-            Lexical::Code.matches("a b")
-                && !Lexical::Code.matches(" a")
-                && !Lexical::Code.matches("a  b")
-                && !Lexical::Code.matches("a ")
+            Lexical::Code.matches("a b") && !Lexical::Code.matches(" a") && !Lexical::Code.matches("a  b") && !Lexical::Code.matches("a ")
         );
         assert!(
             Lexical::Oid.matches("urn:oid:1.2.840")
@@ -1636,16 +1282,8 @@ mod tests {
                 && !Lexical::Integer.matches("1.0")
                 && !Lexical::Integer.matches("1e2")
         );
-        assert!(
-            Lexical::PositiveInt.matches("1")
-                && !Lexical::PositiveInt.matches("0")
-                && !Lexical::PositiveInt.matches("-1")
-        );
-        assert!(
-            Lexical::UnsignedInt.matches("0")
-                && !Lexical::UnsignedInt.matches("-0")
-                && !Lexical::UnsignedInt.matches("01")
-        );
+        assert!(Lexical::PositiveInt.matches("1") && !Lexical::PositiveInt.matches("0") && !Lexical::PositiveInt.matches("-1"));
+        assert!(Lexical::UnsignedInt.matches("0") && !Lexical::UnsignedInt.matches("-0") && !Lexical::UnsignedInt.matches("01"));
         assert!(
             Lexical::Base64.matches("aGVsbG8=")
                 && Lexical::Base64.matches("aGVs bG8=")
@@ -1653,18 +1291,9 @@ mod tests {
                 && !Lexical::Base64.matches("aG=sbG8=")
                 && !Lexical::Base64.matches("aG Vs")
         );
-        assert!(
-            Lexical::NoWhitespace.matches("http://a/b")
-                && !Lexical::NoWhitespace.matches("http://a b")
-        );
-        assert!(
-            Lexical::Text.matches(" padded\ttext\n") && !Lexical::Text.matches("form\u{c}feed")
-        );
-        assert!(
-            Lexical::Decimal.matches("37.50")
-                && Lexical::Decimal.matches("-1e-3")
-                && !Lexical::Decimal.matches("01")
-        );
+        assert!(Lexical::NoWhitespace.matches("http://a/b") && !Lexical::NoWhitespace.matches("http://a b"));
+        assert!(Lexical::Text.matches(" padded\ttext\n") && !Lexical::Text.matches("form\u{c}feed"));
+        assert!(Lexical::Decimal.matches("37.50") && Lexical::Decimal.matches("-1e-3") && !Lexical::Decimal.matches("01"));
     }
 
     #[test]
@@ -1679,15 +1308,9 @@ mod tests {
     fn literal_references() {
         let types: HashSet<String> = ["Patient", "Group"].iter().map(|s| s.to_string()).collect();
         assert_eq!(referenced_type("Patient/123", &types), Some("Patient"));
-        assert_eq!(
-            referenced_type("http://x.org/fhir/Group/g1/_history/2", &types),
-            Some("Group")
-        );
+        assert_eq!(referenced_type("http://x.org/fhir/Group/g1/_history/2", &types), Some("Group"));
         assert_eq!(referenced_type("#p1", &types), None);
-        assert_eq!(
-            referenced_type("urn:uuid:a76d9bbf-f293-4fb7-ad4c-2851cac77162", &types),
-            None
-        );
+        assert_eq!(referenced_type("urn:uuid:a76d9bbf-f293-4fb7-ad4c-2851cac77162", &types), None);
         assert_eq!(referenced_type("http://x.org/Thing/1", &types), None);
     }
 }

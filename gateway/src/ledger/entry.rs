@@ -69,10 +69,7 @@ impl LedgerEntry {
         message.extend_from_slice(&self.unsigned_bytes());
         let signature = key.sign(&message);
         let mut value = serde_json::to_value(self).expect("entry serialises");
-        value
-            .as_object_mut()
-            .expect("entry is an object")
-            .insert("signature".into(), BASE64.encode(signature.to_bytes()).into());
+        value.as_object_mut().expect("entry is an object").insert("signature".into(), BASE64.encode(signature.to_bytes()).into());
         to_canonical_bytes(&value)
     }
 
@@ -92,11 +89,8 @@ impl LedgerEntry {
         }
         let entry = LedgerEntry::parse(leaf)?;
         let signature_text = value.get("signature").and_then(|text| text.as_str()).ok_or(EntryError::Malformed)?;
-        let signature_bytes: [u8; 64] = BASE64
-            .decode(signature_text)
-            .map_err(|_| EntryError::Malformed)?
-            .try_into()
-            .map_err(|_| EntryError::Malformed)?;
+        let signature_bytes: [u8; 64] =
+            BASE64.decode(signature_text).map_err(|_| EntryError::Malformed)?.try_into().map_err(|_| EntryError::Malformed)?;
         let mut message = SIGNING_CONTEXT.to_vec();
         message.extend_from_slice(&entry.unsigned_bytes());
         key.verify_strict(&message, &Signature::from_bytes(&signature_bytes)).map_err(|_| EntryError::BadSignature)?;
@@ -130,15 +124,9 @@ mod tests {
         assert_eq!(LedgerEntry::parse_verified(&leaf, &key.verifying_key()).unwrap(), sample());
 
         let tampered = text.replace(r#""versionId":1"#, r#""versionId":2"#);
-        assert_eq!(
-            LedgerEntry::parse_verified(tampered.as_bytes(), &key.verifying_key()),
-            Err(EntryError::BadSignature)
-        );
+        assert_eq!(LedgerEntry::parse_verified(tampered.as_bytes(), &key.verifying_key()), Err(EntryError::BadSignature));
         let reordered = text.replacen('{', "{ ", 1);
-        assert_eq!(
-            LedgerEntry::parse_verified(reordered.as_bytes(), &key.verifying_key()),
-            Err(EntryError::NotCanonical)
-        );
+        assert_eq!(LedgerEntry::parse_verified(reordered.as_bytes(), &key.verifying_key()), Err(EntryError::NotCanonical));
         let other_key = SigningKey::from_bytes(&[4u8; 32]).verifying_key();
         assert_eq!(LedgerEntry::parse_verified(&leaf, &other_key), Err(EntryError::BadSignature));
     }

@@ -80,9 +80,7 @@ impl LedgerLog {
             Some((checkpoint, text)) => {
                 let tree_size = leaf_hashes.len() as u64;
                 let covered = usize::try_from(checkpoint.tree_size()).unwrap_or(usize::MAX);
-                if covered > leaf_hashes.len()
-                    || merkle::root_from_leaf_hashes(&leaf_hashes[..covered]) != *checkpoint.root_hash()
-                {
+                if covered > leaf_hashes.len() || merkle::root_from_leaf_hashes(&leaf_hashes[..covered]) != *checkpoint.root_hash() {
                     return Err(LedgerError::CheckpointMismatch { checkpoint_size: checkpoint.tree_size(), tree_size });
                 }
                 Some((checkpoint, text))
@@ -214,7 +212,8 @@ mod tests {
         assert_eq!(ledger.tree_size(), 4);
         assert_eq!(ledger.read_leaf(3).unwrap(), b"d");
         assert_eq!(ledger.latest_checkpoint().unwrap(), (3, note_text.clone()));
-        let (checkpoint, _) = note::open_checkpoint(&note_text, origin, &[NoteSigner::new(origin, key.clone()).unwrap().verifier()]).unwrap();
+        let (checkpoint, _) =
+            note::open_checkpoint(&note_text, origin, &[NoteSigner::new(origin, key.clone()).unwrap().verifier()]).unwrap();
         let proof = ledger.inclusion_proof(1, 3).unwrap();
         merkle::verify_inclusion(&merkle::leaf_hash(b"b"), 1, 3, &proof, checkpoint.root_hash()).unwrap();
         drop(ledger);

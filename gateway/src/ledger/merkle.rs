@@ -87,47 +87,24 @@ pub enum ProofError {
 impl fmt::Display for ProofError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::LeafIndexOutOfRange {
-                leaf_index,
-                tree_size,
-            } => {
-                write!(
-                    f,
-                    "leaf index {leaf_index} is not below tree size {tree_size}"
-                )
+            Self::LeafIndexOutOfRange { leaf_index, tree_size } => {
+                write!(f, "leaf index {leaf_index} is not below tree size {tree_size}")
             }
-            Self::TreeSizeExceedsLeaves {
-                tree_size,
-                leaf_count,
-            } => {
-                write!(
-                    f,
-                    "tree size {tree_size} exceeds the {leaf_count} leaves available"
-                )
+            Self::TreeSizeExceedsLeaves { tree_size, leaf_count } => {
+                write!(f, "tree size {tree_size} exceeds the {leaf_count} leaves available")
             }
             Self::OldSizeExceedsNewSize { old_size, new_size } => {
-                write!(
-                    f,
-                    "old tree size {old_size} exceeds new tree size {new_size}"
-                )
+                write!(f, "old tree size {old_size} exceeds new tree size {new_size}")
             }
-            Self::EmptyOldTree => {
-                f.write_str("consistency proof from the empty tree is meaningless")
-            }
+            Self::EmptyOldTree => f.write_str("consistency proof from the empty tree is meaningless"),
             Self::ProofTooShort => f.write_str("proof is too short"),
             Self::ProofTooLong => f.write_str("proof is too long"),
             Self::RootMismatch => f.write_str("computed root does not match the expected root"),
-            Self::OldRootMismatch => {
-                f.write_str("computed old root does not match the expected old root")
-            }
+            Self::OldRootMismatch => f.write_str("computed old root does not match the expected old root"),
             Self::TreeFull => f.write_str("tree cannot hold more than u64::MAX leaves"),
-            Self::MalformedCompactRange {
-                tree_size,
-                hash_count,
-            } => write!(
-                f,
-                "compact range for tree size {tree_size} cannot have {hash_count} hashes"
-            ),
+            Self::MalformedCompactRange { tree_size, hash_count } => {
+                write!(f, "compact range for tree size {tree_size} cannot have {hash_count} hashes")
+            }
         }
     }
 }
@@ -161,27 +138,17 @@ fn prefix(leaves: &[Hash], tree_size: u64) -> Result<&[Hash], ProofError> {
     usize::try_from(tree_size)
         .ok()
         .and_then(|n| leaves.get(..n))
-        .ok_or(ProofError::TreeSizeExceedsLeaves {
-            tree_size,
-            leaf_count: leaves.len() as u64,
-        })
+        .ok_or(ProofError::TreeSizeExceedsLeaves { tree_size, leaf_count: leaves.len() as u64 })
 }
 
 /// Inclusion proof (audit path) for the leaf at `leaf_index` in the tree made
 /// of the first `tree_size` of `leaves`: `PATH(m, D[n])`, RFC 9162 §2.1.3.1.
 ///
 /// The proof is ordered from the leaf's sibling up to the root's child.
-pub fn inclusion_proof(
-    leaves: &[Hash],
-    leaf_index: u64,
-    tree_size: u64,
-) -> Result<Vec<Hash>, ProofError> {
+pub fn inclusion_proof(leaves: &[Hash], leaf_index: u64, tree_size: u64) -> Result<Vec<Hash>, ProofError> {
     let tree = prefix(leaves, tree_size)?;
     if leaf_index >= tree_size {
-        return Err(ProofError::LeafIndexOutOfRange {
-            leaf_index,
-            tree_size,
-        });
+        return Err(ProofError::LeafIndexOutOfRange { leaf_index, tree_size });
     }
     // leaf_index < tree_size <= leaves.len(), so it fits in usize.
     let mut index = leaf_index as usize;
@@ -207,19 +174,10 @@ pub fn inclusion_proof(
 
 /// Verifies that `leaf_hash` is the leaf at `leaf_index` in the tree of size
 /// `tree_size` whose root is `root`, using the algorithm of RFC 9162 §2.1.3.2.
-pub fn verify_inclusion(
-    leaf_hash: &Hash,
-    leaf_index: u64,
-    tree_size: u64,
-    proof: &[Hash],
-    root: &Hash,
-) -> Result<(), ProofError> {
+pub fn verify_inclusion(leaf_hash: &Hash, leaf_index: u64, tree_size: u64, proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
     // Step 1.
     if leaf_index >= tree_size {
-        return Err(ProofError::LeafIndexOutOfRange {
-            leaf_index,
-            tree_size,
-        });
+        return Err(ProofError::LeafIndexOutOfRange { leaf_index, tree_size });
     }
     // Steps 2-3.
     let mut fnode = leaf_index;
@@ -257,11 +215,7 @@ pub fn verify_inclusion(
 ///
 /// Requires `0 < old_size <= new_size <= leaves.len()`. When
 /// `old_size == new_size` the proof is empty.
-pub fn consistency_proof(
-    leaves: &[Hash],
-    old_size: u64,
-    new_size: u64,
-) -> Result<Vec<Hash>, ProofError> {
+pub fn consistency_proof(leaves: &[Hash], old_size: u64, new_size: u64) -> Result<Vec<Hash>, ProofError> {
     let tree = prefix(leaves, new_size)?;
     if old_size > new_size {
         return Err(ProofError::OldSizeExceedsNewSize { old_size, new_size });
@@ -305,13 +259,7 @@ pub fn consistency_proof(
 /// equal. `old_size == 0` is rejected with [`ProofError::EmptyOldTree`], as
 /// in transparency-dev/merkle: a client without a previous tree has nothing
 /// to check.
-pub fn verify_consistency(
-    old_size: u64,
-    new_size: u64,
-    old_root: &Hash,
-    new_root: &Hash,
-    proof: &[Hash],
-) -> Result<(), ProofError> {
+pub fn verify_consistency(old_size: u64, new_size: u64, old_root: &Hash, new_root: &Hash, proof: &[Hash]) -> Result<(), ProofError> {
     if old_size > new_size {
         return Err(ProofError::OldSizeExceedsNewSize { old_size, new_size });
     }
@@ -333,11 +281,7 @@ pub fn verify_consistency(
     };
     // Step 2: if old_size is a power of two the old root is itself the first
     // element of the path; iterate over (old_root, proof...) instead.
-    let (seed, path) = if old_size.is_power_of_two() {
-        (old_root, proof)
-    } else {
-        (first, rest)
-    };
+    let (seed, path) = if old_size.is_power_of_two() { (old_root, proof) } else { (first, rest) };
     // Step 3.
     let mut fnode = old_size - 1;
     let mut snode = new_size - 1;
@@ -405,10 +349,7 @@ impl CompactRange {
     /// the hashes themselves must come from trusted storage.
     pub fn from_parts(tree_size: u64, hashes: Vec<Hash>) -> Result<Self, ProofError> {
         if hashes.len() as u64 != u64::from(tree_size.count_ones()) {
-            return Err(ProofError::MalformedCompactRange {
-                tree_size,
-                hash_count: hashes.len() as u64,
-            });
+            return Err(ProofError::MalformedCompactRange { tree_size, hash_count: hashes.len() as u64 });
         }
         Ok(Self { tree_size, hashes })
     }
@@ -441,10 +382,7 @@ impl CompactRange {
                 Some(left) => carry = node_hash(&left, &carry),
                 // Unreachable: from_parts guarantees one hash per set bit.
                 None => {
-                    return Err(ProofError::MalformedCompactRange {
-                        tree_size: self.tree_size,
-                        hash_count: 0,
-                    });
+                    return Err(ProofError::MalformedCompactRange { tree_size: self.tree_size, hash_count: 0 });
                 }
             }
         }
@@ -475,10 +413,7 @@ mod tests {
 
     fn decode_hex(hex: &str) -> Vec<u8> {
         assert!(hex.len().is_multiple_of(2), "odd hex length");
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex literal"))
-            .collect()
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex literal")).collect()
     }
 
     // ---------------------------------------------------------------------
@@ -494,16 +429,7 @@ mod tests {
     // certificate-transparency merkle_tree_test.cc.
     // ---------------------------------------------------------------------
 
-    const LEAF_INPUTS: [&str; 8] = [
-        "",
-        "00",
-        "10",
-        "2021",
-        "3031",
-        "40414243",
-        "5051525354555657",
-        "606162636465666768696a6b6c6d6e6f",
-    ];
+    const LEAF_INPUTS: [&str; 8] = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
 
     /// NodeHashes()[0]: the leaf hashes.
     const LEAF_HASHES: [&str; 8] = [
@@ -563,11 +489,7 @@ mod tests {
                 "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
             ],
         ),
-        (
-            2,
-            3,
-            &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
-        ),
+        (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
         (
             1,
             5,
@@ -620,10 +542,7 @@ mod tests {
     ];
 
     fn kat_leaf_hashes() -> Vec<Hash> {
-        LEAF_INPUTS
-            .iter()
-            .map(|l| leaf_hash(&decode_hex(l)))
-            .collect()
+        LEAF_INPUTS.iter().map(|l| leaf_hash(&decode_hex(l))).collect()
     }
 
     fn hashes(hex: &[&str]) -> Vec<Hash> {
@@ -653,11 +572,7 @@ mod tests {
         let leaves = kat_leaf_hashes();
         let mut range = CompactRange::new();
         for (size, root) in ROOTS.iter().enumerate() {
-            assert_eq!(
-                root_from_leaf_hashes(&leaves[..size]),
-                h(root),
-                "size {size}"
-            );
+            assert_eq!(root_from_leaf_hashes(&leaves[..size]), h(root), "size {size}");
             assert_eq!(range.root(), h(root), "compact range at size {size}");
             if size < leaves.len() {
                 assert_eq!(range.append(leaves[size]), Ok(size as u64));
@@ -700,14 +615,7 @@ mod tests {
             let got = inclusion_proof(&leaves, leaf_index, tree_size).expect("proof");
             assert_eq!(got, want, "index {leaf_index} size {tree_size}");
             let root = h(ROOTS[tree_size as usize]);
-            verify_inclusion(
-                &leaves[leaf_index as usize],
-                leaf_index,
-                tree_size,
-                &want,
-                &root,
-            )
-            .expect("verify");
+            verify_inclusion(&leaves[leaf_index as usize], leaf_index, tree_size, &want, &root).expect("verify");
         }
     }
 
@@ -733,70 +641,25 @@ mod tests {
         let r2 = h(ROOTS[2]);
         // Sizes equal: empty proof and equal roots only.
         assert_eq!(verify_consistency(1, 1, &r1, &r1, &[]), Ok(()));
-        assert_eq!(
-            verify_consistency(1, 1, &r1, &r2, &[]),
-            Err(ProofError::RootMismatch)
-        );
-        assert_eq!(
-            verify_consistency(1, 1, &r1, &r1, &[r1]),
-            Err(ProofError::ProofTooLong)
-        );
+        assert_eq!(verify_consistency(1, 1, &r1, &r2, &[]), Err(ProofError::RootMismatch));
+        assert_eq!(verify_consistency(1, 1, &r1, &r1, &[r1]), Err(ProofError::ProofTooLong));
         // Anything from the empty tree is rejected.
-        assert_eq!(
-            verify_consistency(0, 0, &e, &e, &[]),
-            Err(ProofError::EmptyOldTree)
-        );
-        assert_eq!(
-            verify_consistency(0, 0, &e, &e, &[e]),
-            Err(ProofError::EmptyOldTree)
-        );
-        assert_eq!(
-            verify_consistency(0, 1, &e, &r1, &[]),
-            Err(ProofError::EmptyOldTree)
-        );
-        assert_eq!(
-            verify_consistency(0, 1, &e, &e, &[e]),
-            Err(ProofError::EmptyOldTree)
-        );
+        assert_eq!(verify_consistency(0, 0, &e, &e, &[]), Err(ProofError::EmptyOldTree));
+        assert_eq!(verify_consistency(0, 0, &e, &e, &[e]), Err(ProofError::EmptyOldTree));
+        assert_eq!(verify_consistency(0, 1, &e, &r1, &[]), Err(ProofError::EmptyOldTree));
+        assert_eq!(verify_consistency(0, 1, &e, &e, &[e]), Err(ProofError::EmptyOldTree));
         // Shrinking trees.
-        assert_eq!(
-            verify_consistency(2, 1, &r2, &r1, &[]),
-            Err(ProofError::OldSizeExceedsNewSize {
-                old_size: 2,
-                new_size: 1
-            })
-        );
+        assert_eq!(verify_consistency(2, 1, &r2, &r1, &[]), Err(ProofError::OldSizeExceedsNewSize { old_size: 2, new_size: 1 }));
         assert!(verify_consistency(1, 0, &r1, &e, &[]).is_err());
         // Growing tree with an empty proof.
-        assert_eq!(
-            verify_consistency(1, 2, &r1, &r2, &[]),
-            Err(ProofError::ProofTooShort)
-        );
+        assert_eq!(verify_consistency(1, 2, &r1, &r2, &[]), Err(ProofError::ProofTooShort));
 
         let leaves = kat_leaf_hashes();
-        assert_eq!(
-            consistency_proof(&leaves, 0, 3),
-            Err(ProofError::EmptyOldTree)
-        );
-        assert_eq!(
-            consistency_proof(&leaves, 0, 0),
-            Err(ProofError::EmptyOldTree)
-        );
+        assert_eq!(consistency_proof(&leaves, 0, 3), Err(ProofError::EmptyOldTree));
+        assert_eq!(consistency_proof(&leaves, 0, 0), Err(ProofError::EmptyOldTree));
         assert_eq!(consistency_proof(&leaves, 8, 8), Ok(vec![]));
-        assert_eq!(
-            consistency_proof(&leaves, 4, 3),
-            Err(ProofError::OldSizeExceedsNewSize {
-                old_size: 4,
-                new_size: 3
-            })
-        );
-        assert_eq!(
-            consistency_proof(&leaves, 1, 9),
-            Err(ProofError::TreeSizeExceedsLeaves {
-                tree_size: 9,
-                leaf_count: 8
-            })
-        );
+        assert_eq!(consistency_proof(&leaves, 4, 3), Err(ProofError::OldSizeExceedsNewSize { old_size: 4, new_size: 3 }));
+        assert_eq!(consistency_proof(&leaves, 1, 9), Err(ProofError::TreeSizeExceedsLeaves { tree_size: 9, leaf_count: 8 }));
         assert!(consistency_proof(&leaves, 1, u64::MAX).is_err());
     }
 
@@ -808,46 +671,16 @@ mod tests {
         for (leaf_index, tree_size) in [(0, 0), (1, 0), (1, 1), (2, 1), (u64::MAX, 1), (8, 8)] {
             assert_eq!(
                 verify_inclusion(&leaves[0], leaf_index, tree_size, &[], &r1),
-                Err(ProofError::LeafIndexOutOfRange {
-                    leaf_index,
-                    tree_size
-                })
+                Err(ProofError::LeafIndexOutOfRange { leaf_index, tree_size })
             );
         }
-        assert_eq!(
-            verify_inclusion(&leaves[0], 0, 1, &[], &e),
-            Err(ProofError::RootMismatch)
-        );
-        assert_eq!(
-            verify_inclusion(&leaves[0], 0, 1, &[r1], &r1),
-            Err(ProofError::ProofTooLong)
-        );
-        assert_eq!(
-            verify_inclusion(&leaves[0], 0, 2, &[], &r1),
-            Err(ProofError::ProofTooShort)
-        );
+        assert_eq!(verify_inclusion(&leaves[0], 0, 1, &[], &e), Err(ProofError::RootMismatch));
+        assert_eq!(verify_inclusion(&leaves[0], 0, 1, &[r1], &r1), Err(ProofError::ProofTooLong));
+        assert_eq!(verify_inclusion(&leaves[0], 0, 2, &[], &r1), Err(ProofError::ProofTooShort));
 
-        assert_eq!(
-            inclusion_proof(&leaves, 0, 0),
-            Err(ProofError::LeafIndexOutOfRange {
-                leaf_index: 0,
-                tree_size: 0
-            })
-        );
-        assert_eq!(
-            inclusion_proof(&leaves, 8, 8),
-            Err(ProofError::LeafIndexOutOfRange {
-                leaf_index: 8,
-                tree_size: 8
-            })
-        );
-        assert_eq!(
-            inclusion_proof(&leaves, 0, 9),
-            Err(ProofError::TreeSizeExceedsLeaves {
-                tree_size: 9,
-                leaf_count: 8
-            })
-        );
+        assert_eq!(inclusion_proof(&leaves, 0, 0), Err(ProofError::LeafIndexOutOfRange { leaf_index: 0, tree_size: 0 }));
+        assert_eq!(inclusion_proof(&leaves, 8, 8), Err(ProofError::LeafIndexOutOfRange { leaf_index: 8, tree_size: 8 }));
+        assert_eq!(inclusion_proof(&leaves, 0, 9), Err(ProofError::TreeSizeExceedsLeaves { tree_size: 9, leaf_count: 8 }));
         assert!(inclusion_proof(&leaves, u64::MAX - 1, u64::MAX).is_err());
         assert!(inclusion_proof(&[], 0, 0).is_err());
     }
@@ -858,21 +691,12 @@ mod tests {
         let long = vec![x; 70];
         for proof_len in [0, 1, 63, 64, 65, 70] {
             let proof = &long[..proof_len];
-            for (leaf_index, tree_size) in [
-                (u64::MAX - 1, u64::MAX),
-                (0, u64::MAX),
-                (1 << 63, u64::MAX),
-                (0, 1 << 63),
-            ] {
+            for (leaf_index, tree_size) in [(u64::MAX - 1, u64::MAX), (0, u64::MAX), (1 << 63, u64::MAX), (0, 1 << 63)] {
                 assert!(verify_inclusion(&x, leaf_index, tree_size, proof, &x).is_err());
             }
-            for (old_size, new_size) in [
-                (1, u64::MAX),
-                (u64::MAX - 1, u64::MAX),
-                (u64::MAX, u64::MAX),
-                (1 << 63, u64::MAX),
-                ((1 << 63) - 1, 1 << 63),
-            ] {
+            for (old_size, new_size) in
+                [(1, u64::MAX), (u64::MAX - 1, u64::MAX), (u64::MAX, u64::MAX), (1 << 63, u64::MAX), ((1 << 63) - 1, 1 << 63)]
+            {
                 let result = verify_consistency(old_size, new_size, &x, &x, proof);
                 if old_size == new_size && proof_len == 0 {
                     assert_eq!(result, Ok(()));
@@ -926,11 +750,7 @@ mod tests {
         for size in 0..=300usize {
             assert_eq!(range.tree_size(), size as u64);
             assert_eq!(range.hashes().len(), (size as u64).count_ones() as usize);
-            assert_eq!(
-                range.root(),
-                root_from_leaf_hashes(&leaves[..size]),
-                "size {size}"
-            );
+            assert_eq!(range.root(), root_from_leaf_hashes(&leaves[..size]), "size {size}");
             // Persist/restore round trip.
             let (tree_size, saved) = range.clone().into_parts();
             let restored = CompactRange::from_parts(tree_size, saved).expect("restore");
@@ -966,70 +786,42 @@ mod tests {
                 let leaf = leaves[leaf_index as usize];
                 let proof = inclusion_proof(&leaves, leaf_index, tree_size).expect("proof");
                 assert_eq!(proof.len(), expected_inclusion_len(leaf_index, tree_size));
-                assert_eq!(
-                    verify_inclusion(&leaf, leaf_index, tree_size, &proof, &root),
-                    Ok(())
-                );
+                assert_eq!(verify_inclusion(&leaf, leaf_index, tree_size, &proof, &root), Ok(()));
 
                 let ctx = format!("index {leaf_index} size {tree_size}");
                 let seed = (leaf_index * 31 + tree_size * 7) as usize;
                 // Flip one bit of the leaf, at a few positions.
                 for bit in [0, 255, seed % 256] {
                     let bad = flip_bit(&leaf, bit);
-                    assert!(
-                        verify_inclusion(&bad, leaf_index, tree_size, &proof, &root).is_err(),
-                        "{ctx}"
-                    );
+                    assert!(verify_inclusion(&bad, leaf_index, tree_size, &proof, &root).is_err(), "{ctx}");
                 }
                 // Flip one bit in each proof element.
                 for i in 0..proof.len() {
                     for bit in [0, (seed + i * 13) % 256] {
                         let mut bad = proof.clone();
                         bad[i] = flip_bit(&bad[i], bit);
-                        assert!(
-                            verify_inclusion(&leaf, leaf_index, tree_size, &bad, &root).is_err(),
-                            "{ctx}"
-                        );
+                        assert!(verify_inclusion(&leaf, leaf_index, tree_size, &bad, &root).is_err(), "{ctx}");
                     }
                 }
                 // Wrong root.
-                assert!(
-                    verify_inclusion(&leaf, leaf_index, tree_size, &proof, &flip_bit(&root, seed))
-                        .is_err()
-                );
+                assert!(verify_inclusion(&leaf, leaf_index, tree_size, &proof, &flip_bit(&root, seed)).is_err());
                 // Truncated, extended, prefixed proofs.
                 if let Some((_, short)) = proof.split_last() {
-                    assert!(
-                        verify_inclusion(&leaf, leaf_index, tree_size, short, &root).is_err(),
-                        "{ctx}"
-                    );
+                    assert!(verify_inclusion(&leaf, leaf_index, tree_size, short, &root).is_err(), "{ctx}");
                 }
                 let mut long = proof.clone();
                 long.push(root);
-                assert!(
-                    verify_inclusion(&leaf, leaf_index, tree_size, &long, &root).is_err(),
-                    "{ctx}"
-                );
+                assert!(verify_inclusion(&leaf, leaf_index, tree_size, &long, &root).is_err(), "{ctx}");
                 let mut prefixed = vec![leaf];
                 prefixed.extend_from_slice(&proof);
-                assert!(
-                    verify_inclusion(&leaf, leaf_index, tree_size, &prefixed, &root).is_err(),
-                    "{ctx}"
-                );
+                assert!(verify_inclusion(&leaf, leaf_index, tree_size, &prefixed, &root).is_err(), "{ctx}");
                 // Same proof claimed for a neighbouring index or size.
                 for other_index in [leaf_index.wrapping_sub(1), leaf_index + 1] {
-                    assert!(
-                        verify_inclusion(&leaf, other_index, tree_size, &proof, &root).is_err(),
-                        "{ctx}"
-                    );
+                    assert!(verify_inclusion(&leaf, other_index, tree_size, &proof, &root).is_err(), "{ctx}");
                 }
                 for other_size in [tree_size - 1, tree_size + 1] {
                     let other_root = roots[other_size as usize];
-                    assert!(
-                        verify_inclusion(&leaf, leaf_index, other_size, &proof, &other_root)
-                            .is_err(),
-                        "{ctx}"
-                    );
+                    assert!(verify_inclusion(&leaf, leaf_index, other_size, &proof, &other_root).is_err(), "{ctx}");
                 }
             }
         }
@@ -1044,10 +836,7 @@ mod tests {
             for old_size in 1..=new_size {
                 let old_root = roots[old_size as usize];
                 let proof = consistency_proof(&leaves, old_size, new_size).expect("proof");
-                assert_eq!(
-                    verify_consistency(old_size, new_size, &old_root, &new_root, &proof),
-                    Ok(())
-                );
+                assert_eq!(verify_consistency(old_size, new_size, &old_root, &new_root, &proof), Ok(()));
 
                 let ctx = format!("{old_size} -> {new_size}");
                 let seed = (old_size * 17 + new_size * 5) as usize;
@@ -1055,77 +844,30 @@ mod tests {
                     for bit in [0, (seed + i * 11) % 256] {
                         let mut bad = proof.clone();
                         bad[i] = flip_bit(&bad[i], bit);
-                        assert!(
-                            verify_consistency(old_size, new_size, &old_root, &new_root, &bad)
-                                .is_err(),
-                            "{ctx}"
-                        );
+                        assert!(verify_consistency(old_size, new_size, &old_root, &new_root, &bad).is_err(), "{ctx}");
                     }
                 }
-                assert!(
-                    verify_consistency(
-                        old_size,
-                        new_size,
-                        &flip_bit(&old_root, seed),
-                        &new_root,
-                        &proof
-                    )
-                    .is_err(),
-                    "{ctx}"
-                );
-                assert!(
-                    verify_consistency(
-                        old_size,
-                        new_size,
-                        &old_root,
-                        &flip_bit(&new_root, seed),
-                        &proof
-                    )
-                    .is_err(),
-                    "{ctx}"
-                );
+                assert!(verify_consistency(old_size, new_size, &flip_bit(&old_root, seed), &new_root, &proof).is_err(), "{ctx}");
+                assert!(verify_consistency(old_size, new_size, &old_root, &flip_bit(&new_root, seed), &proof).is_err(), "{ctx}");
                 if old_size != new_size {
-                    assert!(
-                        verify_consistency(old_size, new_size, &new_root, &old_root, &proof)
-                            .is_err(),
-                        "{ctx}"
-                    );
+                    assert!(verify_consistency(old_size, new_size, &new_root, &old_root, &proof).is_err(), "{ctx}");
                 }
                 if let Some((_, short)) = proof.split_last() {
-                    assert!(
-                        verify_consistency(old_size, new_size, &old_root, &new_root, short)
-                            .is_err(),
-                        "{ctx}"
-                    );
+                    assert!(verify_consistency(old_size, new_size, &old_root, &new_root, short).is_err(), "{ctx}");
                 }
                 let mut long = proof.clone();
                 long.push(new_root);
-                assert!(
-                    verify_consistency(old_size, new_size, &old_root, &new_root, &long).is_err(),
-                    "{ctx}"
-                );
+                assert!(verify_consistency(old_size, new_size, &old_root, &new_root, &long).is_err(), "{ctx}");
                 let mut prefixed = vec![old_root];
                 prefixed.extend_from_slice(&proof);
-                assert!(
-                    verify_consistency(old_size, new_size, &old_root, &new_root, &prefixed)
-                        .is_err(),
-                    "{ctx}"
-                );
+                assert!(verify_consistency(old_size, new_size, &old_root, &new_root, &prefixed).is_err(), "{ctx}");
                 // The proof must not verify for other sizes (with their true roots).
-                for (m, n) in [
-                    (old_size - 1, new_size),
-                    (old_size + 1, new_size),
-                    (old_size, new_size - 1),
-                    (old_size, new_size + 1),
-                ] {
+                for (m, n) in [(old_size - 1, new_size), (old_size + 1, new_size), (old_size, new_size - 1), (old_size, new_size + 1)] {
                     if (m, n) == (old_size, new_size) || m == 0 || m > n {
                         continue;
                     }
                     let (m_root, n_root) = (roots[m as usize], roots[n as usize]);
-                    assert!(
-                        verify_consistency(m, n, &m_root, &n_root, &proof).is_err(),
-                        "{ctx} as {m} -> {n}"
-                    );
+                    assert!(verify_consistency(m, n, &m_root, &n_root, &proof).is_err(), "{ctx} as {m} -> {n}");
                 }
             }
         }

@@ -129,10 +129,7 @@ fn parse_key_id(hex: &str) -> Option<u32> {
 
 /// Decodes `base64(0x01 || 32 bytes)`; `malformed` builds the error for
 /// the kind of key string being parsed.
-fn decode_typed_key(
-    b64: &str,
-    malformed: fn(&'static str) -> NoteError,
-) -> Result<[u8; 32], NoteError> {
+fn decode_typed_key(b64: &str, malformed: fn(&'static str) -> NoteError) -> Result<[u8; 32], NoteError> {
     let bytes = BASE64.decode(b64).map_err(|_| malformed("bad base64"))?;
     match bytes.split_first() {
         Some((&ED25519_TYPE, key)) => key.try_into().map_err(|_| malformed("key is not 32 bytes")),
@@ -170,9 +167,7 @@ impl NoteSigner {
     /// `PRIVATE+KEY+<name>+<hex key ID>+base64(0x01 || 32-byte seed)`.
     pub fn from_private_key(skey: &str) -> Result<Self, NoteError> {
         let err = NoteError::MalformedPrivateKey;
-        let rest = skey
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or(err("missing PRIVATE+KEY+ prefix"))?;
+        let rest = skey.strip_prefix("PRIVATE+KEY+").ok_or(err("missing PRIVATE+KEY+ prefix"))?;
         let (name, rest) = rest.split_once('+').ok_or(err("missing key ID"))?;
         let (hex, b64) = rest.split_once('+').ok_or(err("missing key"))?;
         check_key_name(name)?;
@@ -196,11 +191,7 @@ impl NoteSigner {
 
     /// The verifier for this signer's public key.
     pub fn verifier(&self) -> NoteVerifier {
-        NoteVerifier {
-            name: self.name.clone(),
-            key_id: self.key_id(),
-            key: self.key.verifying_key(),
-        }
+        NoteVerifier { name: self.name.clone(), key_id: self.key_id(), key: self.key.verifying_key() }
     }
 
     /// `<name>+<hex key ID>+base64(0x01 || public key)`.
@@ -287,19 +278,13 @@ pub fn sign_note(text: &str, signer: &NoteSigner) -> Result<String, NoteError> {
         return Err(NoteError::MalformedText("text must end in a newline"));
     }
     if has_forbidden_control(text) {
-        return Err(NoteError::MalformedText(
-            "text contains a control character",
-        ));
+        return Err(NoteError::MalformedText("text contains a control character"));
     }
     let signature = signer.key.sign(text.as_bytes());
     let mut blob = Vec::with_capacity(4 + 64);
     blob.extend_from_slice(&signer.key_id().to_be_bytes());
     blob.extend_from_slice(&signature.to_bytes());
-    Ok(format!(
-        "{text}\n{SIG_PREFIX}{} {}\n",
-        signer.name,
-        BASE64.encode(blob)
-    ))
+    Ok(format!("{text}\n{SIG_PREFIX}{} {}\n", signer.name, BASE64.encode(blob)))
 }
 
 /// One parsed signature line.
@@ -311,16 +296,10 @@ struct SignatureLine<'a> {
 
 fn parse_signature_line(line: &str) -> Result<SignatureLine<'_>, NoteError> {
     let err = NoteError::MalformedNote;
-    let rest = line
-        .strip_prefix(SIG_PREFIX)
-        .ok_or(err("signature line must start with \"— \""))?;
-    let (name, b64) = rest
-        .split_once(' ')
-        .ok_or(err("signature line has no signature"))?;
+    let rest = line.strip_prefix(SIG_PREFIX).ok_or(err("signature line must start with \"— \""))?;
+    let (name, b64) = rest.split_once(' ').ok_or(err("signature line has no signature"))?;
     check_key_name(name).map_err(|_| err("invalid key name in signature line"))?;
-    let blob = BASE64
-        .decode(b64)
-        .map_err(|_| err("bad base64 in signature line"))?;
+    let blob = BASE64.decode(b64).map_err(|_| err("bad base64 in signature line"))?;
     let Some((id, signature)) = blob.split_first_chunk::<4>() else {
         return Err(err("signature too short"));
     };
@@ -328,11 +307,7 @@ fn parse_signature_line(line: &str) -> Result<SignatureLine<'_>, NoteError> {
         return Err(err("signature too short"));
     }
     let key_id = u32::from_be_bytes(*id);
-    Ok(SignatureLine {
-        name,
-        key_id,
-        signature: signature.to_vec(),
-    })
+    Ok(SignatureLine { name, key_id, signature: signature.to_vec() })
 }
 
 /// Opens a signed note (signed-note §"Format" and §"Signatures").
@@ -342,23 +317,16 @@ fn parse_signature_line(line: &str) -> Result<SignatureLine<'_>, NoteError> {
 /// (name and key ID must both match) are ignored. Fails if the note is
 /// malformed, if any signature from a known key is invalid, or if no
 /// signature from a known key is present.
-pub fn open_note<'a>(
-    note: &'a str,
-    verifiers: &[NoteVerifier],
-) -> Result<(&'a str, Vec<VerifiedSignatureName>), NoteError> {
+pub fn open_note<'a>(note: &'a str, verifiers: &[NoteVerifier]) -> Result<(&'a str, Vec<VerifiedSignatureName>), NoteError> {
     let err = NoteError::MalformedNote;
     if has_forbidden_control(note) {
         return Err(err("control character"));
     }
     // The text is separated from the signatures by the last blank line.
-    let split = note
-        .rfind("\n\n")
-        .ok_or(err("no blank line before signatures"))?;
+    let split = note.rfind("\n\n").ok_or(err("no blank line before signatures"))?;
     let (text, signatures) = (&note[..split + 1], &note[split + 2..]);
     let Some(signatures) = signatures.strip_suffix('\n') else {
-        return Err(err(
-            "signature block must be non-empty and end in a newline",
-        ));
+        return Err(err("signature block must be non-empty and end in a newline"));
     };
 
     let mut verified: Vec<VerifiedSignatureName> = Vec::new();
@@ -367,37 +335,20 @@ pub fn open_note<'a>(
             return Err(NoteError::TooManySignatures);
         }
         let sig = parse_signature_line(line)?;
-        let mut matching = verifiers
-            .iter()
-            .filter(|v| v.name == sig.name && v.key_id == sig.key_id);
+        let mut matching = verifiers.iter().filter(|v| v.name == sig.name && v.key_id == sig.key_id);
         let Some(verifier) = matching.next() else {
             continue; // Unknown key: ignored, as the spec requires.
         };
         // The same key listed twice is harmless; two different keys with the
         // same name and key ID is a configuration error.
         if matching.any(|other| other.key != verifier.key) {
-            return Err(NoteError::AmbiguousVerifier {
-                name: sig.name.to_owned(),
-                key_id: sig.key_id,
-            });
+            return Err(NoteError::AmbiguousVerifier { name: sig.name.to_owned(), key_id: sig.key_id });
         }
-        let invalid = || NoteError::InvalidSignature {
-            name: sig.name.to_owned(),
-            key_id: sig.key_id,
-        };
+        let invalid = || NoteError::InvalidSignature { name: sig.name.to_owned(), key_id: sig.key_id };
         let bytes: [u8; 64] = sig.signature.as_slice().try_into().map_err(|_| invalid())?;
-        verifier
-            .key
-            .verify_strict(text.as_bytes(), &Signature::from_bytes(&bytes))
-            .map_err(|_| invalid())?;
-        if !verified
-            .iter()
-            .any(|v| v.name == sig.name && v.key_id == sig.key_id)
-        {
-            verified.push(VerifiedSignatureName {
-                name: sig.name.to_owned(),
-                key_id: sig.key_id,
-            });
+        verifier.key.verify_strict(text.as_bytes(), &Signature::from_bytes(&bytes)).map_err(|_| invalid())?;
+        if !verified.iter().any(|v| v.name == sig.name && v.key_id == sig.key_id) {
+            verified.push(VerifiedSignatureName { name: sig.name.to_owned(), key_id: sig.key_id });
         }
     }
     if verified.is_empty() {
@@ -423,11 +374,7 @@ fn is_valid_line(line: &str) -> bool {
 
 impl Checkpoint {
     /// A checkpoint without extension lines.
-    pub fn new(
-        origin: impl Into<String>,
-        tree_size: u64,
-        root_hash: [u8; 32],
-    ) -> Result<Self, NoteError> {
+    pub fn new(origin: impl Into<String>, tree_size: u64, root_hash: [u8; 32]) -> Result<Self, NoteError> {
         Self::with_extensions(origin, tree_size, root_hash, Vec::new())
     }
 
@@ -440,21 +387,12 @@ impl Checkpoint {
     ) -> Result<Self, NoteError> {
         let origin = origin.into();
         if !is_valid_line(&origin) {
-            return Err(NoteError::MalformedCheckpoint(
-                "origin must be a non-empty line",
-            ));
+            return Err(NoteError::MalformedCheckpoint("origin must be a non-empty line"));
         }
         if !extensions.iter().all(|e| is_valid_line(e)) {
-            return Err(NoteError::MalformedCheckpoint(
-                "extension lines must be non-empty lines",
-            ));
+            return Err(NoteError::MalformedCheckpoint("extension lines must be non-empty lines"));
         }
-        Ok(Self {
-            origin,
-            tree_size,
-            root_hash,
-            extensions,
-        })
+        Ok(Self { origin, tree_size, root_hash, extensions })
     }
 
     pub fn origin(&self) -> &str {
@@ -476,12 +414,7 @@ impl Checkpoint {
     /// `origin\n<decimal size>\n<base64 root>\n` followed by the extension
     /// lines, each ending in a newline.
     pub fn to_body(&self) -> String {
-        let mut body = format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.tree_size,
-            BASE64.encode(self.root_hash)
-        );
+        let mut body = format!("{}\n{}\n{}\n", self.origin, self.tree_size, BASE64.encode(self.root_hash));
         for extension in &self.extensions {
             body.push_str(extension);
             body.push('\n');
@@ -492,28 +425,19 @@ impl Checkpoint {
     /// Parses a checkpoint body (the text of an opened note).
     pub fn parse_body(body: &str) -> Result<Self, NoteError> {
         let err = NoteError::MalformedCheckpoint;
-        let body = body
-            .strip_suffix('\n')
-            .ok_or(err("body must end in a newline"))?;
+        let body = body.strip_suffix('\n').ok_or(err("body must end in a newline"))?;
         let mut lines = body.split('\n');
         let origin = lines.next().unwrap_or_default();
         let size = lines.next().ok_or(err("missing tree size"))?;
         let root = lines.next().ok_or(err("missing root hash"))?;
 
-        let canonical_decimal = !size.is_empty()
-            && size.bytes().all(|b| b.is_ascii_digit())
-            && (size == "0" || !size.starts_with('0'));
+        let canonical_decimal = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
         if !canonical_decimal {
             return Err(err("tree size is not a canonical decimal number"));
         }
-        let tree_size = size
-            .parse::<u64>()
-            .map_err(|_| err("tree size out of range"))?;
-        let root_hash: [u8; 32] = BASE64
-            .decode(root)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or(err("root hash is not base64 of 32 bytes"))?;
+        let tree_size = size.parse::<u64>().map_err(|_| err("tree size out of range"))?;
+        let root_hash: [u8; 32] =
+            BASE64.decode(root).ok().and_then(|bytes| bytes.try_into().ok()).ok_or(err("root hash is not base64 of 32 bytes"))?;
         let extensions = lines.map(str::to_owned).collect();
         Self::with_extensions(origin, tree_size, root_hash, extensions)
     }
@@ -536,10 +460,7 @@ pub fn open_checkpoint(
     let (text, signatures) = open_note(note, verifiers)?;
     let checkpoint = Checkpoint::parse_body(text)?;
     if checkpoint.origin != expected_origin {
-        return Err(NoteError::UnexpectedOrigin {
-            expected: expected_origin.to_owned(),
-            found: checkpoint.origin,
-        });
+        return Err(NoteError::UnexpectedOrigin { expected: expected_origin.to_owned(), found: checkpoint.origin });
     }
     Ok((checkpoint, signatures))
 }
@@ -552,12 +473,12 @@ mod tests {
     // @ fe2ec04f7c3c3aa6fad97631aafcff6e49e2d1db (TestNewVerifier,
     // TestNewSigner, TestSign, TestOpen).
     const PETER_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
-    const PETER_SKEY: &str =
-        "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+    const PETER_SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
     const PETER_KEY_ID: u32 = 0xc74f20a3;
     const PETER_TEXT: &str = "If you think cryptography is the answer to your problem,\n\
                               then you don't know what your problem is.\n";
-    const PETER_SIG_LINE: &str = "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+    const PETER_SIG_LINE: &str =
+        "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
     const PETER_SIG_B64: &str = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=";
 
     // Example from C2SP/C2SP, signed-note.md
@@ -567,8 +488,7 @@ mod tests {
 
     // Example body from C2SP/C2SP, tlog-checkpoint.md
     // @ c0d0289bb8fc9c07c8ffe10a9ebb9bded4a9b500 (no verifier key is published).
-    const SOFA_BODY: &str =
-        "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+    const SOFA_BODY: &str = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
 
     fn peter_note() -> String {
         format!("{PETER_TEXT}\n{PETER_SIG_LINE}")
@@ -615,10 +535,7 @@ mod tests {
         assert_eq!(verifier, signer.verifier());
         // Debug output must not leak the private key.
         let debug = format!("{signer:?}");
-        assert!(
-            debug.contains("c74f20a3") && !debug.contains("AYEKF"),
-            "{debug}"
-        );
+        assert!(debug.contains("c74f20a3") && !debug.contains("AYEKF"), "{debug}");
     }
 
     #[test]
@@ -632,13 +549,7 @@ mod tests {
         let note = peter_note();
         let (text, sigs) = open_note(&note, &[peter()]).expect("open");
         assert_eq!(text, PETER_TEXT);
-        assert_eq!(
-            sigs,
-            vec![VerifiedSignatureName {
-                name: "PeterNeumann".into(),
-                key_id: PETER_KEY_ID
-            }]
-        );
+        assert_eq!(sigs, vec![VerifiedSignatureName { name: "PeterNeumann".into(), key_id: PETER_KEY_ID }]);
     }
 
     #[test]
@@ -650,28 +561,16 @@ mod tests {
         assert_eq!(text, "This is an example message.\n");
         assert_eq!(sigs[0].name, "example.com/foo");
         // Not signed by Peter.
-        assert_eq!(
-            open_note(FOO_NOTE, &[peter()]),
-            Err(NoteError::NoVerifiedSignature)
-        );
+        assert_eq!(open_note(FOO_NOTE, &[peter()]), Err(NoteError::NoVerifiedSignature));
     }
 
     #[test]
     fn rejects_modified_text() {
         let note = peter_note().replacen("cryptography", "cryptografy", 1);
-        assert_eq!(
-            open_note(&note, &[peter()]),
-            Err(NoteError::InvalidSignature {
-                name: "PeterNeumann".into(),
-                key_id: PETER_KEY_ID
-            })
-        );
+        assert_eq!(open_note(&note, &[peter()]), Err(NoteError::InvalidSignature { name: "PeterNeumann".into(), key_id: PETER_KEY_ID }));
         // Extra line appended to the text.
         let note = format!("{PETER_TEXT}extra\n\n{PETER_SIG_LINE}");
-        assert!(matches!(
-            open_note(&note, &[peter()]),
-            Err(NoteError::InvalidSignature { .. })
-        ));
+        assert!(matches!(open_note(&note, &[peter()]), Err(NoteError::InvalidSignature { .. })));
     }
 
     #[test]
@@ -679,27 +578,15 @@ mod tests {
         // Name matches but key ID does not: ignored, so nothing verifies.
         let line = peter_line_with(|blob| blob[3] ^= 1);
         let note = format!("{PETER_TEXT}\n{line}");
-        assert_eq!(
-            open_note(&note, &[peter()]),
-            Err(NoteError::NoVerifiedSignature)
-        );
+        assert_eq!(open_note(&note, &[peter()]), Err(NoteError::NoVerifiedSignature));
         // Key ID matches but name does not: likewise ignored.
-        let note = format!(
-            "{PETER_TEXT}\n{}",
-            PETER_SIG_LINE.replace("PeterNeumann", "CarmenSandiego")
-        );
-        assert_eq!(
-            open_note(&note, &[peter()]),
-            Err(NoteError::NoVerifiedSignature)
-        );
+        let note = format!("{PETER_TEXT}\n{}", PETER_SIG_LINE.replace("PeterNeumann", "CarmenSandiego"));
+        assert_eq!(open_note(&note, &[peter()]), Err(NoteError::NoVerifiedSignature));
     }
 
     #[test]
     fn rejects_truncated_or_altered_signature() {
-        let invalid = Err(NoteError::InvalidSignature {
-            name: "PeterNeumann".into(),
-            key_id: PETER_KEY_ID,
-        });
+        let invalid = Err(NoteError::InvalidSignature { name: "PeterNeumann".into(), key_id: PETER_KEY_ID });
         for edit in [
             (|b: &mut Vec<u8>| b.truncate(4 + 63)) as fn(&mut Vec<u8>),
             |b| b.truncate(5),
@@ -723,14 +610,8 @@ mod tests {
     fn unknown_signers_only_is_an_error() {
         let mallory = test_signer("PeterNeumann", 7); // Same name, other key.
         let note = sign_note(PETER_TEXT, &mallory).expect("sign");
-        assert_eq!(
-            open_note(&note, &[peter()]),
-            Err(NoteError::NoVerifiedSignature)
-        );
-        assert_eq!(
-            open_note(&peter_note(), &[]),
-            Err(NoteError::NoVerifiedSignature)
-        );
+        assert_eq!(open_note(&note, &[peter()]), Err(NoteError::NoVerifiedSignature));
+        assert_eq!(open_note(&peter_note(), &[]), Err(NoteError::NoVerifiedSignature));
     }
 
     #[test]
@@ -743,8 +624,7 @@ mod tests {
         let note = format!("{}— someone.else AAAAAAAAAAAA\n", peter_note());
         assert!(open_note(&note, &[peter()]).is_ok());
         // Both known: both reported, in note order.
-        let (_, sigs) =
-            open_note(&note_with_two(&other), &[other.verifier(), peter()]).expect("open");
+        let (_, sigs) = open_note(&note_with_two(&other), &[other.verifier(), peter()]).expect("open");
         let names: Vec<&str> = sigs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["PeterNeumann", "example.com/witness"]);
     }
@@ -760,10 +640,7 @@ mod tests {
         let note = format!("{}{forged}", peter_note());
         assert_eq!(
             open_note(&note, &[peter(), witness.verifier()]),
-            Err(NoteError::InvalidSignature {
-                name: "example.com/witness".into(),
-                key_id: witness.key_id()
-            })
+            Err(NoteError::InvalidSignature { name: "example.com/witness".into(), key_id: witness.key_id() })
         );
         // Without the witness configured, the forged line is just unknown.
         assert!(open_note(&note, &[peter()]).is_ok());
@@ -777,26 +654,14 @@ mod tests {
         assert_eq!(sigs.len(), 1);
         // A second, different signature line for the same key must verify too.
         let bad = peter_line_with(|blob| blob[20] ^= 4);
-        for note in [
-            format!("{}{bad}", peter_note()),
-            format!("{PETER_TEXT}\n{bad}{PETER_SIG_LINE}"),
-        ] {
-            assert!(matches!(
-                open_note(&note, &[peter()]),
-                Err(NoteError::InvalidSignature { .. })
-            ));
+        for note in [format!("{}{bad}", peter_note()), format!("{PETER_TEXT}\n{bad}{PETER_SIG_LINE}")] {
+            assert!(matches!(open_note(&note, &[peter()]), Err(NoteError::InvalidSignature { .. })));
         }
         // The same verifier configured twice is fine; two keys claiming the
         // same name and key ID are not.
         assert!(open_note(&peter_note(), &[peter(), peter()]).is_ok());
-        let impostor = NoteVerifier {
-            key: SigningKey::from_bytes(&[3; 32]).verifying_key(),
-            ..peter()
-        };
-        assert!(matches!(
-            open_note(&peter_note(), &[peter(), impostor]),
-            Err(NoteError::AmbiguousVerifier { .. })
-        ));
+        let impostor = NoteVerifier { key: SigningKey::from_bytes(&[3; 32]).verifying_key(), ..peter() };
+        assert!(matches!(open_note(&peter_note(), &[peter(), impostor]), Err(NoteError::AmbiguousVerifier { .. })));
     }
 
     #[test]
@@ -805,31 +670,16 @@ mod tests {
         let at_limit = format!("{}{}", peter_note(), unknown.repeat(MAX_SIGNATURES - 1));
         assert!(open_note(&at_limit, &[peter()]).is_ok());
         let over = format!("{}{}", peter_note(), unknown.repeat(MAX_SIGNATURES));
-        assert_eq!(
-            open_note(&over, &[peter()]),
-            Err(NoteError::TooManySignatures)
-        );
+        assert_eq!(open_note(&over, &[peter()]), Err(NoteError::TooManySignatures));
     }
 
     #[test]
     fn text_must_end_in_newline() {
         let signer = test_signer("example.com/log", 1);
-        assert!(matches!(
-            sign_note("no newline", &signer),
-            Err(NoteError::MalformedText(_))
-        ));
-        assert!(matches!(
-            sign_note("", &signer),
-            Err(NoteError::MalformedText(_))
-        ));
-        assert!(matches!(
-            sign_note("tab\there\n", &signer),
-            Err(NoteError::MalformedText(_))
-        ));
-        assert!(matches!(
-            sign_note("cr\r\n", &signer),
-            Err(NoteError::MalformedText(_))
-        ));
+        assert!(matches!(sign_note("no newline", &signer), Err(NoteError::MalformedText(_))));
+        assert!(matches!(sign_note("", &signer), Err(NoteError::MalformedText(_))));
+        assert!(matches!(sign_note("tab\there\n", &signer), Err(NoteError::MalformedText(_))));
+        assert!(matches!(sign_note("cr\r\n", &signer), Err(NoteError::MalformedText(_))));
         // A note whose text lacks the final newline has no blank separator line.
         let text = PETER_TEXT.trim_end_matches('\n');
         assert_malformed(&format!("{text}\n{PETER_SIG_LINE}"), &[peter()]);
@@ -844,32 +694,26 @@ mod tests {
             String::new(),
             "\n\n".to_owned(),
             PETER_TEXT.to_owned(),
-            format!("{PETER_TEXT}{sig}"),                // no blank line
-            format!("{PETER_TEXT}\n"),                   // no signatures
-            format!("{PETER_TEXT}\n{}", sig.trim_end()), // no final newline
-            format!("{}\n", peter_note()),               // trailing blank line
-            format!("{PETER_TEXT}\n-- PeterNeumann {sig_b64}\n"), // ASCII dashes
-            format!("{PETER_TEXT}\n\u{2013} PeterNeumann {sig_b64}\n"), // EN DASH
-            format!("{PETER_TEXT}\n\u{2014}PeterNeumann {sig_b64}\n"), // no space after dash
-            format!("{PETER_TEXT}\n\u{2014} PeterNeumann\n"), // no signature
-            format!("{PETER_TEXT}\n\u{2014} PeterNeumann \n"), // empty signature
-            format!("{PETER_TEXT}\n\u{2014}  PeterNeumann {sig_b64}\n"), // empty name
-            format!("{PETER_TEXT}\n\u{2014} Peter+Neumann {sig_b64}\n"), // '+' in name
-            format!("{PETER_TEXT}\n\u{2014} PeterNeumann {sig_b64} \n"), // trailing space
-            format!("{PETER_TEXT}\n\u{2014} PeterNeumann  {sig_b64}\n"), // double space
-            format!(
-                "{PETER_TEXT}\n\u{2014} PeterNeumann {}\n",
-                sig_b64.trim_end_matches('=')
-            ), // unpadded
-            format!(
-                "{PETER_TEXT}\n\u{2014} PeterNeumann {}\n",
-                sig_b64.replace('/', "_")
-            ), // URL alphabet
-            format!("{PETER_TEXT}\n\u{2014} PeterNeumann AAAAAB==\n"), // non-canonical trailing bits
-            format!("{PETER_TEXT}\n\u{2014} PeterNeumann !!!!\n"),     // not base64
-            format!("{PETER_TEXT}\r\n{sig}"),                          // control character
-            format!("{PETER_TEXT}\n{}", sig.replace('\n', "\r\n")),    // CRLF
-            format!("\u{1}{}", peter_note()),                          // control character in text
+            format!("{PETER_TEXT}{sig}"),                                                       // no blank line
+            format!("{PETER_TEXT}\n"),                                                          // no signatures
+            format!("{PETER_TEXT}\n{}", sig.trim_end()),                                        // no final newline
+            format!("{}\n", peter_note()),                                                      // trailing blank line
+            format!("{PETER_TEXT}\n-- PeterNeumann {sig_b64}\n"),                               // ASCII dashes
+            format!("{PETER_TEXT}\n\u{2013} PeterNeumann {sig_b64}\n"),                         // EN DASH
+            format!("{PETER_TEXT}\n\u{2014}PeterNeumann {sig_b64}\n"),                          // no space after dash
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann\n"),                                   // no signature
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann \n"),                                  // empty signature
+            format!("{PETER_TEXT}\n\u{2014}  PeterNeumann {sig_b64}\n"),                        // empty name
+            format!("{PETER_TEXT}\n\u{2014} Peter+Neumann {sig_b64}\n"),                        // '+' in name
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann {sig_b64} \n"),                        // trailing space
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann  {sig_b64}\n"),                        // double space
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann {}\n", sig_b64.trim_end_matches('=')), // unpadded
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann {}\n", sig_b64.replace('/', "_")),     // URL alphabet
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann AAAAAB==\n"),                          // non-canonical trailing bits
+            format!("{PETER_TEXT}\n\u{2014} PeterNeumann !!!!\n"),                              // not base64
+            format!("{PETER_TEXT}\r\n{sig}"),                                                   // control character
+            format!("{PETER_TEXT}\n{}", sig.replace('\n', "\r\n")),                             // CRLF
+            format!("\u{1}{}", peter_note()),                                                   // control character in text
         ] {
             assert_malformed(&note, &v);
         }
@@ -877,10 +721,7 @@ mod tests {
         // the text (the text ends at the last blank line), so it no longer
         // verifies.
         let note = format!("{PETER_TEXT}\n{sig}\n{sig}");
-        assert!(matches!(
-            open_note(&note, &v),
-            Err(NoteError::InvalidSignature { .. })
-        ));
+        assert!(matches!(open_note(&note, &v), Err(NoteError::InvalidSignature { .. })));
     }
 
     #[test]
@@ -888,48 +729,21 @@ mod tests {
         let signer = test_signer("example.com/log", 42);
         let verifier = NoteVerifier::from_verifier_key(&signer.verifier_key()).expect("vkey");
         assert_eq!(verifier, signer.verifier());
-        for text in [
-            "hello\n",
-            "\n",
-            "a\n\nb\n",
-            "ends with blank line\n\n",
-            "looks like\n\n— a signature line\n",
-            "unicode é ✓ 𝄞\n",
-        ] {
+        for text in ["hello\n", "\n", "a\n\nb\n", "ends with blank line\n\n", "looks like\n\n— a signature line\n", "unicode é ✓ 𝄞\n"]
+        {
             let note = sign_note(text, &signer).expect("sign");
             let (opened, sigs) = open_note(&note, std::slice::from_ref(&verifier)).expect("open");
             assert_eq!(opened, text);
-            assert_eq!(
-                sigs,
-                vec![VerifiedSignatureName {
-                    name: "example.com/log".into(),
-                    key_id: signer.key_id()
-                }]
-            );
+            assert_eq!(sigs, vec![VerifiedSignatureName { name: "example.com/log".into(), key_id: signer.key_id() }]);
         }
     }
 
     #[test]
     fn key_names_are_validated() {
         let key = SigningKey::from_bytes(&[1; 32]);
-        for name in [
-            "",
-            "a b",
-            "a+b",
-            "a\u{a0}b",
-            "tab\tname",
-            "nl\n",
-            "ctl\u{1}",
-        ] {
-            assert_eq!(
-                NoteSigner::new(name, key.clone()).map(|_| ()),
-                Err(NoteError::InvalidKeyName),
-                "{name:?}"
-            );
-            assert_eq!(
-                NoteVerifier::new(name, key.verifying_key()).map(|_| ()),
-                Err(NoteError::InvalidKeyName)
-            );
+        for name in ["", "a b", "a+b", "a\u{a0}b", "tab\tname", "nl\n", "ctl\u{1}"] {
+            assert_eq!(NoteSigner::new(name, key.clone()).map(|_| ()), Err(NoteError::InvalidKeyName), "{name:?}");
+            assert_eq!(NoteVerifier::new(name, key.verifying_key()).map(|_| ()), Err(NoteError::InvalidKeyName));
         }
         assert!(NoteSigner::new("example.com/log-1", key).is_ok());
     }
@@ -938,34 +752,23 @@ mod tests {
     fn bad_verifier_keys() {
         // The first two are badKey cases in Go's TestNewVerifier.
         assert!(matches!(
-            NoteVerifier::from_verifier_key(
-                "PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="
-            ),
+            NoteVerifier::from_verifier_key("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="),
             Err(NoteError::MalformedVerifierKey(_))
         ));
         assert_eq!(
-            NoteVerifier::from_verifier_key(&format!(
-                "PeterNeumann+c74f20a3+{}",
-                BASE64.encode([1u8; 34])
-            )),
+            NoteVerifier::from_verifier_key(&format!("PeterNeumann+c74f20a3+{}", BASE64.encode([1u8; 34]))),
             Err(NoteError::MalformedVerifierKey("key is not 32 bytes"))
         );
         assert_eq!(
-            NoteVerifier::from_verifier_key(
-                "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-            ),
+            NoteVerifier::from_verifier_key("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"),
             Err(NoteError::UnsupportedKeyType(0x65))
         );
         assert_eq!(
-            NoteVerifier::from_verifier_key(
-                "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-            ),
+            NoteVerifier::from_verifier_key("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"),
             Err(NoteError::KeyIdMismatch)
         );
         assert_eq!(
-            NoteVerifier::from_verifier_key(
-                "Peter+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-            ),
+            NoteVerifier::from_verifier_key("Peter+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"),
             Err(NoteError::KeyIdMismatch)
         );
         for vkey in [
@@ -1007,10 +810,7 @@ mod tests {
     fn checkpoint_body_format() {
         let root: [u8; 32] = std::array::from_fn(|i| i as u8);
         let cp = Checkpoint::new("example.com/log", 1234, root).expect("valid");
-        assert_eq!(
-            cp.to_body(),
-            "example.com/log\n1234\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
-        );
+        assert_eq!(cp.to_body(), "example.com/log\n1234\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n");
         assert_eq!(Checkpoint::parse_body(&cp.to_body()), Ok(cp));
 
         let ext = vec!["ext one".to_owned(), "— two".to_owned()];
@@ -1022,10 +822,7 @@ mod tests {
         assert_eq!(parsed, cp);
 
         let max = Checkpoint::new("o", u64::MAX, root).expect("valid");
-        assert_eq!(
-            Checkpoint::parse_body(&max.to_body()).map(|c| c.tree_size()),
-            Ok(u64::MAX)
-        );
+        assert_eq!(Checkpoint::parse_body(&max.to_body()).map(|c| c.tree_size()), Ok(u64::MAX));
     }
 
     #[test]
@@ -1062,20 +859,14 @@ mod tests {
             "o\n1\nAAAA\n".to_owned(),                    // 3 bytes
             format!("o\n1\n{}\n", BASE64.encode([0u8; 31])),
             format!("o\n1\n{}\n", BASE64.encode([0u8; 33])),
-            format!("o\n1\n{}\n", root.trim_end_matches('=')), // unpadded
+            format!("o\n1\n{}\n", root.trim_end_matches('=')),                 // unpadded
             "o\n1\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2J=\n".to_owned(), // non-canonical
-            format!("o\n1\n{root}\n\n"),                       // empty extension line
+            format!("o\n1\n{root}\n\n"),                                       // empty extension line
             format!("o\n1\n{root}\next\n\n"),
             format!("o\n1\n{root}\next\r\n"), // control character
             format!("o\r\n1\n{root}\n"),
         ] {
-            assert!(
-                matches!(
-                    Checkpoint::parse_body(&body),
-                    Err(NoteError::MalformedCheckpoint(_))
-                ),
-                "{body:?}"
-            );
+            assert!(matches!(Checkpoint::parse_body(&body), Err(NoteError::MalformedCheckpoint(_))), "{body:?}");
         }
         assert!(Checkpoint::parse_body(&format!("o\n0\n{root}\n")).is_ok());
     }
@@ -1087,10 +878,7 @@ mod tests {
             assert!(Checkpoint::new(origin, 1, r).is_err(), "{origin:?}");
         }
         for ext in ["", "a\nb", "x\u{0}"] {
-            assert!(
-                Checkpoint::with_extensions("o", 1, r, vec![ext.to_owned()]).is_err(),
-                "{ext:?}"
-            );
+            assert!(Checkpoint::with_extensions("o", 1, r, vec![ext.to_owned()]).is_err(), "{ext:?}");
         }
         // Spaces and '+' in the origin are only a SHOULD NOT.
         assert!(Checkpoint::new("example.com/log 1+2", 1, r).is_ok());
@@ -1107,37 +895,22 @@ mod tests {
         assert_eq!(sigs[0].key_id, signer.key_id());
         assert_eq!(
             open_checkpoint(&note, "example.com/other", &verifiers),
-            Err(NoteError::UnexpectedOrigin {
-                expected: "example.com/other".into(),
-                found: "example.com/log".into()
-            })
+            Err(NoteError::UnexpectedOrigin { expected: "example.com/other".into(), found: "example.com/log".into() })
         );
         // Validly signed but not a checkpoint.
         let note = sign_note("example.com/log\nseven\nroot\n", &signer).expect("sign");
-        assert!(matches!(
-            open_checkpoint(&note, "example.com/log", &verifiers),
-            Err(NoteError::MalformedCheckpoint(_))
-        ));
+        assert!(matches!(open_checkpoint(&note, "example.com/log", &verifiers), Err(NoteError::MalformedCheckpoint(_))));
         // A checkpoint signed by the wrong key.
         let note = sign_checkpoint(&cp, &test_signer("example.com/log", 6)).expect("sign");
-        assert_eq!(
-            open_checkpoint(&note, "example.com/log", &verifiers),
-            Err(NoteError::NoVerifiedSignature)
-        );
+        assert_eq!(open_checkpoint(&note, "example.com/log", &verifiers), Err(NoteError::NoVerifiedSignature));
     }
 
     #[test]
     fn key_id_derivation() {
         // Recompute Peter's key ID from the published public key.
         let verifier = peter();
-        assert_eq!(
-            ed25519_key_id("PeterNeumann", verifier.public_key()),
-            PETER_KEY_ID
-        );
+        assert_eq!(ed25519_key_id("PeterNeumann", verifier.public_key()), PETER_KEY_ID);
         // The name is part of the ID.
-        assert_ne!(
-            ed25519_key_id("PeterNeumann2", verifier.public_key()),
-            PETER_KEY_ID
-        );
+        assert_ne!(ed25519_key_id("PeterNeumann2", verifier.public_key()), PETER_KEY_ID);
     }
 }

@@ -37,8 +37,7 @@ pub fn read_or_create_secret(path: &Path) -> Result<[u8; 32], KeyringError> {
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret)
-                .map_err(|_| io_error(path)(std::io::Error::other("random source failed")))?;
+            getrandom::fill(&mut secret).map_err(|_| io_error(path)(std::io::Error::other("random source failed")))?;
             write_secret(path, &secret)?;
             Ok(secret)
         }
@@ -80,8 +79,7 @@ impl Keyring {
         for entry in fs::read_dir(directory).map_err(io_error(directory))? {
             let path = entry.map_err(io_error(directory))?.path();
             let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
-            if let Some(kek_id) =
-                name.strip_prefix("kek-").and_then(|rest| rest.strip_suffix(".key")).and_then(|id| id.parse::<u32>().ok())
+            if let Some(kek_id) = name.strip_prefix("kek-").and_then(|rest| rest.strip_suffix(".key")).and_then(|id| id.parse::<u32>().ok())
             {
                 keks.insert(kek_id, read_or_create_secret(&path)?);
             }

@@ -42,11 +42,7 @@ pub struct SealContext<'a> {
 
 impl SealContext<'_> {
     fn associated_data(&self, purpose: &str) -> Vec<u8> {
-        format!(
-            "fhir-gateway/{purpose}/v1\0{}\0{}\0{}",
-            self.resource_type, self.id, self.version_id
-        )
-        .into_bytes()
+        format!("fhir-gateway/{purpose}/v1\0{}\0{}\0{}", self.resource_type, self.id, self.version_id).into_bytes()
     }
 }
 
@@ -97,10 +93,7 @@ pub fn seal(plaintext: &[u8], context: SealContext<'_>) -> Result<(Vec<u8>, Data
     let nonce_bytes = random_bytes::<NONCE_LEN>()?;
     let associated_data = context.associated_data("seal");
     let ciphertext = cipher(&data_key.0)
-        .encrypt(
-            &Nonce::from(nonce_bytes),
-            Payload { msg: plaintext, aad: &associated_data },
-        )
+        .encrypt(&Nonce::from(nonce_bytes), Payload { msg: plaintext, aad: &associated_data })
         .map_err(|_| SealError::AuthenticationFailed)?;
     let mut sealed = Vec::with_capacity(4 + NONCE_LEN + ciphertext.len());
     sealed.extend_from_slice(SEALED_MAGIC);
@@ -117,20 +110,12 @@ pub fn unseal(sealed: &[u8], data_key: &DataKey, context: SealContext<'_>) -> Re
     let nonce_bytes: [u8; NONCE_LEN] = sealed[4..4 + NONCE_LEN].try_into().map_err(|_| SealError::Malformed)?;
     let associated_data = context.associated_data("seal");
     cipher(&data_key.0)
-        .decrypt(
-            &Nonce::from(nonce_bytes),
-            Payload { msg: &sealed[4 + NONCE_LEN..], aad: &associated_data },
-        )
+        .decrypt(&Nonce::from(nonce_bytes), Payload { msg: &sealed[4 + NONCE_LEN..], aad: &associated_data })
         .map_err(|_| SealError::AuthenticationFailed)
 }
 
 /// Wraps a data key under a KEK, bound to the same context as the sealed blob.
-pub(crate) fn wrap_key(
-    kek_id: u32,
-    kek: &[u8; 32],
-    data_key: &DataKey,
-    context: SealContext<'_>,
-) -> Result<WrappedKey, SealError> {
+pub(crate) fn wrap_key(kek_id: u32, kek: &[u8; 32], data_key: &DataKey, context: SealContext<'_>) -> Result<WrappedKey, SealError> {
     let nonce_bytes = random_bytes::<NONCE_LEN>()?;
     let associated_data = wrap_associated_data(kek_id, context);
     let ciphertext = cipher(kek)
@@ -222,9 +207,11 @@ mod tests {
         }
         let key: [u8; 32] = hex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308").try_into().unwrap();
         let nonce: [u8; 12] = hex("cafebabefacedbaddecaf888").try_into().unwrap();
-        let plaintext = hex("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
+        let plaintext =
+            hex("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
         let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
-        let expected = hex("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662\
+        let expected =
+            hex("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662\
 76fc6ece0f4e1768cddf8853bb2d551b");
         let ciphertext = cipher(&key).encrypt(&Nonce::from(nonce), Payload { msg: &plaintext, aad: &aad }).unwrap();
         assert_eq!(ciphertext, expected);

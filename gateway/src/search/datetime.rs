@@ -44,10 +44,7 @@ impl DateRange {
 /// `YYYY-MM-DDThh:mm[:ss[.fff…]][Z|±hh:mm]`. Returns `None` for anything else,
 /// including impossible calendar dates (`2013-02-30`).
 pub fn parse_date_range(text: &str) -> Option<DateRange> {
-    let mut cursor = Cursor {
-        bytes: text.as_bytes(),
-        pos: 0,
-    };
+    let mut cursor = Cursor { bytes: text.as_bytes(), pos: 0 };
 
     let year = cursor.digits(4)?;
     if year == 0 {
@@ -56,10 +53,7 @@ pub fn parse_date_range(text: &str) -> Option<DateRange> {
     if cursor.at_end() {
         let start = days_from_civil(year, 1, 1) * DAY_MS;
         let end = days_from_civil(year + 1, 1, 1) * DAY_MS - 1;
-        return Some(DateRange {
-            start_ms: start,
-            end_ms: end,
-        });
+        return Some(DateRange { start_ms: start, end_ms: end });
     }
 
     cursor.expect(b'-')?;
@@ -68,17 +62,10 @@ pub fn parse_date_range(text: &str) -> Option<DateRange> {
         return None;
     }
     if cursor.at_end() {
-        let (next_year, next_month) = if month == 12 {
-            (year + 1, 1)
-        } else {
-            (year, month + 1)
-        };
+        let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
         let start = days_from_civil(year, month, 1) * DAY_MS;
         let end = days_from_civil(next_year, next_month, 1) * DAY_MS - 1;
-        return Some(DateRange {
-            start_ms: start,
-            end_ms: end,
-        });
+        return Some(DateRange { start_ms: start, end_ms: end });
     }
 
     cursor.expect(b'-')?;
@@ -88,10 +75,7 @@ pub fn parse_date_range(text: &str) -> Option<DateRange> {
     }
     let day_start = days_from_civil(year, month, day) * DAY_MS;
     if cursor.at_end() {
-        return Some(DateRange {
-            start_ms: day_start,
-            end_ms: day_start + DAY_MS - 1,
-        });
+        return Some(DateRange { start_ms: day_start, end_ms: day_start + DAY_MS - 1 });
     }
 
     cursor.expect(b'T')?;
@@ -145,10 +129,7 @@ pub fn parse_date_range(text: &str) -> Option<DateRange> {
         return None;
     }
     let start = local_ms - offset_ms;
-    Some(DateRange {
-        start_ms: start,
-        end_ms: start + width_ms - 1,
-    })
+    Some(DateRange { start_ms: start, end_ms: start + width_ms - 1 })
 }
 
 /// Byte cursor over ASCII date text; every accessor fails softly.
@@ -244,10 +225,7 @@ mod tests {
     #[test]
     fn partial_dates_cover_their_whole_unit() {
         // 1974-12-25T00:00:00Z = 157161600 s
-        assert_eq!(
-            range("1974-12-25"),
-            (157_161_600_000, 157_161_600_000 + DAY_MS - 1)
-        );
+        assert_eq!(range("1974-12-25"), (157_161_600_000, 157_161_600_000 + DAY_MS - 1));
         // December 1974: 1974-12-01 .. 1974-12-31T23:59:59.999
         assert_eq!(range("1974-12"), (155_088_000_000, 157_766_400_000 - 1));
         assert_eq!(range("2013"), (1_356_998_400_000, 1_388_534_400_000 - 1));
@@ -257,10 +235,7 @@ mod tests {
     #[test]
     fn times_with_offsets_are_converted_to_utc() {
         // 2013-01-14T10:00:00+01:00 == 2013-01-14T09:00:00Z
-        assert_eq!(
-            range("2013-01-14T10:00:00+01:00"),
-            range("2013-01-14T09:00:00Z")
-        );
+        assert_eq!(range("2013-01-14T10:00:00+01:00"), range("2013-01-14T09:00:00Z"));
         let (start, end) = range("2013-01-14T09:00:00Z");
         assert_eq!(end - start, 999);
         let (start, end) = range("2013-01-14T09:00Z");
@@ -287,10 +262,7 @@ mod tests {
             "２０１３",
             "2013-01-14T10:00:00ZZ",
         ] {
-            assert!(
-                parse_date_range(bad).is_none(),
-                "{bad:?} should be rejected"
-            );
+            assert!(parse_date_range(bad).is_none(), "{bad:?} should be rejected");
         }
     }
 }

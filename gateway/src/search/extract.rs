@@ -42,10 +42,7 @@ pub enum IndexValue {
     /// Coding / CodeableConcept codings / Identifier (`system|value`) /
     /// ContactPoint (`system` is `phone`, `email`, … and `code` the value) /
     /// code / boolean (`"true"`, `"false"`) / id / uri.
-    Token {
-        system: Option<String>,
-        code: String,
-    },
+    Token { system: Option<String>, code: String },
     /// A string: `normalized` is lower-cased without accents, `exact` as written.
     /// HumanName and Address give one entry per part.
     Text { normalized: String, exact: String },
@@ -54,13 +51,7 @@ pub enum IndexValue {
     /// A normalised reference (`Patient/123`, or an absolute URL / URN kept as is).
     Reference { target: String },
     /// A quantity; `value` keeps the decimal text as written.
-    Quantity {
-        value: String,
-        value_f64: f64,
-        system: Option<String>,
-        code: Option<String>,
-        unit: Option<String>,
-    },
+    Quantity { value: String, value_f64: f64, system: Option<String>, code: Option<String>, unit: Option<String> },
     /// A number; `text` keeps the decimal text as written.
     Number { value_f64: f64, text: String },
 }
@@ -89,11 +80,7 @@ pub fn extract(table: &SearchParamTable, resource: &Value) -> Vec<IndexEntry> {
 }
 
 /// Extracts the entries of a single parameter (including its auxiliary entries).
-pub fn extract_param(
-    table: &SearchParamTable,
-    resource: &Value,
-    param: &SearchParam,
-) -> Vec<IndexEntry> {
+pub fn extract_param(table: &SearchParamTable, resource: &Value, param: &SearchParam) -> Vec<IndexEntry> {
     let mut extractor = Extractor::new(table);
     extractor.param(resource, param);
     extractor.entries
@@ -107,11 +94,7 @@ struct Extractor<'t> {
 
 impl<'t> Extractor<'t> {
     fn new(table: &'t SearchParamTable) -> Self {
-        Self {
-            table,
-            entries: Vec::new(),
-            next_group: 0,
-        }
+        Self { table, entries: Vec::new(), next_group: 0 }
     }
 
     fn param(&mut self, resource: &Value, param: &SearchParam) {
@@ -157,42 +140,24 @@ impl<'t> Extractor<'t> {
     }
 
     fn push(&mut self, param: &str, value: IndexValue, group: Option<u32>) {
-        self.entries.push(IndexEntry {
-            param: param.to_string(),
-            value,
-            group,
-        });
+        self.entries.push(IndexEntry { param: param.to_string(), value, group });
     }
 
     /// Auxiliary entries are only produced outside composites.
     fn push_aux(&mut self, param: &str, suffix: &str, value: IndexValue, group: Option<u32>) {
         if group.is_none() {
-            self.entries.push(IndexEntry {
-                param: format!("{param}{suffix}"),
-                value,
-                group,
-            });
+            self.entries.push(IndexEntry { param: format!("{param}{suffix}"), value, group });
         }
     }
 
     /// Converts one leaf value according to the parameter type and the leaf datatype.
-    fn value(
-        &mut self,
-        name: &str,
-        param_type: ParamType,
-        path: &ElementPath,
-        leaf: &Value,
-        group: Option<u32>,
-    ) {
+    fn value(&mut self, name: &str, param_type: ParamType, path: &ElementPath, leaf: &Value, group: Option<u32>) {
         match param_type {
             ParamType::Token => self.token(name, &path.kind, leaf, group),
             ParamType::String => self.string(name, &path.kind, leaf, group),
             ParamType::Date => {
                 if let Some(range) = date_value(&path.kind, leaf) {
-                    let value = IndexValue::Date {
-                        start_ms: range.start_ms,
-                        end_ms: range.end_ms,
-                    };
+                    let value = IndexValue::Date { start_ms: range.start_ms, end_ms: range.end_ms };
                     self.push(name, value, group);
                 }
             }
@@ -209,14 +174,7 @@ impl<'t> Extractor<'t> {
             }
             ParamType::Uri => {
                 if let Some(uri) = leaf.as_str() {
-                    self.push(
-                        name,
-                        IndexValue::Token {
-                            system: None,
-                            code: uri.to_string(),
-                        },
-                        group,
-                    );
+                    self.push(name, IndexValue::Token { system: None, code: uri.to_string() }, group);
                 }
             }
             ParamType::Composite | ParamType::Special => {}
@@ -242,26 +200,12 @@ impl<'t> Extractor<'t> {
             }
             "boolean" => {
                 if let Some(flag) = leaf.as_bool() {
-                    self.push(
-                        name,
-                        IndexValue::Token {
-                            system: None,
-                            code: flag.to_string(),
-                        },
-                        group,
-                    );
+                    self.push(name, IndexValue::Token { system: None, code: flag.to_string() }, group);
                 }
             }
             _ => {
                 if let Some(code) = leaf.as_str() {
-                    self.push(
-                        name,
-                        IndexValue::Token {
-                            system: None,
-                            code: code.to_string(),
-                        },
-                        group,
-                    );
+                    self.push(name, IndexValue::Token { system: None, code: code.to_string() }, group);
                 }
             }
         }
@@ -279,15 +223,7 @@ impl<'t> Extractor<'t> {
     fn string(&mut self, name: &str, kind: &str, leaf: &Value, group: Option<u32>) {
         let parts: &[&str] = match kind {
             "HumanName" => &["family", "given", "prefix", "suffix", "text"],
-            "Address" => &[
-                "line",
-                "city",
-                "district",
-                "state",
-                "postalCode",
-                "country",
-                "text",
-            ],
+            "Address" => &["line", "city", "district", "state", "postalCode", "country", "text"],
             _ => {
                 if let Some(text) = leaf.as_str() {
                     self.push(name, text_value(text), group);
@@ -342,9 +278,7 @@ fn select<'v>(start: &'v Value, path: &ElementPath) -> Vec<&'v Value> {
         if let Some(filter) = &path.filter
             && filter.at == index
         {
-            next.retain(|node| {
-                node.get(&filter.field).and_then(Value::as_str) == Some(filter.value.as_str())
-            });
+            next.retain(|node| node.get(&filter.field).and_then(Value::as_str) == Some(filter.value.as_str()));
         }
         current = next;
     }
@@ -362,19 +296,13 @@ fn items(value: Option<&Value>) -> impl Iterator<Item = &Value> {
 }
 
 fn text_value(text: &str) -> IndexValue {
-    IndexValue::Text {
-        normalized: normalize_text(text),
-        exact: text.to_string(),
-    }
+    IndexValue::Text { normalized: normalize_text(text), exact: text.to_string() }
 }
 
 /// A token from a `system` field and a code field (`code` of Coding, `value` of Identifier).
 fn token_from(node: &Value, system_field: &str, code_field: &str) -> Option<IndexValue> {
     let code = node.get(code_field)?.as_str()?.to_string();
-    let system = node
-        .get(system_field)
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let system = node.get(system_field).and_then(Value::as_str).map(str::to_string);
     Some(IndexValue::Token { system, code })
 }
 
@@ -395,20 +323,11 @@ fn date_value(kind: &str, leaf: &Value) -> Option<DateRange> {
     match kind {
         "Period" => period(leaf),
         "Timing" => {
-            let events: Vec<DateRange> = items(leaf.get("event"))
-                .filter_map(Value::as_str)
-                .filter_map(parse_date_range)
-                .collect();
+            let events: Vec<DateRange> = items(leaf.get("event")).filter_map(Value::as_str).filter_map(parse_date_range).collect();
             if events.is_empty() {
-                return leaf
-                    .get("repeat")
-                    .and_then(|r| r.get("boundsPeriod"))
-                    .and_then(period);
+                return leaf.get("repeat").and_then(|r| r.get("boundsPeriod")).and_then(period);
             }
-            Some(DateRange {
-                start_ms: events.iter().map(|r| r.start_ms).min()?,
-                end_ms: events.iter().map(|r| r.end_ms).max()?,
-            })
+            Some(DateRange { start_ms: events.iter().map(|r| r.start_ms).min()?, end_ms: events.iter().map(|r| r.end_ms).max()? })
         }
         _ => parse_date_range(leaf.as_str()?),
     }
@@ -425,10 +344,7 @@ fn period(leaf: &Value) -> Option<DateRange> {
     if start.is_none() && end.is_none() {
         return None;
     }
-    Some(DateRange {
-        start_ms: start.map_or(i64::MIN, |r| r.start_ms),
-        end_ms: end.map_or(i64::MAX, |r| r.end_ms),
-    })
+    Some(DateRange { start_ms: start.map_or(i64::MIN, |r| r.start_ms), end_ms: end.map_or(i64::MAX, |r| r.end_ms) })
 }
 
 /// Quantity-like datatypes; `Money` maps its currency to ISO 4217 system/code.
@@ -440,18 +356,10 @@ fn quantity_value(kind: &str, leaf: &Value) -> Option<IndexValue> {
         return Some(IndexValue::Quantity {
             value,
             value_f64,
-            system: currency
-                .as_ref()
-                .map(|_| "urn:iso:std:iso:4217".to_string()),
+            system: currency.as_ref().map(|_| "urn:iso:std:iso:4217".to_string()),
             code: currency.clone(),
             unit: currency,
         });
     }
-    Some(IndexValue::Quantity {
-        value,
-        value_f64,
-        system: string("system"),
-        code: string("code"),
-        unit: string("unit"),
-    })
+    Some(IndexValue::Quantity { value, value_f64, system: string("system"), code: string("code"), unit: string("unit") })
 }

@@ -166,7 +166,11 @@ impl TantivyIndex {
         match resource_type {
             None => condition,
             Some(resource_type) => Box::new(BooleanQuery::new(vec![
-                (Occur::Must, Box::new(TermQuery::new(Term::from_field_text(self.fields.resource_type, resource_type), IndexRecordOption::Basic)) as Box<dyn Query>),
+                (
+                    Occur::Must,
+                    Box::new(TermQuery::new(Term::from_field_text(self.fields.resource_type, resource_type), IndexRecordOption::Basic))
+                        as Box<dyn Query>,
+                ),
                 (Occur::Must, condition),
             ])),
         }
@@ -185,12 +189,12 @@ impl TantivyIndex {
                 };
                 Box::new(RangeQuery::new(bound(lower), bound(upper)))
             }
-            TermCondition::All(conditions) => Box::new(BooleanQuery::new(
-                conditions.iter().map(|condition| (Occur::Must, self.condition_query(condition))).collect(),
-            )),
-            TermCondition::Any(conditions) => Box::new(BooleanQuery::new(
-                conditions.iter().map(|condition| (Occur::Should, self.condition_query(condition))).collect(),
-            )),
+            TermCondition::All(conditions) => {
+                Box::new(BooleanQuery::new(conditions.iter().map(|condition| (Occur::Must, self.condition_query(condition))).collect()))
+            }
+            TermCondition::Any(conditions) => {
+                Box::new(BooleanQuery::new(conditions.iter().map(|condition| (Occur::Should, self.condition_query(condition))).collect()))
+            }
             TermCondition::Not(inner) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
                 (Occur::MustNot, self.condition_query(inner)),

@@ -47,9 +47,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::search::datetime::DateRange;
-use crate::search::extract::{
-    IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX, composite_key, extract_param,
-};
+use crate::search::extract::{IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX, composite_key, extract_param};
 use crate::search::normalize::normalize_text;
 use crate::search::query::{Chain, Filter, FilterValue, Modifier, Prefix, SearchQuery, TokenSystem};
 use crate::search::reference::reference_type;
@@ -87,10 +85,7 @@ impl<'v> ResourceSet<'v> {
         let mut by_type: HashMap<String, Vec<&'v Value>> = HashMap::new();
         for resource in resources {
             if let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) {
-                by_type
-                    .entry(resource_type.to_string())
-                    .or_default()
-                    .push(resource);
+                by_type.entry(resource_type.to_string()).or_default().push(resource);
             }
         }
         Self { by_type }
@@ -98,10 +93,7 @@ impl<'v> ResourceSet<'v> {
 
     /// The resources of the set that match `query`, in insertion order.
     pub fn search(&self, table: &SearchParamTable, query: &SearchQuery) -> Vec<&'v Value> {
-        let context = MatchContext {
-            now_ms: now_ms(),
-            lookup: self,
-        };
+        let context = MatchContext { now_ms: now_ms(), lookup: self };
         self.by_type
             .get(&query.resource_type)
             .into_iter()
@@ -115,11 +107,7 @@ impl<'v> ResourceSet<'v> {
 impl ResourceLookup for ResourceSet<'_> {
     fn resolve(&self, reference: &str) -> Option<&Value> {
         let (resource_type, id) = reference.split_once('/')?;
-        self.by_type
-            .get(resource_type)?
-            .iter()
-            .copied()
-            .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
+        self.by_type.get(resource_type)?.iter().copied().find(|r| r.get("id").and_then(Value::as_str) == Some(id))
     }
 
     fn resources_of_type(&self, resource_type: &str) -> Vec<&Value> {
@@ -137,76 +125,37 @@ pub struct MatchContext<'a> {
 
 /// The current time in epoch milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Whether `resource` satisfies every filter of `query` (current time, no lookup).
 pub fn matches(table: &SearchParamTable, query: &SearchQuery, resource: &Value) -> bool {
-    matches_with(
-        table,
-        query,
-        resource,
-        &MatchContext {
-            now_ms: now_ms(),
-            lookup: &NoLookup,
-        },
-    )
+    matches_with(table, query, resource, &MatchContext { now_ms: now_ms(), lookup: &NoLookup })
 }
 
 /// Whether `resource` satisfies every filter of `query`.
-pub fn matches_with(
-    table: &SearchParamTable,
-    query: &SearchQuery,
-    resource: &Value,
-    context: &MatchContext,
-) -> bool {
+pub fn matches_with(table: &SearchParamTable, query: &SearchQuery, resource: &Value, context: &MatchContext) -> bool {
     resource.get("resourceType").and_then(Value::as_str) == Some(query.resource_type.as_str())
-        && query
-            .filters
-            .iter()
-            .all(|f| filter_matches(table, &query.resource_type, f, resource, context))
+        && query.filters.iter().all(|f| filter_matches(table, &query.resource_type, f, resource, context))
 }
 
 /// Whether `resource` (of `resource_type`) satisfies one filter.
-pub fn filter_matches(
-    table: &SearchParamTable,
-    resource_type: &str,
-    filter: &Filter,
-    resource: &Value,
-    context: &MatchContext,
-) -> bool {
+pub fn filter_matches(table: &SearchParamTable, resource_type: &str, filter: &Filter, resource: &Value, context: &MatchContext) -> bool {
     match filter.chain.as_deref() {
-        Some(Chain::Forward {
-            target_types,
-            filter: inner,
-        }) => {
+        Some(Chain::Forward { target_types, filter: inner }) => {
             let Some(param) = table.param(resource_type, &filter.param) else {
                 return false;
             };
             let targets: BTreeSet<String> = references(table, resource, param)
                 .into_iter()
-                .filter(|t| {
-                    reference_type(t).is_some_and(|ty| target_types.iter().any(|w| w == ty))
-                })
+                .filter(|t| reference_type(t).is_some_and(|ty| target_types.iter().any(|w| w == ty)))
                 .collect();
-            targets
-                .iter()
-                .filter_map(|t| context.lookup.resolve(t))
-                .any(|target| {
-                    let target_type = target
-                        .get("resourceType")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    filter_matches(table, target_type, inner, target, context)
-                })
+            targets.iter().filter_map(|t| context.lookup.resolve(t)).any(|target| {
+                let target_type = target.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+                filter_matches(table, target_type, inner, target, context)
+            })
         }
-        Some(Chain::Reverse {
-            source_type,
-            reference_param,
-            filter: inner,
-        }) => {
+        Some(Chain::Reverse { source_type, reference_param, filter: inner }) => {
             let Some(id) = resource.get("id").and_then(Value::as_str) else {
                 return false;
             };
@@ -214,14 +163,9 @@ pub fn filter_matches(
                 return false;
             };
             let me = format!("{resource_type}/{id}");
-            context
-                .lookup
-                .resources_of_type(source_type)
-                .into_iter()
-                .any(|candidate| {
-                    references(table, candidate, link).contains(&me)
-                        && filter_matches(table, source_type, inner, candidate, context)
-                })
+            context.lookup.resources_of_type(source_type).into_iter().any(|candidate| {
+                references(table, candidate, link).contains(&me) && filter_matches(table, source_type, inner, candidate, context)
+            })
         }
         None => {
             let Some(param) = table.param(resource_type, &filter.param) else {
@@ -245,90 +189,49 @@ fn references(table: &SearchParamTable, resource: &Value, param: &SearchParam) -
         .collect()
 }
 
-fn direct_filter_matches(
-    param: &SearchParam,
-    filter: &Filter,
-    entries: &[IndexEntry],
-    now_ms: i64,
-) -> bool {
+fn direct_filter_matches(param: &SearchParam, filter: &Filter, entries: &[IndexEntry], now_ms: i64) -> bool {
     let composite_prefix = format!("{}$", param.name);
     let primary = || {
-        entries.iter().filter(|e| {
-            e.param == param.name
-                || (param.param_type == ParamType::Composite
-                    && e.param.starts_with(&composite_prefix))
-        })
+        entries
+            .iter()
+            .filter(|e| e.param == param.name || (param.param_type == ParamType::Composite && e.param.starts_with(&composite_prefix)))
     };
     let auxiliary = |suffix: &str| {
         let name = format!("{}{suffix}", param.name);
         entries.iter().filter(move |e| e.param == name)
     };
     let modifier = filter.modifier.as_ref();
-    let any_value = |entry: &IndexEntry| {
-        filter
-            .values
-            .iter()
-            .any(|v| value_matches(modifier, &entry.value, v, now_ms))
-    };
+    let any_value = |entry: &IndexEntry| filter.values.iter().any(|v| value_matches(modifier, &entry.value, v, now_ms));
     match modifier {
-        Some(Modifier::Missing(missing)) => {
-            (primary().next().is_none() && auxiliary(PRESENT_SUFFIX).next().is_none()) == *missing
-        }
+        Some(Modifier::Missing(missing)) => (primary().next().is_none() && auxiliary(PRESENT_SUFFIX).next().is_none()) == *missing,
         Some(Modifier::Not) => !primary().any(any_value),
         Some(Modifier::Text) => auxiliary(TEXT_SUFFIX).any(any_value),
         Some(Modifier::Identifier) => auxiliary(IDENTIFIER_SUFFIX).any(any_value),
-        _ if param.param_type == ParamType::Composite => {
-            composite_matches(param, filter, entries, now_ms)
-        }
+        _ if param.param_type == ParamType::Composite => composite_matches(param, filter, entries, now_ms),
         _ => primary().any(any_value),
     }
 }
 
 /// Some group (composite root element) matches all components of some value.
-fn composite_matches(
-    param: &SearchParam,
-    filter: &Filter,
-    entries: &[IndexEntry],
-    now_ms: i64,
-) -> bool {
-    let keys: Vec<String> = (0..param.components.len())
-        .map(|i| composite_key(&param.name, i))
-        .collect();
-    let groups: BTreeSet<u32> = entries
-        .iter()
-        .filter(|e| keys.contains(&e.param))
-        .filter_map(|e| e.group)
-        .collect();
+fn composite_matches(param: &SearchParam, filter: &Filter, entries: &[IndexEntry], now_ms: i64) -> bool {
+    let keys: Vec<String> = (0..param.components.len()).map(|i| composite_key(&param.name, i)).collect();
+    let groups: BTreeSet<u32> = entries.iter().filter(|e| keys.contains(&e.param)).filter_map(|e| e.group).collect();
     groups.into_iter().any(|group| {
         filter.values.iter().any(|value| {
             let FilterValue::Composite(parts) = value else {
                 return false;
             };
             parts.iter().zip(&keys).all(|(part, key)| {
-                entries
-                    .iter()
-                    .filter(|e| e.group == Some(group) && &e.param == key)
-                    .any(|e| value_matches(None, &e.value, part, now_ms))
+                entries.iter().filter(|e| e.group == Some(group) && &e.param == key).any(|e| value_matches(None, &e.value, part, now_ms))
             })
         })
     })
 }
 
 /// Whether one indexed value matches one search value.
-pub fn value_matches(
-    modifier: Option<&Modifier>,
-    indexed: &IndexValue,
-    wanted: &FilterValue,
-    now_ms: i64,
-) -> bool {
+pub fn value_matches(modifier: Option<&Modifier>, indexed: &IndexValue, wanted: &FilterValue, now_ms: i64) -> bool {
     match (indexed, wanted) {
-        (
-            IndexValue::Token { system, code },
-            FilterValue::Token {
-                system: wanted_system,
-                code: wanted_code,
-            },
-        ) => {
+        (IndexValue::Token { system, code }, FilterValue::Token { system: wanted_system, code: wanted_code }) => {
             let system_ok = match wanted_system {
                 TokenSystem::Any => true,
                 TokenSystem::None => system.is_none(),
@@ -346,64 +249,24 @@ pub fn value_matches(
             Some(Modifier::Above) => uri.starts_with(code.as_str()),
             _ => code == uri,
         },
-        (
-            IndexValue::Date { start_ms, end_ms },
-            FilterValue::Date {
-                prefix,
-                start_ms: s,
-                end_ms: e,
-            },
-        ) => {
-            let target = DateRange {
-                start_ms: *start_ms,
-                end_ms: *end_ms,
-            };
-            date_matches(
-                *prefix,
-                DateRange {
-                    start_ms: *s,
-                    end_ms: *e,
-                },
-                target,
-                now_ms,
-            )
+        (IndexValue::Date { start_ms, end_ms }, FilterValue::Date { prefix, start_ms: s, end_ms: e }) => {
+            let target = DateRange { start_ms: *start_ms, end_ms: *end_ms };
+            date_matches(*prefix, DateRange { start_ms: *s, end_ms: *e }, target, now_ms)
         }
         (IndexValue::Reference { target }, FilterValue::Reference { target: wanted }) => {
             target == wanted
-                || (!wanted.contains('/')
-                    && reference_type(target).is_some()
-                    && target.rsplit('/').next() == Some(wanted.as_str()))
+                || (!wanted.contains('/') && reference_type(target).is_some() && target.rsplit('/').next() == Some(wanted.as_str()))
+        }
+        (IndexValue::Number { value_f64, .. }, FilterValue::Number { prefix, value, value_text }) => {
+            number_matches(*prefix, *value, value_text, *value_f64)
         }
         (
-            IndexValue::Number { value_f64, .. },
-            FilterValue::Number {
-                prefix,
-                value,
-                value_text,
-            },
-        ) => number_matches(*prefix, *value, value_text, *value_f64),
-        (
-            IndexValue::Quantity {
-                value_f64,
-                system,
-                code,
-                unit,
-                ..
-            },
-            FilterValue::Quantity {
-                prefix,
-                value,
-                value_text,
-                system: wanted_system,
-                code: wanted_code,
-            },
+            IndexValue::Quantity { value_f64, system, code, unit, .. },
+            FilterValue::Quantity { prefix, value, value_text, system: wanted_system, code: wanted_code },
         ) => {
-            let system_ok = wanted_system
-                .as_ref()
-                .is_none_or(|s| system.as_ref() == Some(s));
-            let code_ok = wanted_code.as_ref().is_none_or(|c| {
-                code.as_ref() == Some(c) || (wanted_system.is_none() && unit.as_ref() == Some(c))
-            });
+            let system_ok = wanted_system.as_ref().is_none_or(|s| system.as_ref() == Some(s));
+            let code_ok =
+                wanted_code.as_ref().is_none_or(|c| code.as_ref() == Some(c) || (wanted_system.is_none() && unit.as_ref() == Some(c)));
             system_ok && code_ok && number_matches(*prefix, *value, value_text, *value_f64)
         }
         _ => false,
@@ -424,12 +287,9 @@ pub fn date_matches(prefix: Prefix, search: DateRange, target: DateRange, now_ms
         Prefix::Ap => {
             let gap = |t: i64| (i128::from(now_ms) - i128::from(t)).abs();
             let margin = gap(search.start_ms).max(gap(search.end_ms)) / 10;
-            let clamp =
-                |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
-            let widened = DateRange {
-                start_ms: clamp(i128::from(search.start_ms) - margin),
-                end_ms: clamp(i128::from(search.end_ms) + margin),
-            };
+            let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+            let widened =
+                DateRange { start_ms: clamp(i128::from(search.start_ms) - margin), end_ms: clamp(i128::from(search.end_ms) + margin) };
             widened.overlaps(&target)
         }
     }
@@ -457,9 +317,7 @@ fn implicit_precision(text: &str) -> f64 {
         Some(at) => (&text[..at], text[at + 1..].parse::<i32>().unwrap_or(0)),
         None => (text, 0),
     };
-    let decimals = mantissa
-        .split_once('.')
-        .map_or(0, |(_, fraction)| fraction.len());
+    let decimals = mantissa.split_once('.').map_or(0, |(_, fraction)| fraction.len());
     let decimals = i32::try_from(decimals).unwrap_or(i32::MAX);
     0.5 * 10f64.powi(exponent.saturating_sub(decimals))
 }

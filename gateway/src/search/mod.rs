@@ -25,7 +25,6 @@ pub mod terms;
 pub use extract::{IndexEntry, IndexValue, extract, extract_param};
 pub use matcher::{MatchContext, ResourceLookup, ResourceSet, matches, matches_with};
 pub use query::{
-    Chain, Filter, FilterValue, Include, Modifier, Prefix, QueryError, SearchQuery, SortKey, Summary, TokenSystem,
-    TotalMode, parse_query,
+    Chain, Filter, FilterValue, Include, Modifier, Prefix, QueryError, SearchQuery, SortKey, Summary, TokenSystem, TotalMode, parse_query,
 };
 pub use search_params::{ParamType, SearchParam, SearchParamTable};

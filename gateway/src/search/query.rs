@@ -65,17 +65,10 @@ pub struct Filter {
 pub enum Chain {
     /// The resources referenced through [`Filter::param`] (limited to
     /// `target_types`) must match `filter`.
-    Forward {
-        target_types: Vec<String>,
-        filter: Filter,
-    },
+    Forward { target_types: Vec<String>, filter: Filter },
     /// Some `source_type` resource must reference this one through
     /// `reference_param` and match `filter`.
-    Reverse {
-        source_type: String,
-        reference_param: String,
-        filter: Filter,
-    },
+    Reverse { source_type: String, reference_param: String, filter: Filter },
 }
 
 /// Search modifiers supported per parameter type:
@@ -125,7 +118,9 @@ pub enum FilterValue {
     },
     /// `Type/id`, an id alone (when the parameter has several target types),
     /// or an absolute URL that does not end in `Type/id`.
-    Reference { target: String },
+    Reference {
+        target: String,
+    },
     Quantity {
         prefix: Prefix,
         value: f64,
@@ -217,10 +212,7 @@ impl fmt::Display for QueryError {
 impl std::error::Error for QueryError {}
 
 fn invalid(param: &str, reason: impl Into<String>) -> QueryError {
-    QueryError::Invalid {
-        param: param.to_string(),
-        reason: reason.into(),
-    }
+    QueryError::Invalid { param: param.to_string(), reason: reason.into() }
 }
 
 /// Parses a search on `resource_type` (see the module documentation).
@@ -264,12 +256,7 @@ pub fn parse_query(
     Ok(query)
 }
 
-fn parse_pair(
-    table: &SearchParamTable,
-    query: &mut SearchQuery,
-    name: &str,
-    value: &str,
-) -> Result<(), QueryError> {
+fn parse_pair(table: &SearchParamTable, query: &mut SearchQuery, name: &str, value: &str) -> Result<(), QueryError> {
     let (base, modifier) = match name.split_once(':') {
         Some((base, modifier)) => (base, Some(modifier)),
         None => (name, None),
@@ -277,10 +264,7 @@ fn parse_pair(
     match (base, modifier) {
         ("_format" | "_pretty", None) => {}
         ("_count", None) => {
-            let count = value
-                .trim()
-                .parse()
-                .map_err(|_| invalid(name, "expected a non-negative integer"))?;
+            let count = value.trim().parse().map_err(|_| invalid(name, "expected a non-negative integer"))?;
             query.count = Some(count);
         }
         ("_sort", None) => query.sort = parse_sort(table, &query.resource_type, value)?,
@@ -295,13 +279,7 @@ fn parse_pair(
             });
         }
         ("_elements", None) => {
-            query.elements.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty())
-                    .map(str::to_string),
-            );
+            query.elements.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string));
         }
         ("_total", None) => {
             query.total = Some(match value {
@@ -332,11 +310,7 @@ fn parse_pair(
     Ok(())
 }
 
-fn parse_sort(
-    table: &SearchParamTable,
-    resource_type: &str,
-    value: &str,
-) -> Result<Vec<SortKey>, QueryError> {
+fn parse_sort(table: &SearchParamTable, resource_type: &str, value: &str) -> Result<Vec<SortKey>, QueryError> {
     let mut keys = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (descending, name) = match item.strip_prefix('-') {
@@ -348,36 +322,17 @@ fn parse_sort(
             .filter(|p| p.is_supported())
             .ok_or_else(|| QueryError::Unsupported(format!("_sort={name}")))?;
         match param.param_type {
-            ParamType::Date
-            | ParamType::String
-            | ParamType::Token
-            | ParamType::Number
-            | ParamType::Quantity
-            | ParamType::Uri => {}
+            ParamType::Date | ParamType::String | ParamType::Token | ParamType::Number | ParamType::Quantity | ParamType::Uri => {}
             _ => return Err(QueryError::Unsupported(format!("_sort={name}"))),
         }
-        keys.push(SortKey {
-            param: param.name.clone(),
-            param_type: param.param_type,
-            descending,
-        });
+        keys.push(SortKey { param: param.name.clone(), param_type: param.param_type, descending });
     }
     Ok(keys)
 }
 
-fn parse_include(
-    table: &SearchParamTable,
-    name: &str,
-    value: &str,
-    iterate: bool,
-) -> Result<Include, QueryError> {
+fn parse_include(table: &SearchParamTable, name: &str, value: &str, iterate: bool) -> Result<Include, QueryError> {
     if value == "*" {
-        return Ok(Include {
-            source_type: None,
-            param: None,
-            target_type: None,
-            iterate,
-        });
+        return Ok(Include { source_type: None, param: None, target_type: None, iterate });
     }
     let parts: Vec<&str> = value.split(':').collect();
     let (source_type, param_name, target_type) = match parts.as_slice() {
@@ -386,10 +341,7 @@ fn parse_include(
         _ => return Err(invalid(name, "expected Type:param[:targetType] or *")),
     };
     if !table.is_resource_type(source_type) {
-        return Err(invalid(
-            name,
-            format!("unknown resource type {source_type}"),
-        ));
+        return Err(invalid(name, format!("unknown resource type {source_type}")));
     }
     let param = if param_name == "*" {
         None
@@ -401,19 +353,11 @@ fn parse_include(
         if let Some(target) = target_type
             && !param.targets.iter().any(|t| t == target)
         {
-            return Err(invalid(
-                name,
-                format!("{target} is not a target of {source_type}:{param_name}"),
-            ));
+            return Err(invalid(name, format!("{target} is not a target of {source_type}:{param_name}")));
         }
         Some(param.name.clone())
     };
-    Ok(Include {
-        source_type: Some(source_type.to_string()),
-        param,
-        target_type: target_type.map(str::to_string),
-        iterate,
-    })
+    Ok(Include { source_type: Some(source_type.to_string()), param, target_type: target_type.map(str::to_string), iterate })
 }
 
 /// Parses one search criterion `name=value` on `resource_type`; `name` may
@@ -422,13 +366,7 @@ fn parse_include(
 /// # Errors
 ///
 /// As [`parse_query`] (strict): unknown parameters are errors here.
-pub fn parse_filter(
-    table: &SearchParamTable,
-    resource_type: &str,
-    name: &str,
-    value: &str,
-    depth: usize,
-) -> Result<Filter, QueryError> {
+pub fn parse_filter(table: &SearchParamTable, resource_type: &str, name: &str, value: &str, depth: usize) -> Result<Filter, QueryError> {
     if let Some(rest) = name.strip_prefix("_has:") {
         return parse_reverse_chain(table, resource_type, name, rest, value, depth);
     }
@@ -440,32 +378,16 @@ pub fn parse_filter(
         None => (name, None),
     };
     let param = supported_param(table, resource_type, code, name)?;
-    let modifier = modifier_text
-        .map(|m| parse_modifier(table, param, name, m, value))
-        .transpose()?;
+    let modifier = modifier_text.map(|m| parse_modifier(table, param, name, m, value)).transpose()?;
     let values = match modifier {
         Some(Modifier::Missing(_)) => Vec::new(),
         _ => parse_values(table, param, modifier.as_ref(), name, value)?,
     };
-    Ok(Filter {
-        param: param.name.clone(),
-        param_type: param.param_type,
-        modifier,
-        values,
-        chain: None,
-    })
+    Ok(Filter { param: param.name.clone(), param_type: param.param_type, modifier, values, chain: None })
 }
 
-fn supported_param<'t>(
-    table: &'t SearchParamTable,
-    resource_type: &str,
-    code: &str,
-    name: &str,
-) -> Result<&'t SearchParam, QueryError> {
-    table
-        .param(resource_type, code)
-        .filter(|p| p.is_supported())
-        .ok_or_else(|| QueryError::Unsupported(name.to_string()))
+fn supported_param<'t>(table: &'t SearchParamTable, resource_type: &str, code: &str, name: &str) -> Result<&'t SearchParam, QueryError> {
+    table.param(resource_type, code).filter(|p| p.is_supported()).ok_or_else(|| QueryError::Unsupported(name.to_string()))
 }
 
 /// `_has:Type:refParam:rest` where `rest` is a parameter name (possibly chained again).
@@ -481,23 +403,15 @@ fn parse_reverse_chain(
         return Err(QueryError::Unsupported(name.to_string()));
     }
     let mut parts = rest.splitn(3, ':');
-    let (Some(source_type), Some(reference_param), Some(inner_name)) =
-        (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(source_type), Some(reference_param), Some(inner_name)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(invalid(name, "expected _has:Type:reference:parameter"));
     };
     if !table.is_resource_type(source_type) {
-        return Err(invalid(
-            name,
-            format!("unknown resource type {source_type}"),
-        ));
+        return Err(invalid(name, format!("unknown resource type {source_type}")));
     }
     let link = supported_param(table, source_type, reference_param, name)?;
     if link.param_type != ParamType::Reference || !link.targets.iter().any(|t| t == resource_type) {
-        return Err(invalid(
-            name,
-            format!("{source_type}:{reference_param} does not reference {resource_type}"),
-        ));
+        return Err(invalid(name, format!("{source_type}:{reference_param} does not reference {resource_type}")));
     }
     let filter = parse_filter(table, source_type, inner_name, value, depth + 1)?;
     Ok(Filter {
@@ -505,11 +419,7 @@ fn parse_reverse_chain(
         param_type: ParamType::Reference,
         modifier: None,
         values: Vec::new(),
-        chain: Some(Box::new(Chain::Reverse {
-            source_type: source_type.to_string(),
-            reference_param: link.name.clone(),
-            filter,
-        })),
+        chain: Some(Box::new(Chain::Reverse { source_type: source_type.to_string(), reference_param: link.name.clone(), filter })),
     })
 }
 
@@ -532,26 +442,14 @@ fn parse_forward_chain(
     };
     let param = supported_param(table, resource_type, code, name)?;
     if param.param_type != ParamType::Reference {
-        return Err(invalid(
-            name,
-            format!("{code} is not a reference parameter and cannot be chained"),
-        ));
+        return Err(invalid(name, format!("{code} is not a reference parameter and cannot be chained")));
     }
     // The first parameter code of the rest of the chain, to pick target types.
     let inner_code = tail.split(['.', ':']).next().unwrap_or(tail);
     let target_types: Vec<String> = match explicit_type {
         Some(target) if param.targets.iter().any(|t| t == target) => vec![target.to_string()],
         Some(target) => return Err(invalid(name, format!("{target} is not a target of {code}"))),
-        None => param
-            .targets
-            .iter()
-            .filter(|t| {
-                table
-                    .param(t, inner_code)
-                    .is_some_and(SearchParam::is_supported)
-            })
-            .cloned()
-            .collect(),
+        None => param.targets.iter().filter(|t| table.param(t, inner_code).is_some_and(SearchParam::is_supported)).cloned().collect(),
     };
     let Some(first) = target_types.first() else {
         return Err(QueryError::Unsupported(name.to_string()));
@@ -564,20 +462,11 @@ fn parse_forward_chain(
         param_type: ParamType::Reference,
         modifier: explicit_type.map(|t| Modifier::Type(t.to_string())),
         values: Vec::new(),
-        chain: Some(Box::new(Chain::Forward {
-            target_types,
-            filter,
-        })),
+        chain: Some(Box::new(Chain::Forward { target_types, filter })),
     })
 }
 
-fn parse_modifier(
-    table: &SearchParamTable,
-    param: &SearchParam,
-    name: &str,
-    modifier: &str,
-    value: &str,
-) -> Result<Modifier, QueryError> {
+fn parse_modifier(table: &SearchParamTable, param: &SearchParam, name: &str, modifier: &str, value: &str) -> Result<Modifier, QueryError> {
     use ParamType as T;
     let parsed = match (param.param_type, modifier) {
         (_, "missing") => match value {
@@ -594,10 +483,7 @@ fn parse_modifier(
         (T::Reference, "identifier") => Modifier::Identifier,
         (T::Reference, target) if table.is_resource_type(target) => {
             if !param.targets.iter().any(|t| t == target) {
-                return Err(invalid(
-                    name,
-                    format!("{target} is not a target of {}", param.name),
-                ));
+                return Err(invalid(name, format!("{target} is not a target of {}", param.name)));
             }
             Modifier::Type(target.to_string())
         }
@@ -621,32 +507,17 @@ fn parse_values(
         let parsed = if param.param_type == ParamType::Composite {
             let parts = split_escaped(item, '$');
             if parts.len() != param.components.len() {
-                return Err(invalid(
-                    name,
-                    format!(
-                        "expected {} `$`-separated components",
-                        param.components.len()
-                    ),
-                ));
+                return Err(invalid(name, format!("expected {} `$`-separated components", param.components.len())));
             }
             let components = param
                 .components
                 .iter()
                 .zip(parts)
-                .map(|(component, part)| {
-                    parse_value(table, component.param_type, &[], None, name, part)
-                })
+                .map(|(component, part)| parse_value(table, component.param_type, &[], None, name, part))
                 .collect::<Result<_, _>>()?;
             FilterValue::Composite(components)
         } else {
-            parse_value(
-                table,
-                param.param_type,
-                &param.targets,
-                modifier,
-                name,
-                item,
-            )?
+            parse_value(table, param.param_type, &param.targets, modifier, name, item)?
         };
         values.push(parsed);
     }
@@ -666,12 +537,8 @@ fn parse_value(
     raw: &str,
 ) -> Result<FilterValue, QueryError> {
     Ok(match (param_type, modifier) {
-        (ParamType::String, _) | (ParamType::Token, Some(Modifier::Text)) => {
-            FilterValue::String(unescape(raw))
-        }
-        (ParamType::Token, _) | (ParamType::Reference, Some(Modifier::Identifier)) => {
-            parse_token(name, raw)?
-        }
+        (ParamType::String, _) | (ParamType::Token, Some(Modifier::Text)) => FilterValue::String(unescape(raw)),
+        (ParamType::Token, _) | (ParamType::Reference, Some(Modifier::Identifier)) => parse_token(name, raw)?,
         (ParamType::Uri, _) => FilterValue::Uri(unescape(raw)),
         (ParamType::Date, _) => {
             let (prefix, rest) = split_prefix(raw);
@@ -680,22 +547,13 @@ fn parse_value(
             let range = parse_date_range(&text)
                 .or_else(|| parse_date_range(&text.replacen(' ', "+", 1)))
                 .ok_or_else(|| invalid(name, format!("bad date {text:?}")))?;
-            FilterValue::Date {
-                prefix,
-                start_ms: range.start_ms,
-                end_ms: range.end_ms,
-            }
+            FilterValue::Date { prefix, start_ms: range.start_ms, end_ms: range.end_ms }
         }
         (ParamType::Number, _) => {
             let (prefix, rest) = split_prefix(raw);
             let text = unescape(rest);
-            let value = parse_decimal(&text)
-                .ok_or_else(|| invalid(name, format!("bad number {text:?}")))?;
-            FilterValue::Number {
-                prefix,
-                value,
-                value_text: text,
-            }
+            let value = parse_decimal(&text).ok_or_else(|| invalid(name, format!("bad number {text:?}")))?;
+            FilterValue::Number { prefix, value, value_text: text }
         }
         (ParamType::Quantity, _) => parse_quantity(name, raw)?,
         (ParamType::Reference, modifier) => {
@@ -705,8 +563,7 @@ fn parse_value(
                     format!("{target_type}/{text}")
                 }
                 _ if !text.contains('/') && targets.len() == 1 => format!("{}/{text}", targets[0]),
-                _ => normalize_reference(table, &text)
-                    .ok_or_else(|| invalid(name, "bad reference"))?,
+                _ => normalize_reference(table, &text).ok_or_else(|| invalid(name, "bad reference"))?,
             };
             FilterValue::Reference { target }
         }
@@ -721,18 +578,11 @@ fn parse_token(name: &str, raw: &str) -> Result<FilterValue, QueryError> {
     let first = parts.next().unwrap_or_default();
     let rest: Vec<&str> = parts.collect();
     if rest.is_empty() {
-        return Ok(FilterValue::Token {
-            system: TokenSystem::Any,
-            code: Some(unescape(first)),
-        });
+        return Ok(FilterValue::Token { system: TokenSystem::Any, code: Some(unescape(first)) });
     }
     // Only the first unescaped `|` separates; further ones belong to the code.
     let code = unescape(&rest.join("|"));
-    let system = if first.is_empty() {
-        TokenSystem::None
-    } else {
-        TokenSystem::Some(unescape(first))
-    };
+    let system = if first.is_empty() { TokenSystem::None } else { TokenSystem::Some(unescape(first)) };
     let code = (!code.is_empty()).then_some(code);
     if system == TokenSystem::None && code.is_none() {
         return Err(invalid(name, "`|` without system or code"));
@@ -748,21 +598,9 @@ fn parse_quantity(name: &str, raw: &str) -> Result<FilterValue, QueryError> {
     }
     let (prefix, number) = split_prefix(parts[0]);
     let value_text = unescape(number);
-    let value = parse_decimal(&value_text)
-        .ok_or_else(|| invalid(name, format!("bad number {value_text:?}")))?;
-    let optional = |index: usize| {
-        parts
-            .get(index)
-            .map(|p| unescape(p))
-            .filter(|p| !p.is_empty())
-    };
-    Ok(FilterValue::Quantity {
-        prefix,
-        value,
-        value_text,
-        system: optional(1),
-        code: optional(2),
-    })
+    let value = parse_decimal(&value_text).ok_or_else(|| invalid(name, format!("bad number {value_text:?}")))?;
+    let optional = |index: usize| parts.get(index).map(|p| unescape(p)).filter(|p| !p.is_empty());
+    Ok(FilterValue::Quantity { prefix, value, value_text, system: optional(1), code: optional(2) })
 }
 
 /// Splits a leading comparison prefix (`ge2013`, `lt5.4`); defaults to `Eq`.
@@ -850,9 +688,7 @@ mod tests {
         for good in ["0", "5.4", "-1", "1e2", "1.5E-3", "+2"] {
             assert!(parse_decimal(good).is_some(), "{good}");
         }
-        for bad in [
-            "", ".5", "5.", "1e", "inf", "NaN", "1e999", "0x10", "1,5", "--1",
-        ] {
+        for bad in ["", ".5", "5.", "1e", "inf", "NaN", "1e999", "0x10", "1,5", "--1"] {
             assert!(parse_decimal(bad).is_none(), "{bad}");
         }
     }

@@ -40,8 +40,5 @@ pub fn reference_type(normalized: &str) -> Option<&str> {
 
 /// FHIR `id`: 1–64 characters from `[A-Za-z0-9.-]`.
 pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }

@@ -122,10 +122,7 @@ impl SearchParamTable {
     /// The R4 table compiled into the binary (`search_params.json`).
     pub fn r4() -> &'static SearchParamTable {
         static TABLE: OnceLock<SearchParamTable> = OnceLock::new();
-        TABLE.get_or_init(|| {
-            Self::from_json(include_str!("search_params.json"))
-                .expect("the bundled search_params.json is valid")
-        })
+        TABLE.get_or_init(|| Self::from_json(include_str!("search_params.json")).expect("the bundled search_params.json is valid"))
     }
 
     /// Loads the table from the text of `search_params.json`.
@@ -148,11 +145,7 @@ impl SearchParamTable {
             list.sort_by(|a, b| a.name.cmp(&b.name));
             params.insert(resource_type.clone(), list);
         }
-        Ok(Self {
-            resource_types: raw.resource_types.into_iter().collect(),
-            params,
-            patient_compartment: raw.patient_compartment,
-        })
+        Ok(Self { resource_types: raw.resource_types.into_iter().collect(), params, patient_compartment: raw.patient_compartment })
     }
 
     /// The parameters of `resource_type` (type-specific and common), sorted by
@@ -165,18 +158,14 @@ impl SearchParamTable {
     /// One parameter of `resource_type` by its code.
     pub fn param(&self, resource_type: &str, name: &str) -> Option<&SearchParam> {
         let list = self.params(resource_type);
-        list.binary_search_by(|p| p.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &list[i])
+        list.binary_search_by(|p| p.name.as_str().cmp(name)).ok().map(|i| &list[i])
     }
 
     /// The parameters through which a resource of `resource_type` belongs to a
     /// Patient's compartment (e.g. Observation: `subject`, `performer`); empty
     /// when the type is not in the compartment.
     pub fn patient_compartment_params(&self, resource_type: &str) -> &[String] {
-        self.patient_compartment
-            .get(resource_type)
-            .map_or(&[], Vec::as_slice)
+        self.patient_compartment.get(resource_type).map_or(&[], Vec::as_slice)
     }
 
     /// Whether `name` is an R4 resource type.

@@ -32,7 +32,10 @@ pub enum TermCondition {
     /// Documents holding this term.
     Term(String),
     /// Documents holding a term in this lexicographic range.
-    Range { lower: Bound<String>, upper: Bound<String> },
+    Range {
+        lower: Bound<String>,
+        upper: Bound<String>,
+    },
     All(Vec<TermCondition>),
     Any(Vec<TermCondition>),
     Not(Box<TermCondition>),
@@ -182,12 +185,9 @@ impl TermEncoder {
         // Wide enough for any implicit precision or `ap` margin; the matcher decides exactly.
         let margin = (value.abs() * 0.1).max(1.0);
         match prefix {
-            Prefix::Eq | Prefix::Ap => Self::range(
-                param,
-                kind,
-                Included(sortable_f64(value - margin)),
-                Included(sortable_f64(value + margin)),
-            ),
+            Prefix::Eq | Prefix::Ap => {
+                Self::range(param, kind, Included(sortable_f64(value - margin)), Included(sortable_f64(value + margin)))
+            }
             Prefix::Gt | Prefix::Ge | Prefix::Sa => Self::range(param, kind, Included(sortable_f64(value - margin)), Unbounded),
             Prefix::Lt | Prefix::Le | Prefix::Eb => Self::range(param, kind, Unbounded, Included(sortable_f64(value + margin))),
             Prefix::Ne => TermCondition::Term(Self::presence(param)),
@@ -262,15 +262,21 @@ impl TermEncoder {
             Some(Modifier::Missing(false)) => TermCondition::Term(Self::presence(param)),
             Some(Modifier::Not) => TermCondition::Everything,
             Some(Modifier::Text) => TermCondition::Any(
-                filter.values.iter().map(|value| match value {
-                    FilterValue::String(text) | FilterValue::Uri(text) => self.string_condition(&format!("{param}:text"), text, None),
-                    _ => TermCondition::Everything,
-                }).collect(),
+                filter
+                    .values
+                    .iter()
+                    .map(|value| match value {
+                        FilterValue::String(text) | FilterValue::Uri(text) => self.string_condition(&format!("{param}:text"), text, None),
+                        _ => TermCondition::Everything,
+                    })
+                    .collect(),
             ),
             Some(Modifier::Identifier) => TermCondition::Any(
                 filter.values.iter().map(|value| self.value_condition(&format!("{param}:identifier"), None, value)).collect(),
             ),
-            modifier => TermCondition::Any(filter.values.iter().map(|value| self.value_condition(param, modifier.as_ref(), value)).collect()),
+            modifier => {
+                TermCondition::Any(filter.values.iter().map(|value| self.value_condition(param, modifier.as_ref(), value)).collect())
+            }
         }
     }
 }

@@ -116,10 +116,7 @@ impl CatalogRecord {
                     .map_err(|error| error.to_string())?
                     .try_into()
                     .map_err(|_| "bad wrapped key length".to_string())?;
-                Some(SealedLocation {
-                    cid: cid.parse().map_err(|_| "bad cid".to_string())?,
-                    wrapped_key: WrappedKey { kek_id, bytes },
-                })
+                Some(SealedLocation { cid: cid.parse().map_err(|_| "bad cid".to_string())?, wrapped_key: WrappedKey { kek_id, bytes } })
             }
             (None, None, None) => None,
             _ => return Err("partial sealed location".into()),
@@ -151,11 +148,7 @@ pub struct Catalog {
 impl Catalog {
     pub fn apply(&mut self, record: CatalogRecord) {
         let CatalogRecord { key, version, identifier_hashes, .. } = record;
-        self.type_history.entry(key.resource_type.clone()).or_default().push((
-            version.leaf_index,
-            key.id.clone(),
-            version.version_id,
-        ));
+        self.type_history.entry(key.resource_type.clone()).or_default().push((version.leaf_index, key.id.clone(), version.version_id));
         let history = self.resources.entry(key.clone()).or_default();
         for old_hash in std::mem::take(&mut history.identifier_hashes) {
             if let Some(keys) = self.identifiers.get_mut(&old_hash) {

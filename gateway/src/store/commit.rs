@@ -28,7 +28,10 @@ use crate::seal::{self, SealContext};
 
 pub(crate) enum CommitRequest {
     /// Writes committed all together or not at all: one write, or a transaction's.
-    Unit { writes: Vec<(PreparedWrite, Expectation)>, reply: Reply },
+    Unit {
+        writes: Vec<(PreparedWrite, Expectation)>,
+        reply: Reply,
+    },
     Tick,
     Shutdown(oneshot::Sender<()>),
 }
@@ -140,17 +143,8 @@ fn identifier_hashes(shared: &Shared, resource_type: &str, resource: &Value) -> 
 }
 
 /// Current resources of `resource_type` matching an `If-None-Exist` condition.
-pub(crate) fn condition_matches(
-    catalog: &Catalog,
-    resource_type: &str,
-    id: Option<&str>,
-    hashes: &[KeyedHash],
-) -> Vec<ResourceKey> {
-    let mut matches = if hashes.is_empty() {
-        Vec::new()
-    } else {
-        catalog.matching_identifiers(resource_type, hashes)
-    };
+pub(crate) fn condition_matches(catalog: &Catalog, resource_type: &str, id: Option<&str>, hashes: &[KeyedHash]) -> Vec<ResourceKey> {
+    let mut matches = if hashes.is_empty() { Vec::new() } else { catalog.matching_identifiers(resource_type, hashes) };
     if let Some(id) = id {
         let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
         let exists = catalog.current_state(&key).is_some_and(|(_, deleted)| !deleted);
@@ -176,10 +170,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> mpsc::Sender<CommitRequest> {
             }
         }
     });
-    std::thread::Builder::new()
-        .name("commit".into())
-        .spawn(move || run(shared, receiver))
-        .expect("the commit thread starts");
+    std::thread::Builder::new().name("commit".into()).spawn(move || run(shared, receiver)).expect("the commit thread starts");
     sender
 }
 
@@ -376,12 +367,7 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     answer_refused(refused);
 }
 
-fn make_durable(
-    shared: &Shared,
-    writes: &[&PreparedWrite],
-    records: &[CatalogRecord],
-    first_leaf_index: u64,
-) -> Result<(), String> {
+fn make_durable(shared: &Shared, writes: &[&PreparedWrite], records: &[CatalogRecord], first_leaf_index: u64) -> Result<(), String> {
     let blocks: Vec<Block> = writes.iter().flat_map(|prepared| prepared.blocks.iter().cloned()).collect();
     shared.blobs.put_blocks(&blocks).map_err(|error| error.to_string())?;
     let encoded: Vec<Vec<u8>> = records.iter().map(CatalogRecord::encode).collect();

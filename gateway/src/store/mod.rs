@@ -255,8 +255,7 @@ pub fn reindex(data_directory: &Path) -> Result<u64, String> {
 
 /// Takes the exclusive lock on `<data>/LOCK` (released when the file is dropped or the process dies).
 pub(crate) fn lock_data_directory(layout: &DataLayout) -> Result<std::fs::File, OpenError> {
-    std::fs::create_dir_all(&layout.root)
-        .map_err(|source| OpenError::Journal(JournalError::Io { path: layout.root.clone(), source }))?;
+    std::fs::create_dir_all(&layout.root).map_err(|source| OpenError::Journal(JournalError::Io { path: layout.root.clone(), source }))?;
     let path = layout.root.join("LOCK");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -306,8 +305,7 @@ impl ResourceStore {
         let cut_leaf = records
             .iter()
             .filter(|(_, record)| {
-                record.version.leaf_index >= durable_leaves
-                    || record.transaction_end_leaf.is_some_and(|end| end > durable_leaves)
+                record.version.leaf_index >= durable_leaves || record.transaction_end_leaf.is_some_and(|end| end > durable_leaves)
             })
             .map(|(_, record)| record.version.leaf_index)
             .min();
@@ -324,18 +322,25 @@ impl ResourceStore {
             records.truncate(position);
         }
         // Every leaf is one version, in order: a missing or extra record is damage, not a crash.
-        if let Some(position) = records.iter().enumerate().position(|(position, (_, record))| record.version.leaf_index != position as u64)
+        if let Some(position) = records
+            .iter()
+            .enumerate()
+            .position(|(position, (_, record))| record.version.leaf_index != position as u64)
             .or((records.len() as u64 != ledger.tree_size()).then_some(records.len()))
         {
-            return Err(OpenError::CatalogMismatch { records: records.len() as u64, tree_size: ledger.tree_size(), position: position as u64 });
+            return Err(OpenError::CatalogMismatch {
+                records: records.len() as u64,
+                tree_size: ledger.tree_size(),
+                position: position as u64,
+            });
         }
         let mut catalog = Catalog::default();
         for (_, record) in records {
             catalog.apply(record);
         }
 
-        let index = crate::search::index::TantivyIndex::open(&layout.search_index())
-            .map_err(|error| OpenError::Index(error.to_string()))?;
+        let index =
+            crate::search::index::TantivyIndex::open(&layout.search_index()).map_err(|error| OpenError::Index(error.to_string()))?;
         let search = search::SearchIndex::new(index, crate::search::terms::TermEncoder::new(secrets.search_key()));
         let shared = Arc::new(Shared {
             blobs,
@@ -438,10 +443,7 @@ impl ResourceStore {
     ) -> Result<WriteOutcome, StoreError> {
         validate(&resource, leniency)?;
         if resource_type_of(&resource)? != key.resource_type {
-            return Err(StoreError::BadRequest(format!(
-                "the resource's resourceType does not match the URL's type {}",
-                key.resource_type
-            )));
+            return Err(StoreError::BadRequest(format!("the resource's resourceType does not match the URL's type {}", key.resource_type)));
         }
         match resource.get("id").and_then(Value::as_str) {
             Some(id) if id == key.id => {}
@@ -460,9 +462,7 @@ impl ResourceStore {
                     return Ok(WriteOutcome { version, created: kind == EntryKind::Create });
                 }
                 Err(Refusal::Conflict) if if_match.is_some() => {
-                    return Err(StoreError::PreconditionFailed(
-                        "the resource was changed since the version named in If-Match".into(),
-                    ));
+                    return Err(StoreError::PreconditionFailed("the resource was changed since the version named in If-Match".into()));
                 }
                 Err(_) => continue,
             }
@@ -534,10 +534,9 @@ impl ResourceStore {
         match matches.as_slice() {
             [] => Ok(None),
             [key] => self.read(key).map(Some),
-            _ => Err(StoreError::PreconditionFailed(format!(
-                "If-None-Exist matched {} resources; it must match at most one",
-                matches.len()
-            ))),
+            _ => {
+                Err(StoreError::PreconditionFailed(format!("If-None-Exist matched {} resources; it must match at most one", matches.len())))
+            }
         }
     }
 
@@ -615,8 +614,7 @@ impl ResourceStore {
             let catalog = self.shared.catalog.read().expect("catalog lock");
             for (_, id, version_id) in catalog.type_history(resource_type, before_leaf) {
                 let key = ResourceKey { resource_type: resource_type.to_string(), id: id.clone() };
-                let Some(version) = catalog.get(&key).and_then(|history| history.versions.get(*version_id as usize - 1))
-                else {
+                let Some(version) = catalog.get(&key).and_then(|history| history.versions.get(*version_id as usize - 1)) else {
                     continue;
                 };
                 if since.is_some_and(|since| version.last_updated < since) {
@@ -661,19 +659,14 @@ impl ResourceStore {
                 }
                 let sealed_bytes = blob::read_file(shared.blobs.as_ref(), &sealed.cid)
                     .map_err(|_| integrity("sealed blob missing or does not match its CID"))?;
-                let context = SealContext {
-                    resource_type: &key.resource_type,
-                    id: &key.id,
-                    version_id: version.version_id,
-                };
+                let context = SealContext { resource_type: &key.resource_type, id: &key.id, version_id: version.version_id };
                 let data_key = shared
                     .keyring
                     .read()
                     .expect("keyring lock")
                     .unwrap(&sealed.wrapped_key, context)
                     .map_err(|_| integrity("data key does not unwrap"))?;
-                let plaintext =
-                    seal::unseal(&sealed_bytes, &data_key, context).map_err(|_| integrity("sealed blob does not open"))?;
+                let plaintext = seal::unseal(&sealed_bytes, &data_key, context).map_err(|_| integrity("sealed blob does not open"))?;
                 if entry.content_hash.as_deref() != Some(shared.secrets.content_hash(&plaintext).as_str()) {
                     return Err(integrity("plaintext does not match the ledger entry"));
                 }
@@ -704,9 +697,9 @@ pub(crate) fn check_if_match(if_match: Option<u64>, current: Option<(u64, bool)>
     match (if_match, current) {
         (None, _) => Ok(()),
         (Some(expected), Some((version_id, _))) if expected == version_id => Ok(()),
-        (Some(expected), Some((version_id, _))) => Err(StoreError::PreconditionFailed(format!(
-            "If-Match names version {expected} but the current version is {version_id}"
-        ))),
+        (Some(expected), Some((version_id, _))) => {
+            Err(StoreError::PreconditionFailed(format!("If-Match names version {expected} but the current version is {version_id}")))
+        }
         (Some(_), None) => Err(StoreError::PreconditionFailed("If-Match given but the resource does not exist".into())),
     }
 }
@@ -825,7 +818,8 @@ mod tests {
         let entries = (0..3)
             .map(|_| serde_json::json!({ "resource": patient(), "request": { "method": "POST", "url": "Patient" } }))
             .collect::<Vec<_>>();
-        let bundle = parse_bundle(serde_json::json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }), "", 10).unwrap();
+        let bundle =
+            parse_bundle(serde_json::json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }), "", 10).unwrap();
         let outcomes = store.transaction(bundle.entries, &principal, Leniency::Strict).await.unwrap();
         assert_eq!(outcomes.len(), 3);
         assert_eq!(store.ledger().tree_size(), 4);

@@ -37,11 +37,8 @@ pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     let mut rewrapped = 0u64;
     for record in &mut records {
         if let Some(sealed) = &record.version.sealed {
-            let context = SealContext {
-                resource_type: &record.key.resource_type,
-                id: &record.key.id,
-                version_id: record.version.version_id,
-            };
+            let context =
+                SealContext { resource_type: &record.key.resource_type, id: &record.key.id, version_id: record.version.version_id };
             let wrapped_key = keyring.rewrap(&sealed.wrapped_key, context).map_err(|error| error.to_string())?;
             record.version.sealed = Some(SealedLocation { cid: sealed.cid, wrapped_key });
             rewrapped += 1;
@@ -61,7 +58,5 @@ pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     for kek_id in &old_kek_ids {
         keyring.retire_kek(*kek_id).map_err(|error| error.to_string())?;
     }
-    Ok(format!(
-        "KEK {new_kek_id} is active; {rewrapped} data keys re-wrapped; retired KEK(s) {old_kek_ids:?}; no blob changed"
-    ))
+    Ok(format!("KEK {new_kek_id} is active; {rewrapped} data keys re-wrapped; retired KEK(s) {old_kek_ids:?}; no blob changed"))
 }

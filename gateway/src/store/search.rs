@@ -63,10 +63,8 @@ impl SearchIndex {
     /// Waits (bounded) until the index covers `tree_size` leaves.
     fn wait_for(&self, tree_size: u64) -> bool {
         let covered = self.covered.lock().expect("covered lock");
-        let (covered, _) = self
-            .covered_changed
-            .wait_timeout_while(covered, FRESHNESS_WAIT, |covered| *covered < tree_size)
-            .expect("covered lock");
+        let (covered, _) =
+            self.covered_changed.wait_timeout_while(covered, FRESHNESS_WAIT, |covered| *covered < tree_size).expect("covered lock");
         *covered >= tree_size
     }
 
@@ -97,9 +95,11 @@ impl SearchIndex {
         let result = (|| -> Result<(), crate::search::index::IndexError> {
             for job in jobs {
                 let key = format!("{}/{}", job.key.resource_type, job.key.id);
-                let document = job.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()).map(|resource| {
-                    self.document(&job.key, job.leaf_index, job.last_updated_ms, &resource)
-                });
+                let document = job
+                    .body
+                    .as_deref()
+                    .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+                    .map(|resource| self.document(&job.key, job.leaf_index, job.last_updated_ms, &resource));
                 self.index.upsert(&key, document.as_ref())?;
             }
             self.index.commit(tree_size.saturating_sub(1))
@@ -218,7 +218,12 @@ impl ResourceStore {
     }
 
     /// Resources matching `condition` and confirmed by the matcher, in index order (not sorted).
-    fn confirmed(&self, resource_type: Option<&str>, condition: &TermCondition, query: &SearchQuery) -> Result<Vec<(Hit, StoredVersion, Value)>, StoreError> {
+    fn confirmed(
+        &self,
+        resource_type: Option<&str>,
+        condition: &TermCondition,
+        query: &SearchQuery,
+    ) -> Result<Vec<(Hit, StoredVersion, Value)>, StoreError> {
         let hits = self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
         let mut confirmed = Vec::with_capacity(hits.len());
         for hit in hits {
@@ -239,13 +244,7 @@ impl ResourceStore {
     }
 
     /// A type search (or, with `compartment`, a search restricted to one Patient's compartment).
-    pub fn search(
-        &self,
-        query: &SearchQuery,
-        compartment: Option<&str>,
-        offset: usize,
-        count: usize,
-    ) -> Result<SearchPage, StoreError> {
+    pub fn search(&self, query: &SearchQuery, compartment: Option<&str>, offset: usize, count: usize) -> Result<SearchPage, StoreError> {
         self.wait_for_index()?;
         let encoder = &self.shared.search.encoder;
         let mut conditions: Vec<TermCondition> = query.filters.iter().map(|filter| encoder.filter_condition(filter)).collect();
@@ -253,7 +252,12 @@ impl ResourceStore {
             conditions.push(self.compartment_condition(&query.resource_type, patient_reference)?);
         }
         let condition = if conditions.is_empty() { TermCondition::Everything } else { TermCondition::All(conditions) };
-        let candidates = self.shared.search.index.count(Some(&query.resource_type), &condition).map_err(|error| StoreError::Internal(error.to_string()))?;
+        let candidates = self
+            .shared
+            .search
+            .index
+            .count(Some(&query.resource_type), &condition)
+            .map_err(|error| StoreError::Internal(error.to_string()))?;
         if candidates > MAX_COUNTED_CANDIDATES && !query.sort.is_empty() {
             return Err(StoreError::BadRequest(format!(
                 "{candidates} candidates is more than the {MAX_COUNTED_CANDIDATES} a sorted search may consider; narrow the search"
@@ -288,15 +292,18 @@ impl ResourceStore {
             let id = patient_reference.trim_start_matches("Patient/");
             let filter = crate::search::parse_query(SearchParamTable::r4(), "Patient", &[("_id".into(), id.into())], false)
                 .map_err(|error| StoreError::BadRequest(error.to_string()))?;
-            return Ok(TermCondition::Any(filter.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect()));
+            return Ok(TermCondition::Any(
+                filter.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect(),
+            ));
         }
         if params.is_empty() {
             return Err(StoreError::BadRequest(format!("{resource_type} is not in the Patient compartment")));
         }
         let mut any = Vec::new();
         for param in params {
-            let query = crate::search::parse_query(SearchParamTable::r4(), resource_type, &[(param.clone(), patient_reference.to_string())], false)
-                .map_err(|error| StoreError::BadRequest(error.to_string()))?;
+            let query =
+                crate::search::parse_query(SearchParamTable::r4(), resource_type, &[(param.clone(), patient_reference.to_string())], false)
+                    .map_err(|error| StoreError::BadRequest(error.to_string()))?;
             any.extend(query.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)));
         }
         Ok(TermCondition::Any(any))
@@ -308,7 +315,8 @@ impl ResourceStore {
             return Ok(Vec::new());
         }
         let table = SearchParamTable::r4();
-        let mut seen: BTreeSet<String> = page.iter().map(|(version, _)| format!("{}/{}", version.key.resource_type, version.key.id)).collect();
+        let mut seen: BTreeSet<String> =
+            page.iter().map(|(version, _)| format!("{}/{}", version.key.resource_type, version.key.id)).collect();
         let mut included = Vec::new();
         let mut frontier: Vec<Value> = page.iter().map(|(_, resource)| resource.clone()).collect();
         for round in 0..3 {
@@ -332,8 +340,12 @@ impl ResourceStore {
                 for include in query.revincludes.iter().filter(|include| round == 0 || include.iterate) {
                     let (Some(source_type), Some(param)) = (&include.source_type, &include.param) else { continue };
                     let reference = format!("{resource_type}/{id}");
-                    let Ok(reverse) = crate::search::parse_query(table, source_type, &[(param.clone(), reference)], false) else { continue };
-                    let condition = TermCondition::All(reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect());
+                    let Ok(reverse) = crate::search::parse_query(table, source_type, &[(param.clone(), reference)], false) else {
+                        continue;
+                    };
+                    let condition = TermCondition::All(
+                        reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect(),
+                    );
                     for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse)? {
                         if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
                             next.push(value);

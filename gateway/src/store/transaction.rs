@@ -15,7 +15,9 @@ use serde_json::Value;
 
 use super::catalog::ResourceKey;
 use super::commit::{self, Expectation, PreparedWrite, Refusal, UnitOutcome};
-use super::{CreateCondition, CreateOutcome, Principal, ResourceStore, StoreError, StoredVersion, check_if_match, new_resource_id, validate};
+use super::{
+    CreateCondition, CreateOutcome, Principal, ResourceStore, StoreError, StoredVersion, check_if_match, new_resource_id, validate,
+};
 use crate::fhir::Leniency;
 use crate::fhir::bundle::{self, BundleEntry, Method, RequestTarget};
 use crate::ledger::EntryKind;
@@ -69,7 +71,9 @@ impl ResourceStore {
         let mut matches = self.condition_matches(resource_type, &condition);
         match matches.len() {
             0 | 1 => Ok(matches.pop()),
-            count => Err(StoreError::PreconditionFailed(format!("{resource_type}?{query} matches {count} resources; at most one may match"))),
+            count => {
+                Err(StoreError::PreconditionFailed(format!("{resource_type}?{query} matches {count} resources; at most one may match")))
+            }
         }
     }
 
@@ -99,7 +103,9 @@ impl ResourceStore {
                 (Method::Delete, target) => {
                     let key = match target {
                         RequestTarget::Instance { resource_type, id } => Some(ResourceKey { resource_type, id }),
-                        RequestTarget::Conditional { resource_type, query } => self.single_match(&resource_type, &query).map_err(fail(position))?,
+                        RequestTarget::Conditional { resource_type, query } => {
+                            self.single_match(&resource_type, &query).map_err(fail(position))?
+                        }
                         _ => unreachable!("parse_bundle allows only instance or conditional DELETE"),
                     };
                     match key.as_ref().and_then(|key| self.current_state(key)) {
@@ -129,7 +135,8 @@ impl ResourceStore {
                             resolve_full_url(&mut resolved, &key);
                             let condition = match &entry.if_none_exist {
                                 Some(query) => {
-                                    let condition = CreateCondition::parse(query).map_err(|message| fail(position)(StoreError::BadRequest(message)))?;
+                                    let condition =
+                                        CreateCondition::parse(query).map_err(|message| fail(position)(StoreError::BadRequest(message)))?;
                                     Some((condition.id.clone(), self.condition_hashes(&resource_type, &condition)))
                                 }
                                 None => None,
@@ -152,10 +159,12 @@ impl ResourceStore {
                 (Method::Put, target) => {
                     let key = match target {
                         RequestTarget::Instance { resource_type, id } => ResourceKey { resource_type, id },
-                        RequestTarget::Conditional { resource_type, query } => match self.single_match(&resource_type, &query).map_err(fail(position))? {
-                            Some(key) => key,
-                            None => ResourceKey { resource_type, id: new_resource_id().map_err(fail(position))? },
-                        },
+                        RequestTarget::Conditional { resource_type, query } => {
+                            match self.single_match(&resource_type, &query).map_err(fail(position))? {
+                                Some(key) => key,
+                                None => ResourceKey { resource_type, id: new_resource_id().map_err(fail(position))? },
+                            }
+                        }
                         _ => unreachable!("parse_bundle allows only instance or conditional PUT"),
                     };
                     resolve_full_url(&mut resolved, &key);
@@ -204,10 +213,11 @@ impl ResourceStore {
                     continue;
                 }
                 if let Some((resource_type, query)) = reference.split_once('?') {
-                    let key = self
-                        .single_match(resource_type, query)
-                        .map_err(fail(*position))?
-                        .ok_or_else(|| fail(*position)(StoreError::PreconditionFailed(format!("the conditional reference {reference} matches no resource"))))?;
+                    let key = self.single_match(resource_type, query).map_err(fail(*position))?.ok_or_else(|| {
+                        fail(*position)(StoreError::PreconditionFailed(format!(
+                            "the conditional reference {reference} matches no resource"
+                        )))
+                    })?;
                     resolved.insert(reference.to_string(), format!("{}/{}", key.resource_type, key.id));
                 }
             }

@@ -1,7 +1,5 @@
 //! Bounded random inputs: parsing and matching must never panic.
 
-
-
 use super::common::{example, table};
 use fhir_gateway::search::datetime::parse_date_range;
 use fhir_gateway::search::normalize::normalize_text;
@@ -12,7 +10,6 @@ use serde_json::json;
 use crate::harness::Rng;
 
 impl Rng {
-
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len())]
     }
@@ -132,11 +129,7 @@ fn random_queries_never_panic() {
             let name = match rng.below(10) {
                 0 => rng.text(),
                 1 | 2 => rng.pick(SPECIAL).to_string(),
-                _ => format!(
-                    "{}{}",
-                    params[rng.below(params.len())].name,
-                    rng.pick(SUFFIXES)
-                ),
+                _ => format!("{}{}", params[rng.below(params.len())].name, rng.pick(SUFFIXES)),
             };
             pairs.push((name, rng.text()));
         }
@@ -147,10 +140,7 @@ fn random_queries_never_panic() {
             }
         }
     }
-    assert!(
-        parsed_ok > 500,
-        "only {parsed_ok} random queries parsed; the fuzzer is too blunt"
-    );
+    assert!(parsed_ok > 500, "only {parsed_ok} random queries parsed; the fuzzer is too blunt");
 }
 
 #[test]

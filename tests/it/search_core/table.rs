@@ -1,20 +1,12 @@
 //! The generated search-parameter table.
 
-
-
 use super::common::table;
 use fhir_gateway::search::ParamType;
 
 fn has(resource_type: &str, name: &str, param_type: ParamType) {
-    let param = table()
-        .param(resource_type, name)
-        .unwrap_or_else(|| panic!("{resource_type} should have {name}"));
+    let param = table().param(resource_type, name).unwrap_or_else(|| panic!("{resource_type} should have {name}"));
     assert_eq!(param.param_type, param_type, "{resource_type}.{name}");
-    assert!(
-        param.is_supported(),
-        "{resource_type}.{name}: {:?}",
-        param.unsupported
-    );
+    assert!(param.is_supported(), "{resource_type}.{name}: {:?}", param.unsupported);
 }
 
 #[test]
@@ -37,15 +29,7 @@ fn observation_parameters() {
     }
     let date = table().param("Observation", "date").unwrap();
     let steps: Vec<&str> = date.paths.iter().map(|p| p.steps[0].as_str()).collect();
-    assert_eq!(
-        steps,
-        [
-            "effectiveDateTime",
-            "effectivePeriod",
-            "effectiveTiming",
-            "effectiveInstant"
-        ]
-    );
+    assert_eq!(steps, ["effectiveDateTime", "effectivePeriod", "effectiveTiming", "effectiveInstant"]);
     let patient = table().param("Observation", "patient").unwrap();
     assert_eq!(patient.paths[0].target.as_deref(), Some("Patient"));
     let cvq = table().param("Observation", "code-value-quantity").unwrap();
@@ -72,14 +56,8 @@ fn patient_parameters() {
         has("Patient", name, ty);
     }
     let phone = table().param("Patient", "phone").unwrap();
-    let filter = phone.paths[0]
-        .filter
-        .as_ref()
-        .expect("where(system='phone')");
-    assert_eq!(
-        (filter.field.as_str(), filter.value.as_str()),
-        ("system", "phone")
-    );
+    let filter = phone.paths[0].filter.as_ref().expect("where(system='phone')");
+    assert_eq!((filter.field.as_str(), filter.value.as_str()), ("system", "phone"));
     // `Patient.deceased.exists() and …` is beyond the simplified FHIRPath subset
     assert!(!table().param("Patient", "deceased").unwrap().is_supported());
 }
@@ -123,19 +101,12 @@ fn patient_compartment() {
     assert!(observation.iter().any(|p| p == "subject"));
     assert!(observation.iter().any(|p| p == "performer"));
     assert_eq!(table().patient_compartment_params("Encounter"), ["patient"]);
-    assert!(
-        table()
-            .patient_compartment_params("Organization")
-            .is_empty()
-    );
+    assert!(table().patient_compartment_params("Organization").is_empty());
     // every compartment parameter exists for its type
     for resource_type in table().resource_types() {
         for name in table().patient_compartment_params(resource_type) {
             if name != "{def}" {
-                assert!(
-                    table().param(resource_type, name).is_some(),
-                    "{resource_type}.{name}"
-                );
+                assert!(table().param(resource_type, name).is_some(), "{resource_type}.{name}");
             }
         }
     }
