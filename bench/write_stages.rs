@@ -26,6 +26,7 @@ use fhir_gateway::fhir::{self, Leniency, validate_resource};
 use fhir_gateway::journal::Journal;
 use fhir_gateway::ledger::{EntryKind, LedgerEntry, LedgerLog};
 use fhir_gateway::seal::{self, Keyring, SealContext};
+use fhir_gateway::search::{self, SearchParamTable, terms::TermEncoder};
 use fhir_gateway::store::catalog::{CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
 use fhir_gateway::store::{LedgerSecrets, Principal};
 use serde_json::{Value, json};
@@ -211,7 +212,9 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
     let identifier_hashes = stages.time("HMAC identifier hashes", || {
         let mut hashes = Vec::new();
         for identifier in resource.get("identifier").and_then(Value::as_array).into_iter().flatten() {
-            let Some(value) = identifier.get("value").and_then(Value::as_str) else { continue };
+            let Some(value) = identifier.get("value").and_then(Value::as_str) else {
+                continue;
+            };
             let system = identifier.get("system").and_then(Value::as_str).unwrap_or("");
             hashes.push(secrets.identifier_hash(&key.resource_type, Some(system), value));
             hashes.push(secrets.identifier_hash(&key.resource_type, None, value));
@@ -278,6 +281,12 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
     }
     // What `write_response` sends back with the default `Prefer: return=representation`.
     stages.time("response body copy (return=representation)", || std::hint::black_box(canonical.clone()));
+    // What the indexer thread then does with the version (off the request path, same cores).
+    let term_encoder = TermEncoder::new([7; 32]);
+    let parsed: Value = stages.time("indexer: parse canonical bytes", || serde_json::from_slice(&canonical).expect("canonical JSON"));
+    let entries = stages.time("indexer: extract search values", || search::extract(SearchParamTable::r4(), &parsed));
+    let terms = stages.time("indexer: encode terms (HMAC)", || term_encoder.document_terms(&entries));
+    stages.add("diag: index terms per resource (count, not ns)", terms.len() as u64);
     Prepared { key, blocks, sealed: SealedLocation { cid, wrapped_key }, identifier_hashes, leaf, last_updated }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::harness::{FHIR_JSON, Gateway, corpora, expect_outcome, json_body};
+use crate::harness::{self, FHIR_JSON, Gateway, corpora, entries, expect_outcome, json_body};
 
 fn patient_entry(family: &str, gender: &str) -> Value {
     json!({
@@ -35,7 +35,7 @@ async fn ids_of_type(gateway: &Gateway, resource_type: &str) -> Vec<String> {
     let mut url = gateway.url(&format!("{resource_type}/_history?_count=500"));
     loop {
         let page = json_body(gateway.http.get(&url).send().await.unwrap()).await;
-        for entry in page["entry"].as_array().unwrap() {
+        for entry in entries(&page) {
             ids.push(entry["resource"]["id"].as_str().unwrap().to_string());
         }
         match page["link"].as_array().unwrap().iter().find(|link| link["relation"] == "next") {
@@ -58,8 +58,7 @@ async fn a_transaction_with_one_invalid_entry_stores_nothing_and_a_batch_stores_
 
     let response = json_body(post_bundle(&gateway, &bundle("batch", entries)).await).await;
     assert_eq!(response["type"], "batch-response");
-    let statuses: Vec<&str> =
-        response["entry"].as_array().unwrap().iter().map(|entry| entry["response"]["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = harness::entries(&response).iter().map(|entry| entry["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses.iter().filter(|status| **status == "201 Created").count(), 9);
     assert!(statuses[6].starts_with("422"), "{statuses:?}");
     assert_eq!(response["entry"][6]["response"]["outcome"]["resourceType"], "OperationOutcome");
@@ -92,7 +91,7 @@ async fn urn_uuid_and_conditional_references_are_resolved() {
     );
     let response = json_body(post_bundle(&gateway, &request).await).await;
     assert_eq!(response["type"], "transaction-response");
-    let entries = response["entry"].as_array().unwrap();
+    let entries = entries(&response);
     assert_eq!(entries.len(), 3, "one response per entry, in request order");
     assert_eq!(entries[0]["response"]["status"], "201 Created");
     assert_eq!(entries[2]["response"]["status"], "200 OK");
@@ -227,7 +226,7 @@ async fn all_synthea_transaction_bundles_load_with_exact_counts() {
         let body = response.text().await.unwrap();
         assert_eq!(status, 200, "{}: {}", path.display(), &body[..body.len().min(2000)]);
         let body: Value = serde_json::from_str(&body).unwrap();
-        assert!(body["entry"].as_array().unwrap().iter().all(|entry| entry["response"]["status"] == "201 Created"));
+        assert!(entries(&body).iter().all(|entry| entry["response"]["status"] == "201 Created"));
     }
     for (resource_type, count) in &expected {
         assert_eq!(ids_of_type(&gateway, resource_type).await.len(), *count, "{resource_type}");

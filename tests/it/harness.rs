@@ -127,14 +127,15 @@ impl Gateway {
         format!("{}/{}", self.base(), path.trim_start_matches('/'))
     }
 
-    /// Graceful stop (SIGTERM), waiting for the process to exit.
-    pub fn stop(&mut self) {
+    /// Graceful stop (SIGTERM), waiting for the process to exit; how long it took.
+    pub fn stop(&mut self) -> Duration {
+        let started = Instant::now();
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if child.try_wait().expect("try_wait").is_some() {
-                    return;
+                    return started.elapsed();
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -142,6 +143,7 @@ impl Gateway {
             let _ = child.wait();
             panic!("the gateway did not stop within 20 s of SIGTERM");
         }
+        started.elapsed()
     }
 
     /// `kill -9`: no chance to flush anything.
@@ -221,5 +223,18 @@ impl Rng {
 
     pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
+    }
+}
+
+/// The entries of a response Bundle. FHIR JSON has no empty arrays: a Bundle without entries
+/// has no `entry` element.
+pub fn entries(bundle: &serde_json::Value) -> &[serde_json::Value] {
+    match bundle.get("entry") {
+        None => &[],
+        Some(entry) => {
+            let entries = entry.as_array().expect("entry is an array");
+            assert!(!entries.is_empty(), "an empty entry array: {bundle}");
+            entries
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{Gateway, TempDir, binary, corpora, json_body};
+use crate::harness::{Gateway, TempDir, binary, corpora, entries, json_body};
 
 fn import(data: &std::path::Path, paths: &[&std::path::Path]) -> (bool, String) {
     let output = Command::new(binary()).arg("import").arg("--data-dir").arg(data).args(paths).output().unwrap();
@@ -17,7 +17,7 @@ async fn count_of_type(gateway: &Gateway, resource_type: &str) -> usize {
     let mut url = gateway.url(&format!("{resource_type}/_history?_count=500"));
     loop {
         let page = json_body(gateway.http.get(&url).send().await.unwrap()).await;
-        total += page["entry"].as_array().unwrap().len();
+        total += entries(&page).len();
         match page["link"].as_array().unwrap().iter().find(|link| link["relation"] == "next") {
             Some(next) => url = next["url"].as_str().unwrap().to_string(),
             None => return total,

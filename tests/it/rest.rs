@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{FHIR_JSON, Gateway, expect_outcome, json_body};
+use crate::harness::{FHIR_JSON, Gateway, entries, expect_outcome, json_body};
 
 fn patient(family: &str) -> Value {
     json!({ "resourceType": "Patient", "name": [{ "family": family }], "gender": "female", "birthDate": "1980-02-29" })
@@ -190,7 +190,7 @@ async fn fifty_parallel_conditional_creates_make_one_resource() {
     assert_eq!(created, 1);
     assert_eq!(ids.len(), 1, "every answer names the same resource");
     let history = json_body(gateway.get("Patient/_history").await).await;
-    assert_eq!(history["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(entries(&history).len(), 1);
 }
 
 /// A tiny join_all, to avoid a dependency for one test.
@@ -286,8 +286,7 @@ async fn history_pages_newest_first() {
     let history = json_body(gateway.get(&format!("Patient/{id}/_history")).await).await;
     assert_eq!(history["resourceType"], "Bundle");
     assert_eq!(history["type"], "history");
-    let versions: Vec<&str> =
-        history["entry"].as_array().unwrap().iter().map(|entry| entry["resource"]["meta"]["versionId"].as_str().unwrap()).collect();
+    let versions: Vec<&str> = entries(&history).iter().map(|entry| entry["resource"]["meta"]["versionId"].as_str().unwrap()).collect();
     assert_eq!(versions, ["3", "2", "1"]);
     assert_eq!(history["entry"][2]["request"]["method"], "POST");
     assert_eq!(history["entry"][0]["request"]["method"], "PUT");
@@ -297,7 +296,7 @@ async fn history_pages_newest_first() {
     let mut seen = Vec::new();
     for _ in 0..10 {
         let page = json_body(gateway.http.get(&url).send().await.unwrap()).await;
-        for entry in page["entry"].as_array().unwrap() {
+        for entry in entries(&page) {
             seen.push(entry["fullUrl"].as_str().unwrap().to_string());
         }
         match page["link"].as_array().unwrap().iter().find(|link| link["relation"] == "next") {
@@ -309,9 +308,9 @@ async fn history_pages_newest_first() {
     assert_eq!(seen.iter().filter(|full_url| full_url.ends_with(&id)).count(), 3);
 
     let future = json_body(gateway.get(&format!("Patient/{id}/_history?_since=2999-01-01T00:00:00Z")).await).await;
-    assert_eq!(future["entry"].as_array().unwrap().len(), 0);
+    assert_eq!(entries(&future).len(), 0);
     let empty = json_body(gateway.get("Patient/_history?_count=0").await).await;
-    assert_eq!(empty["entry"].as_array().unwrap().len(), 0);
+    assert_eq!(entries(&empty).len(), 0);
 }
 
 #[tokio::test]

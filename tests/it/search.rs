@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use crate::harness::{FHIR_JSON, Gateway, binary, corpora, expect_outcome, json_body};
+use crate::harness::{self, FHIR_JSON, Gateway, binary, corpora, entries, expect_outcome, json_body};
 
 /// Lower case without the accents Synthea names use (independent of the gateway's folding).
 fn fold(text: &str) -> String {
@@ -37,13 +37,13 @@ fn synthea_corpus() -> Corpus {
         let path = entry.unwrap().path();
         let bundle: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut patient = None;
-        for entry in bundle["entry"].as_array().unwrap() {
+        for entry in entries(&bundle) {
             if entry["resource"]["resourceType"] == "Patient" {
                 patient = Some((entry["fullUrl"].as_str().unwrap().to_string(), synthea_id(&entry["resource"])));
                 patients.push(entry["resource"].clone());
             }
         }
-        for entry in bundle["entry"].as_array().unwrap() {
+        for entry in entries(&bundle) {
             if entry["resource"]["resourceType"] == "Observation" {
                 let (url, id) = patient.as_ref().expect("a patient bundle");
                 assert_eq!(entry["resource"]["subject"]["reference"].as_str(), Some(url.as_str()));
@@ -62,7 +62,7 @@ async fn all_pages(gateway: &Gateway, first: String) -> (Vec<Value>, Option<u64>
         let page = json_body(gateway.http.get(&url).send().await.unwrap()).await;
         assert_eq!(page["type"], "searchset", "{page}");
         total = page["total"].as_u64();
-        entries.extend(page["entry"].as_array().unwrap().iter().filter(|entry| entry["search"]["mode"] == "match").cloned());
+        entries.extend(harness::entries(&page).iter().filter(|entry| entry["search"]["mode"] == "match").cloned());
         match page["link"].as_array().unwrap().iter().find(|link| link["relation"] == "next") {
             Some(next) => url = next["url"].as_str().unwrap().to_string(),
             None => break,
@@ -200,13 +200,13 @@ async fn search_semantics_on_synthea_data() {
     // _summary=count, _elements, _revinclude.
     let count = json_body(gateway.get("Patient?_summary=count").await).await;
     assert_eq!(count["total"].as_u64(), Some(corpus.patients.len() as u64));
-    assert!(count["entry"].as_array().unwrap().is_empty());
+    assert!(harness::entries(&count).is_empty());
     let elements = json_body(gateway.get(&format!("Patient?_id={patient_id}&_elements=gender")).await).await;
     let resource = &elements["entry"][0]["resource"];
     assert!(resource.get("gender").is_some() && resource.get("name").is_none(), "{resource}");
     let with_observations =
         json_body(gateway.get(&format!("Patient?_id={patient_id}&_revinclude=Observation:subject&_count=1")).await).await;
-    let included = with_observations["entry"].as_array().unwrap().iter().filter(|entry| entry["search"]["mode"] == "include").count();
+    let included = harness::entries(&with_observations).iter().filter(|entry| entry["search"]["mode"] == "include").count();
     assert_eq!(included, expected_all);
 
     // $everything holds the patient and every Observation of the patient.
@@ -238,7 +238,7 @@ async fn search_sees_writes_at_once_and_refuses_what_it_cannot_do() {
     expect_outcome(gateway.get("Patient?shoe-size=9").await, 400).await;
     let lenient = gateway.http.get(gateway.url("Patient?shoe-size=9")).header("prefer", "handling=lenient").send().await.unwrap();
     let bundle = json_body(lenient).await;
-    let outcome = bundle["entry"].as_array().unwrap().iter().find(|entry| entry["search"]["mode"] == "outcome").unwrap();
+    let outcome = entries(&bundle).iter().find(|entry| entry["search"]["mode"] == "outcome").unwrap();
     assert!(outcome["resource"].to_string().contains("shoe-size"));
     expect_outcome(gateway.get("Patient?birthdate=not-a-date").await, 400).await;
     expect_outcome(gateway.get("Observation?subject:Patient.name=x").await, 400).await;
@@ -312,6 +312,11 @@ async fn a_huge_offset_is_an_empty_page_not_a_crash() {
     gateway.post("Patient", &json!({ "resourceType": "Patient", "gender": "male" })).await;
     let page = json_body(gateway.get("Patient?_offset=18446744073709551615").await).await;
     assert_eq!(page["total"], 1);
-    assert!(page["entry"].as_array().unwrap().is_empty());
+    assert!(entries(&page).is_empty());
     expect_outcome(gateway.get("Patient?_offset=-1").await, 400).await;
+    // `_count=0` counts; a `next` link would be a page that never advances.
+    let counted = json_body(gateway.get("Patient?_count=0").await).await;
+    assert_eq!(counted["total"], 1);
+    let relations: Vec<&str> = counted["link"].as_array().unwrap().iter().map(|link| link["relation"].as_str().unwrap()).collect();
+    assert_eq!(relations, ["self"], "{counted}");
 }

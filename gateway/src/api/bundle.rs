@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, RawQuery, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::AppState;
+use super::bundle_body::{Entry, Resource, bundle_response};
 use super::error::{ApiError, operation_outcome};
 use super::extract::{FhirJson, Prefer, ReturnPreference};
 use super::resource::parameters;
-use super::{AppState, FHIR_JSON};
 use crate::fhir::bundle::{self, BundleKind};
 use crate::fhir::{self, format_instant};
 use crate::store::{EntryOutcome, Principal, StoredVersion};
@@ -49,16 +50,13 @@ pub async fn transaction_or_batch(
         }
         BundleKind::Batch => ("batch-response", state.store.batch(parsed.entries, &principal, prefer.leniency).await),
     };
-    let entries: Vec<Value> = outcomes.into_iter().map(|(_, outcome)| response_entry(&state, outcome, prefer)).collect();
-    let bundle = json!({
+    let envelope = json!({
         "resourceType": "Bundle",
         "type": response_type,
         "meta": { "lastUpdated": format_instant(fhir::now_instant()) },
-        "entry": entries,
     });
-    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(FHIR_JSON));
-    Ok(response)
+    let entries: Vec<Entry> = outcomes.into_iter().map(|(_, outcome)| response_entry(&state, outcome, prefer)).collect();
+    Ok(bundle_response(envelope, entries))
 }
 
 fn version_fields(state: &AppState, version: &StoredVersion, response: &mut Value) {
@@ -68,44 +66,43 @@ fn version_fields(state: &AppState, version: &StoredVersion, response: &mut Valu
     response["lastModified"] = json!(format_instant(version.last_updated));
 }
 
-fn response_entry(state: &AppState, outcome: EntryOutcome, prefer: Prefer) -> Value {
-    let resource_entry = |status: &str, version: StoredVersion, include: bool| {
+fn response_entry(state: &AppState, outcome: EntryOutcome, prefer: Prefer) -> Entry {
+    let resource_entry = |status: &str, version: StoredVersion| {
         let mut response = json!({ "status": status });
         version_fields(state, &version, &mut response);
         let key = &version.key;
-        let mut entry = json!({ "fullUrl": format!("{}/{}/{}", state.base_url, key.resource_type, key.id) });
+        let mut resource = None;
         match prefer.return_preference {
-            ReturnPreference::Representation if include => {
-                if let Some(resource) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) {
-                    entry["resource"] = resource;
-                }
-            }
+            ReturnPreference::Representation => resource = version.body.map(Resource::Stored),
             ReturnPreference::OperationOutcome => {
                 response["outcome"] = operation_outcome("information", "informational", "processed");
             }
-            _ => {}
+            ReturnPreference::Minimal => {}
         }
-        entry["response"] = response;
-        entry
+        let fields = json!({
+            "fullUrl": format!("{}/{}/{}", state.base_url, key.resource_type, key.id),
+            "response": response,
+        });
+        Entry { fields, resource }
     };
     match outcome {
-        EntryOutcome::Written { version, created: true } => resource_entry("201 Created", version, true),
-        EntryOutcome::Written { version, created: false } => resource_entry("200 OK", version, true),
-        EntryOutcome::Read(version) => resource_entry("200 OK", version, true),
+        EntryOutcome::Written { version, created: true } => resource_entry("201 Created", version),
+        EntryOutcome::Written { version, created: false } | EntryOutcome::Read(version) => resource_entry("200 OK", version),
         EntryOutcome::Deleted { version_id } => {
             let mut response = json!({ "status": "204 No Content" });
             if let Some(version_id) = version_id {
                 response["etag"] = json!(format!("W/\"{version_id}\""));
             }
-            json!({ "response": response })
+            Entry { fields: json!({ "response": response }), resource: None }
         }
         EntryOutcome::Failed(error) => {
             let error = ApiError::from(error);
             let status = error.status();
-            json!({ "response": {
+            let fields = json!({ "response": {
                 "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or_default()),
                 "outcome": error.to_outcome(),
-            } })
+            } });
+            Entry { fields, resource: None }
         }
     }
 }

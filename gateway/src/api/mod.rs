@@ -5,6 +5,7 @@
 //! and a test checks that `openapi.yaml` describes exactly these.
 
 mod bundle;
+mod bundle_body;
 pub mod error;
 pub mod extract;
 mod ledger;
@@ -144,5 +145,13 @@ async fn log_request(request: Request, next: Next) -> Response {
     } else {
         tracing::debug!(%method, route, status, micros, "request");
     }
+    response
+}
+
+/// A response with a FHIR JSON body.
+fn fhir_response(status: axum::http::StatusCode, body: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(FHIR_JSON));
     response
 }

@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use super::bundle_body::{Entry, Resource, bundle_response};
 use super::error::{ApiError, operation_outcome};
 use super::extract::{FhirJson, FhirPath, Prefer, ReturnPreference, check_acceptable, if_match, if_none_exist};
-use super::{AppState, FHIR_JSON};
+use super::{AppState, fhir_response};
 use crate::fhir::{self, format_instant, is_valid_id, resource_type::is_resource_type};
 use crate::store::catalog::ResourceKey;
 use crate::store::{CreateOutcome, HistoryPage, Principal, StoredVersion};
@@ -64,12 +65,6 @@ fn version_headers(response: &mut Response, state: &AppState, version: &StoredVe
             headers.insert(header::LOCATION, url);
         }
     }
-}
-
-fn fhir_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    response
 }
 
 /// The answer to a successful write, shaped by `Prefer: return=`.
@@ -218,9 +213,9 @@ fn history_parameters(state: &AppState, headers: &HeaderMap, query: Option<&str>
 
 /// A `history` Bundle (R4 §3.1.0.4) for one page, with `self` and `next` links.
 fn history_bundle(state: &AppState, page: HistoryPage, self_path: &str, parameters: &HistoryParameters) -> Response {
-    let entries: Vec<Value> = page
+    let entries: Vec<Entry> = page
         .versions
-        .iter()
+        .into_iter()
         .map(|version| {
             let key = &version.key;
             let full_url = format!("{}/{}/{}", state.base_url, key.resource_type, key.id);
@@ -229,7 +224,7 @@ fn history_bundle(state: &AppState, page: HistoryPage, self_path: &str, paramete
                 (Some(_), 1) => ("POST", key.resource_type.clone(), "201 Created"),
                 (Some(_), _) => ("PUT", format!("{}/{}", key.resource_type, key.id), "200 OK"),
             };
-            let mut entry = json!({
+            let fields = json!({
                 "fullUrl": full_url,
                 "request": { "method": method, "url": url },
                 "response": {
@@ -238,12 +233,7 @@ fn history_bundle(state: &AppState, page: HistoryPage, self_path: &str, paramete
                     "lastModified": format_instant(version.last_updated),
                 },
             });
-            if let Some(body) = &version.body
-                && let Ok(resource) = serde_json::from_slice::<Value>(body)
-            {
-                entry["resource"] = resource;
-            }
-            entry
+            Entry { fields, resource: version.body.map(Resource::Stored) }
         })
         .collect();
     let mut links = vec![json!({ "relation": "self", "url": format!("{}{}?_count={}", state.base_url, self_path, parameters.count) })];
@@ -253,14 +243,13 @@ fn history_bundle(state: &AppState, page: HistoryPage, self_path: &str, paramete
             "url": format!("{}{}?_count={}&_cursor={}", state.base_url, self_path, parameters.count, cursor),
         }));
     }
-    let bundle = json!({
+    let envelope = json!({
         "resourceType": "Bundle",
         "type": "history",
         "meta": { "lastUpdated": format_instant(fhir::now_instant()) },
         "link": links,
-        "entry": entries,
     });
-    fhir_response(StatusCode::OK, bundle.to_string().into_bytes())
+    bundle_response(envelope, entries)
 }
 
 /// `GET [base]/[type]/[id]/_history`

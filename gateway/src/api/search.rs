@@ -5,12 +5,13 @@
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::AppState;
+use super::bundle_body::{Entry, Resource, bundle_response};
 use super::error::{ApiError, operation_outcome};
 use super::extract::{FhirPath, Prefer, check_acceptable};
-use super::{AppState, FHIR_JSON};
 use crate::fhir::{self, Leniency, format_instant, is_valid_id, resource_type::is_resource_type};
 use crate::search::{SearchParamTable, SearchQuery, Summary, TotalMode, parse_query};
 use crate::store::StoredVersion;
@@ -89,14 +90,17 @@ fn apply_elements(mut resource: Value, elements: &[String]) -> Value {
     resource
 }
 
-fn entry(state: &AppState, version: &StoredVersion, mode: &str, elements: &[String]) -> Value {
+fn entry(state: &AppState, version: StoredVersion, mode: &str, elements: &[String]) -> Entry {
     let key = &version.key;
-    let resource = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()).unwrap_or(Value::Null);
-    json!({
+    let resource = version.body.map(|body| match elements {
+        [] => Resource::Stored(body),
+        elements => Resource::Value(apply_elements(serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null), elements)),
+    });
+    let fields = json!({
         "fullUrl": format!("{}/{}/{}", state.base_url, key.resource_type, key.id),
-        "resource": apply_elements(resource, elements),
         "search": { "mode": mode },
-    })
+    });
+    Entry { fields, resource }
 }
 
 fn self_url(path: &str, pairs: &[(String, String)], offset: Option<usize>) -> String {
@@ -120,14 +124,15 @@ fn encode(text: &str) -> String {
 
 fn searchset(state: &AppState, path: &str, request: &Request, query: &SearchQuery, page: SearchPage) -> Response {
     let count_only = query.summary == Some(Summary::Count);
-    let mut entries: Vec<Value> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     if !count_only {
-        entries.extend(page.matches.iter().map(|version| entry(state, version, "match", &query.elements)));
-        entries.extend(page.includes.iter().map(|version| entry(state, version, "include", &query.elements)));
+        entries.extend(page.matches.into_iter().map(|version| entry(state, version, "match", &query.elements)));
+        entries.extend(page.includes.into_iter().map(|version| entry(state, version, "include", &query.elements)));
     }
     if !query.unknown.is_empty() {
         let message = format!("ignored unknown or unsupported parameters: {}", query.unknown.join(", "));
-        entries.push(json!({ "resource": operation_outcome("warning", "not-supported", &message), "search": { "mode": "outcome" } }));
+        let outcome = operation_outcome("warning", "not-supported", &message);
+        entries.push(Entry { fields: json!({ "search": { "mode": "outcome" } }), resource: Some(Resource::Value(outcome)) });
     }
     let base_path = format!("{}{}", state.base_url, path);
     let mut links =
@@ -139,20 +144,17 @@ fn searchset(state: &AppState, path: &str, request: &Request, query: &SearchQuer
         let previous = request.offset.saturating_sub(request.count);
         links.push(json!({ "relation": "previous", "url": self_url(&base_path, &request.pairs, Some(previous)) }));
     }
-    let mut bundle = json!({
+    let mut envelope = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "meta": { "lastUpdated": format_instant(fhir::now_instant()) },
         "link": links,
-        "entry": entries,
     });
     let show_total = count_only || query.total != Some(TotalMode::None);
     if let (true, Some(total)) = (show_total, page.total) {
-        bundle["total"] = json!(total);
+        envelope["total"] = json!(total);
     }
-    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(FHIR_JSON));
-    response
+    bundle_response(envelope, entries)
 }
 
 async fn run(
@@ -258,7 +260,9 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
             }
             PAGING => offset = value.parse().map_err(|_| ApiError::bad_request("_offset must be a non-negative integer"))?,
             "_format" | "_pretty" => {}
-            other => return Err(ApiError::bad_request(format!("$everything does not support the parameter '{other}'"))),
+            other => {
+                return Err(ApiError::bad_request(format!("$everything does not support the parameter '{other}'")));
+            }
         }
     }
     state.store.read(&ResourceKey { resource_type: "Patient".into(), id: id.clone() })?;

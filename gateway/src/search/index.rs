@@ -79,7 +79,7 @@ pub struct TantivyIndex {
     reader: IndexReader,
 }
 
-const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+const WRITER_MEMORY: usize = 32 * 1024 * 1024;
 
 impl TantivyIndex {
     /// Opens the index in `directory`, creating it if absent (or if its schema is not ours).

@@ -13,6 +13,7 @@
 //! dates, composites); the search then confirms every candidate with the matcher on the sealed
 //! resource. Term layout: `{param}|{kind}|{value}`, one field for all.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -48,16 +49,51 @@ impl TermCondition {
     }
 }
 
+/// Appends `bytes` as lowercase hex (lexicographic order of the text = order of the bytes).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    }
+}
+
+fn sortable_u64(value: u64) -> String {
+    let mut out = String::with_capacity(16);
+    push_hex(&mut out, &value.to_be_bytes());
+    out
+}
+
 /// Order-preserving text for an `i64` (dates in ms).
 fn sortable_i64(value: i64) -> String {
-    format!("{:016x}", (value as u64) ^ (1 << 63))
+    sortable_u64((value as u64) ^ (1 << 63))
 }
 
 /// Order-preserving text for an `f64` (IEEE 754 total order for finite values).
 fn sortable_f64(value: f64) -> String {
     let bits = value.to_bits();
-    let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
-    format!("{ordered:016x}")
+    sortable_u64(if bits >> 63 == 1 { !bits } else { bits | (1 << 63) })
+}
+
+/// The bytes a value's keyed hash covers: each part followed by a 0 byte.
+fn value_bytes(parts: &[&str]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
+    for part in parts {
+        bytes.extend_from_slice(part.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
+/// `{param}|{kind}|{value}`: the layout of every term.
+fn layout(param: &str, kind: &str, value: &str) -> String {
+    let mut term = String::with_capacity(param.len() + kind.len() + value.len() + 2);
+    term.push_str(param);
+    term.push('|');
+    term.push_str(kind);
+    term.push('|');
+    term.push_str(value);
+    term
 }
 
 /// Turns index values into terms and filters into conditions, under one hashing key.
@@ -72,35 +108,52 @@ impl TermEncoder {
         TermEncoder { keyed: <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("any key length") }
     }
 
-    fn hash(&self, parts: &[&str]) -> String {
+    /// The keyed hash of a value: its parts, each followed by a 0 byte. It does not depend on
+    /// the parameter (the term names that in clear), so one document hashes each value once.
+    fn hash(&self, value: &[u8]) -> [u8; 12] {
         let mut mac = self.keyed.clone();
-        for part in parts {
-            mac.update(part.as_bytes());
-            mac.update(&[0]);
-        }
-        mac.finalize().into_bytes()[..12].iter().map(|byte| format!("{byte:02x}")).collect()
+        mac.update(value);
+        let mut hash = [0; 12];
+        hash.copy_from_slice(&mac.finalize().into_bytes()[..12]);
+        hash
+    }
+
+    fn hashed_term(param: &str, kind: &str, hash: &[u8; 12]) -> String {
+        let mut term = layout(param, kind, "");
+        term.reserve(2 * hash.len());
+        push_hex(&mut term, hash);
+        term
     }
 
     fn term(&self, param: &str, kind: &str, parts: &[&str]) -> String {
-        format!("{param}|{kind}|{}", self.hash(parts))
+        Self::hashed_term(param, kind, &self.hash(&value_bytes(parts)))
     }
 
     fn presence(param: &str) -> String {
-        format!("{param}|?")
+        let mut term = String::with_capacity(param.len() + 2);
+        term.push_str(param);
+        term.push_str("|?");
+        term
     }
 
     fn prefixes(normalized: &str) -> impl Iterator<Item = &str> {
         normalized.char_indices().skip(1).map(|(end, _)| &normalized[..end]).chain(std::iter::once(normalized)).take(MAX_PREFIX)
     }
 
-    fn trigrams(normalized: &str) -> Vec<String> {
-        let characters: Vec<char> = normalized.chars().collect();
-        characters.windows(3).map(|window| window.iter().collect()).collect()
+    fn trigrams(normalized: &str) -> impl Iterator<Item = &str> {
+        let starts: Vec<usize> = normalized.char_indices().map(|(start, _)| start).chain(std::iter::once(normalized.len())).collect();
+        (0..starts.len().saturating_sub(3)).map(move |first| &normalized[starts[first]..starts[first + 3]])
     }
 
-    /// Every term of a resource's index entries.
+    /// Every term of a resource's index entries (a term may repeat; the index ignores repeats).
     pub fn document_terms(&self, entries: &[IndexEntry]) -> Vec<String> {
-        let mut terms = Vec::new();
+        let mut terms = Vec::with_capacity(8 * entries.len());
+        // Names, phonetic, given, family… index the same strings: hash each value once.
+        let mut hashes: HashMap<Vec<u8>, [u8; 12]> = HashMap::new();
+        let mut term = |param: &str, kind: &str, parts: &[&str]| {
+            let hash = hashes.entry(value_bytes(parts)).or_insert_with_key(|value| self.hash(value));
+            Self::hashed_term(param, kind, hash)
+        };
         for entry in entries {
             if let Some(base) = entry.param.strip_suffix(PRESENT_SUFFIX) {
                 terms.push(Self::presence(base));
@@ -111,36 +164,34 @@ impl TermEncoder {
             match &entry.value {
                 IndexValue::Token { system, code } => {
                     let system = system.as_deref().unwrap_or("");
-                    terms.push(self.term(param, "t", &[system, code]));
-                    terms.push(self.term(param, "ta", &[code]));
-                    terms.push(self.term(param, "ts", &[system]));
+                    terms.push(term(param, "t", &[system, code]));
+                    terms.push(term(param, "ta", &[code]));
+                    terms.push(term(param, "ts", &[system]));
                 }
                 IndexValue::Text { normalized, exact } => {
-                    terms.extend(Self::prefixes(normalized).map(|prefix| self.term(param, "sp", &[prefix])));
-                    terms.push(self.term(param, "sx", &[exact]));
-                    terms.extend(Self::trigrams(normalized).iter().map(|trigram| self.term(param, "sg", &[trigram])));
+                    terms.extend(Self::prefixes(normalized).map(|prefix| term(param, "sp", &[prefix])));
+                    terms.push(term(param, "sx", &[exact]));
+                    terms.extend(Self::trigrams(normalized).map(|trigram| term(param, "sg", &[trigram])));
                 }
                 IndexValue::Reference { target } => {
-                    terms.push(self.term(param, "r", &[target]));
+                    terms.push(term(param, "r", &[target]));
                     let id = target.rsplit('/').next().unwrap_or(target);
-                    terms.push(self.term(param, "ri", &[id]));
+                    terms.push(term(param, "ri", &[id]));
                 }
                 IndexValue::Date { start_ms, end_ms } => {
-                    terms.push(format!("{param}|ds|{}", sortable_i64(*start_ms)));
-                    terms.push(format!("{param}|de|{}", sortable_i64(*end_ms)));
+                    terms.push(layout(param, "ds", &sortable_i64(*start_ms)));
+                    terms.push(layout(param, "de", &sortable_i64(*end_ms)));
                 }
                 IndexValue::Quantity { value_f64, system, code, .. } => {
-                    terms.push(format!("{param}|q|{}", sortable_f64(*value_f64)));
+                    terms.push(layout(param, "q", &sortable_f64(*value_f64)));
                     if let Some(code) = code {
-                        terms.push(self.term(param, "qc", &[code]));
-                        terms.push(self.term(param, "qu", &[system.as_deref().unwrap_or(""), code]));
+                        terms.push(term(param, "qc", &[code]));
+                        terms.push(term(param, "qu", &[system.as_deref().unwrap_or(""), code]));
                     }
                 }
-                IndexValue::Number { value_f64, .. } => terms.push(format!("{param}|n|{}", sortable_f64(*value_f64))),
+                IndexValue::Number { value_f64, .. } => terms.push(layout(param, "n", &sortable_f64(*value_f64))),
             }
         }
-        terms.sort();
-        terms.dedup();
         terms
     }
 
@@ -198,12 +249,10 @@ impl TermEncoder {
         match modifier {
             Some(Modifier::Exact) => TermCondition::Term(self.term(param, "sx", &[value])),
             Some(Modifier::Contains) => {
-                let trigrams = Self::trigrams(&normalize_text(value));
-                if trigrams.is_empty() {
-                    TermCondition::Term(Self::presence(param))
-                } else {
-                    TermCondition::All(trigrams.iter().map(|trigram| TermCondition::Term(self.term(param, "sg", &[trigram]))).collect())
-                }
+                let normalized = normalize_text(value);
+                let trigrams: Vec<TermCondition> =
+                    Self::trigrams(&normalized).map(|trigram| TermCondition::Term(self.term(param, "sg", &[trigram]))).collect();
+                if trigrams.is_empty() { TermCondition::Term(Self::presence(param)) } else { TermCondition::All(trigrams) }
             }
             _ => {
                 let normalized = normalize_text(value);

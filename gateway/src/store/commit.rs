@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
-use super::search::IndexJob;
+use super::search::{IndexJob, IndexMessage};
 use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
 use crate::fhir::{self, canonical::to_canonical_bytes};
@@ -132,7 +132,9 @@ pub(crate) fn prepare(
 fn identifier_hashes(shared: &Shared, resource_type: &str, resource: &Value) -> Vec<KeyedHash> {
     let mut hashes = Vec::new();
     for identifier in resource.get("identifier").and_then(Value::as_array).into_iter().flatten() {
-        let Some(value) = identifier.get("value").and_then(Value::as_str) else { continue };
+        let Some(value) = identifier.get("value").and_then(Value::as_str) else {
+            continue;
+        };
         let system = identifier.get("system").and_then(Value::as_str).unwrap_or("");
         hashes.push(shared.secrets.identifier_hash(resource_type, Some(system), value));
         hashes.push(shared.secrets.identifier_hash(resource_type, None, value));
@@ -349,8 +351,10 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
             body: prepared.body.clone(),
         })
         .collect();
-    if let Some((index_jobs, _)) = shared.indexer.lock().expect("indexer lock").as_ref() {
-        let _ = index_jobs.send((jobs, shared.ledger.tree_size()));
+    // Cloned so that a full queue blocks only this thread, not searches waking the indexer.
+    let index_jobs = shared.indexer.lock().expect("indexer lock").as_ref().map(|(sender, _)| sender.clone());
+    if let Some(index_jobs) = index_jobs {
+        let _ = index_jobs.send(IndexMessage::Jobs(jobs, shared.ledger.tree_size()));
     }
     for (writes, reply) in accepted {
         let versions = writes

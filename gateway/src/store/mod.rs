@@ -147,11 +147,15 @@ impl CreateCondition {
             match name.as_str() {
                 "_id" => condition.id = Some(value),
                 "identifier" => condition.identifiers.push(match value.split_once('|') {
-                    Some((_, "")) => return Err("identifier=system| (any value) is not supported".into()),
+                    Some((_, "")) => {
+                        return Err("identifier=system| (any value) is not supported".into());
+                    }
                     Some((system, value)) => IdentifierQuery { system: Some(system.to_string()), value: value.to_string() },
                     None => IdentifierQuery { system: None, value },
                 }),
-                other => return Err(format!("parameter '{other}' is not supported (supported: identifier, _id)")),
+                other => {
+                    return Err(format!("parameter '{other}' is not supported (supported: identifier, _id)"));
+                }
             }
         }
         if condition.id.is_none() && condition.identifiers.is_empty() {
@@ -367,7 +371,8 @@ impl ResourceStore {
     }
 
     /// Commits everything submitted so far, issues a final checkpoint, stops the commit thread,
-    /// then lets the indexer finish what it was sent and stops it.
+    /// then stops the indexer: it publishes what it has applied and leaves the rest of its queue
+    /// to the catch-up at the next open (shutdown does not wait for a search-index backlog).
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
         if self.commits.send(CommitRequest::Shutdown(reply)).await.is_ok() {
@@ -375,6 +380,7 @@ impl ResourceStore {
         }
         let indexer = self.shared.indexer.lock().expect("indexer lock").take();
         if let Some((sender, thread)) = indexer {
+            self.shared.search.stop();
             drop(sender);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -447,8 +453,12 @@ impl ResourceStore {
         }
         match resource.get("id").and_then(Value::as_str) {
             Some(id) if id == key.id => {}
-            Some(_) => return Err(StoreError::BadRequest("the resource's id does not match the id in the URL".into())),
-            None => return Err(StoreError::BadRequest("an update must carry the resource's id in the body".into())),
+            Some(_) => {
+                return Err(StoreError::BadRequest("the resource's id does not match the id in the URL".into()));
+            }
+            None => {
+                return Err(StoreError::BadRequest("an update must carry the resource's id in the body".into()));
+            }
         }
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let current = self.current_state(key);
@@ -474,7 +484,9 @@ impl ResourceStore {
     /// or `None` if it was already deleted.
     pub async fn delete(&self, key: &ResourceKey, principal: &Principal) -> Result<Option<u64>, StoreError> {
         for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let Some((version_id, deleted)) = self.current_state(key) else { return Err(StoreError::NotFound) };
+            let Some((version_id, deleted)) = self.current_state(key) else {
+                return Err(StoreError::NotFound);
+            };
             if deleted {
                 return Ok(None);
             }

@@ -7,7 +7,7 @@
 //! serves stale or unverified content, and the index may be approximate without being wrong.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::catalog::ResourceKey;
 use super::{ResourceStore, Shared, StoreError, StoredVersion};
-use crate::search::index::{Hit, IndexDocument, TantivyIndex};
+use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
 use crate::search::terms::{TermCondition, TermEncoder};
 use crate::search::{Include, IndexValue, ParamType, SearchParamTable, SearchQuery, extract, extract_param, matches};
 
@@ -36,16 +36,31 @@ pub(crate) struct IndexJob {
 pub(crate) struct SearchIndex {
     pub index: TantivyIndex,
     pub encoder: TermEncoder,
-    /// Number of ledger leaves covered (all versions below this leaf are indexed).
+    /// Number of ledger leaves covered by the last index commit (all versions below this leaf
+    /// are searchable).
     covered: Mutex<u64>,
     covered_changed: Condvar,
+    /// The largest tree size a waiting search needs: while it exceeds `covered`, the indexer
+    /// publishes after every batch instead of every [`PUBLISH_INTERVAL`].
+    wanted: AtomicU64,
+    /// Set by `close`: the indexer publishes what it has applied and stops without draining
+    /// its queue (the next open catches up from the last commit).
+    stopping: AtomicBool,
     pub failures: AtomicU64,
 }
 
 impl SearchIndex {
     pub fn new(index: TantivyIndex, encoder: TermEncoder) -> SearchIndex {
         let covered = index.indexed_leaf().map_or(0, |leaf| leaf + 1);
-        SearchIndex { index, encoder, covered: Mutex::new(covered), covered_changed: Condvar::new(), failures: AtomicU64::new(0) }
+        SearchIndex {
+            index,
+            encoder,
+            covered: Mutex::new(covered),
+            covered_changed: Condvar::new(),
+            wanted: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+        }
     }
 
     pub fn covered(&self) -> u64 {
@@ -60,8 +75,19 @@ impl SearchIndex {
         self.covered_changed.notify_all();
     }
 
-    /// Waits (bounded) until the index covers `tree_size` leaves.
-    fn wait_for(&self, tree_size: u64) -> bool {
+    fn publish_wanted(&self) -> bool {
+        self.wanted.load(Ordering::SeqCst) > self.covered()
+    }
+
+    /// Waits (bounded) until the index covers `tree_size` leaves; `wake` nudges the indexer.
+    fn wait_for(&self, tree_size: u64, wake: impl Fn()) -> bool {
+        let covered = self.covered.lock().expect("covered lock");
+        if *covered >= tree_size {
+            return true;
+        }
+        self.wanted.fetch_max(tree_size, Ordering::SeqCst);
+        drop(covered);
+        wake();
         let covered = self.covered.lock().expect("covered lock");
         let (covered, _) =
             self.covered_changed.wait_timeout_while(covered, FRESHNESS_WAIT, |covered| *covered < tree_size).expect("covered lock");
@@ -90,53 +116,110 @@ impl SearchIndex {
         }
     }
 
-    /// Applies a batch of jobs and commits; `tree_size` is the ledger size they bring it to.
+    /// Hands a batch of jobs to the index writer (searchable after the next [`Self::publish`]).
+    fn add(&self, jobs: &[IndexJob]) -> Result<(), IndexError> {
+        for job in jobs {
+            let key = format!("{}/{}", job.key.resource_type, job.key.id);
+            let document = job
+                .body
+                .as_deref()
+                .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+                .map(|resource| self.document(&job.key, job.leaf_index, job.last_updated_ms, &resource));
+            self.index.upsert(&key, document.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Commits what was added; `tree_size` is the ledger size it brings the index to.
+    fn publish(&self, tree_size: u64) -> Result<(), IndexError> {
+        self.index.commit(tree_size.saturating_sub(1))?;
+        self.set_covered(tree_size);
+        Ok(())
+    }
+
+    fn failed(&self, error: &IndexError) {
+        // The index is derived state: a failure here costs freshness, never data.
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%error, "search index update failed; searches will wait, then answer 503");
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Adds a batch of jobs and publishes at once (catch-up and reindex).
     pub fn apply(&self, jobs: &[IndexJob], tree_size: u64) {
-        let result = (|| -> Result<(), crate::search::index::IndexError> {
-            for job in jobs {
-                let key = format!("{}/{}", job.key.resource_type, job.key.id);
-                let document = job
-                    .body
-                    .as_deref()
-                    .and_then(|body| serde_json::from_slice::<Value>(body).ok())
-                    .map(|resource| self.document(&job.key, job.leaf_index, job.last_updated_ms, &resource));
-                self.index.upsert(&key, document.as_ref())?;
-            }
-            self.index.commit(tree_size.saturating_sub(1))
-        })();
-        match result {
-            Ok(()) => self.set_covered(tree_size),
-            Err(error) => {
-                // The index is derived state: a failure here costs freshness, never data.
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "search index update failed; searches will wait, then answer 503");
-            }
+        if let Err(error) = self.add(jobs).and_then(|()| self.publish(tree_size)) {
+            self.failed(&error);
         }
     }
 }
 
+/// What the commit thread (and a waiting search) sends the indexer.
+pub(crate) enum IndexMessage {
+    /// Published versions and the ledger size after them.
+    Jobs(Vec<IndexJob>, u64),
+    /// A search is waiting: publish what has been added.
+    Publish,
+}
+
 /// The commit thread's handle on the indexer: where to send published versions, and the thread.
-pub(crate) type Indexer = (std::sync::mpsc::SyncSender<(Vec<IndexJob>, u64)>, std::thread::JoinHandle<()>);
+pub(crate) type Indexer = (std::sync::mpsc::SyncSender<IndexMessage>, std::thread::JoinHandle<()>);
 
 /// Published groups waiting for the indexer. When it lags this far behind, the commit thread
 /// waits: bounded memory (each job holds a resource body) rather than an unbounded queue.
 const INDEX_QUEUE: usize = 4;
 
+/// How often the indexer commits while nobody searches. A tantivy commit writes and syncs a
+/// segment (and later merges it): committing per write group cost more than the writes.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Starts the indexer thread; the commit thread sends `(jobs, tree_size)` after each publish.
 /// The thread holds the store only weakly (the store holds the sender): it ends with the store.
 pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<(Vec<IndexJob>, u64)>(INDEX_QUEUE);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<IndexMessage>(INDEX_QUEUE);
     let thread = std::thread::Builder::new()
         .name("indexer".into())
         .spawn(move || {
-            while let Ok((mut jobs, mut tree_size)) = receiver.recv() {
-                // Coalesce whatever else is waiting into one tantivy commit.
-                while let Ok((more, size)) = receiver.try_recv() {
-                    jobs.extend(more);
-                    tree_size = size;
+            // Tree size reached by the jobs added but not yet published.
+            let mut added: Option<u64> = None;
+            let mut last_publish = std::time::Instant::now();
+            loop {
+                let timeout = PUBLISH_INTERVAL.saturating_sub(last_publish.elapsed());
+                let message = match receiver.recv_timeout(timeout) {
+                    Ok(message) => Some(message),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let search = &shared.search;
+                if search.stopping.load(Ordering::SeqCst) {
+                    break;
                 }
-                let Some(shared) = shared.upgrade() else { break };
-                shared.search.apply(&jobs, tree_size);
+                if let Some(IndexMessage::Jobs(jobs, tree_size)) = message {
+                    match search.add(&jobs) {
+                        Ok(()) => added = Some(tree_size),
+                        Err(error) => search.failed(&error),
+                    }
+                }
+                let due = last_publish.elapsed() >= PUBLISH_INTERVAL || search.publish_wanted();
+                if let (true, Some(tree_size)) = (due, added) {
+                    if let Err(error) = search.publish(tree_size) {
+                        search.failed(&error);
+                    }
+                    added = None;
+                    last_publish = std::time::Instant::now();
+                } else if due {
+                    last_publish = std::time::Instant::now();
+                }
+            }
+            // Stopping: publish what was added (cheap), leave the queue to the next catch-up.
+            if let (Some(tree_size), Some(shared)) = (added, shared.upgrade())
+                && let Err(error) = shared.search.publish(tree_size)
+            {
+                shared.search.failed(&error);
             }
         })
         .expect("the indexer thread starts");
@@ -210,7 +293,13 @@ impl ResourceStore {
 
     fn wait_for_index(&self) -> Result<(), StoreError> {
         let tree_size = self.shared.ledger.tree_size();
-        if self.shared.search.wait_for(tree_size) {
+        let wake = || {
+            if let Some((sender, _)) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
+                // Full: the indexer is busy and checks `wanted` after its batch.
+                let _ = sender.try_send(IndexMessage::Publish);
+            }
+        };
+        if self.shared.search.wait_for(tree_size, wake) {
             Ok(())
         } else {
             Err(StoreError::Unavailable("the search index is behind; try again shortly".into()))
@@ -227,7 +316,9 @@ impl ResourceStore {
         let hits = self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
         let mut confirmed = Vec::with_capacity(hits.len());
         for hit in hits {
-            let Some((resource_type, id)) = hit.key.split_once('/') else { continue };
+            let Some((resource_type, id)) = hit.key.split_once('/') else {
+                continue;
+            };
             let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
             let version = match self.read(&key) {
                 Ok(version) => version,
@@ -235,7 +326,9 @@ impl ResourceStore {
                 Err(StoreError::NotFound | StoreError::Gone(_)) => continue,
                 Err(error) => return Err(error),
             };
-            let Some(resource) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) else { continue };
+            let Some(resource) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) else {
+                continue;
+            };
             if query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource) {
                 confirmed.push((hit, version, resource));
             }
@@ -279,7 +372,7 @@ impl ResourceStore {
             }
         }
         let total = confirmed.len();
-        let next_offset = (offset.saturating_add(count) < total).then_some(offset.saturating_add(count));
+        let next_offset = (count > 0 && offset.saturating_add(count) < total).then_some(offset.saturating_add(count));
         let page: Vec<(StoredVersion, Value)> =
             confirmed.into_iter().skip(offset).take(count).map(|(_, version, resource)| (version, resource)).collect();
         let includes = self.includes(query, &page)?;
@@ -338,7 +431,9 @@ impl ResourceStore {
                     }
                 }
                 for include in query.revincludes.iter().filter(|include| round == 0 || include.iterate) {
-                    let (Some(source_type), Some(param)) = (&include.source_type, &include.param) else { continue };
+                    let (Some(source_type), Some(param)) = (&include.source_type, &include.param) else {
+                        continue;
+                    };
                     let reference = format!("{resource_type}/{id}");
                     let Ok(reverse) = crate::search::parse_query(table, source_type, &[(param.clone(), reference)], false) else {
                         continue;
