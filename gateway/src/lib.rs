@@ -2,6 +2,7 @@
 //! anchored in a signed Merkle log before it is acknowledged. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod auth;
 pub mod blob;
 pub mod config;
 pub mod fhir;

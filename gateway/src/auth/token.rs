@@ -1,0 +1,385 @@
+//! Bearer access tokens (SMART App Launch v2, resource-server side): JWT verification against
+//! the JWKS of configured issuers. The caller passes the time, so decisions are reproducible.
+//!
+//! Order of checks, each failing closed: the header names an allowed asymmetric algorithm
+//! (RS256, RS384, ES256, ES384, EdDSA; never `none`, never HMAC: a public key can never act as
+//! an HMAC secret); the (unverified) `iss` names a configured issuer; the header's `kid` names
+//! one of that issuer's keys (or the issuer has exactly one key and no `kid` is given); the key's
+//! type and curve fit the algorithm, and its own `alg`, if stated, is the header's; the signature
+//! verifies (jsonwebtoken); `iss` and `aud` (this FHIR base) match exactly; `exp` is present and
+//! not past, `nbf` not in the future (both with a small leeway); and the SMART context claims the
+//! scopes need are there (`patient` for `patient/` scopes, `fhirUser` for `user/` scopes).
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::scopes::{ScopeContext, Scopes};
+
+/// Accepted signature algorithms (SMART: RS256 and ES384 at least).
+pub const ALGORITHMS: [Algorithm; 5] = [Algorithm::RS256, Algorithm::RS384, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECONDS: u64 = 30;
+
+/// Why a token was refused. The messages name the failed check, never token contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the access token is not a well-formed JWT")]
+    Malformed,
+    #[error("the access token's signature algorithm is not accepted (accepted: RS256, RS384, ES256, ES384, EdDSA)")]
+    Algorithm,
+    #[error("the access token's issuer is not trusted by this server")]
+    UnknownIssuer,
+    #[error("the access token's key id is not among its issuer's keys")]
+    UnknownKey,
+    #[error("the access token's algorithm does not fit its issuer's key")]
+    KeyMismatch,
+    #[error("the access token's signature does not verify")]
+    Signature,
+    #[error("the access token is not meant for this server (aud)")]
+    Audience,
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the access token has no expiry (exp)")]
+    NoExpiry,
+    #[error("the access token has a patient/ scope but no patient claim")]
+    MissingPatient,
+    #[error("the access token has a user/ scope but no fhirUser claim")]
+    MissingFhirUser,
+}
+
+/// What a verified token says about who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub issuer: String,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub scopes: Scopes,
+    /// The patient in context (`patient` claim): a Patient id.
+    pub patient: Option<String>,
+    /// The user (`fhirUser`): a reference such as `Practitioner/123`.
+    pub fhir_user: Option<String>,
+    /// Seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// One trusted authorisation server and its public keys.
+pub struct TrustedIssuer {
+    pub issuer: String,
+    keys: Vec<(Jwk, DecodingKey)>,
+}
+
+impl TrustedIssuer {
+    /// `jwks` is the issuer's JWKS document (`{"keys":[...]}`). Symmetric (`oct`) keys are
+    /// refused: this server only verifies signatures made with private keys it never sees.
+    pub fn from_jwks(issuer: &str, jwks: &str) -> Result<TrustedIssuer, String> {
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|error| format!("JWKS of {issuer}: {error}"))?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for jwk in set.keys {
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                return Err(format!("JWKS of {issuer}: symmetric (oct) keys are not accepted"));
+            }
+            let key = DecodingKey::from_jwk(&jwk).map_err(|error| format!("JWKS of {issuer}: {error}"))?;
+            keys.push((jwk, key));
+        }
+        if keys.is_empty() {
+            return Err(format!("JWKS of {issuer} has no keys"));
+        }
+        Ok(TrustedIssuer { issuer: issuer.to_string(), keys })
+    }
+
+    fn key(&self, kid: Option<&str>) -> Option<&(Jwk, DecodingKey)> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|(jwk, _)| jwk.common.key_id.as_deref() == Some(kid)),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+}
+
+/// Whether a JWK may verify a signature made with `algorithm`.
+fn key_fits(jwk: &Jwk, algorithm: Algorithm) -> bool {
+    let stated = match jwk.common.key_algorithm {
+        None => true,
+        Some(stated) => matches!(
+            (stated, algorithm),
+            (KeyAlgorithm::RS256, Algorithm::RS256)
+                | (KeyAlgorithm::RS384, Algorithm::RS384)
+                | (KeyAlgorithm::ES256, Algorithm::ES256)
+                | (KeyAlgorithm::ES384, Algorithm::ES384)
+                | (KeyAlgorithm::EdDSA, Algorithm::EdDSA)
+        ),
+    };
+    let shape = match (&jwk.algorithm, algorithm) {
+        (AlgorithmParameters::RSA(_), Algorithm::RS256 | Algorithm::RS384) => true,
+        (AlgorithmParameters::EllipticCurve(params), Algorithm::ES256) => params.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(params), Algorithm::ES384) => params.curve == EllipticCurve::P384,
+        (AlgorithmParameters::OctetKeyPair(params), Algorithm::EdDSA) => params.curve == EllipticCurve::Ed25519,
+        _ => false,
+    };
+    stated && shape
+}
+
+/// Verifies access tokens for one FHIR base (the `aud` every token must name).
+pub struct TokenVerifier {
+    issuers: Vec<TrustedIssuer>,
+    audience: String,
+}
+
+impl TokenVerifier {
+    pub fn new(issuers: Vec<TrustedIssuer>, audience: &str) -> TokenVerifier {
+        TokenVerifier { issuers, audience: audience.to_string() }
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Verifies `token` at `now` (seconds since the epoch).
+    pub fn verify(&self, token: &str, now: u64) -> Result<AccessToken, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Algorithm)?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(TokenError::Algorithm);
+        }
+        // Only to choose the issuer's keys; nothing else is read before the signature checks.
+        let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| TokenError::Malformed)?;
+        let issuer_name = unverified.get("iss").and_then(Value::as_str).ok_or(TokenError::UnknownIssuer)?;
+        let issuer = self.issuers.iter().find(|issuer| issuer.issuer == issuer_name).ok_or(TokenError::UnknownIssuer)?;
+        let (jwk, key) = issuer.key(header.kid.as_deref()).ok_or(TokenError::UnknownKey)?;
+        if !key_fits(jwk, header.alg) {
+            return Err(TokenError::KeyMismatch);
+        }
+
+        let mut validation = Validation::new(header.alg);
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&issuer.issuer]);
+        // Time is checked below against the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        let claims = jsonwebtoken::decode::<Value>(token, key, &validation).map_err(|error| {
+            use jsonwebtoken::errors::ErrorKind;
+            match error.kind() {
+                ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => TokenError::Audience,
+                ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => TokenError::Signature,
+                ErrorKind::InvalidAlgorithm => TokenError::KeyMismatch,
+                _ => TokenError::Malformed,
+            }
+        })?;
+        let claims = claims.claims;
+        if claims.get("aud").is_none() {
+            return Err(TokenError::Audience);
+        }
+        let seconds = |name: &str| claims.get(name).and_then(|value| value.as_u64().or_else(|| value.as_f64().map(|value| value as u64)));
+        let expires_at = seconds("exp").ok_or(TokenError::NoExpiry)?;
+        if now > expires_at.saturating_add(LEEWAY_SECONDS) {
+            return Err(TokenError::Expired);
+        }
+        if let Some(not_before) = seconds("nbf")
+            && not_before > now.saturating_add(LEEWAY_SECONDS)
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|text| !text.is_empty()).map(str::to_string);
+        let scopes = Scopes::parse(claims.get("scope").and_then(Value::as_str).unwrap_or_default());
+        let token = AccessToken {
+            issuer: issuer.issuer.clone(),
+            subject: text("sub"),
+            client_id: text("client_id"),
+            patient: text("patient"),
+            fhir_user: text("fhirUser"),
+            scopes,
+            expires_at,
+        };
+        if token.scopes.has_context(ScopeContext::Patient) && token.patient.is_none() {
+            return Err(TokenError::MissingPatient);
+        }
+        if token.scopes.has_context(ScopeContext::User) && token.fhir_user.is_none() {
+            return Err(TokenError::MissingFhirUser);
+        }
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    const ISSUER: &str = "https://issuer.test";
+    const AUDIENCE: &str = "http://127.0.0.1:8080/fhir";
+    const NOW: u64 = 1_800_000_000;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/fixtures/auth/{name}", env!("CARGO_MANIFEST_DIR"))).expect("test key fixture")
+    }
+
+    fn verifier() -> TokenVerifier {
+        TokenVerifier::new(vec![TrustedIssuer::from_jwks(ISSUER, &fixture("test-issuer.jwks.json")).unwrap()], AUDIENCE)
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": "app-user-1", "client_id": "growth-chart",
+            "exp": NOW + 300, "nbf": NOW - 10, "iat": NOW - 10,
+            "scope": "openid fhirUser launch/patient patient/Observation.rs patient/Patient.r",
+            "patient": "A", "fhirUser": "Patient/A",
+        })
+    }
+
+    fn sign(algorithm: Algorithm, kid: Option<&str>, pem: &str, claims: &Value) -> String {
+        let key = match algorithm {
+            Algorithm::RS256 | Algorithm::RS384 => EncodingKey::from_rsa_pem(pem.as_bytes()),
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
+            _ => EncodingKey::from_ed_pem(pem.as_bytes()),
+        }
+        .unwrap();
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    fn rs256(claims: &Value) -> String {
+        sign(Algorithm::RS256, Some("test-rsa"), &fixture("test-rsa.pem"), claims)
+    }
+
+    /// A token assembled by hand: `header.payload.signature`.
+    fn forged(header: &Value, claims: &Value, signature: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            URL_SAFE_NO_PAD.encode(signature)
+        )
+    }
+
+    #[test]
+    fn every_accepted_algorithm_verifies() {
+        for (algorithm, kid, pem) in [
+            (Algorithm::RS256, "test-rsa", "test-rsa.pem"),
+            (Algorithm::RS384, "test-rsa-384", "test-rsa.pem"),
+            (Algorithm::ES256, "test-es256", "test-es256.pem"),
+            (Algorithm::ES384, "test-es384", "test-es384.pem"),
+            (Algorithm::EdDSA, "test-eddsa", "test-eddsa.pem"),
+        ] {
+            let token = verifier().verify(&sign(algorithm, Some(kid), &fixture(pem), &claims()), NOW).unwrap_or_else(|error| panic!("{algorithm:?}: {error}"));
+            assert_eq!(token.patient.as_deref(), Some("A"));
+            assert_eq!(token.fhir_user.as_deref(), Some("Patient/A"));
+            assert_eq!(token.client_id.as_deref(), Some("growth-chart"));
+            assert_eq!(token.scopes.0.len(), 2);
+            assert_eq!(token.expires_at, NOW + 300);
+        }
+    }
+
+    #[test]
+    fn time_checks_use_a_small_leeway() {
+        let verifier = verifier();
+        let mut expired = claims();
+        expired["exp"] = json!(NOW - LEEWAY_SECONDS - 1);
+        assert_eq!(verifier.verify(&rs256(&expired), NOW), Err(TokenError::Expired));
+        expired["exp"] = json!(NOW - LEEWAY_SECONDS + 1);
+        assert!(verifier.verify(&rs256(&expired), NOW).is_ok(), "within the leeway");
+        let mut early = claims();
+        early["nbf"] = json!(NOW + LEEWAY_SECONDS + 1);
+        assert_eq!(verifier.verify(&rs256(&early), NOW), Err(TokenError::NotYetValid));
+        let mut eternal = claims();
+        eternal.as_object_mut().unwrap().remove("exp");
+        assert_eq!(verifier.verify(&rs256(&eternal), NOW), Err(TokenError::NoExpiry));
+    }
+
+    #[test]
+    fn audience_and_issuer_must_match_exactly() {
+        let verifier = verifier();
+        for audience in [json!("http://127.0.0.1:8080/fhir/"), json!("https://other.example/fhir"), json!(["https://other.example/fhir"])] {
+            let mut wrong = claims();
+            wrong["aud"] = audience.clone();
+            assert_eq!(verifier.verify(&rs256(&wrong), NOW), Err(TokenError::Audience), "{audience}");
+        }
+        let mut missing = claims();
+        missing.as_object_mut().unwrap().remove("aud");
+        assert_eq!(verifier.verify(&rs256(&missing), NOW), Err(TokenError::Audience));
+        let mut in_list = claims();
+        in_list["aud"] = json!(["https://other.example/fhir", AUDIENCE]);
+        assert!(verifier.verify(&rs256(&in_list), NOW).is_ok(), "aud may be a list that includes this server");
+        let mut other_issuer = claims();
+        other_issuer["iss"] = json!("https://evil.test");
+        assert_eq!(verifier.verify(&rs256(&other_issuer), NOW), Err(TokenError::UnknownIssuer));
+    }
+
+    #[test]
+    fn algorithm_attacks_are_refused() {
+        let verifier = verifier();
+        // alg: none, with and without a signature.
+        let none = json!({"alg": "none", "typ": "JWT"});
+        assert_eq!(verifier.verify(&forged(&none, &claims(), b""), NOW), Err(TokenError::Algorithm));
+        assert_eq!(verifier.verify(&forged(&none, &claims(), b"signature"), NOW), Err(TokenError::Algorithm));
+        // HS256 "signed" with the issuer's RSA public key (the classic key-confusion attack).
+        let jwks: Value = serde_json::from_str(&fixture("test-issuer.jwks.json")).unwrap();
+        let public_key_text = jwks["keys"][0].to_string();
+        let header = Header { kid: Some("test-rsa".into()), ..Header::new(Algorithm::HS256) };
+        let hs256 = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(public_key_text.as_bytes())).unwrap();
+        assert_eq!(verifier.verify(&hs256, NOW), Err(TokenError::Algorithm));
+        // A header algorithm that does not fit the named key: ES256 over the RSA key's kid.
+        let es_as_rsa = sign(Algorithm::ES256, Some("test-rsa"), &fixture("test-es256.pem"), &claims());
+        assert_eq!(verifier.verify(&es_as_rsa, NOW), Err(TokenError::KeyMismatch));
+        // RS384 under a kid whose JWK says RS256.
+        let rs384_as_rs256 = sign(Algorithm::RS384, Some("test-rsa"), &fixture("test-rsa.pem"), &claims());
+        assert_eq!(verifier.verify(&rs384_as_rs256, NOW), Err(TokenError::KeyMismatch));
+        // ES384 over the P-256 key.
+        let wrong_curve = sign(Algorithm::ES384, Some("test-es256"), &fixture("test-es384.pem"), &claims());
+        assert_eq!(verifier.verify(&wrong_curve, NOW), Err(TokenError::KeyMismatch));
+    }
+
+    #[test]
+    fn keys_and_signatures() {
+        let verifier = verifier();
+        let unknown_kid = sign(Algorithm::RS256, Some("rotated-away"), &fixture("test-rsa.pem"), &claims());
+        assert_eq!(verifier.verify(&unknown_kid, NOW), Err(TokenError::UnknownKey));
+        let no_kid = sign(Algorithm::RS256, None, &fixture("test-rsa.pem"), &claims());
+        assert_eq!(verifier.verify(&no_kid, NOW), Err(TokenError::UnknownKey), "several keys: kid required");
+        let other_key = sign(Algorithm::RS256, Some("test-rsa"), &fixture("other-rsa.pem"), &claims());
+        assert_eq!(verifier.verify(&other_key, NOW), Err(TokenError::Signature));
+        // A valid token whose payload is swapped for another patient's keeps its signature.
+        let token = rs256(&claims());
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let mut other = claims();
+        other["patient"] = json!("B");
+        let payload = URL_SAFE_NO_PAD.encode(other.to_string());
+        parts[1] = &payload;
+        assert_eq!(verifier.verify(&parts.join("."), NOW), Err(TokenError::Signature));
+        assert_eq!(verifier.verify("not-a-token", NOW), Err(TokenError::Algorithm));
+        assert_eq!(verifier.verify("", NOW), Err(TokenError::Algorithm));
+    }
+
+    #[test]
+    fn context_claims_are_required_by_their_scopes() {
+        let verifier = verifier();
+        let mut no_patient = claims();
+        no_patient.as_object_mut().unwrap().remove("patient");
+        assert_eq!(verifier.verify(&rs256(&no_patient), NOW), Err(TokenError::MissingPatient));
+        let mut user = claims();
+        user["scope"] = json!("user/*.rs");
+        user.as_object_mut().unwrap().remove("fhirUser");
+        assert_eq!(verifier.verify(&rs256(&user), NOW), Err(TokenError::MissingFhirUser));
+        let mut system = claims();
+        system["scope"] = json!("system/Patient.rs");
+        system.as_object_mut().unwrap().remove("patient");
+        system.as_object_mut().unwrap().remove("fhirUser");
+        assert!(verifier.verify(&rs256(&system), NOW).is_ok(), "backend services need no patient or user");
+    }
+
+    #[test]
+    fn symmetric_keys_are_not_accepted_in_a_jwks() {
+        let jwks = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "shared"}]}).to_string();
+        assert!(TrustedIssuer::from_jwks(ISSUER, &jwks).is_err());
+        assert!(TrustedIssuer::from_jwks(ISSUER, r#"{"keys":[]}"#).is_err());
+    }
+}
