@@ -1,6 +1,7 @@
 -- wrk script: POST the same FHIR resource over and over (every POST is a new resource with a
 -- server-assigned id). Environment: RESOURCE_TYPE (e.g. Patient), BODY_FILE (a JSON resource),
 -- BENCH_DIR (this directory), PREFER (optional Prefer header, e.g. return=minimal).
+-- RESOURCE_TYPE empty: POST to the base (a transaction Bundle in BODY_FILE).
 local resource_type = assert(os.getenv("RESOURCE_TYPE"), "RESOURCE_TYPE is not set")
 local body_file = assert(os.getenv("BODY_FILE"), "BODY_FILE is not set")
 local file = assert(io.open(body_file, "rb"))
@@ -8,7 +9,7 @@ local body = file:read("*a")
 file:close()
 
 wrk.method = "POST"
-wrk.path = "/fhir/" .. resource_type
+wrk.path = resource_type == "" and "/fhir" or ("/fhir/" .. resource_type)
 wrk.body = body
 wrk.headers["Content-Type"] = "application/fhir+json"
 wrk.headers["Accept"] = "application/fhir+json"

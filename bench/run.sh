@@ -22,6 +22,7 @@
 #   DURATION=15s WARMUP=3s PRELOAD=2000  THREADS=2 (wrk threads for the 32-connection runs)
 #   PREFER=            Prefer header on creates (default none = return=representation)
 #   SCENARIOS="create-Patient create-Observation read-Patient read-Observation"
+#              (also: transaction = issue #3 W1, a Patient + Observation transaction per request)
 #   CONNECTIONS="1 32" KEEP_DATA=0 (1 keeps the data directory)
 #   On a shared machine: WAIT_QUIET=120 (wait up to 120 s before each scenario until other
 #   processes use < NOISE_LIMIT=0.15 cores) and RETRIES=2 (measure a scenario again if other
@@ -361,6 +362,27 @@ for name in $SCENARIOS; do
       fi
       for connections in $CONNECTIONS; do
         scenario "$name" "$connections" read.lua
+      done
+      ;;
+    transaction)
+      # Issue #3 W1 (the Blaze load test shape): 1 Patient + 1 Observation whose subject is the
+      # Patient's urn:uuid, one transaction per request.
+      BODY_FILE="$OUT/transaction.json"
+      python3 - "$PATIENT_BODY" "$OBSERVATION_BODY" "$BODY_FILE" <<'PY'
+import json, sys
+patient, observation = (json.load(open(path)) for path in sys.argv[1:3])
+for resource in (patient, observation):
+    resource.pop("id", None)
+observation["subject"] = {"reference": "urn:uuid:6f1c2f0e-8a7b-4c1d-9a55-0e2d6b3f7a10"}
+bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+    {"fullUrl": "urn:uuid:6f1c2f0e-8a7b-4c1d-9a55-0e2d6b3f7a10", "resource": patient, "request": {"method": "POST", "url": "Patient"}},
+    {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+]}
+json.dump(bundle, open(sys.argv[3], "w"))
+PY
+      export RESOURCE_TYPE="" BODY_FILE
+      for connections in $CONNECTIONS; do
+        scenario "$name" "$connections" create.lua
       done
       ;;
     *) echo "error: unknown scenario $name" >&2; exit 2 ;;

@@ -32,8 +32,9 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_bundle_entries: usize,
-    /// Bundles processed at the same time (the others wait): bounds memory.
-    pub max_concurrent_bundles: usize,
+    /// Request bytes of Bundles processed at the same time (the others wait before their
+    /// bodies are read): bounds memory, while many small transactions still run side by side.
+    pub bundle_bytes_in_flight: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
 }
@@ -43,7 +44,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 16 * 1024 * 1024,
             max_bundle_entries: 10_000,
-            max_concurrent_bundles: 2,
+            bundle_bytes_in_flight: 8 * 1024 * 1024,
             default_page_size: 50,
             max_page_size: 500,
         }
@@ -56,6 +57,7 @@ pub struct AppState {
     /// The FHIR base URL as clients reach it, e.g. `http://127.0.0.1:8080/fhir`.
     pub base_url: Arc<str>,
     pub limits: Limits,
+    /// [`Limits::bundle_bytes_in_flight`] in KiB permits.
     pub bundle_permits: Arc<tokio::sync::Semaphore>,
 }
 
@@ -64,7 +66,7 @@ impl AppState {
         AppState {
             store,
             base_url: Arc::from(base_url.trim_end_matches('/')),
-            bundle_permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_bundles.max(1))),
+            bundle_permits: Arc::new(tokio::sync::Semaphore::new((limits.bundle_bytes_in_flight / 1024).max(1))),
             limits,
         }
     }

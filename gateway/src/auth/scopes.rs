@@ -125,8 +125,11 @@ impl fmt::Display for Scope {
             ScopeContext::User => "user",
             ScopeContext::System => "system",
         };
-        let letters: String =
-            Permission::ORDER.iter().filter(|(_, permission)| self.allows(*permission)).map(|(_, permission)| permission.letter()).collect();
+        let letters: String = Permission::ORDER
+            .iter()
+            .filter(|(_, permission)| self.allows(*permission))
+            .map(|(_, permission)| permission.letter())
+            .collect();
         write!(formatter, "{context}/{}.{letters}", self.resource_type.as_deref().unwrap_or("*"))?;
         for (position, (name, value)) in self.restriction.iter().enumerate() {
             write!(formatter, "{}{name}={value}", if position == 0 { '?' } else { '&' })?;
@@ -170,8 +173,12 @@ mod tests {
         assert_eq!(letters("user/*.cruds"), "user/*.cruds");
         assert_eq!(letters("system/Patient.r"), "system/Patient.r");
         assert_eq!(letters("patient/Observation.rs?category=laboratory"), "patient/Observation.rs?category=laboratory");
-        let scope = Scope::parse("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory").unwrap();
-        assert_eq!(scope.restriction, [("category".to_string(), "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_string())]);
+        let scope =
+            Scope::parse("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory").unwrap();
+        assert_eq!(
+            scope.restriction,
+            [("category".to_string(), "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_string())]
+        );
         assert!(scope.allows(Permission::Read) && scope.allows(Permission::Search));
         assert!(!scope.allows(Permission::Create) && !scope.allows(Permission::Update) && !scope.allows(Permission::Delete));
     }
@@ -186,13 +193,13 @@ mod tests {
     #[test]
     fn malformed_scopes_grant_nothing() {
         for scope in [
-            "patient/Observation.sr",   // out of order
-            "patient/Observation.rr",   // repeated
-            "patient/Observation.x",    // unknown letter
-            "patient/Observation.",     // no permission
-            "patient/Foo.rs",           // not a resource type
-            "clinician/Patient.rs",     // unknown context
-            "patient/Observation.rs?",  // empty query
+            "patient/Observation.sr",  // out of order
+            "patient/Observation.rr",  // repeated
+            "patient/Observation.x",   // unknown letter
+            "patient/Observation.",    // no permission
+            "patient/Foo.rs",          // not a resource type
+            "clinician/Patient.rs",    // unknown context
+            "patient/Observation.rs?", // empty query
             "patient/Observation.rs?category=",
             "Observation.rs",
             "openid",

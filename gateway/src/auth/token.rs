@@ -270,7 +270,9 @@ mod tests {
             (Algorithm::ES384, "test-es384", "test-es384.pem"),
             (Algorithm::EdDSA, "test-eddsa", "test-eddsa.pem"),
         ] {
-            let token = verifier().verify(&sign(algorithm, Some(kid), &fixture(pem), &claims()), NOW).unwrap_or_else(|error| panic!("{algorithm:?}: {error}"));
+            let token = verifier()
+                .verify(&sign(algorithm, Some(kid), &fixture(pem), &claims()), NOW)
+                .unwrap_or_else(|error| panic!("{algorithm:?}: {error}"));
             assert_eq!(token.patient.as_deref(), Some("A"));
             assert_eq!(token.fhir_user.as_deref(), Some("Patient/A"));
             assert_eq!(token.client_id.as_deref(), Some("growth-chart"));
