@@ -40,6 +40,32 @@ pub enum Command {
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Mint an access token from the development issuer (its key is in the data directory).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The FHIR base URL the token is for (`aud`)
+    #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
+    pub aud: String,
+    /// SMART scopes, space separated
+    #[arg(long, default_value = "system/*.cruds")]
+    pub scope: String,
+    /// The patient in context (`patient` claim), a Patient id
+    #[arg(long)]
+    pub patient: Option<String>,
+    /// The user (`fhirUser` claim), e.g. Practitioner/123
+    #[arg(long)]
+    pub fhir_user: Option<String>,
+    /// The subject (`sub`)
+    #[arg(long, default_value = "developer")]
+    pub sub: String,
+    /// Lifetime in minutes
+    #[arg(long, default_value_t = 60)]
+    pub minutes: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +126,15 @@ pub struct ServeArgs {
     /// Log format
     #[arg(long, env = "FHIR_GATEWAY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Serve requests without an access token (off by default; for closed test setups only)
+    #[arg(long, env = "FHIR_GATEWAY_ANONYMOUS")]
+    pub anonymous: Option<bool>,
+    /// Trust tokens minted by `fhir-gateway token` from this data directory [default: true]
+    #[arg(long, env = "FHIR_GATEWAY_DEV_ISSUER")]
+    pub dev_issuer: Option<bool>,
+    /// Trust an authorisation server: ISSUER=JWKS_FILE (repeatable)
+    #[arg(long = "trust-issuer", value_name = "ISSUER=JWKS_FILE")]
+    pub trust_issuers: Vec<String>,
 }
 
 /// The TOML file's shape; every key optional.
@@ -113,6 +148,33 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     #[serde(default)]
     pub ledger: FileLedgerConfig,
+    #[serde(default)]
+    pub auth: FileAuthConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuthConfig {
+    pub anonymous: Option<bool>,
+    pub dev_issuer: Option<bool>,
+    #[serde(default)]
+    pub issuers: Vec<FileIssuer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIssuer {
+    pub issuer: String,
+    pub jwks_file: PathBuf,
+}
+
+/// Who may call the API (issue #4; README "Access tokens").
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub anonymous: bool,
+    pub dev_issuer: bool,
+    /// `(issuer, JWKS file)`
+    pub issuers: Vec<(String, PathBuf)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +194,7 @@ pub struct Config {
     pub limits: Limits,
     pub store: StoreOptions,
     pub log_format: LogFormat,
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -143,6 +206,7 @@ impl Default for Config {
             limits: Limits::default(),
             store: StoreOptions::default(),
             log_format: LogFormat::Text,
+            auth: AuthConfig { anonymous: false, dev_issuer: true, issuers: Vec::new() },
         }
     }
 }
@@ -154,10 +218,16 @@ pub fn read_file_config(path: Option<&Path>) -> Result<FileConfig, String> {
 }
 
 impl Config {
-    pub fn resolve(args: ServeArgs, file: FileConfig) -> Config {
+    pub fn resolve(args: ServeArgs, file: FileConfig) -> Result<Config, String> {
         let defaults = Config::default();
         let store_defaults = StoreOptions::default();
-        Config {
+        let mut issuers: Vec<(String, PathBuf)> = Vec::new();
+        for issuer in &args.trust_issuers {
+            let (name, file) = issuer.split_once('=').ok_or_else(|| format!("--trust-issuer {issuer}: expected ISSUER=JWKS_FILE"))?;
+            issuers.push((name.to_string(), PathBuf::from(file)));
+        }
+        issuers.extend(file.auth.issuers.iter().map(|issuer| (issuer.issuer.clone(), issuer.jwks_file.clone())));
+        Ok(Config {
             listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
             base_url: args.base_url.or(file.base_url),
@@ -180,7 +250,12 @@ impl Config {
                 ..store_defaults
             },
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
-        }
+            auth: AuthConfig {
+                anonymous: args.anonymous.or(file.auth.anonymous).unwrap_or(defaults.auth.anonymous),
+                dev_issuer: args.dev_issuer.or(file.auth.dev_issuer).unwrap_or(defaults.auth.dev_issuer),
+                issuers,
+            },
+        })
     }
 
     /// The data directory for a command other than `serve`.

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use fhir_gateway::auth::dev_issuer::{DevIssuer, TokenRequest};
 use fhir_gateway::config::{Cli, Command, Config, KeysCommand, LogFormat, read_file_config};
 use fhir_gateway::fhir::Leniency;
 use fhir_gateway::server::{Server, shutdown_signal};
@@ -34,7 +35,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::resolve(args, file_config);
+            let config = match Config::resolve(args, file_config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("fhir-gateway: configuration: {error}");
+                    return ExitCode::from(2);
+                }
+            };
             init_logging(config.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime");
             runtime.block_on(async {
@@ -95,6 +102,27 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Token(args) => {
+            let data_dir = Config::data_dir_for(args.data, &file_config);
+            let issuer = match DevIssuer::load_or_create(&data_dir.join("keys")) {
+                Ok(issuer) => issuer,
+                Err(error) => {
+                    eprintln!("fhir-gateway token: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let request = TokenRequest {
+                audience: args.aud,
+                scope: args.scope,
+                patient: args.patient,
+                fhir_user: args.fhir_user,
+                subject: args.sub,
+                lifetime_seconds: args.minutes.saturating_mul(60),
+            };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+            println!("{}", issuer.mint(&request, now));
+            ExitCode::SUCCESS
         }
         Command::Keys(KeysCommand::Rotate(args)) => {
             let data_dir = Config::data_dir_for(args, &file_config);

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::auth::TrustedIssuer;
+use crate::auth::dev_issuer::DevIssuer;
 use crate::config::Config;
 use crate::store::{OpenError, ResourceStore};
 
@@ -16,6 +18,21 @@ pub enum ServeError {
     Open(#[from] OpenError),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
+    #[error("access tokens: {0}")]
+    Auth(String),
+}
+
+/// The configured issuers' JWKS files, and the development issuer unless turned off.
+fn trusted_issuers(config: &Config) -> Result<Vec<TrustedIssuer>, String> {
+    let mut issuers = Vec::new();
+    for (issuer, jwks_file) in &config.auth.issuers {
+        let jwks = std::fs::read_to_string(jwks_file).map_err(|error| format!("{}: {error}", jwks_file.display()))?;
+        issuers.push(TrustedIssuer::from_jwks(issuer, &jwks)?);
+    }
+    if config.auth.dev_issuer {
+        issuers.push(DevIssuer::load_or_create(&config.data_dir.join("keys"))?.trusted());
+    }
+    Ok(issuers)
 }
 
 /// Opens the store and binds the listener; `run` then serves until `shutdown` resolves.
@@ -31,7 +48,8 @@ impl Server {
         let listener = TcpListener::bind(config.listen).await.map_err(ServeError::Listen)?;
         let local = listener.local_addr().map_err(ServeError::Listen)?;
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
-        let state = AppState::new(store.clone(), &base_url, config.limits.clone());
+        let issuers = trusted_issuers(config).map_err(ServeError::Auth)?;
+        let state = AppState::new(store.clone(), &base_url, config.limits.clone(), issuers, config.auth.anonymous);
         Ok(Server { listener, store, state })
     }
 

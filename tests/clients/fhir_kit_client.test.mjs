@@ -8,7 +8,7 @@ const baseUrl = process.env.FHIR_BASE;
 
 test('transaction with urn:uuid references, read back and searched', async () => {
   assert.ok(baseUrl, 'FHIR_BASE must be set (tests/clients/run.sh sets it)');
-  const client = new Client({ baseUrl });
+  const client = new Client({ baseUrl, bearerToken: process.env.FHIR_TOKEN });
   const patientUrl = 'urn:uuid:0a7e3c2e-6c2f-4a51-9b3e-5a4f2a1b9d11';
   const response = await client.transaction({
     body: {

@@ -118,6 +118,10 @@ sys.exit(f"run.sh: {url} did not answer 200 within 30 s")
 '
 run_child "$PYTHON" -c "$WAIT_READY" "$ROOT/healthz" "$GATEWAY_PID"
 echo "run.sh: gateway ready at $ROOT"
+# Every FHIR request needs an access token: one from the development issuer, as an EMR would
+# hold (a backend-service token for everything).
+FHIR_TOKEN="$("$BIN" token --data-dir "$TMP/data" --aud "$ROOT/fhir" --scope 'system/*.cruds')"
+export FHIR_TOKEN
 
 echo "==== fhirpy (pytest) ===="
 if ! FHIR_BASE="$ROOT/fhir" run_child "$PYTHON" -m pytest -q -p no:cacheprovider "$REPO/tests/clients"; then
@@ -151,6 +155,7 @@ fi
 if ! run_child sh -c 'cd "$1" && shift && exec "$@"' sh "$TMP/schemathesis" \
         "$SCHEMATHESIS" --no-color run "$REPO/openapi.yaml" \
         --url "$ROOT" \
+        --header "Authorization: Bearer $FHIR_TOKEN" \
         --max-examples 30 \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,unsupported_method,ensure_resource_availability \
         --generation-database none \

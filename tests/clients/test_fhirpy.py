@@ -17,6 +17,7 @@ from fhirpy.base.exceptions import ResourceNotFound
 REPO = Path(__file__).resolve().parents[2]
 CORPORA = Path(os.environ.get("FHIR_GATEWAY_CORPORA", REPO.parent / "shared" / "corpora"))
 FHIR_BASE = os.environ.get("FHIR_BASE")
+AUTHORIZATION = f"Bearer {os.environ.get('FHIR_TOKEN', '')}"
 
 pytestmark = pytest.mark.skipif(not FHIR_BASE, reason="FHIR_BASE is not set (tests/clients/run.sh sets it)")
 
@@ -25,7 +26,7 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def client() -> SyncFHIRClient:
-    return SyncFHIRClient(FHIR_BASE, requests_config={"timeout": TIMEOUT})
+    return SyncFHIRClient(FHIR_BASE, authorization=AUTHORIZATION, requests_config={"timeout": TIMEOUT})
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def without_id(resource: dict) -> dict:
 
 
 def raw_get(path: str) -> requests.Response:
-    return requests.get(f"{FHIR_BASE}/{path}", headers={"Accept": "application/fhir+json"}, timeout=TIMEOUT)
+    return requests.get(f"{FHIR_BASE}/{path}", headers={"Accept": "application/fhir+json", "Authorization": AUTHORIZATION}, timeout=TIMEOUT)
 
 
 def test_patient_create_read_update_delete(client: SyncFHIRClient, example_patient: dict) -> None:
@@ -96,7 +97,7 @@ def test_observation_decimal_keeps_its_precision(client: SyncFHIRClient, example
     created = requests.post(
         f"{FHIR_BASE}/Observation",
         data=body.encode("utf-8"),
-        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json", "Authorization": AUTHORIZATION},
         timeout=TIMEOUT,
     )
     assert created.status_code == 201, created.text

@@ -89,6 +89,13 @@ impl Gateway {
                 .expect("spawn fhir-gateway");
             self.child = Some(child);
             if self.wait_ready().await {
+                // Every request of the tests carries a token from the development issuer (a
+                // backend-service token: the tests act as an EMR); tests of authentication and
+                // consent send their own.
+                let token = self.token(&["--scope", "system/*.cruds"]);
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header value"));
+                self.http = reqwest::Client::builder().pool_max_idle_per_host(64).default_headers(headers).build().expect("client");
                 return;
             }
             self.kill9();
@@ -112,6 +119,23 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    /// A token minted by `fhir-gateway token` for this gateway's base (`extra` adds flags such
+    /// as `--scope`, `--patient`, `--minutes`, or another `--aud`).
+    pub fn token(&self, extra: &[&str]) -> String {
+        let base = self.base();
+        let audience: &[&str] = if extra.contains(&"--aud") { &[] } else { &["--aud", &base] };
+        let output = Command::new(binary())
+            .arg("token")
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(audience)
+            .args(extra)
+            .output()
+            .expect("run fhir-gateway token");
+        assert!(output.status.success(), "fhir-gateway token: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("UTF-8").trim().to_string()
     }
 
     pub fn root(&self) -> String {

@@ -5,6 +5,7 @@
 //! | status | issue code | when |
 //! |---|---|---|
 //! | 400 | `invalid` / `structure` | malformed JSON, type or id mismatch, bad parameter |
+//! | 401 | `login` | no or an invalid access token (with `WWW-Authenticate: Bearer`, RFC 6750) |
 //! | 404 | `not-found` | unknown resource, version, type or route |
 //! | 405 | `not-supported` | method not allowed on the route |
 //! | 406 | `not-supported` | only JSON is served |
@@ -30,6 +31,8 @@ use super::FHIR_JSON;
 pub struct ApiError {
     status: StatusCode,
     issues: Vec<OutcomeIssue>,
+    /// `WWW-Authenticate` of a 401.
+    challenge: Option<String>,
 }
 
 #[derive(Debug)]
@@ -42,7 +45,22 @@ struct OutcomeIssue {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, diagnostics: impl Into<String>) -> Self {
-        ApiError { status, issues: vec![OutcomeIssue { severity: "error", code, diagnostics: diagnostics.into(), expression: None }] }
+        ApiError {
+            status,
+            issues: vec![OutcomeIssue { severity: "error", code, diagnostics: diagnostics.into(), expression: None }],
+            challenge: None,
+        }
+    }
+
+    /// 401: the request needs a (valid) access token. `invalid_token` names the failed check.
+    pub fn unauthorized(invalid_token: Option<&str>) -> Self {
+        let (diagnostics, challenge) = match invalid_token {
+            None => ("an access token is required (Authorization: Bearer ...)".to_string(), r#"Bearer realm="fhir-gateway""#.to_string()),
+            Some(reason) => {
+                (reason.to_string(), format!(r#"Bearer realm="fhir-gateway", error="invalid_token", error_description="{reason}""#))
+            }
+        };
+        ApiError { challenge: Some(challenge), ..ApiError::new(StatusCode::UNAUTHORIZED, "login", diagnostics) }
     }
 
     pub fn bad_request(diagnostics: impl Into<String>) -> Self {
@@ -69,6 +87,7 @@ impl ApiError {
                     expression: (!issue.expression.is_empty()).then_some(issue.expression),
                 })
                 .collect(),
+            challenge: None,
         }
     }
 }
@@ -121,6 +140,9 @@ impl IntoResponse for ApiError {
         let body = self.to_outcome();
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if let Some(challenge) = self.challenge.and_then(|challenge| HeaderValue::from_str(&challenge).ok()) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         response
     }
 }

@@ -4,6 +4,7 @@
 //! The FHIR base is `/fhir`; the ledger's public face is `/ledger`. [`ROUTES`] lists every route,
 //! and a test checks that `openapi.yaml` describes exactly these.
 
+pub mod auth;
 mod bundle;
 mod bundle_body;
 pub mod error;
@@ -22,6 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 
+use crate::auth::{TokenVerifier, TrustedIssuer};
 use crate::store::ResourceStore;
 use error::ApiError;
 
@@ -59,13 +61,21 @@ pub struct AppState {
     pub limits: Limits,
     /// [`Limits::bundle_bytes_in_flight`] in KiB permits.
     pub bundle_permits: Arc<tokio::sync::Semaphore>,
+    /// Verifies bearer tokens (trusted issuers, `aud` = this base).
+    pub tokens: Arc<TokenVerifier>,
+    /// Requests without a token are served (configured; off by default).
+    pub anonymous: bool,
 }
 
 impl AppState {
-    pub fn new(store: ResourceStore, base_url: &str, limits: Limits) -> AppState {
+    /// `issuers`: the trusted token issuers; the verifier's audience is `base_url`.
+    pub fn new(store: ResourceStore, base_url: &str, limits: Limits, issuers: Vec<TrustedIssuer>, anonymous: bool) -> AppState {
+        let base_url = base_url.trim_end_matches('/');
         AppState {
+            tokens: Arc::new(TokenVerifier::new(issuers, base_url)),
+            anonymous,
             store,
-            base_url: Arc::from(base_url.trim_end_matches('/')),
+            base_url: Arc::from(base_url),
             bundle_permits: Arc::new(tokio::sync::Semaphore::new((limits.bundle_bytes_in_flight / 1024).max(1))),
             limits,
         }
@@ -108,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "method not allowed on this endpoint")
         })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

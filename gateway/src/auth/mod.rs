@@ -1,6 +1,8 @@
 //! Who is asking: SMART App Launch v2 access tokens (resource-server side) and their scopes.
-//! Pure apart from reading JWKS documents the caller hands in; no network, no clock.
+//! No network and no clock here: the caller passes JWKS documents and the time. The development
+//! issuer reads (or creates) its key in the data directory.
 
+pub mod dev_issuer;
 pub mod scopes;
 pub mod token;
 

@@ -1,0 +1,48 @@
+//! Authentication of every FHIR request (issue #4): a bearer access token verified by
+//! [`crate::auth::TokenVerifier`], or anonymous access where configured (off by default). The
+//! verified token travels in the request's extensions to the handlers. `GET [base]/metadata`
+//! stays public (clients discover the server before they have a token); so do `/healthz` and
+//! `/ledger/checkpoint` (they reveal no PHI).
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Who is calling, as established by [`authenticate`].
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Anonymous access is configured and no token was sent.
+    Anonymous,
+    Token(std::sync::Arc<crate::auth::AccessToken>),
+}
+
+fn is_public(path: &str) -> bool {
+    !path.starts_with("/fhir") || path == "/fhir/metadata"
+}
+
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if is_public(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or_default().to_string());
+    let caller = match authorization {
+        None if state.anonymous => Caller::Anonymous,
+        None => return ApiError::unauthorized(None).into_response(),
+        Some(value) => {
+            let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
+                return ApiError::unauthorized(Some("the Authorization header is not a Bearer token")).into_response();
+            };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+            match state.tokens.verify(token.trim(), now) {
+                Ok(token) => Caller::Token(std::sync::Arc::new(token)),
+                Err(error) => return ApiError::unauthorized(Some(&error.to_string())).into_response(),
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
