@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod blob;
 pub mod config;
+pub mod consent;
 pub mod fhir;
 pub mod import;
 pub mod journal;
