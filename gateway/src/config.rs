@@ -135,6 +135,9 @@ pub struct ServeArgs {
     /// Trust an authorisation server: ISSUER=JWKS_FILE (repeatable)
     #[arg(long = "trust-issuer", value_name = "ISSUER=JWKS_FILE")]
     pub trust_issuers: Vec<String>,
+    /// The authorisation server's SMART metadata (JSON), served at [base]/.well-known/smart-configuration
+    #[arg(long, env = "FHIR_GATEWAY_SMART_CONFIGURATION")]
+    pub smart_configuration: Option<PathBuf>,
 }
 
 /// The TOML file's shape; every key optional.
@@ -159,6 +162,7 @@ pub struct FileAuthConfig {
     pub dev_issuer: Option<bool>,
     #[serde(default)]
     pub issuers: Vec<FileIssuer>,
+    pub smart_configuration: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +179,8 @@ pub struct AuthConfig {
     pub dev_issuer: bool,
     /// `(issuer, JWKS file)`
     pub issuers: Vec<(String, PathBuf)>,
+    /// SMART configuration document of the authorisation server (served as is, once checked).
+    pub smart_configuration: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,7 +212,7 @@ impl Default for Config {
             limits: Limits::default(),
             store: StoreOptions::default(),
             log_format: LogFormat::Text,
-            auth: AuthConfig { anonymous: false, dev_issuer: true, issuers: Vec::new() },
+            auth: AuthConfig { anonymous: false, dev_issuer: true, issuers: Vec::new(), smart_configuration: None },
         }
     }
 }
@@ -254,6 +260,7 @@ impl Config {
                 anonymous: args.anonymous.or(file.auth.anonymous).unwrap_or(defaults.auth.anonymous),
                 dev_issuer: args.dev_issuer.or(file.auth.dev_issuer).unwrap_or(defaults.auth.dev_issuer),
                 issuers,
+                smart_configuration: args.smart_configuration.or(file.auth.smart_configuration),
             },
         })
     }

@@ -49,7 +49,13 @@ impl Server {
         let local = listener.local_addr().map_err(ServeError::Listen)?;
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
         let issuers = trusted_issuers(config).map_err(ServeError::Auth)?;
-        let state = AppState::new(store.clone(), &base_url, config.limits.clone(), issuers, config.auth.anonymous);
+        let mut state = AppState::new(store.clone(), &base_url, config.limits.clone(), issuers, config.auth.anonymous);
+        if let Some(path) = &config.auth.smart_configuration {
+            let document = std::fs::read_to_string(path).map_err(|error| ServeError::Auth(format!("{}: {error}", path.display())))?;
+            let document = crate::auth::smart_configuration::check(&document)
+                .map_err(|error| ServeError::Auth(format!("{}: {error}", path.display())))?;
+            state.smart_configuration = Some(std::sync::Arc::new(document));
+        }
         Ok(Server { listener, store, state })
     }
 

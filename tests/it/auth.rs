@@ -117,3 +117,43 @@ async fn the_development_issuer_can_be_turned_off_and_anonymous_access_turned_on
     // A token that is sent is still checked.
     expect_401(get_with(&open, "Patient", Some("Bearer not.a.token")).await).await;
 }
+
+#[tokio::test]
+async fn smart_configuration_is_served_when_configured_and_checked_at_start() {
+    let unconfigured = Gateway::start().await;
+    let missing = get_with(&unconfigured, ".well-known/smart-configuration", None).await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(json_body(missing).await["resourceType"], "OperationOutcome");
+
+    let document = json!({
+        "issuer": "https://auth.example.org",
+        "authorization_endpoint": "https://auth.example.org/authorize",
+        "token_endpoint": "https://auth.example.org/token",
+        "capabilities": ["launch-standalone", "client-public", "permission-v2", "permission-patient"],
+        "code_challenge_methods_supported": ["S256"],
+        "grant_types_supported": ["authorization_code"],
+    });
+    let file = crate::harness::TempDir::new("smart");
+    let path = file.path().join("smart-configuration.json");
+    std::fs::write(&path, document.to_string()).unwrap();
+    let configured = Gateway::start_with(&["--smart-configuration", path.to_str().unwrap()]).await;
+    let served = get_with(&configured, ".well-known/smart-configuration", None).await;
+    assert_eq!(served.status(), 200, "public: no token needed");
+    assert_eq!(served.headers()["content-type"], "application/json");
+    assert_eq!(serde_json::from_str::<Value>(&served.text().await.unwrap()).unwrap(), document);
+
+    // A document without a required field stops the gateway at start, naming the field.
+    let broken = file.path().join("broken.json");
+    let mut incomplete = document.clone();
+    incomplete.as_object_mut().unwrap().remove("token_endpoint");
+    std::fs::write(&broken, incomplete.to_string()).unwrap();
+    let output = std::process::Command::new(crate::harness::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(file.path().join("data"))
+        .arg("--smart-configuration")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("token_endpoint"), "{}", String::from_utf8_lossy(&output.stderr));
+}

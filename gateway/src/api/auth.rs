@@ -1,8 +1,8 @@
 //! Authentication of every FHIR request (issue #4): a bearer access token verified by
 //! [`crate::auth::TokenVerifier`], or anonymous access where configured (off by default). The
-//! verified token travels in the request's extensions to the handlers. `GET [base]/metadata`
-//! stays public (clients discover the server before they have a token); so do `/healthz` and
-//! `/ledger/checkpoint` (they reveal no PHI).
+//! verified token travels in the request's extensions to the handlers. `GET [base]/metadata` and
+//! `GET [base]/.well-known/smart-configuration` stay public (clients discover the server before
+//! they have a token); so do `/healthz` and `/ledger/checkpoint` (they reveal no PHI).
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -21,7 +21,19 @@ pub enum Caller {
 }
 
 fn is_public(path: &str) -> bool {
-    !path.starts_with("/fhir") || path == "/fhir/metadata"
+    !path.starts_with("/fhir") || path == "/fhir/metadata" || path == "/fhir/.well-known/smart-configuration"
+}
+
+/// `GET [base]/.well-known/smart-configuration`: the configured document, or 404.
+pub async fn smart_configuration(State(state): State<AppState>) -> Response {
+    match &state.smart_configuration {
+        Some(document) => {
+            let mut response = document.to_string().into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            response
+        }
+        None => ApiError::not_found("no SMART authorization server is configured (--smart-configuration)").into_response(),
+    }
 }
 
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {

@@ -65,6 +65,8 @@ pub struct AppState {
     pub tokens: Arc<TokenVerifier>,
     /// Requests without a token are served (configured; off by default).
     pub anonymous: bool,
+    /// The authorisation server's SMART configuration, if one is configured.
+    pub smart_configuration: Option<Arc<serde_json::Value>>,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
         AppState {
             tokens: Arc::new(TokenVerifier::new(issuers, base_url)),
             anonymous,
+            smart_configuration: None,
             store,
             base_url: Arc::from(base_url),
             bundle_permits: Arc::new(tokio::sync::Semaphore::new((limits.bundle_bytes_in_flight / 1024).max(1))),
@@ -87,6 +90,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/fhir"),
     ("get", "/fhir"),
     ("get", "/fhir/metadata"),
+    ("get", "/fhir/.well-known/smart-configuration"),
     ("post", "/fhir/{type}"),
     ("get", "/fhir/{type}"),
     ("post", "/fhir/{type}/_search"),
@@ -105,6 +109,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/fhir", axum::routing::post(bundle::transaction_or_batch).get(search::search_system))
         .route("/fhir/metadata", get(metadata::capability_statement))
+        .route("/fhir/.well-known/smart-configuration", get(auth::smart_configuration))
         .route("/fhir/{type}", axum::routing::post(resource::create).get(search::search_type))
         .route("/fhir/{type}/_search", axum::routing::post(search::search_type_post))
         .route("/fhir/{type}/_history", get(resource::type_history))

@@ -4,6 +4,7 @@
 
 pub mod dev_issuer;
 pub mod scopes;
+pub mod smart_configuration;
 pub mod token;
 
 pub use scopes::{Permission, Scope, ScopeContext, Scopes};
