@@ -203,6 +203,8 @@ mod tests {
         let store = EmbeddedBlockstore::open(&directory).unwrap();
         let (root, _) = file_blocks(b"sealed bytes");
         assert_eq!(crate::blob::read_file(&store, &root).unwrap(), b"sealed bytes");
+        drop(store);
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     fn check_blob_store_contract_here(directory: &Path) {
@@ -232,5 +234,6 @@ mod tests {
         store.sync().unwrap();
         drop(store);
         assert_eq!(EmbeddedBlockstore::open(&directory).unwrap().cids().unwrap().len(), 2);
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 }

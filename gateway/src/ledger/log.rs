@@ -220,5 +220,6 @@ mod tests {
 
         // Another key cannot open the log: the checkpoint does not verify.
         assert!(LedgerLog::open(&directory, SigningKey::from_bytes(&[6u8; 32]), origin).is_err());
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 }
