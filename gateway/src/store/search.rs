@@ -201,15 +201,21 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
                 if let Some(IndexMessage::Jobs(jobs, tree_size)) = message {
                     match search.add(&jobs) {
                         Ok(()) => added = Some(tree_size),
-                        Err(error) => search.failed(&error),
+                        Err(error) => {
+                            // A later commit must not claim these versions: stop here. Searches
+                            // then answer 503; the next open catches up from the last commit.
+                            search.failed(&error);
+                            break;
+                        }
                     }
                 }
                 let due = last_publish.elapsed() >= PUBLISH_INTERVAL || search.publish_wanted();
                 if let (true, Some(tree_size)) = (due, added) {
+                    added = None;
                     if let Err(error) = search.publish(tree_size) {
                         search.failed(&error);
+                        break;
                     }
-                    added = None;
                     last_publish = std::time::Instant::now();
                 } else if due {
                     last_publish = std::time::Instant::now();
