@@ -287,7 +287,11 @@ def paths_for_base(model, expression, base, param_type):
         if root != base:
             continue
         paths.extend(resolve(model, base, ops, param_type))
-    # deduplicate, keep order
+    return unique_paths(paths)
+
+
+def unique_paths(paths):
+    """The paths without repeats, in first-seen order."""
     seen, unique = set(), []
     for p in paths:
         key = json.dumps(p, sort_keys=True)
@@ -325,13 +329,7 @@ def component_paths(model, root_contexts, expression, param_type):
                 part = f"{m.group(1)}.as({m.group(2)}){m.group(3)}"
             _, ops = tokenize("This." + part)
             paths.extend(resolve(model, ctx, ops, param_type))
-    seen, unique = set(), []
-    for p in paths:
-        key = json.dumps(p, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+    return unique_paths(paths)
 
 
 def build(package_dir):

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
                 subject: args.sub,
                 lifetime_seconds: args.minutes.saturating_mul(60),
             };
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+            let now = fhir_gateway::fhir::now_instant().unix_timestamp().max(0) as u64;
             println!("{}", issuer.mint(&request, now));
             ExitCode::SUCCESS
         }
