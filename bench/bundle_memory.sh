@@ -26,10 +26,11 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 "$binary" serve --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+token=$("$binary" token --data-dir "$work/data" --aud "http://127.0.0.1:$port/fhir")
 start=$(date +%s.%N)
 for _ in $(seq 20); do
   curl -s -o /dev/null -w '%{http_code}\n' -X POST -H 'Content-Type: application/fhir+json' \
-       -H 'Prefer: return=minimal' --data-binary @"$work/bundle.json" "http://127.0.0.1:$port/fhir" &
+       -H 'Prefer: return=minimal' -H "Authorization: Bearer $token" --data-binary @"$work/bundle.json" "http://127.0.0.1:$port/fhir" &
 done | sort | uniq -c
 end=$(date +%s.%N)
 echo "20 bundles in $(python3 -c "print(round($end - $start, 1))") s"

@@ -13,6 +13,7 @@ wrk.path = resource_type == "" and "/fhir" or ("/fhir/" .. resource_type)
 wrk.body = body
 wrk.headers["Content-Type"] = "application/fhir+json"
 wrk.headers["Accept"] = "application/fhir+json"
+wrk.headers["Authorization"] = "Bearer " .. assert(os.getenv("BENCH_TOKEN"), "BENCH_TOKEN is not set")
 local prefer = os.getenv("PREFER")
 if prefer and prefer ~= "" then
   wrk.headers["Prefer"] = prefer

@@ -3,9 +3,11 @@
 connections) and writes the paths of the new resources (/fhir/Type/id), one per line.
 
 usage: preload.py BASE_URL RESOURCE_TYPE BODY_FILE COUNT OUT_FILE [CONCURRENCY]
-Fails (exit 1) on any answer other than 201 with a Location header. Standard library only.
+Sends `Authorization: Bearer $BENCH_TOKEN` when set. Fails (exit 1) on any answer other than 201
+with a Location header. Standard library only.
 """
 import http.client
+import os
 import sys
 import threading
 import urllib.parse
@@ -19,6 +21,8 @@ def main() -> int:
     with open(body_file, "rb") as file:
         body = file.read()
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json", "Prefer": "return=minimal"}
+    if os.environ.get("BENCH_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['BENCH_TOKEN']}"
     paths, failures, lock = [], [], threading.Lock()
     remaining = iter(range(count))
 

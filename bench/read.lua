@@ -18,7 +18,10 @@ function init(args)
   math.randomseed(os.time() * 1000 + (seed or 0))
 end
 
-local headers = { ["Accept"] = "application/fhir+json" }
+local headers = {
+  ["Accept"] = "application/fhir+json",
+  ["Authorization"] = "Bearer " .. assert(os.getenv("BENCH_TOKEN"), "BENCH_TOKEN is not set"),
+}
 function request()
   return wrk.format("GET", paths[math.random(#paths)], headers)
 end

@@ -142,6 +142,9 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "$BASE/healthz" >/dev/null || { echo "error: the gateway did not come up" >&2; exit 1; }
 echo "gateway pid $GATEWAY_PID on $BASE, data $DATA, results in $OUT" >&2
+# Every FHIR request carries a development-issuer token (verified per request, as in production).
+BENCH_TOKEN=$("$BIN" token --data-dir "$DATA" --aud "$BASE/fhir" --minutes 600)
+export BENCH_TOKEN
 
 # ---- CPU accounting helpers (clock ticks)
 # "name ticks" per gateway thread name (tokio-runtime-w = Tokio workers and blocking pool).

@@ -48,9 +48,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
                 return ApiError::unauthorized(Some("the Authorization header is not a Bearer token")).into_response();
             };
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+            let now = crate::fhir::now_instant().unix_timestamp().max(0) as u64;
             match state.tokens.verify(token.trim(), now) {
-                Ok(token) => Caller::Token(std::sync::Arc::new(token)),
+                Ok(token) => Caller::Token(token),
                 Err(error) => return ApiError::unauthorized(Some(&error.to_string())).into_response(),
             }
         }

@@ -12,7 +12,11 @@
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::scopes::{ScopeContext, Scopes};
 
@@ -64,6 +68,21 @@ pub struct AccessToken {
     pub fhir_user: Option<String>,
     /// Seconds since the epoch.
     pub expires_at: u64,
+    /// `nbf`, seconds since the epoch.
+    pub not_before: Option<u64>,
+}
+
+impl AccessToken {
+    /// `exp` and `nbf` against `now`, with [`LEEWAY_SECONDS`].
+    fn check_time(&self, now: u64) -> Result<(), TokenError> {
+        if now > self.expires_at.saturating_add(LEEWAY_SECONDS) {
+            return Err(TokenError::Expired);
+        }
+        if self.not_before.is_some_and(|not_before| not_before > now.saturating_add(LEEWAY_SECONDS)) {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(())
+    }
 }
 
 /// One trusted authorisation server and its public keys.
@@ -123,15 +142,22 @@ fn key_fits(jwk: &Jwk, algorithm: Algorithm) -> bool {
     stated && shape
 }
 
+/// Tokens whose signature and claims were verified, kept so a client sending the same token on
+/// every request pays the signature check once. Bounded; cleared of expired tokens when full.
+const VERIFIED_CAPACITY: usize = 10_000;
+
 /// Verifies access tokens for one FHIR base (the `aud` every token must name).
 pub struct TokenVerifier {
     issuers: Vec<TrustedIssuer>,
     audience: String,
+    /// SHA-256 of the token → what it says. Only the time checks depend on the request, and
+    /// they run on every use; the issuers and keys are fixed for the verifier's lifetime.
+    verified: RwLock<HashMap<[u8; 32], Arc<AccessToken>>>,
 }
 
 impl TokenVerifier {
     pub fn new(issuers: Vec<TrustedIssuer>, audience: &str) -> TokenVerifier {
-        TokenVerifier { issuers, audience: audience.to_string() }
+        TokenVerifier { issuers, audience: audience.to_string(), verified: RwLock::new(HashMap::new()) }
     }
 
     pub fn audience(&self) -> &str {
@@ -139,7 +165,27 @@ impl TokenVerifier {
     }
 
     /// Verifies `token` at `now` (seconds since the epoch).
-    pub fn verify(&self, token: &str, now: u64) -> Result<AccessToken, TokenError> {
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<AccessToken>, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self.verified.read().expect("verified tokens lock").get(&digest).cloned();
+        if let Some(cached) = cached {
+            cached.check_time(now)?;
+            return Ok(cached);
+        }
+        let verified = Arc::new(self.verify_signed(token, now)?);
+        let mut cache = self.verified.write().expect("verified tokens lock");
+        if cache.len() >= VERIFIED_CAPACITY {
+            cache.retain(|_, token| token.check_time(now).is_ok());
+            if cache.len() >= VERIFIED_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, Arc::clone(&verified));
+        Ok(verified)
+    }
+
+    /// The full check: header, issuer, key, signature, claims, time.
+    fn verify_signed(&self, token: &str, now: u64) -> Result<AccessToken, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Algorithm)?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(TokenError::Algorithm);
@@ -176,14 +222,6 @@ impl TokenVerifier {
         }
         let seconds = |name: &str| claims.get(name).and_then(|value| value.as_u64().or_else(|| value.as_f64().map(|value| value as u64)));
         let expires_at = seconds("exp").ok_or(TokenError::NoExpiry)?;
-        if now > expires_at.saturating_add(LEEWAY_SECONDS) {
-            return Err(TokenError::Expired);
-        }
-        if let Some(not_before) = seconds("nbf")
-            && not_before > now.saturating_add(LEEWAY_SECONDS)
-        {
-            return Err(TokenError::NotYetValid);
-        }
         let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|text| !text.is_empty()).map(str::to_string);
         let scopes = Scopes::parse(claims.get("scope").and_then(Value::as_str).unwrap_or_default());
         let token = AccessToken {
@@ -194,7 +232,9 @@ impl TokenVerifier {
             fhir_user: text("fhirUser"),
             scopes,
             expires_at,
+            not_before: seconds("nbf"),
         };
+        token.check_time(now)?;
         if token.scopes.has_context(ScopeContext::Patient) && token.patient.is_none() {
             return Err(TokenError::MissingPatient);
         }
@@ -295,6 +335,25 @@ mod tests {
         let mut eternal = claims();
         eternal.as_object_mut().unwrap().remove("exp");
         assert_eq!(verifier.verify(&rs256(&eternal), NOW), Err(TokenError::NoExpiry));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_changed_one_is_checked_again() {
+        let verifier = verifier();
+        let token = rs256(&claims());
+        assert!(verifier.verify(&token, NOW).is_ok());
+        assert!(verifier.verify(&token, NOW + 300).is_ok(), "second use: remembered, still within exp");
+        assert_eq!(verifier.verify(&token, NOW + 300 + LEEWAY_SECONDS + 1), Err(TokenError::Expired));
+        let mut early = claims();
+        early["nbf"] = json!(NOW + 100);
+        let early = rs256(&early);
+        assert!(verifier.verify(&early, NOW + 100).is_ok());
+        assert_eq!(verifier.verify(&early, NOW), Err(TokenError::NotYetValid), "nbf is checked on every use");
+        // One changed signature byte: not the remembered token, so fully checked (and refused).
+        let mut forged = token.into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        assert!(verifier.verify(std::str::from_utf8(&forged).unwrap(), NOW).is_err());
     }
 
     #[test]
