@@ -229,8 +229,8 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
     let wrapped_key = stages.time("wrap data key", || keyring.wrap(&data_key, context).expect("wrap"));
     let (cid, blocks) = stages.time("CID (UnixFS DAG, SHA-256)", || blob::file_blocks(&sealed_bytes));
     let content_hash = stages.time("HMAC content hash", || secrets.content_hash(&canonical));
-    let (pseudonym, principal) =
-        stages.time("HMAC pseudonym + principal", || (secrets.pseudonym(&key), secrets.principal(&Principal::Unauthenticated)));
+    let writer = Principal::operator("bench", None);
+    let (pseudonym, principal) = stages.time("HMAC pseudonym + principal", || (secrets.pseudonym(&key), secrets.principal(&writer)));
     let leaf = stages.time("ledger entry sign (ed25519 + 2× canonical JSON)", || {
         LedgerEntry {
             kind: EntryKind::Create,
@@ -311,6 +311,7 @@ fn commit_group(stages: &mut Stages, store: &Store, group: &[Prepared]) {
                         leaf_index: first_leaf_index + position as u64,
                         last_updated: prepared.last_updated,
                         sealed: Some(prepared.sealed.clone()),
+                        author: None,
                     },
                     identifier_hashes: prepared.identifier_hashes.clone(),
                     transaction_end_leaf: None,

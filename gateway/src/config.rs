@@ -66,6 +66,19 @@ pub struct TokenArgs {
     /// Lifetime in minutes
     #[arg(long, default_value_t = 60)]
     pub minutes: u64,
+    /// The requester's organisation (`organization` claim); records written with the token are
+    /// authored by it. Empty: none
+    #[arg(long, default_value = "Organization/local")]
+    pub organization: String,
+    /// Purposes of use (`purpose_of_use` claim), v3-ActReason codes, comma separated. Empty: none
+    #[arg(long, default_value = "TREAT")]
+    pub purpose: String,
+    /// The user's roles (`subject_role` claim), comma separated, e.g. an emergency role
+    #[arg(long, default_value = "")]
+    pub role: String,
+    /// The reason stated for a break-the-glass read (`break_glass_reason` claim)
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +94,10 @@ pub struct ImportArgs {
     /// Accept unknown elements and reference target types as warnings (Prefer: handling=lenient)
     #[arg(long)]
     pub lenient: bool,
+    /// The organisation the imported records are authored by (it reads them for treatment
+    /// under the consent rules). Empty: none
+    #[arg(long, default_value = "Organization/local")]
+    pub organization: String,
     /// Files (.json Bundle or resource, .ndjson) or directories of them
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -138,6 +155,12 @@ pub struct ServeArgs {
     /// The authorisation server's SMART metadata (JSON), served at [base]/.well-known/smart-configuration
     #[arg(long, env = "FHIR_GATEWAY_SMART_CONFIGURATION")]
     pub smart_configuration: Option<PathBuf>,
+    /// Roles (token `subject_role` codes) that may break the glass, comma separated [default: none]
+    #[arg(long, env = "FHIR_GATEWAY_EMERGENCY_ROLES")]
+    pub emergency_roles: Option<String>,
+    /// The organisation that wrote a record may read it for treatment without a Consent [default: true]
+    #[arg(long, env = "FHIR_GATEWAY_AUTHOR_ORG_TREATMENT")]
+    pub author_org_treatment: Option<bool>,
 }
 
 /// The TOML file's shape; every key optional.
@@ -163,6 +186,8 @@ pub struct FileAuthConfig {
     #[serde(default)]
     pub issuers: Vec<FileIssuer>,
     pub smart_configuration: Option<PathBuf>,
+    pub emergency_roles: Option<Vec<String>>,
+    pub author_org_treatment: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +206,10 @@ pub struct AuthConfig {
     pub issuers: Vec<(String, PathBuf)>,
     /// SMART configuration document of the authorisation server (served as is, once checked).
     pub smart_configuration: Option<PathBuf>,
+    /// Roles that may break the glass (docs/CONSENT.md).
+    pub emergency_roles: Vec<String>,
+    /// The author-organisation default of the consent decision (docs/CONSENT.md).
+    pub author_org_treatment: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,7 +241,14 @@ impl Default for Config {
             limits: Limits::default(),
             store: StoreOptions::default(),
             log_format: LogFormat::Text,
-            auth: AuthConfig { anonymous: false, dev_issuer: true, issuers: Vec::new(), smart_configuration: None },
+            auth: AuthConfig {
+                anonymous: false,
+                dev_issuer: true,
+                issuers: Vec::new(),
+                smart_configuration: None,
+                emergency_roles: Vec::new(),
+                author_org_treatment: true,
+            },
         }
     }
 }
@@ -261,6 +297,14 @@ impl Config {
                 dev_issuer: args.dev_issuer.or(file.auth.dev_issuer).unwrap_or(defaults.auth.dev_issuer),
                 issuers,
                 smart_configuration: args.smart_configuration.or(file.auth.smart_configuration),
+                emergency_roles: match args.emergency_roles {
+                    Some(roles) => roles.split(',').map(str::trim).filter(|role| !role.is_empty()).map(str::to_string).collect(),
+                    None => file.auth.emergency_roles.unwrap_or_default(),
+                },
+                author_org_treatment: args
+                    .author_org_treatment
+                    .or(file.auth.author_org_treatment)
+                    .unwrap_or(defaults.auth.author_org_treatment),
             },
         })
     }

@@ -135,17 +135,19 @@ fn types_in(path: &Path) -> Result<Vec<String>, String> {
     Ok(types)
 }
 
-pub fn import(data_directory: &Path, paths: &[PathBuf], leniency: Leniency) -> Result<ImportSummary, String> {
+/// Imports `paths` into the store at `data_directory`; the records are authored by
+/// `organization` (e.g. `Organization/local`, the hospital running the gateway).
+pub fn import(data_directory: &Path, paths: &[PathBuf], leniency: Leniency, organization: Option<&str>) -> Result<ImportSummary, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| error.to_string())?;
     runtime.block_on(async {
         let store = ResourceStore::open(data_directory, StoreOptions::default()).map_err(|error| error.to_string())?;
-        let result = import_into(&store, paths, leniency).await;
+        let result = import_into(&store, paths, leniency, &Principal::operator("import", organization)).await;
         store.close().await;
         result
     })
 }
 
-async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Leniency) -> Result<ImportSummary, String> {
+async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Leniency, principal: &Principal) -> Result<ImportSummary, String> {
     let started = Instant::now();
     let mut summary = ImportSummary::default();
     let mut phases: Vec<Vec<PathBuf>> = vec![Vec::new(); REFERENCE_TYPES.len() + 1];
@@ -194,8 +196,9 @@ async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Lenienc
             let permit = permits.clone().acquire_owned().await.map_err(|error| error.to_string())?;
             let store = store.clone();
             let progress = progress.clone();
+            let principal = principal.clone();
             tasks.spawn(async move {
-                let result = run_unit(&store, unit, leniency).await;
+                let result = run_unit(&store, unit, leniency, &principal).await;
                 progress.add(result.resources());
                 drop(permit);
                 result
@@ -218,9 +221,8 @@ fn count(summary: &mut ImportSummary, outcomes: &[(usize, EntryOutcome)]) {
     }
 }
 
-async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> ImportSummary {
+async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency, principal: &Principal) -> ImportSummary {
     let mut summary = ImportSummary::default();
-    let principal = Principal::Named("import".into());
     match unit {
         Work::Bundle { path } => {
             let name = path.display().to_string();
@@ -236,7 +238,7 @@ async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> Impo
             };
             if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
                 // A single resource: create it (keeping nothing of its id, as POST does).
-                match store.create(value, &principal, leniency, None).await {
+                match store.create(value, principal, leniency, None).await {
                     Ok(crate::store::CreateOutcome::Created(outcome)) => {
                         *summary.resources_by_type.entry(outcome.version.key.resource_type).or_default() += 1;
                     }
@@ -253,7 +255,7 @@ async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> Impo
                 }
             };
             match parsed.kind {
-                BundleKind::Transaction => match store.transaction(parsed.entries, &principal, leniency).await {
+                BundleKind::Transaction => match store.transaction(parsed.entries, principal, leniency).await {
                     Ok(outcomes) => count(&mut summary, &outcomes),
                     Err(failure) => summary.failures.push(format!(
                         "{name}: Bundle.entry[{}]: {} (nothing of this Bundle was stored)",
@@ -262,7 +264,7 @@ async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> Impo
                     )),
                 },
                 BundleKind::Batch => {
-                    let outcomes = store.batch(parsed.entries, &principal, leniency).await;
+                    let outcomes = store.batch(parsed.entries, principal, leniency).await;
                     count(&mut summary, &outcomes);
                     for (position, outcome) in &outcomes {
                         if let EntryOutcome::Failed(error) = outcome {
@@ -284,13 +286,13 @@ async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency) -> Impo
                     Err(error) => summary.failures.push(format!("{name}:{}: {error}", first_line + offset)),
                 }
             }
-            match store.transaction(entries.clone(), &principal, leniency).await {
+            match store.transaction(entries.clone(), principal, leniency).await {
                 Ok(outcomes) => count(&mut summary, &outcomes),
                 Err(_) => {
                     // Find exactly which lines fail: each on its own.
                     for entry in entries {
                         let line_number = entry.position;
-                        match store.transaction(vec![entry], &principal, leniency).await {
+                        match store.transaction(vec![entry], principal, leniency).await {
                             Ok(outcomes) => count(&mut summary, &outcomes),
                             Err(failure) => summary.failures.push(format!("{name}:{line_number}: {}", describe(&failure.error))),
                         }

@@ -1,6 +1,7 @@
 //! fhir-gateway: a FHIR R4 gateway whose every write is validated, sealed, stored by IPFS CID and
 //! anchored in a signed Merkle log before it is acknowledged. See ARCHITECTURE.md for the map.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod blob;

@@ -78,7 +78,12 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text);
             let data_dir = Config::data_dir_for(args.data, &file_config);
             let leniency = if args.lenient { Leniency::Lenient } else { Leniency::Strict };
-            match fhir_gateway::import::import(&data_dir, &args.paths, leniency) {
+            match fhir_gateway::import::import(
+                &data_dir,
+                &args.paths,
+                leniency,
+                Some(args.organization.as_str()).filter(|organization| !organization.is_empty()),
+            ) {
                 Ok(summary) => {
                     print!("{summary}");
                     if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -119,6 +124,10 @@ fn main() -> ExitCode {
                 fhir_user: args.fhir_user,
                 subject: args.sub,
                 lifetime_seconds: args.minutes.saturating_mul(60),
+                organization: Some(args.organization).filter(|organization| !organization.is_empty()),
+                purpose_of_use: comma_list(&args.purpose),
+                roles: comma_list(&args.role),
+                break_glass_reason: args.reason,
             };
             let now = fhir_gateway::fhir::now_instant().unix_timestamp().max(0) as u64;
             println!("{}", issuer.mint(&request, now));
@@ -138,4 +147,8 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn comma_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_string).collect()
 }

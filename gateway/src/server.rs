@@ -50,6 +50,10 @@ impl Server {
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
         let issuers = trusted_issuers(config).map_err(ServeError::Auth)?;
         let mut state = AppState::new(store.clone(), &base_url, config.limits.clone(), issuers, config.auth.anonymous);
+        state.consent_options = std::sync::Arc::new(crate::consent::DecisionOptions {
+            author_org_treatment: config.auth.author_org_treatment,
+            emergency_roles: config.auth.emergency_roles.iter().map(|role| crate::consent::Code::bare(role)).collect(),
+        });
         if let Some(path) = &config.auth.smart_configuration {
             let document = std::fs::read_to_string(path).map_err(|error| ServeError::Auth(format!("{}: {error}", path.display())))?;
             let document = crate::auth::smart_configuration::check(&document)

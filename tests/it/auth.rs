@@ -18,7 +18,9 @@ fn now() -> u64 {
 }
 
 fn claims(gateway: &Gateway) -> Value {
-    json!({"iss": TEST_ISSUER, "aud": gateway.base(), "sub": "emr", "exp": now() + 300, "scope": "system/*.cruds"})
+    // The EMR of the organisation that wrote the test records, reading for treatment.
+    json!({"iss": TEST_ISSUER, "aud": gateway.base(), "sub": "emr", "exp": now() + 300, "scope": "system/*.cruds",
+        "organization": "Organization/local", "purpose_of_use": ["TREAT"]})
 }
 
 fn rs256(claims: &Value) -> String {

@@ -200,8 +200,10 @@ async fn a_consistently_forged_ledger_entry_is_caught_by_verify() {
     let mut bytes = std::fs::read(&entries).unwrap();
     let length = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
     let record = &mut bytes[4..4 + length];
-    let position = record.windows(17).position(|window| window == b"\"unauthenticated\"").unwrap();
-    record[position + 1] = b'U';
+    // Change the first hex digit of the (pseudonymous) principal.
+    let marker = b"\"principal\":\"";
+    let position = record.windows(marker.len()).position(|window| window == marker).unwrap() + marker.len();
+    record[position] = if record[position] == b'0' { b'1' } else { b'0' };
     let checksum = Sha256::digest(&bytes[4..4 + length]);
     bytes[4 + length..4 + length + 8].copy_from_slice(&checksum[..8]);
     std::fs::write(&entries, &bytes).unwrap();

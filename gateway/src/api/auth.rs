@@ -4,13 +4,18 @@
 //! `GET [base]/.well-known/smart-configuration` stay public (clients discover the server before
 //! they have a token); so do `/healthz` and `/ledger/checkpoint` (they reveal no PHI).
 
-use axum::extract::{Request, State};
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::access::Access;
+use crate::store::Principal;
 
 /// Who is calling, as established by [`authenticate`].
 #[derive(Debug, Clone)]
@@ -57,4 +62,34 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// The caller's [`Access`] for this request, from the [`Caller`] that [`authenticate`] found.
+pub struct Authorized(pub Arc<Access>);
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let now_ms = (crate::fhir::now_instant().unix_timestamp_nanos() / 1_000_000) as i64;
+        let consents = state.store.consent_directory();
+        let options = Arc::clone(&state.consent_options);
+        let access = match parts.extensions.get::<Caller>() {
+            Some(Caller::Token(token)) => Access::for_token(token, consents, options, now_ms),
+            Some(Caller::Anonymous) => Access::anonymous(consents, options, now_ms),
+            None => return Err(ApiError::unauthorized(None)),
+        };
+        Ok(Authorized(Arc::new(access)))
+    }
+}
+
+impl Authorized {
+    /// Who the writes of this request are recorded as, checked by this access.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            name: self.0.principal_name().map(str::to_string),
+            organization: self.0.requester().organization.clone(),
+            guard: Arc::clone(&self.0) as Arc<dyn crate::store::WriteGuard>,
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | 400 | `invalid` / `structure` | malformed JSON, type or id mismatch, bad parameter |
 //! | 401 | `login` | no or an invalid access token (with `WWW-Authenticate: Bearer`, RFC 6750) |
-//! | 404 | `not-found` | unknown resource, version, type or route |
+//! | 403 | `forbidden` | the token's scopes do not grant the interaction, or a write leaves the caller's reach |
+//! | 404 | `not-found` | unknown resource, version, type or route — and a resource the caller may not see (same body) |
 //! | 405 | `not-supported` | method not allowed on the route |
 //! | 406 | `not-supported` | only JSON is served |
 //! | 409 | `conflict` | concurrent update lost repeatedly |
@@ -69,6 +70,10 @@ impl ApiError {
 
     pub fn not_found(diagnostics: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", diagnostics)
+    }
+
+    pub fn forbidden(diagnostics: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", diagnostics)
     }
 
     pub fn status(&self) -> StatusCode {
@@ -152,6 +157,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Invalid(issues) => ApiError::validation(issues),
             StoreError::BadRequest(message) => ApiError::bad_request(message),
+            StoreError::Forbidden(message) => ApiError::forbidden(message),
             StoreError::NotFound => ApiError::not_found("resource not found"),
             StoreError::Gone(version_id) => {
                 ApiError::new(StatusCode::GONE, "deleted", format!("the resource was deleted (version {version_id})"))

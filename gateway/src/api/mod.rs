@@ -67,6 +67,8 @@ pub struct AppState {
     pub anonymous: bool,
     /// The authorisation server's SMART configuration, if one is configured.
     pub smart_configuration: Option<Arc<serde_json::Value>>,
+    /// Gateway-wide consent settings (author-organisation default, emergency roles).
+    pub consent_options: Arc<crate::consent::DecisionOptions>,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
             tokens: Arc::new(TokenVerifier::new(issuers, base_url)),
             anonymous,
             smart_configuration: None,
+            consent_options: Arc::default(),
             store,
             base_url: Arc::from(base_url),
             bundle_permits: Arc::new(tokio::sync::Semaphore::new((limits.bundle_bytes_in_flight / 1024).max(1))),

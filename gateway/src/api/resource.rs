@@ -9,13 +9,17 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use super::auth::Authorized;
 use super::bundle_body::{Entry, Resource, bundle_response};
 use super::error::{ApiError, operation_outcome};
 use super::extract::{FhirJson, FhirPath, Prefer, ReturnPreference, check_acceptable, if_match, if_none_exist};
 use super::{AppState, fhir_response};
+use crate::access::Access;
+use crate::auth::Permission;
+use crate::consent::Interaction;
 use crate::fhir::{self, format_instant, is_valid_id, resource_type::is_resource_type};
 use crate::store::catalog::ResourceKey;
-use crate::store::{CreateOutcome, HistoryPage, Principal, StoredVersion};
+use crate::store::{CreateOutcome, HistoryPage, ResourceStore, StoreError, StoredVersion};
 
 fn resource_type(name: &str) -> Result<&str, ApiError> {
     if is_resource_type(name) { Ok(name) } else { Err(ApiError::not_found(format!("'{name}' is not a FHIR R4 resource type"))) }
@@ -98,6 +102,7 @@ fn body_type_matches(body: &Value, url_type: &str) -> Result<(), ApiError> {
 /// `POST [base]/[type]`
 pub async fn create(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -108,29 +113,70 @@ pub async fn create(
     body_type_matches(&body, resource_type)?;
     let prefer = Prefer::from_headers(&headers);
     let condition = if_none_exist(&headers)?;
-    let outcome = state.store.create(body, &Principal::Unauthenticated, prefer.leniency, condition.as_ref()).await?;
+    access.0.require(resource_type, Permission::Create).map_err(ApiError::forbidden)?;
+    let outcome = state.store.create(body, &access.principal(), prefer.leniency, condition.as_ref()).await?;
     Ok(match outcome {
         CreateOutcome::Created(outcome) => write_response(&state, StatusCode::CREATED, outcome.version, prefer),
-        CreateOutcome::Existing(version) => write_response(&state, StatusCode::OK, version, prefer),
+        CreateOutcome::Existing(version) => {
+            // A match the caller may not see is not revealed.
+            let visible = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
+            if !visible.is_some_and(|resource| access.0.may_read(Interaction::Read, &resource, version.author.as_deref())) {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "conflict",
+                    "If-None-Exist cannot be evaluated for this caller; create without it or ask the record's custodian",
+                ));
+            }
+            write_response(&state, StatusCode::OK, version, prefer)
+        }
     })
 }
 
 /// `GET [base]/[type]/[id]`
 pub async fn read(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&type_name, &id)?;
     parameters(&headers, query.as_deref(), &[])?;
-    let version = state.store.read(&key)?;
+    access.0.require(&key.resource_type, Permission::Read).map_err(ApiError::forbidden)?;
+    let version = disclosed(&state.store, &access.0, Interaction::Read, &key, state.store.read(&key))?;
     Ok(read_response(&state, version))
+}
+
+/// A version read for `access`: one it may not see is "not found" (the same answer, byte for
+/// byte, as for an id that does not exist), and so is a deletion of a resource it could not see.
+pub(super) fn disclosed(
+    store: &ResourceStore,
+    access: &Access,
+    interaction: Interaction,
+    key: &ResourceKey,
+    read: Result<StoredVersion, StoreError>,
+) -> Result<StoredVersion, ApiError> {
+    let (content, author, outcome) = match read {
+        Ok(version) => {
+            let content = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
+            (content, version.author.clone(), Ok(version))
+        }
+        Err(StoreError::Gone(version_id)) => match store.deleted_content(key, version_id)? {
+            Some((deleted, content)) => (Some(content), deleted.author, Err(StoreError::Gone(version_id))),
+            None => (None, None, Err(StoreError::Gone(version_id))),
+        },
+        Err(error) => return Err(error.into()),
+    };
+    match content {
+        Some(content) if access.may_read(interaction, &content, author.as_deref()) => outcome.map_err(ApiError::from),
+        _ => Err(StoreError::NotFound.into()),
+    }
 }
 
 /// `GET [base]/[type]/[id]/_history/[vid]`
 pub async fn vread(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath((type_name, id, version_text)): FhirPath<(String, String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -138,13 +184,15 @@ pub async fn vread(
     let key = resource_key(&type_name, &id)?;
     parameters(&headers, query.as_deref(), &[])?;
     let version_id = version_text.parse::<u64>().map_err(|_| ApiError::not_found("no such version"))?;
-    let version = state.store.vread(&key, version_id)?;
+    access.0.require(&key.resource_type, Permission::Read).map_err(ApiError::forbidden)?;
+    let version = disclosed(&state.store, &access.0, Interaction::Vread, &key, state.store.vread(&key, version_id))?;
     Ok(read_response(&state, version))
 }
 
 /// `PUT [base]/[type]/[id]`: update, or create with the client's id.
 pub async fn update(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -159,7 +207,8 @@ pub async fn update(
     body_type_matches(&body, resource_type)?;
     let prefer = Prefer::from_headers(&headers);
     let expected_version = if_match(&headers)?;
-    let outcome = state.store.update(&key, body, &Principal::Unauthenticated, prefer.leniency, expected_version).await?;
+    access.0.require(resource_type, Permission::Update).map_err(ApiError::forbidden)?;
+    let outcome = state.store.update(&key, body, &access.principal(), prefer.leniency, expected_version).await?;
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(write_response(&state, status, outcome.version, prefer))
 }
@@ -167,12 +216,14 @@ pub async fn update(
 /// `DELETE [base]/[type]/[id]`: 204; deleting a deleted resource is a no-op (also 204).
 pub async fn delete(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&type_name, &id)?;
     query_parameters(query.as_deref(), &[])?;
-    let deleted_version = state.store.delete(&key, &Principal::Unauthenticated).await?;
+    access.0.require(&key.resource_type, Permission::Delete).map_err(ApiError::forbidden)?;
+    let deleted_version = state.store.delete(&key, &access.principal()).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(version_id) = deleted_version
         && let Ok(etag) = HeaderValue::from_str(&format!("W/\"{version_id}\""))
@@ -255,13 +306,19 @@ fn history_bundle(state: &AppState, page: HistoryPage, self_path: &str, paramete
 /// `GET [base]/[type]/[id]/_history`
 pub async fn instance_history(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let key = resource_key(&type_name, &id)?;
     let parameters = history_parameters(&state, &headers, query.as_deref())?;
-    let page = state.store.instance_history(&key, parameters.cursor, parameters.since, parameters.count)?;
+    access.0.require(&key.resource_type, Permission::Read).map_err(ApiError::forbidden)?;
+    let page = state.store.instance_history(&key, parameters.cursor, parameters.since, parameters.count, access.0.as_ref())?;
+    if page.versions.is_empty() && parameters.cursor.is_none() && parameters.since.is_none() && parameters.count > 0 {
+        // Nothing of it is visible: as for an id that does not exist.
+        return Err(StoreError::NotFound.into());
+    }
     let self_path = format!("/{}/{}/_history", key.resource_type, key.id);
     Ok(history_bundle(&state, page, &self_path, &parameters))
 }
@@ -269,13 +326,15 @@ pub async fn instance_history(
 /// `GET [base]/[type]/_history`
 pub async fn type_history(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let resource_type = resource_type(&type_name)?;
     let parameters = history_parameters(&state, &headers, query.as_deref())?;
-    let page = state.store.type_history(resource_type, parameters.cursor, parameters.since, parameters.count)?;
+    access.0.require(resource_type, Permission::Search).map_err(ApiError::forbidden)?;
+    let page = state.store.type_history(resource_type, parameters.cursor, parameters.since, parameters.count, access.0.as_ref())?;
     let self_path = format!("/{resource_type}/_history");
     Ok(history_bundle(&state, page, &self_path, &parameters))
 }

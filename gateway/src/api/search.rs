@@ -8,10 +8,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::AppState;
+use super::auth::Authorized;
 use super::bundle_body::{Entry, Resource, bundle_response};
 use super::error::{ApiError, operation_outcome};
 use super::extract::{FhirPath, Prefer, check_acceptable};
+use super::resource::disclosed;
+use crate::access::Access;
+use crate::auth::Permission;
+use crate::consent::Interaction;
 use crate::fhir::{self, Leniency, format_instant, is_valid_id, resource_type::is_resource_type};
 use crate::search::{SearchParamTable, SearchQuery, Summary, TotalMode, parse_query};
 use crate::store::StoredVersion;
@@ -159,38 +166,43 @@ fn searchset(state: &AppState, path: &str, request: &Request, query: &SearchQuer
 
 async fn run(
     state: AppState,
+    access: Arc<Access>,
     path: String,
     resource_type: String,
     compartment: Option<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let query = parse(&resource_type, &request)?;
+    access.require(&resource_type, Permission::Search).map_err(ApiError::forbidden)?;
     let store = state.store.clone();
     let (offset, count) = (request.offset, request.count);
     let compartment_for_task = compartment.clone();
     let query_for_task = query.clone();
-    let page = tokio::task::spawn_blocking(move || store.search(&query_for_task, compartment_for_task.as_deref(), offset, count))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
+    let page =
+        tokio::task::spawn_blocking(move || store.search(&query_for_task, compartment_for_task.as_deref(), offset, count, access.as_ref()))
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
     Ok(searchset(&state, &path, &request, &query, page))
 }
 
 /// `GET [base]/[type]?params`
 pub async fn search_type(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let resource_type = resource_type(&type_name)?.to_string();
     let request = request(&state, &headers, fhir::query::pairs(query.as_deref().unwrap_or_default()))?;
-    run(state, format!("/{resource_type}"), resource_type, None, request).await
+    run(state, access.0, format!("/{resource_type}"), resource_type, None, request).await
 }
 
 /// `POST [base]/[type]/_search` with `application/x-www-form-urlencoded` parameters (and any
 /// in the URL).
 pub async fn search_type_post(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -209,12 +221,13 @@ pub async fn search_type_post(
     let form = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the form body is not UTF-8"))?;
     pairs.extend(fhir::query::pairs(form));
     let request = request(&state, &headers, pairs)?;
-    run(state, format!("/{resource_type}"), resource_type, None, request).await
+    run(state, access.0, format!("/{resource_type}"), resource_type, None, request).await
 }
 
 /// `GET [base]/Patient/[id]/[type]?params` (compartment search) and `GET [base]/Patient/[id]/$everything`.
 pub async fn compartment(
     State(state): State<AppState>,
+    access: Authorized,
     FhirPath((compartment_type, id, target)): FhirPath<(String, String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -228,20 +241,26 @@ pub async fn compartment(
     let pairs = fhir::query::pairs(query.as_deref().unwrap_or_default());
     let patient = ResourceKey { resource_type: "Patient".into(), id: id.clone() };
     if target == "$everything" {
-        return everything(state, id, headers, pairs).await;
+        return everything(state, access.0, id, headers, pairs).await;
     }
     let resource_type = resource_type(&target)?.to_string();
     let request = request(&state, &headers, pairs)?;
     parse(&resource_type, &request)?;
-    // Bad input first (400), then the patient must exist (a deleted one is 410).
-    state.store.read(&patient)?;
+    // Bad input first (400), then the patient must exist for the caller (a deleted one is 410).
+    disclosed(&state.store, &access.0, Interaction::Read, &patient, state.store.read(&patient))?;
     let path = format!("/Patient/{id}/{resource_type}");
-    run(state, path, resource_type, Some(format!("Patient/{id}")), request).await
+    run(state, access.0, path, resource_type, Some(format!("Patient/{id}")), request).await
 }
 
 /// `Patient/[id]/$everything` with `_since`, `_type`, `_count` (and `_offset` paging): the
 /// patient and every resource of its compartment.
-async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<(String, String)>) -> Result<Response, ApiError> {
+async fn everything(
+    state: AppState,
+    access: Arc<Access>,
+    id: String,
+    headers: HeaderMap,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
     let format = pairs.iter().find(|(name, _)| name == "_format").map(|(_, value)| value.clone());
     check_acceptable(&headers, format.as_deref())?;
     let mut since = None;
@@ -265,7 +284,8 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
             }
         }
     }
-    state.store.read(&ResourceKey { resource_type: "Patient".into(), id: id.clone() })?;
+    let patient = ResourceKey { resource_type: "Patient".into(), id: id.clone() };
+    disclosed(&state.store, &access, Interaction::Read, &patient, state.store.read(&patient))?;
     let table = SearchParamTable::r4();
     let mut compartment_types: Vec<String> = table
         .resource_types()
@@ -286,7 +306,10 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
         for resource_type in compartment_types {
             let query =
                 parse_query(table, &resource_type, &since_pairs, false).map_err(|error| ApiError::bad_request(error.to_string()))?;
-            let page = store.search(&query, Some(&format!("Patient/{patient_id}")), 0, usize::MAX)?;
+            if access.require(&resource_type, Permission::Search).is_err() {
+                continue;
+            }
+            let page = store.search(&query, Some(&format!("Patient/{patient_id}")), 0, usize::MAX, access.as_ref())?;
             all.extend(page.matches);
         }
         Ok(all)
@@ -306,7 +329,13 @@ async fn everything(state: AppState, id: String, headers: HeaderMap, pairs: Vec<
 }
 
 /// `GET [base]?_type=A,B&params`: a search across the listed types (parameters common to them).
-pub async fn search_system(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub async fn search_system(
+    State(state): State<AppState>,
+    access: Authorized,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let access = access.0;
     let pairs = fhir::query::pairs(query.as_deref().unwrap_or_default());
     let types: Vec<String> = pairs
         .iter()
@@ -318,11 +347,14 @@ pub async fn search_system(State(state): State<AppState>, headers: HeaderMap, Ra
     }
     let request = request(&state, &headers, pairs.into_iter().filter(|(name, _)| name != "_type").collect())?;
     let queries: Vec<SearchQuery> = types.iter().map(|resource_type| parse(resource_type, &request)).collect::<Result<_, _>>()?;
+    for resource_type in &types {
+        access.require(resource_type, Permission::Search).map_err(ApiError::forbidden)?;
+    }
     let store = state.store.clone();
     let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
         let mut all = Vec::new();
         for query in &queries {
-            all.extend(store.search(query, None, 0, usize::MAX)?.matches);
+            all.extend(store.search(query, None, 0, usize::MAX, access.as_ref())?.matches);
         }
         Ok(all)
     })

@@ -30,6 +30,14 @@ pub struct TokenRequest {
     pub fhir_user: Option<String>,
     pub subject: String,
     pub lifetime_seconds: u64,
+    /// `organization` claim, e.g. `Organization/local`.
+    pub organization: Option<String>,
+    /// `purpose_of_use` claim (v3-ActReason codes).
+    pub purpose_of_use: Vec<String>,
+    /// `subject_role` claim.
+    pub roles: Vec<String>,
+    /// `break_glass_reason` claim.
+    pub break_glass_reason: Option<String>,
 }
 
 pub struct DevIssuer {
@@ -72,6 +80,18 @@ impl DevIssuer {
         if let Some(fhir_user) = &request.fhir_user {
             claims["fhirUser"] = json!(fhir_user);
         }
+        if let Some(organization) = &request.organization {
+            claims["organization"] = json!(organization);
+        }
+        if !request.purpose_of_use.is_empty() {
+            claims["purpose_of_use"] = json!(request.purpose_of_use);
+        }
+        if !request.roles.is_empty() {
+            claims["subject_role"] = json!(request.roles);
+        }
+        if let Some(reason) = &request.break_glass_reason {
+            claims["break_glass_reason"] = json!(reason);
+        }
         let mut der = PKCS8_ED25519_PREFIX.to_vec();
         der.extend_from_slice(&self.seed);
         let header = Header { kid: Some(KEY_ID.to_string()), ..Header::new(Algorithm::EdDSA) };
@@ -97,6 +117,10 @@ mod tests {
             fhir_user: Some("Patient/A".into()),
             subject: "alice".into(),
             lifetime_seconds: 3600,
+            organization: None,
+            purpose_of_use: vec!["TREAT".into()],
+            roles: Vec::new(),
+            break_glass_reason: None,
         };
         let now = 1_800_000_000;
         let token = issuer.mint(&request, now);
@@ -104,6 +128,7 @@ mod tests {
         let verified = verifier.verify(&token, now + 10).unwrap();
         assert_eq!(verified.patient.as_deref(), Some("A"));
         assert_eq!(verified.subject.as_deref(), Some("alice"));
+        assert_eq!(verified.purpose_of_use, ["TREAT"]);
         assert_eq!(verifier.verify(&token, now + 3600 + 31), Err(TokenError::Expired));
         let elsewhere = TokenVerifier::new(vec![issuer.trusted()], "https://other.example/fhir");
         assert_eq!(elsewhere.verify(&token, now), Err(TokenError::Audience));

@@ -70,6 +70,14 @@ pub struct AccessToken {
     pub expires_at: u64,
     /// `nbf`, seconds since the epoch.
     pub not_before: Option<u64>,
+    /// The requester's organisation (`organization` claim), e.g. `Organization/x`.
+    pub organization: Option<String>,
+    /// Purposes of use (`purpose_of_use` claim, v3-ActReason codes such as `TREAT`, `ETREAT`).
+    pub purpose_of_use: Vec<String>,
+    /// The user's roles (`subject_role` claim), compared with the configured emergency roles.
+    pub roles: Vec<String>,
+    /// The stated reason of a break-the-glass token (`break_glass_reason` claim).
+    pub break_glass_reason: Option<String>,
 }
 
 impl AccessToken {
@@ -233,6 +241,10 @@ impl TokenVerifier {
             scopes,
             expires_at,
             not_before: seconds("nbf"),
+            organization: text("organization"),
+            purpose_of_use: codes(claims.get("purpose_of_use")),
+            roles: codes(claims.get("subject_role")),
+            break_glass_reason: text("break_glass_reason"),
         };
         token.check_time(now)?;
         if token.scopes.has_context(ScopeContext::Patient) && token.patient.is_none() {
@@ -242,6 +254,21 @@ impl TokenVerifier {
             return Err(TokenError::MissingFhirUser);
         }
         Ok(token)
+    }
+}
+
+/// A claim holding codes: a space-separated string, an array of strings, or an array of
+/// `Coding`-like objects (`{"system": …, "code": …}`; the code is kept).
+fn codes(claim: Option<&Value>) -> Vec<String> {
+    match claim {
+        Some(Value::String(text)) => text.split_ascii_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().or_else(|| item.get("code").and_then(Value::as_str)))
+            .filter(|code| !code.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

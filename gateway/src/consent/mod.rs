@@ -53,6 +53,11 @@ impl Code {
         Code { system: Some(system.to_string()), code: code.to_string() }
     }
 
+    /// A purpose of use in v3-ActReason (`TREAT`, `ETREAT`, `HRESCH`, …).
+    pub fn purpose_of_use(code: &str) -> Code {
+        Code::new(terminology::ACT_REASON, code)
+    }
+
     /// A code without a system.
     pub fn bare(code: &str) -> Code {
         Code { system: None, code: code.to_string() }

@@ -30,6 +30,8 @@ pub struct VersionRecord {
     pub last_updated: OffsetDateTime,
     /// `None` for a deletion.
     pub sealed: Option<SealedLocation>,
+    /// The organisation that wrote the version (`Organization/x`), if known.
+    pub author: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +87,8 @@ struct CatalogRecordJson {
     identifier_hashes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     transaction_end_leaf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    author: Option<String>,
 }
 
 impl CatalogRecord {
@@ -101,6 +105,7 @@ impl CatalogRecord {
             wrapped_key: sealed.map(|sealed| BASE64.encode(sealed.wrapped_key.bytes)),
             identifier_hashes: self.identifier_hashes.iter().map(|hash| BASE64.encode(hash)).collect(),
             transaction_end_leaf: self.transaction_end_leaf,
+            author: self.version.author.clone(),
         };
         serde_json::to_vec(&json).expect("catalog record serialises")
     }
@@ -128,7 +133,7 @@ impl CatalogRecord {
             .collect::<Result<_, _>>()?;
         Ok(CatalogRecord {
             key: ResourceKey { resource_type: json.resource_type, id: json.id },
-            version: VersionRecord { version_id: json.version_id, leaf_index: json.leaf_index, last_updated, sealed },
+            version: VersionRecord { version_id: json.version_id, leaf_index: json.leaf_index, last_updated, sealed, author: json.author },
             identifier_hashes,
             transaction_end_leaf: json.transaction_end_leaf,
         })
@@ -198,6 +203,14 @@ impl Catalog {
         let all = self.type_history.get(resource_type).map(Vec::as_slice).unwrap_or_default();
         let end = before_leaf.map_or(all.len(), |bound| all.partition_point(|(leaf_index, _, _)| *leaf_index < bound));
         all[..end].iter().rev()
+    }
+
+    /// The current version of every resource of a type.
+    pub fn all_current<'a>(&'a self, resource_type: &'a str) -> impl Iterator<Item = (&'a ResourceKey, &'a VersionRecord)> + 'a {
+        self.resources
+            .iter()
+            .filter(move |(key, _)| key.resource_type == resource_type)
+            .filter_map(|(key, history)| history.current().map(|version| (key, version)))
     }
 
     pub fn all_records(&self) -> impl Iterator<Item = (&ResourceKey, &VersionRecord)> {

@@ -71,6 +71,7 @@ pub(crate) struct PreparedWrite {
     sealed: Option<SealedLocation>,
     identifier_hashes: Vec<KeyedHash>,
     leaf: Vec<u8>,
+    author: Option<String>,
 }
 
 /// Everything CPU-bound about a write, done in the caller's task: meta, canonical bytes, seal,
@@ -83,6 +84,11 @@ pub(crate) fn prepare(
     kind: EntryKind,
     principal: &Principal,
 ) -> Result<PreparedWrite, StoreError> {
+    let before = match version_id.checked_sub(1).filter(|_| principal.guard.wants_prior()) {
+        Some(prior) if prior > 0 => prior_content(shared, key, prior)?,
+        _ => None,
+    };
+    principal.guard.check(kind, key, before.as_ref(), resource.as_ref()).map_err(StoreError::Forbidden)?;
     let last_updated = fhir::now_instant();
     let recorded = fhir::format_instant(last_updated);
     let mut prepared = PreparedWrite {
@@ -94,6 +100,7 @@ pub(crate) fn prepare(
         sealed: None,
         identifier_hashes: Vec::new(),
         leaf: Vec::new(),
+        author: principal.organization.clone(),
     };
     let mut content_hash = None;
     if let Some(mut resource) = resource {
@@ -127,6 +134,19 @@ pub(crate) fn prepare(
     };
     prepared.leaf = entry.sign(&shared.secrets.signing_key);
     Ok(prepared)
+}
+
+/// The content of version `version_id` (`None` if it is a deletion or does not exist).
+fn prior_content(shared: &Shared, key: &ResourceKey, version_id: u64) -> Result<Option<Value>, StoreError> {
+    let record = {
+        let catalog = shared.catalog.read().expect("catalog lock");
+        catalog.get(key).and_then(|history| history.versions.get(version_id as usize - 1)).cloned()
+    };
+    let Some(record) = record.filter(|record| !record.is_deletion()) else {
+        return Ok(None);
+    };
+    let version = super::load(shared, key, &record)?;
+    Ok(version.body.as_deref().and_then(|body| serde_json::from_slice(body).ok()))
 }
 
 fn identifier_hashes(shared: &Shared, resource_type: &str, resource: &Value) -> Vec<KeyedHash> {
@@ -318,6 +338,7 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
                     leaf_index: first_leaf_index + records.len() as u64,
                     last_updated: prepared.last_updated,
                     sealed: prepared.sealed.clone(),
+                    author: prepared.author.clone(),
                 },
                 identifier_hashes: prepared.identifier_hashes.clone(),
                 transaction_end_leaf,
@@ -339,6 +360,9 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
         for record in records {
             catalog.apply(record);
         }
+    }
+    for prepared in accepted.iter().flat_map(|(writes, _)| writes.iter()).filter(|prepared| prepared.key.resource_type == "Consent") {
+        shared.consents.apply(&prepared.key.id, prepared.body.as_deref());
     }
     let jobs: Vec<IndexJob> = accepted
         .iter()
@@ -364,6 +388,7 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
                 version_id: prepared.version_id,
                 last_updated: prepared.last_updated,
                 body: prepared.body,
+                author: prepared.author,
             })
             .collect();
         let _ = reply.send(Ok(UnitOutcome::Committed(versions)));

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 mod commit;
+pub mod consents;
 mod rotate;
 pub mod search;
 mod secrets;
@@ -23,6 +24,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::blob::{self, BlobStore, EmbeddedBlockstore};
+use crate::consent::Interaction;
 use crate::fhir::{self, Issue, Leniency};
 use crate::journal::{Journal, JournalError};
 use crate::ledger::{EntryKind, LedgerEntry, LedgerError, LedgerLog};
@@ -57,13 +59,53 @@ impl Default for StoreOptions {
     }
 }
 
-/// Who submitted a write, as recorded (pseudonymously) in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No authentication configured for this request.
-    Unauthenticated,
-    /// An authenticated identity (e.g. a token's `sub`); recorded only as a keyed hash.
-    Named(String),
+/// Who submits a write: recorded pseudonymously in the ledger (`name`), by organisation in the
+/// catalog (`organization`, the author the consent rule "an organisation reads the records it
+/// wrote, for treatment" compares with), and checked by `guard` on the final content of every
+/// write, after transaction references are resolved and before anything is sealed.
+#[derive(Clone)]
+pub struct Principal {
+    /// An authenticated identity (e.g. issuer and `sub`); recorded only as a keyed hash.
+    pub name: Option<String>,
+    /// The writer's organisation, e.g. `Organization/x`.
+    pub organization: Option<String>,
+    pub guard: Arc<dyn WriteGuard>,
+}
+
+impl Principal {
+    /// The local operator (command line, tests): every write the store accepts is allowed.
+    pub fn operator(name: &str, organization: Option<&str>) -> Principal {
+        Principal { name: Some(name.to_string()), organization: organization.map(str::to_string), guard: Arc::new(Unrestricted) }
+    }
+}
+
+/// Decides whether a principal may make one write. Implemented by `access::Access`.
+pub trait WriteGuard: Send + Sync {
+    /// Whether [`WriteGuard::check`] needs the content being replaced or deleted.
+    fn wants_prior(&self) -> bool;
+    /// `Err(reason)` refuses the write (`403`). `before`: the current content, if wanted and the
+    /// resource exists; `after`: the new content (`None` for a delete).
+    fn check(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String>;
+}
+
+/// Decides whether a principal may see one version. Search and history apply it before they
+/// count and page, so totals and page sizes reveal nothing about what it hides.
+pub trait ReadGuard: Sync {
+    /// `resource` is the version's content; for a deletion, the content it deleted.
+    fn admits(&self, interaction: Interaction, version: &StoredVersion, resource: &Value) -> bool;
+}
+
+/// The [`WriteGuard`] of the local operator.
+pub struct Unrestricted;
+
+impl WriteGuard for Unrestricted {
+    fn wants_prior(&self) -> bool {
+        false
+    }
+
+    fn check(&self, _: EntryKind, _: &ResourceKey, _: Option<&Value>, _: Option<&Value>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +114,8 @@ pub enum StoreError {
     Invalid(Vec<Issue>),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("resource not found")]
     NotFound,
     #[error("resource deleted (version {0})")]
@@ -114,6 +158,8 @@ pub struct StoredVersion {
     pub last_updated: OffsetDateTime,
     /// The canonical resource bytes; `None` for a deletion.
     pub body: Option<Vec<u8>>,
+    /// The organisation that wrote this version (see [`Principal::organization`]).
+    pub author: Option<String>,
 }
 
 #[derive(Debug)]
@@ -188,6 +234,8 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     options: StoreOptions,
     search: search::SearchIndex,
+    /// Current Consents by patient, for the consent decision.
+    consents: Arc<consents::ConsentDirectory>,
     /// Where the commit thread sends published versions for indexing, and the indexer thread.
     indexer: std::sync::Mutex<Option<search::Indexer>>,
     /// Held while the store is open: one process per data directory.
@@ -356,9 +404,11 @@ impl ResourceStore {
             poisoned: AtomicBool::new(false),
             options,
             search,
+            consents: Arc::default(),
             indexer: std::sync::Mutex::new(None),
             _lock: lock,
         });
+        load_consents(&shared).map_err(|error| OpenError::Index(format!("reading the current Consents: {error}")))?;
         shared.ledger.checkpoint()?;
         *shared.indexer.lock().expect("indexer lock") = Some(search::start_indexer(Arc::downgrade(&shared)));
         let commits = commit::start(shared.clone());
@@ -384,6 +434,11 @@ impl ResourceStore {
             drop(sender);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// The current Consents by patient (updated before a Consent write is acknowledged).
+    pub fn consent_directory(&self) -> Arc<consents::ConsentDirectory> {
+        Arc::clone(&self.shared.consents)
     }
 
     pub fn ledger(&self) -> &LedgerLog {
@@ -580,19 +635,16 @@ impl ResourceStore {
         self.load(key, &version)
     }
 
-    /// Versions of one resource, newest first, below version `before_version`.
+    /// Versions of one resource that `guard` admits, newest first, below version `before_version`.
     pub fn instance_history(
         &self,
         key: &ResourceKey,
         before_version: Option<u64>,
         since: Option<OffsetDateTime>,
         count: usize,
+        guard: &dyn ReadGuard,
     ) -> Result<HistoryPage, StoreError> {
-        if count == 0 {
-            self.shared.catalog.read().expect("catalog lock").get(key).ok_or(StoreError::NotFound)?;
-            return Ok(HistoryPage { versions: Vec::new(), next_cursor: None });
-        }
-        let versions: Vec<VersionRecord> = {
+        let candidates: Vec<(ResourceKey, VersionRecord)> = {
             let catalog = self.shared.catalog.read().expect("catalog lock");
             let history = catalog.get(key).ok_or(StoreError::NotFound)?;
             history
@@ -601,92 +653,192 @@ impl ResourceStore {
                 .rev()
                 .filter(|version| before_version.is_none_or(|bound| version.version_id < bound))
                 .filter(|version| since.is_none_or(|since| version.last_updated >= since))
-                .take(count + 1)
-                .cloned()
+                .map(|version| (key.clone(), version.clone()))
                 .collect()
         };
-        let next_cursor = versions.get(count).map(|_| versions[count - 1].version_id);
-        let page = versions.iter().take(count).map(|version| self.load(key, version)).collect::<Result<_, _>>()?;
-        Ok(HistoryPage { versions: page, next_cursor })
+        let (versions, more) = self.admitted(candidates, count, Interaction::History, guard)?;
+        let next_cursor = more.then(|| versions.last().map(|version| version.version_id)).flatten();
+        Ok(HistoryPage { versions, next_cursor })
     }
 
-    /// Versions of every resource of a type, newest first, committed before ledger leaf `before_leaf`.
+    /// Versions of every resource of a type that `guard` admits, newest first, committed
+    /// before ledger leaf `before_leaf`.
     pub fn type_history(
         &self,
         resource_type: &str,
         before_leaf: Option<u64>,
         since: Option<OffsetDateTime>,
         count: usize,
+        guard: &dyn ReadGuard,
     ) -> Result<HistoryPage, StoreError> {
-        if count == 0 {
-            return Ok(HistoryPage { versions: Vec::new(), next_cursor: None });
-        }
-        let mut selected: Vec<(ResourceKey, VersionRecord)> = Vec::with_capacity(count + 1);
-        {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            for (_, id, version_id) in catalog.type_history(resource_type, before_leaf) {
-                let key = ResourceKey { resource_type: resource_type.to_string(), id: id.clone() };
-                let Some(version) = catalog.get(&key).and_then(|history| history.versions.get(*version_id as usize - 1)) else {
-                    continue;
-                };
-                if since.is_some_and(|since| version.last_updated < since) {
-                    break;
+        const BATCH: usize = 256;
+        let mut page: Vec<(u64, StoredVersion)> = Vec::with_capacity(count + 1);
+        let mut bound = before_leaf;
+        while page.len() <= count && count > 0 {
+            // Collected under the lock, loaded (and judged) without it.
+            let mut reached_since = false;
+            let batch: Vec<(ResourceKey, VersionRecord)> = {
+                let catalog = self.shared.catalog.read().expect("catalog lock");
+                let mut batch = Vec::with_capacity(BATCH);
+                for (_, id, version_id) in catalog.type_history(resource_type, bound) {
+                    let key = ResourceKey { resource_type: resource_type.to_string(), id: id.clone() };
+                    let Some(version) = catalog.get(&key).and_then(|history| history.versions.get(*version_id as usize - 1)) else {
+                        continue;
+                    };
+                    if since.is_some_and(|since| version.last_updated < since) {
+                        reached_since = true;
+                        break;
+                    }
+                    batch.push((key, version.clone()));
+                    if batch.len() == BATCH {
+                        break;
+                    }
                 }
-                selected.push((key, version.clone()));
-                if selected.len() > count {
-                    break;
+                batch
+            };
+            let exhausted = reached_since || batch.len() < BATCH;
+            bound = batch.last().map(|(_, version)| version.leaf_index).or(bound);
+            for (key, record) in batch {
+                let leaf_index = record.leaf_index;
+                if let Some(version) = self.admit(&key, &record, Interaction::History, guard)? {
+                    page.push((leaf_index, version));
+                    if page.len() > count {
+                        break;
+                    }
                 }
             }
+            if exhausted {
+                break;
+            }
         }
-        let next_cursor = selected.get(count).map(|_| selected[count - 1].1.leaf_index);
-        selected.truncate(count);
-        let versions = selected.iter().map(|(key, version)| self.load(key, version)).collect::<Result<_, _>>()?;
-        Ok(HistoryPage { versions, next_cursor })
+        let more = page.len() > count;
+        page.truncate(count);
+        let next_cursor = more.then(|| page.last().map(|(leaf_index, _)| *leaf_index)).flatten();
+        Ok(HistoryPage { versions: page.into_iter().map(|(_, version)| version).collect(), next_cursor })
     }
 
-    /// Fetches, checks and unseals one version. Any broken link is an integrity error, logged
-    /// with pseudonymous names only.
-    fn load(&self, key: &ResourceKey, version: &VersionRecord) -> Result<StoredVersion, StoreError> {
-        let shared = &self.shared;
-        let pseudonym = shared.secrets.pseudonym(key);
-        let integrity = |what: &str| {
-            tracing::error!(pseudonym = %pseudonym, version_id = version.version_id, leaf_index = version.leaf_index, problem = what, "integrity check failed on read");
-            StoreError::Integrity(what.to_string())
-        };
-        let leaf = shared.ledger.read_leaf(version.leaf_index).map_err(|_| integrity("ledger entry unreadable"))?;
-        let entry = LedgerEntry::parse(&leaf).map_err(|_| integrity("ledger entry malformed"))?;
-        if entry.pseudonym != pseudonym || entry.version_id != version.version_id || entry.resource_type != key.resource_type {
-            return Err(integrity("ledger entry names another record"));
+    /// The first `count` of `candidates` that `guard` admits, and whether more were admitted.
+    fn admitted(
+        &self,
+        candidates: Vec<(ResourceKey, VersionRecord)>,
+        count: usize,
+        interaction: Interaction,
+        guard: &dyn ReadGuard,
+    ) -> Result<(Vec<StoredVersion>, bool), StoreError> {
+        let mut page = Vec::with_capacity(count.min(candidates.len()));
+        for (key, record) in candidates {
+            if let Some(version) = self.admit(&key, &record, interaction, guard)? {
+                if page.len() == count {
+                    return Ok((page, true));
+                }
+                page.push(version);
+            }
         }
-        let body = match &version.sealed {
-            None => {
-                if entry.kind != EntryKind::Delete {
-                    return Err(integrity("ledger entry is not a deletion"));
-                }
-                None
-            }
-            Some(sealed) => {
-                if entry.cid.as_deref() != Some(sealed.cid.to_string().as_str()) {
-                    return Err(integrity("ledger entry names another CID"));
-                }
-                let sealed_bytes = blob::read_file(shared.blobs.as_ref(), &sealed.cid)
-                    .map_err(|_| integrity("sealed blob missing or does not match its CID"))?;
-                let context = SealContext { resource_type: &key.resource_type, id: &key.id, version_id: version.version_id };
-                let data_key = shared
-                    .keyring
-                    .read()
-                    .expect("keyring lock")
-                    .unwrap(&sealed.wrapped_key, context)
-                    .map_err(|_| integrity("data key does not unwrap"))?;
-                let plaintext = seal::unseal(&sealed_bytes, &data_key, context).map_err(|_| integrity("sealed blob does not open"))?;
-                if entry.content_hash.as_deref() != Some(shared.secrets.content_hash(&plaintext).as_str()) {
-                    return Err(integrity("plaintext does not match the ledger entry"));
-                }
-                Some(plaintext)
-            }
-        };
-        Ok(StoredVersion { key: key.clone(), version_id: version.version_id, last_updated: version.last_updated, body })
+        Ok((page, false))
     }
+
+    /// Loads one version if `guard` admits it; a deletion is judged by the content it deleted.
+    fn admit(
+        &self,
+        key: &ResourceKey,
+        record: &VersionRecord,
+        interaction: Interaction,
+        guard: &dyn ReadGuard,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let version = self.load(key, record)?;
+        let admitted = match &version.body {
+            Some(body) => serde_json::from_slice::<Value>(body).is_ok_and(|content| guard.admits(interaction, &version, &content)),
+            None => self
+                .deleted_content(key, record.version_id)?
+                .is_some_and(|(deleted, content)| guard.admits(interaction, &deleted, &content)),
+        };
+        Ok(admitted.then_some(version))
+    }
+
+    /// What the deletion `version_id` deleted: the newest earlier version with content, and
+    /// that content.
+    pub fn deleted_content(&self, key: &ResourceKey, version_id: u64) -> Result<Option<(StoredVersion, Value)>, StoreError> {
+        let prior = {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            catalog.get(key).and_then(|history| {
+                history.versions.iter().take(version_id.saturating_sub(1) as usize).rev().find(|version| !version.is_deletion()).cloned()
+            })
+        };
+        let Some(prior) = prior else { return Ok(None) };
+        let version = self.load(key, &prior)?;
+        let content = version.body.as_deref().and_then(|body| serde_json::from_slice(body).ok());
+        Ok(content.map(|content| (version, content)))
+    }
+
+    fn load(&self, key: &ResourceKey, version: &VersionRecord) -> Result<StoredVersion, StoreError> {
+        load(&self.shared, key, version)
+    }
+}
+
+/// Fills the consent directory from the current version of every Consent.
+fn load_consents(shared: &Shared) -> Result<(), StoreError> {
+    let current: Vec<(ResourceKey, VersionRecord)> = {
+        let catalog = shared.catalog.read().expect("catalog lock");
+        catalog
+            .all_current("Consent")
+            .filter(|(_, version)| !version.is_deletion())
+            .map(|(key, version)| (key.clone(), version.clone()))
+            .collect()
+    };
+    for (key, record) in current {
+        let version = load(shared, &key, &record)?;
+        shared.consents.apply(&key.id, version.body.as_deref());
+    }
+    Ok(())
+}
+
+/// Fetches, checks and unseals one version. Any broken link is an integrity error, logged with
+/// pseudonymous names only.
+fn load(shared: &Shared, key: &ResourceKey, version: &VersionRecord) -> Result<StoredVersion, StoreError> {
+    let pseudonym = shared.secrets.pseudonym(key);
+    let integrity = |what: &str| {
+        tracing::error!(pseudonym = %pseudonym, version_id = version.version_id, leaf_index = version.leaf_index, problem = what, "integrity check failed on read");
+        StoreError::Integrity(what.to_string())
+    };
+    let leaf = shared.ledger.read_leaf(version.leaf_index).map_err(|_| integrity("ledger entry unreadable"))?;
+    let entry = LedgerEntry::parse(&leaf).map_err(|_| integrity("ledger entry malformed"))?;
+    if entry.pseudonym != pseudonym || entry.version_id != version.version_id || entry.resource_type != key.resource_type {
+        return Err(integrity("ledger entry names another record"));
+    }
+    let body = match &version.sealed {
+        None => {
+            if entry.kind != EntryKind::Delete {
+                return Err(integrity("ledger entry is not a deletion"));
+            }
+            None
+        }
+        Some(sealed) => {
+            if entry.cid.as_deref() != Some(sealed.cid.to_string().as_str()) {
+                return Err(integrity("ledger entry names another CID"));
+            }
+            let sealed_bytes = blob::read_file(shared.blobs.as_ref(), &sealed.cid)
+                .map_err(|_| integrity("sealed blob missing or does not match its CID"))?;
+            let context = SealContext { resource_type: &key.resource_type, id: &key.id, version_id: version.version_id };
+            let data_key = shared
+                .keyring
+                .read()
+                .expect("keyring lock")
+                .unwrap(&sealed.wrapped_key, context)
+                .map_err(|_| integrity("data key does not unwrap"))?;
+            let plaintext = seal::unseal(&sealed_bytes, &data_key, context).map_err(|_| integrity("sealed blob does not open"))?;
+            if entry.content_hash.as_deref() != Some(shared.secrets.content_hash(&plaintext).as_str()) {
+                return Err(integrity("plaintext does not match the ledger entry"));
+            }
+            Some(plaintext)
+        }
+    };
+    Ok(StoredVersion {
+        key: key.clone(),
+        version_id: version.version_id,
+        last_updated: version.last_updated,
+        body,
+        author: version.author.clone(),
+    })
 }
 
 pub(crate) fn validate(resource: &Value, leniency: Leniency) -> Result<(), StoreError> {
@@ -770,7 +922,7 @@ mod tests {
             failing: AtomicBool::new(false),
         });
         let store = ResourceStore::open_with_blob_store(&directory, StoreOptions::default(), blobs.clone()).unwrap();
-        let principal = Principal::Unauthenticated;
+        let principal = Principal::operator("test", None);
         let CreateOutcome::Created(kept) = store.create(patient(), &principal, Leniency::Strict, None).await.unwrap() else {
             panic!("created")
         };
@@ -823,7 +975,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&crashed);
         let options = StoreOptions { checkpoint_interval: Duration::from_secs(3600), ..StoreOptions::default() };
         let store = ResourceStore::open(&directory, options.clone()).unwrap();
-        let principal = Principal::Unauthenticated;
+        let principal = Principal::operator("test", None);
         let CreateOutcome::Created(before) = store.create(patient(), &principal, Leniency::Strict, None).await.unwrap() else {
             panic!("created")
         };

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::catalog::ResourceKey;
-use super::{ResourceStore, Shared, StoreError, StoredVersion};
+use super::{ReadGuard, ResourceStore, Shared, StoreError, StoredVersion};
+use crate::consent::Interaction;
 use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
 use crate::search::terms::{TermCondition, TermEncoder};
 use crate::search::{Include, IndexValue, ParamType, SearchParamTable, SearchQuery, extract, extract_param, matches};
@@ -318,6 +319,7 @@ impl ResourceStore {
         resource_type: Option<&str>,
         condition: &TermCondition,
         query: &SearchQuery,
+        guard: &dyn ReadGuard,
     ) -> Result<Vec<(Hit, StoredVersion, Value)>, StoreError> {
         let hits = self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
         let mut confirmed = Vec::with_capacity(hits.len());
@@ -335,15 +337,25 @@ impl ResourceStore {
             let Some(resource) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) else {
                 continue;
             };
-            if query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource) {
+            if (query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource))
+                && guard.admits(Interaction::Search, &version, &resource)
+            {
                 confirmed.push((hit, version, resource));
             }
         }
         Ok(confirmed)
     }
 
-    /// A type search (or, with `compartment`, a search restricted to one Patient's compartment).
-    pub fn search(&self, query: &SearchQuery, compartment: Option<&str>, offset: usize, count: usize) -> Result<SearchPage, StoreError> {
+    /// A type search (or, with `compartment`, a search restricted to one Patient's compartment),
+    /// of the resources `guard` admits: they are filtered before anything is counted or paged.
+    pub fn search(
+        &self,
+        query: &SearchQuery,
+        compartment: Option<&str>,
+        offset: usize,
+        count: usize,
+        guard: &dyn ReadGuard,
+    ) -> Result<SearchPage, StoreError> {
         self.wait_for_index()?;
         let encoder = &self.shared.search.encoder;
         let mut conditions: Vec<TermCondition> = query.filters.iter().map(|filter| encoder.filter_condition(filter)).collect();
@@ -362,7 +374,7 @@ impl ResourceStore {
                 "{candidates} candidates is more than the {MAX_COUNTED_CANDIDATES} a sorted search may consider; narrow the search"
             )));
         }
-        let mut confirmed = self.confirmed(Some(&query.resource_type), &condition, query)?;
+        let mut confirmed = self.confirmed(Some(&query.resource_type), &condition, query, guard)?;
         // Default order: ledger order (oldest first), which new writes only extend.
         confirmed.sort_by_key(|(hit, _, _)| hit.leaf_index);
         for sort in query.sort.iter().rev() {
@@ -381,7 +393,7 @@ impl ResourceStore {
         let next_offset = (count > 0 && offset.saturating_add(count) < total).then_some(offset.saturating_add(count));
         let page: Vec<(StoredVersion, Value)> =
             confirmed.into_iter().skip(offset).take(count).map(|(_, version, resource)| (version, resource)).collect();
-        let includes = self.includes(query, &page)?;
+        let includes = self.includes(query, &page, guard)?;
         Ok(SearchPage { matches: page.into_iter().map(|(version, _)| version).collect(), includes, total: Some(total), next_offset })
     }
 
@@ -409,7 +421,12 @@ impl ResourceStore {
     }
 
     /// `_include` and `_revinclude` (with `:iterate`, at most three rounds) for a page.
-    fn includes(&self, query: &SearchQuery, page: &[(StoredVersion, Value)]) -> Result<Vec<StoredVersion>, StoreError> {
+    fn includes(
+        &self,
+        query: &SearchQuery,
+        page: &[(StoredVersion, Value)],
+        guard: &dyn ReadGuard,
+    ) -> Result<Vec<StoredVersion>, StoreError> {
         if query.includes.is_empty() && query.revincludes.is_empty() {
             return Ok(Vec::new());
         }
@@ -428,10 +445,10 @@ impl ResourceStore {
                         if seen.insert(target.clone())
                             && let Some((target_type, target_id)) = target.split_once('/')
                             && let Ok(version) = self.read(&ResourceKey { resource_type: target_type.into(), id: target_id.into() })
+                            && let Some(value) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok())
+                            && guard.admits(Interaction::Read, &version, &value)
                         {
-                            if let Some(value) = version.body.as_deref().and_then(|body| serde_json::from_slice(body).ok()) {
-                                next.push(value);
-                            }
+                            next.push(value);
                             included.push(version);
                         }
                     }
@@ -447,7 +464,7 @@ impl ResourceStore {
                     let condition = TermCondition::All(
                         reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect(),
                     );
-                    for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse)? {
+                    for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse, guard)? {
                         if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
                             next.push(value);
                             included.push(version);

@@ -62,9 +62,9 @@ impl LedgerSecrets {
     }
 
     pub fn principal(&self, principal: &Principal) -> String {
-        match principal {
-            Principal::Unauthenticated => "unauthenticated".into(),
-            Principal::Named(name) => hex(&self.keyed_hash("principal", &[name.as_bytes()])),
+        match &principal.name {
+            None => "unauthenticated".into(),
+            Some(name) => hex(&self.keyed_hash("principal", &[name.as_bytes()])),
         }
     }
 

@@ -1,0 +1,144 @@
+//! What a decision needs to know about one resource, read from the resource itself. Pure.
+
+use serde_json::Value;
+
+use crate::consent::{Code, ResourceFacts};
+use crate::search::{IndexValue, SearchParamTable, extract_param};
+
+/// The patients whose compartment holds `resource` (ids, without `Patient/`). A Patient is in its
+/// own compartment only (its `link`s name other people's records, not owners of this one). For
+/// other types the R4 CompartmentDefinition's `patient`/`subject` parameters name the patient the
+/// record is about; only if they name none do the other compartment parameters (`performer`,
+/// `member`, …) count. Empty: the resource is no patient's data.
+pub fn compartment_patients(resource: &Value) -> Vec<String> {
+    let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    if resource_type == "Patient" {
+        return resource.get("id").and_then(Value::as_str).map(|id| vec![id.to_string()]).unwrap_or_default();
+    }
+    let table = SearchParamTable::r4();
+    let params = table.patient_compartment_params(resource_type);
+    let primary = |name: &String| name == "patient" || name == "subject";
+    let mut patients = patients_in(table, resource, resource_type, params.iter().filter(|name| primary(name)));
+    if patients.is_empty() {
+        patients = patients_in(table, resource, resource_type, params.iter().filter(|name| !primary(name)));
+    }
+    patients
+}
+
+fn patients_in<'a>(
+    table: &SearchParamTable,
+    resource: &Value,
+    resource_type: &str,
+    params: impl Iterator<Item = &'a String>,
+) -> Vec<String> {
+    let mut patients: Vec<String> = Vec::new();
+    for name in params {
+        let Some(param) = table.param(resource_type, name) else { continue };
+        for entry in extract_param(table, resource, param) {
+            if let IndexValue::Reference { target } = entry.value
+                && let Some(id) = target.strip_prefix("Patient/")
+                && !id.contains('/')
+                && !patients.iter().any(|known| known == id)
+            {
+                patients.push(id.to_string());
+            }
+        }
+    }
+    patients
+}
+
+/// The facts of `resource` for a decision about `patient` (one of its compartment patients).
+/// `author` is the organisation that wrote the version.
+pub fn resource_facts(resource: &Value, patient: Option<&str>, author: Option<&str>) -> ResourceFacts {
+    let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
+    let table = SearchParamTable::r4();
+    let tokens = |name: &str| -> Vec<Code> {
+        let Some(param) = table.param(resource_type, name) else { return Vec::new() };
+        extract_param(table, resource, param)
+            .into_iter()
+            .filter_map(|entry| match entry.value {
+                IndexValue::Token { system, code } => Some(Code { system, code }),
+                _ => None,
+            })
+            .collect()
+    };
+    let data_time = table.param(resource_type, "date").and_then(|param| {
+        extract_param(table, resource, param).into_iter().fold(None, |range: Option<(i64, i64)>, entry| match entry.value {
+            IndexValue::Date { start_ms, end_ms } => {
+                Some(range.map_or((start_ms, end_ms), |(start, end)| (start.min(start_ms), end.max(end_ms))))
+            }
+            _ => range,
+        })
+    });
+    let security_labels = resource
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|coding| {
+            let code = coding.get("code").and_then(Value::as_str)?;
+            Some(Code { system: coding.get("system").and_then(Value::as_str).map(str::to_string), code: code.to_string() })
+        })
+        .collect();
+    ResourceFacts {
+        resource_type: resource_type.to_string(),
+        reference: format!("{resource_type}/{id}"),
+        patient: patient.map(str::to_string),
+        categories: tokens("category"),
+        codes: tokens("code"),
+        security_labels,
+        author_organization: author.map(str::to_string),
+        data_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_compartment_is_the_patient_the_record_is_about() {
+        assert_eq!(
+            compartment_patients(&json!({"resourceType": "Patient", "id": "A", "link": [{"other": {"reference": "Patient/B"}}]})),
+            ["A"]
+        );
+        let observation = json!({
+            "resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/A"}, "performer": [{"reference": "Patient/B"}],
+        });
+        assert_eq!(compartment_patients(&observation), ["A"], "performer counts only without a subject");
+        let performed = json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Group/g"}, "performer": [{"reference": "Patient/B"}]});
+        assert_eq!(compartment_patients(&performed), ["B"]);
+        assert!(compartment_patients(&json!({"resourceType": "Practitioner", "id": "p"})).is_empty());
+        let group = json!({"resourceType": "Group", "id": "g", "type": "person", "actual": true,
+            "member": [{"entity": {"reference": "Patient/A"}}, {"entity": {"reference": "Patient/B"}}]});
+        assert_eq!(compartment_patients(&group), ["A", "B"]);
+    }
+
+    #[test]
+    fn facts_carry_category_code_labels_and_time() {
+        let observation = json!({
+            "resourceType": "Observation", "id": "o1", "status": "final",
+            "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+            "subject": {"reference": "Patient/A"},
+            "effectiveDateTime": "2024-03-01",
+        });
+        let facts = resource_facts(&observation, Some("A"), Some("Organization/h1"));
+        assert_eq!(facts.reference, "Observation/o1");
+        assert_eq!(facts.patient.as_deref(), Some("A"));
+        assert!(facts.categories.contains(&Code::new("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory")));
+        assert!(facts.codes.contains(&Code::new("http://loinc.org", "2345-7")));
+        assert_eq!(facts.security_labels, [Code::new("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "R")]);
+        assert_eq!(facts.author_organization.as_deref(), Some("Organization/h1"));
+        let (start, end) = facts.data_time.unwrap();
+        assert!(start < end && start == 1_709_251_200_000, "{start} {end}");
+    }
+}

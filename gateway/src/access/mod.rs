@@ -1,0 +1,274 @@
+//! Access decisions for one request: the SMART scopes of the caller's token and the patient's
+//! Consents, applied to every resource a request reads or writes. The store calls [`Access`]
+//! through its [`ReadGuard`] and [`WriteGuard`] seams (search and history filter before they
+//! count and page; every write is checked on its final content, after transaction references
+//! are resolved); the read handlers call it for read and vread. No I/O: the Consents come from
+//! the store's [`ConsentDirectory`], the time from the caller.
+//!
+//! A resource may be **read** when
+//! 1. a scope grants the interaction's permission (`r` for read, vread, history and `_include`,
+//!    `s` for search matches and `_revinclude`) on its type, and that scope reaches it: a
+//!    `patient/` scope only the compartment of the token's patient (and resources in no
+//!    patient's compartment), a scope with a query (`?category=laboratory`) only resources the
+//!    search matcher says match it; and
+//! 2. it is in no patient's compartment, or [`consent::decide`] permits it for every patient
+//!    whose compartment holds it ([`facts::compartment_patients`]).
+//!
+//! A **write** is allowed when a scope grants `c`, `u` or `d` on the type and reaches both the
+//! content replaced and the new content (as for reads), and, for a requester who is a patient,
+//! both stay in that patient's own compartment (so a patient writes their own Consents and no
+//! one else's, and cannot move a record into or out of another compartment). Consents govern
+//! disclosure, not writes. AuditEvents are written by the gateway alone.
+
+pub mod facts;
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::auth::{AccessToken, Permission, ScopeContext, Scopes};
+use crate::consent::{self, Basis, Code, DecisionOptions, Interaction, Requester, RequesterKind};
+use crate::ledger::EntryKind;
+use crate::search::{SearchParamTable, matches, parse_query};
+use crate::store::catalog::ResourceKey;
+use crate::store::consents::ConsentDirectory;
+use crate::store::{ReadGuard, StoredVersion, WriteGuard};
+
+/// Most decisions kept per request for its audit record.
+const MAX_DECISIONS_KEPT: usize = 1_000;
+
+/// One consent decision about one patient's resource, kept for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub patient: String,
+    /// `Type/id`
+    pub resource: String,
+    pub permit: bool,
+    pub basis: Basis,
+    pub emergency: bool,
+}
+
+/// The caller of one request and everything needed to decide what it may see and do.
+pub struct Access {
+    /// `issuer|subject` (or client id) of the token: recorded on the ledger as a keyed hash.
+    principal_name: Option<String>,
+    requester: Requester,
+    scopes: Scopes,
+    /// The token's `patient` claim: the compartment its `patient/` scopes reach.
+    patient_context: Option<String>,
+    consents: Arc<ConsentDirectory>,
+    options: Arc<DecisionOptions>,
+    now_ms: i64,
+    decided: Mutex<Vec<Decided>>,
+}
+
+impl Access {
+    /// The access of a verified token at `now_ms`.
+    pub fn for_token(token: &AccessToken, consents: Arc<ConsentDirectory>, options: Arc<DecisionOptions>, now_ms: i64) -> Access {
+        let who = token.subject.as_deref().or(token.client_id.as_deref()).unwrap_or_default();
+        Access {
+            principal_name: Some(format!("{}|{who}", token.issuer)),
+            requester: requester(token),
+            scopes: token.scopes.clone(),
+            patient_context: token.patient.clone(),
+            consents,
+            options,
+            now_ms,
+            decided: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Anonymous access (where configured): may read and search what is in no patient's
+    /// compartment; patients' data needs a Consent naming nobody in particular, which cannot be.
+    pub fn anonymous(consents: Arc<ConsentDirectory>, options: Arc<DecisionOptions>, now_ms: i64) -> Access {
+        let requester = Requester {
+            kind: RequesterKind::System,
+            reference: None,
+            patient: None,
+            organization: None,
+            roles: Vec::new(),
+            purpose_of_use: Vec::new(),
+            emergency_reason: None,
+        };
+        Access {
+            principal_name: None,
+            requester,
+            scopes: Scopes::parse("system/*.rs"),
+            patient_context: None,
+            consents,
+            options,
+            now_ms,
+            decided: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn principal_name(&self) -> Option<&str> {
+        self.principal_name.as_deref()
+    }
+
+    pub fn requester(&self) -> &Requester {
+        &self.requester
+    }
+
+    /// Whether any scope grants `permission` on `resource_type` (whether a given resource is
+    /// reached is decided per resource). `Err` names what is missing (for a `403`).
+    pub fn require(&self, resource_type: &str, permission: Permission) -> Result<(), String> {
+        if self.scopes.granting(resource_type, permission).is_empty() {
+            return Err(format!("the access token grants no scope to {} {resource_type}", permission_name(permission)));
+        }
+        Ok(())
+    }
+
+    /// Whether `resource` (a version written by `author`) may be disclosed by `interaction`.
+    pub fn may_read(&self, interaction: Interaction, resource: &Value, author: Option<&str>) -> bool {
+        let permission = if interaction == Interaction::Search { Permission::Search } else { Permission::Read };
+        let patients = facts::compartment_patients(resource);
+        if !self.scope_reaches(permission, resource, &patients) {
+            return false;
+        }
+        let mut permitted = true;
+        for patient in &patients {
+            let facts = facts::resource_facts(resource, Some(patient), author);
+            let policies = self.consents.of_patient(patient);
+            let decision = consent::decide(&self.requester, interaction, &facts, &policies, self.now_ms, &self.options);
+            permitted &= decision.permit;
+            self.keep(Decided {
+                patient: patient.clone(),
+                resource: facts.reference,
+                permit: decision.permit,
+                basis: decision.basis,
+                emergency: decision.emergency,
+            });
+        }
+        permitted
+    }
+
+    /// The decisions made so far (at most [`MAX_DECISIONS_KEPT`]).
+    pub fn decided(&self) -> Vec<Decided> {
+        self.decided.lock().expect("decisions lock").clone()
+    }
+
+    fn keep(&self, decided: Decided) {
+        let mut kept = self.decided.lock().expect("decisions lock");
+        if kept.len() < MAX_DECISIONS_KEPT {
+            kept.push(decided);
+        }
+    }
+
+    /// Whether some scope granting `permission` on the resource's type reaches it.
+    fn scope_reaches(&self, permission: Permission, resource: &Value, patients: &[String]) -> bool {
+        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        self.scopes.granting(resource_type, permission).into_iter().any(|scope| {
+            let in_context = scope.context != ScopeContext::Patient
+                || patients.iter().all(|patient| self.patient_context.as_deref() == Some(patient.as_str()));
+            in_context && restriction_matches(resource_type, &scope.restriction, resource)
+        })
+    }
+
+    fn may_write(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String> {
+        if key.resource_type == "AuditEvent" {
+            return Err("AuditEvents are recorded by the gateway; they cannot be written through the API".into());
+        }
+        let permission = match kind {
+            EntryKind::Create => Permission::Create,
+            EntryKind::Update => Permission::Update,
+            EntryKind::Delete => Permission::Delete,
+        };
+        self.require(&key.resource_type, permission)?;
+        for content in [before, after].into_iter().flatten() {
+            let patients = facts::compartment_patients(content);
+            if !self.scope_reaches(permission, content, &patients) {
+                return Err(format!(
+                    "the access token's {} scopes do not reach this {} (another patient's compartment or a category the scope excludes)",
+                    permission_name(permission),
+                    key.resource_type
+                ));
+            }
+            if self.requester.kind == RequesterKind::Patient
+                && patients.iter().any(|patient| self.requester.patient.as_deref() != Some(patient.as_str()))
+            {
+                return Err(format!("a patient writes only in their own compartment; this {} belongs to another", key.resource_type));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReadGuard for Access {
+    fn admits(&self, interaction: Interaction, version: &StoredVersion, resource: &Value) -> bool {
+        self.may_read(interaction, resource, version.author.as_deref())
+    }
+}
+
+impl WriteGuard for Access {
+    fn wants_prior(&self) -> bool {
+        true
+    }
+
+    fn check(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String> {
+        self.may_write(kind, key, before, after)
+    }
+}
+
+/// Whether `resource` matches a scope's query restriction (none: everything). A restriction the
+/// search parser cannot read matches nothing.
+fn restriction_matches(resource_type: &str, restriction: &[(String, String)], resource: &Value) -> bool {
+    if restriction.is_empty() {
+        return true;
+    }
+    let table = SearchParamTable::r4();
+    match parse_query(table, resource_type, restriction, false) {
+        Ok(query) => matches(table, &query, resource),
+        Err(_) => false,
+    }
+}
+
+fn permission_name(permission: Permission) -> &'static str {
+    match permission {
+        Permission::Create => "create (c)",
+        Permission::Read => "read (r)",
+        Permission::Update => "update (u)",
+        Permission::Delete => "delete (d)",
+        Permission::Search => "search (s)",
+    }
+}
+
+/// The requester a token describes. `fhirUser` says who the user is; without one, a token with
+/// only `patient/` scopes is the patient's own app, anything else a backend service.
+pub fn requester(token: &AccessToken) -> Requester {
+    let user = token.fhir_user.as_deref().map(relative_reference);
+    let user_type = user.as_deref().and_then(|user| user.split_once('/')).map(|(resource_type, _)| resource_type);
+    let patient_only = token.scopes.has_context(ScopeContext::Patient)
+        && !token.scopes.has_context(ScopeContext::User)
+        && !token.scopes.has_context(ScopeContext::System);
+    let kind = match user_type {
+        Some("Patient") => RequesterKind::Patient,
+        Some("Practitioner" | "PractitionerRole") => RequesterKind::Practitioner,
+        Some("RelatedPerson") => RequesterKind::RelatedPerson,
+        _ if patient_only && token.patient.is_some() => RequesterKind::Patient,
+        _ => RequesterKind::System,
+    };
+    let patient = match (kind, user.as_deref().and_then(|user| user.strip_prefix("Patient/"))) {
+        (RequesterKind::Patient, Some(id)) => Some(id.to_string()),
+        _ => token.patient.clone(),
+    };
+    Requester {
+        kind,
+        reference: user,
+        patient,
+        organization: token.organization.as_deref().map(relative_reference),
+        roles: token.roles.iter().map(|role| Code::bare(role)).collect(),
+        purpose_of_use: token.purpose_of_use.iter().map(|purpose| Code::purpose_of_use(purpose)).collect(),
+        emergency_reason: token.break_glass_reason.clone(),
+    }
+}
+
+/// `https://host/fhir/Practitioner/1` → `Practitioner/1`; relative references unchanged.
+fn relative_reference(reference: &str) -> String {
+    let parts: Vec<&str> = reference.trim_end_matches('/').rsplitn(3, '/').collect();
+    match parts.as_slice() {
+        [id, resource_type, _] | [id, resource_type] => format!("{resource_type}/{id}"),
+        _ => reference.to_string(),
+    }
+}
+
