@@ -20,6 +20,8 @@ pub enum ServeError {
     Listen(std::io::Error),
     #[error("access tokens: {0}")]
     Auth(String),
+    #[error("audit trail: {0}")]
+    Audit(#[from] crate::ledger::LedgerError),
 }
 
 /// The configured issuers' JWKS files, and the development issuer unless turned off.
@@ -49,7 +51,8 @@ impl Server {
         let local = listener.local_addr().map_err(ServeError::Listen)?;
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
         let issuers = trusted_issuers(config).map_err(ServeError::Auth)?;
-        let mut state = AppState::new(store.clone(), &base_url, config.limits.clone(), issuers, config.auth.anonymous);
+        let audit = std::sync::Arc::new(store.open_audit_trail(&config.data_dir)?);
+        let mut state = AppState::new(store.clone(), audit, &base_url, config.limits.clone(), issuers, config.auth.anonymous);
         state.consent_options = std::sync::Arc::new(crate::consent::DecisionOptions {
             author_org_treatment: config.auth.author_org_treatment,
             emergency_roles: config.auth.emergency_roles.iter().map(|role| crate::consent::Code::bare(role)).collect(),
@@ -69,10 +72,12 @@ impl Server {
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr(), base_url = %self.state.base_url, "serving");
+        let audit = std::sync::Arc::clone(&self.state.audit);
         let router = api::router(self.state);
         let app = tower::Layer::layer(&tower::util::MapRequestLayer::new(api::trim_trailing_slash), router);
         let make_service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
         let served = axum::serve(self.listener, make_service).with_graceful_shutdown(shutdown).await;
+        audit.close();
         self.store.close().await;
         tracing::info!("stopped: every acknowledged write is durable and checkpointed");
         served

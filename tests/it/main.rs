@@ -1,6 +1,7 @@
 //! The one integration-test binary. Every test talks to a real `fhir-gateway` process over HTTP
 //! on loopback (see `harness`), with its own data directory.
 
+mod audit;
 mod auth;
 mod bundles;
 mod cli;

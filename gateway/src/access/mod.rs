@@ -37,14 +37,17 @@ use crate::store::{ReadGuard, StoredVersion, WriteGuard};
 /// Most decisions kept per request for its audit record.
 const MAX_DECISIONS_KEPT: usize = 1_000;
 
-/// One consent decision about one patient's resource, kept for the audit trail.
+/// One decision about one patient's resource, kept for the audit trail.
 #[derive(Debug, Clone)]
 pub struct Decided {
     pub patient: String,
     /// `Type/id`
     pub resource: String,
     pub permit: bool,
-    pub basis: Basis,
+    /// Why, in words for the patient reading their audit trail.
+    pub reason: String,
+    /// The Consent that decided (`Consent/id/_history/v`).
+    pub consent: Option<String>,
     pub emergency: bool,
 }
 
@@ -52,6 +55,8 @@ pub struct Decided {
 pub struct Access {
     /// `issuer|subject` (or client id) of the token: recorded on the ledger as a keyed hash.
     principal_name: Option<String>,
+    /// The token's `client_id` (the app), for the audit trail.
+    client_id: Option<String>,
     requester: Requester,
     scopes: Scopes,
     /// The token's `patient` claim: the compartment its `patient/` scopes reach.
@@ -68,6 +73,7 @@ impl Access {
         let who = token.subject.as_deref().or(token.client_id.as_deref()).unwrap_or_default();
         Access {
             principal_name: Some(format!("{}|{who}", token.issuer)),
+            client_id: token.client_id.clone(),
             requester: requester(token),
             scopes: token.scopes.clone(),
             patient_context: token.patient.clone(),
@@ -92,6 +98,7 @@ impl Access {
         };
         Access {
             principal_name: None,
+            client_id: None,
             requester,
             scopes: Scopes::parse("system/*.rs"),
             patient_context: None,
@@ -106,6 +113,10 @@ impl Access {
         self.principal_name.as_deref()
     }
 
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
     pub fn requester(&self) -> &Requester {
         &self.requester
     }
@@ -113,6 +124,9 @@ impl Access {
     /// Whether any scope grants `permission` on `resource_type` (whether a given resource is
     /// reached is decided per resource). `Err` names what is missing (for a `403`).
     pub fn require(&self, resource_type: &str, permission: Permission) -> Result<(), String> {
+        if resource_type == "AuditEvent" && !matches!(permission, Permission::Read | Permission::Search) {
+            return Err("AuditEvents are recorded by the gateway; they cannot be written through the API".into());
+        }
         if self.scopes.granting(resource_type, permission).is_empty() {
             return Err(format!("the access token grants no scope to {} {resource_type}", permission_name(permission)));
         }
@@ -132,11 +146,13 @@ impl Access {
             let policies = self.consents.of_patient(patient);
             let decision = consent::decide(&self.requester, interaction, &facts, &policies, self.now_ms, &self.options);
             permitted &= decision.permit;
+            let (reason, consent) = explain(&decision.basis);
             self.keep(Decided {
                 patient: patient.clone(),
                 resource: facts.reference,
                 permit: decision.permit,
-                basis: decision.basis,
+                reason,
+                consent,
                 emergency: decision.emergency,
             });
         }
@@ -166,15 +182,39 @@ impl Access {
     }
 
     fn may_write(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String> {
-        if key.resource_type == "AuditEvent" {
-            return Err("AuditEvents are recorded by the gateway; they cannot be written through the API".into());
-        }
         let permission = match kind {
             EntryKind::Create => Permission::Create,
             EntryKind::Update => Permission::Update,
             EntryKind::Delete => Permission::Delete,
         };
         self.require(&key.resource_type, permission)?;
+        let verdict = self.write_verdict(permission, key, before, after);
+        let patients: Vec<String> = [before, after].into_iter().flatten().flat_map(facts::compartment_patients).collect();
+        for patient in
+            patients.iter().enumerate().filter(|(position, patient)| !patients[..*position].contains(patient)).map(|(_, patient)| patient)
+        {
+            self.keep(Decided {
+                patient: patient.clone(),
+                resource: format!("{}/{}", key.resource_type, key.id),
+                permit: verdict.is_ok(),
+                reason: match &verdict {
+                    Ok(()) => "write permitted by the token's scopes".to_string(),
+                    Err(reason) => format!("write refused: {reason}"),
+                },
+                consent: None,
+                emergency: false,
+            });
+        }
+        verdict
+    }
+
+    fn write_verdict(
+        &self,
+        permission: Permission,
+        key: &ResourceKey,
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) -> Result<(), String> {
         for content in [before, after].into_iter().flatten() {
             let patients = facts::compartment_patients(content);
             if !self.scope_reaches(permission, content, &patients) {
@@ -207,6 +247,24 @@ impl WriteGuard for Access {
 
     fn check(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String> {
         self.may_write(kind, key, before, after)
+    }
+}
+
+/// A decision's basis in words, and the Consent that decided.
+fn explain(basis: &Basis) -> (String, Option<String>) {
+    let consent = |id: &str, version: &Option<String>| match version {
+        Some(version) => format!("Consent/{id}/_history/{version}"),
+        None => format!("Consent/{id}"),
+    };
+    match basis {
+        Basis::OwnCompartment => ("the patient's own record".into(), None),
+        Basis::Consent { id, version } => ("permitted by the patient's Consent".into(), Some(consent(id, version))),
+        Basis::AuthorOrganization => ("the organisation that wrote the record, for treatment".into(), None),
+        Basis::EmergencyOverride => ("break-the-glass emergency access".into(), None),
+        Basis::NoConsent => ("denied: no Consent permits it".into(), None),
+        Basis::DeniedByConsent { id, version } => ("denied by the patient's Consent".into(), Some(consent(id, version))),
+        Basis::EmergencyRefused => ("denied: break-the-glass without an emergency role or a reason".into(), None),
+        Basis::NoPatientCompartment => ("not a patient's record".into(), None),
     }
 }
 
@@ -271,4 +329,3 @@ fn relative_reference(reference: &str) -> String {
         _ => reference.to_string(),
     }
 }
-

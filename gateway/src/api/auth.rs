@@ -17,14 +17,6 @@ use super::error::ApiError;
 use crate::access::Access;
 use crate::store::Principal;
 
-/// Who is calling, as established by [`authenticate`].
-#[derive(Debug, Clone)]
-pub enum Caller {
-    /// Anonymous access is configured and no token was sent.
-    Anonymous,
-    Token(std::sync::Arc<crate::auth::AccessToken>),
-}
-
 fn is_public(path: &str) -> bool {
     !path.starts_with("/fhir") || path == "/fhir/metadata" || path == "/fhir/.well-known/smart-configuration"
 }
@@ -41,45 +33,54 @@ pub async fn smart_configuration(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Authenticates the request, gives the handlers its [`Access`] ([`Authorized`]), and once the
+/// handler has answered, records the request's AuditEvents durably before the answer leaves.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let authorization = request.headers().get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or_default().to_string());
-    let caller = match authorization {
-        None if state.anonymous => Caller::Anonymous,
+    let now_ms = (crate::fhir::now_instant().unix_timestamp_nanos() / 1_000_000) as i64;
+    let consents = state.store.consent_directory();
+    let options = Arc::clone(&state.consent_options);
+    let access = match authorization {
+        None if state.anonymous => Access::anonymous(consents, options, now_ms),
         None => return ApiError::unauthorized(None).into_response(),
         Some(value) => {
             let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
                 return ApiError::unauthorized(Some("the Authorization header is not a Bearer token")).into_response();
             };
-            let now = crate::fhir::now_instant().unix_timestamp().max(0) as u64;
-            match state.tokens.verify(token.trim(), now) {
-                Ok(token) => Caller::Token(token),
+            match state.tokens.verify(token.trim(), (now_ms / 1000).max(0) as u64) {
+                Ok(token) => Access::for_token(&token, consents, options, now_ms),
                 Err(error) => return ApiError::unauthorized(Some(&error.to_string())).into_response(),
             }
         }
     };
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+    let access = Arc::new(access);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
+    request.extensions_mut().insert(Authorized(Arc::clone(&access)));
+    let response = next.run(request).await;
+    let records = super::audit::records(&access, &method, &path, query.as_deref(), response.status());
+    if records.is_empty() {
+        return response;
+    }
+    match state.audit.record(&records).await {
+        Ok(()) => response,
+        Err(reason) => super::audit::unavailable(&reason).into_response(),
+    }
 }
 
-/// The caller's [`Access`] for this request, from the [`Caller`] that [`authenticate`] found.
+/// The caller's [`Access`] for this request, as [`authenticate`] established it.
+#[derive(Clone)]
 pub struct Authorized(pub Arc<Access>);
 
 impl FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let now_ms = (crate::fhir::now_instant().unix_timestamp_nanos() / 1_000_000) as i64;
-        let consents = state.store.consent_directory();
-        let options = Arc::clone(&state.consent_options);
-        let access = match parts.extensions.get::<Caller>() {
-            Some(Caller::Token(token)) => Access::for_token(token, consents, options, now_ms),
-            Some(Caller::Anonymous) => Access::anonymous(consents, options, now_ms),
-            None => return Err(ApiError::unauthorized(None)),
-        };
-        Ok(Authorized(Arc::new(access)))
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Authorized>().cloned().ok_or_else(|| ApiError::unauthorized(None))
     }
 }
 

@@ -4,6 +4,7 @@
 //! The FHIR base is `/fhir`; the ledger's public face is `/ledger`. [`ROUTES`] lists every route,
 //! and a test checks that `openapi.yaml` describes exactly these.
 
+mod audit;
 pub mod auth;
 mod bundle;
 mod bundle_body;
@@ -67,19 +68,29 @@ pub struct AppState {
     pub anonymous: bool,
     /// The authorisation server's SMART configuration, if one is configured.
     pub smart_configuration: Option<Arc<serde_json::Value>>,
+    /// Where every request's AuditEvents go.
+    pub audit: Arc<crate::audit::AuditTrail>,
     /// Gateway-wide consent settings (author-organisation default, emergency roles).
     pub consent_options: Arc<crate::consent::DecisionOptions>,
 }
 
 impl AppState {
     /// `issuers`: the trusted token issuers; the verifier's audience is `base_url`.
-    pub fn new(store: ResourceStore, base_url: &str, limits: Limits, issuers: Vec<TrustedIssuer>, anonymous: bool) -> AppState {
+    pub fn new(
+        store: ResourceStore,
+        audit: Arc<crate::audit::AuditTrail>,
+        base_url: &str,
+        limits: Limits,
+        issuers: Vec<TrustedIssuer>,
+        anonymous: bool,
+    ) -> AppState {
         let base_url = base_url.trim_end_matches('/');
         AppState {
             tokens: Arc::new(TokenVerifier::new(issuers, base_url)),
             anonymous,
             smart_configuration: None,
             consent_options: Arc::default(),
+            audit,
             store,
             base_url: Arc::from(base_url),
             bundle_permits: Arc::new(tokio::sync::Semaphore::new((limits.bundle_bytes_in_flight / 1024).max(1))),

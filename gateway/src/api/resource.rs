@@ -143,6 +143,10 @@ pub async fn read(
     let key = resource_key(&type_name, &id)?;
     parameters(&headers, query.as_deref(), &[])?;
     access.0.require(&key.resource_type, Permission::Read).map_err(ApiError::forbidden)?;
+    if key.resource_type == "AuditEvent" {
+        let event = super::audit::read(&state.audit, &access.0, &key.id)?;
+        return Ok(fhir_response(StatusCode::OK, event.to_string().into_bytes()));
+    }
     let version = disclosed(&state.store, &access.0, Interaction::Read, &key, state.store.read(&key))?;
     Ok(read_response(&state, version))
 }

@@ -174,6 +174,11 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let query = parse(&resource_type, &request)?;
     access.require(&resource_type, Permission::Search).map_err(ApiError::forbidden)?;
+    if resource_type == "AuditEvent" && compartment.is_none() {
+        let events = super::audit::search(&state.audit, &access, &request.pairs)?;
+        let page = page_of(events.into_iter().map(audit_event_version).collect(), request.offset, request.count);
+        return Ok(searchset(&state, &path, &request, &query, page));
+    }
     let store = state.store.clone();
     let (offset, count) = (request.offset, request.count);
     let compartment_for_task = compartment.clone();
@@ -316,16 +321,33 @@ async fn everything(
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
-    let total = all.len();
-    let page = SearchPage {
-        next_offset: (offset.saturating_add(count) < total).then_some(offset.saturating_add(count)),
-        matches: all.into_iter().skip(offset).take(count).collect(),
-        includes: Vec::new(),
-        total: Some(total),
-    };
+    let page = page_of(all, offset, count);
     let request = Request { pairs: pairs.into_iter().filter(|(name, _)| name != PAGING).collect(), offset, count, lenient: false };
     let query = parse_query(table, "Patient", &[], false).map_err(|error| ApiError::bad_request(error.to_string()))?;
     Ok(searchset(&state, &format!("/Patient/{id}/$everything"), &request, &query, page))
+}
+
+/// One page of `all`, counted before paging.
+fn page_of(all: Vec<StoredVersion>, offset: usize, count: usize) -> SearchPage {
+    let total = all.len();
+    SearchPage {
+        next_offset: (count > 0 && offset.saturating_add(count) < total).then_some(offset.saturating_add(count)),
+        matches: all.into_iter().skip(offset).take(count).collect(),
+        includes: Vec::new(),
+        total: Some(total),
+    }
+}
+
+/// An AuditEvent from the audit trail, shaped as a stored version for the searchset.
+fn audit_event_version(event: Value) -> StoredVersion {
+    let id = event.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    StoredVersion {
+        key: ResourceKey { resource_type: "AuditEvent".into(), id },
+        version_id: 1,
+        last_updated: fhir::now_instant(),
+        body: Some(event.to_string().into_bytes()),
+        author: None,
+    }
 }
 
 /// `GET [base]?_type=A,B&params`: a search across the listed types (parameters common to them).
@@ -360,13 +382,7 @@ pub async fn search_system(
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
-    let total = all.len();
-    let page = SearchPage {
-        next_offset: (request.offset.saturating_add(request.count) < total).then_some(request.offset.saturating_add(request.count)),
-        matches: all.into_iter().skip(request.offset).take(request.count).collect(),
-        includes: Vec::new(),
-        total: Some(total),
-    };
+    let page = page_of(all, request.offset, request.count);
     let query = parse(&types[0], &request)?;
     let mut request = request;
     request.pairs.insert(0, ("_type".into(), types.join(",")));

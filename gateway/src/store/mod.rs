@@ -289,6 +289,10 @@ impl DataLayout {
     pub fn catalog(&self) -> PathBuf {
         self.root.join("records").join("catalog.log")
     }
+    pub fn audit(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+
     pub fn search_index(&self) -> PathBuf {
         self.root.join("index")
     }
@@ -439,6 +443,13 @@ impl ResourceStore {
     /// The current Consents by patient (updated before a Consent write is acknowledged).
     pub fn consent_directory(&self) -> Arc<consents::ConsentDirectory> {
         Arc::clone(&self.shared.consents)
+    }
+
+    /// Opens the audit trail beside the ledger (`<data>/audit/`), its checkpoints signed with the
+    /// ledger key under the origin `<ledger origin>/audit`.
+    pub fn open_audit_trail(&self, data_directory: &Path) -> Result<crate::audit::AuditTrail, LedgerError> {
+        let origin = format!("{}/audit", self.shared.ledger.origin());
+        crate::audit::AuditTrail::open(&DataLayout::new(data_directory).audit(), self.shared.secrets.signing_key.clone(), &origin)
     }
 
     pub fn ledger(&self) -> &LedgerLog {

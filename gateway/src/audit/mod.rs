@@ -1,0 +1,254 @@
+//! The audit trail: an AuditEvent for every FHIR interaction, allowed or denied, kept as the
+//! leaves of a second tamper-evident log (`<data>/audit/`: RFC 9162 Merkle tree, checkpoints
+//! signed with the ledger key under the origin `<ledger origin>/audit`). Append-only: nothing in
+//! the API writes, changes or deletes an AuditEvent; they are read as `AuditEvent/[id]` (the id
+//! is the leaf index) and `AuditEvent?patient=[id]`.
+//!
+//! Durability is grouped: one writer thread appends whatever requests are waiting and syncs
+//! once for all of them; a request's response is sent only after its AuditEvents are durable (a
+//! disclosure is never unrecorded), and if they cannot be written the request fails with `503`.
+
+pub mod event;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub use event::{AuditRecord, Outcome, audit_event};
+
+use crate::fhir::canonical::to_canonical_bytes;
+use crate::ledger::{LedgerError, LedgerLog};
+
+/// How often the writer signs a checkpoint while new events arrive.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Most events appended by one sync.
+const MAX_GROUP: usize = 4096;
+/// The observer named in every AuditEvent.
+const GATEWAY: &str = "fhir-gateway";
+
+struct Submission {
+    /// (patient, leaf bytes)
+    leaves: Vec<(Option<String>, Vec<u8>)>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+pub struct AuditTrail {
+    log: Arc<LedgerLog>,
+    /// Patient id → leaf indexes of the events about them, oldest first.
+    by_patient: Arc<RwLock<HashMap<String, Vec<u64>>>>,
+    sender: Mutex<Option<mpsc::Sender<Submission>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl AuditTrail {
+    /// Opens (or creates) the trail in `directory`, checking its newest checkpoint.
+    pub fn open(directory: &Path, signing_key: SigningKey, origin: &str) -> Result<AuditTrail, LedgerError> {
+        let log = Arc::new(LedgerLog::open(directory, signing_key, origin)?);
+        let mut by_patient: HashMap<String, Vec<u64>> = HashMap::new();
+        for leaf_index in 0..log.tree_size() {
+            let leaf = log.read_leaf(leaf_index)?;
+            if let Some(patient) = serde_json::from_slice::<Value>(&leaf).ok().as_ref().and_then(patient_of) {
+                by_patient.entry(patient).or_default().push(leaf_index);
+            }
+        }
+        let by_patient = Arc::new(RwLock::new(by_patient));
+        let (sender, receiver) = mpsc::channel();
+        let writer = {
+            let log = Arc::clone(&log);
+            let by_patient = Arc::clone(&by_patient);
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || write_loop(&log, &by_patient, &receiver))
+                .expect("the audit writer thread starts")
+        };
+        Ok(AuditTrail { log, by_patient, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Records `records` durably; resolves once they are synced to disk.
+    pub async fn record(&self, records: &[AuditRecord]) -> Result<(), String> {
+        let leaves = records.iter().map(|record| (record.patient.clone(), to_canonical_bytes(&audit_event("", record, GATEWAY)))).collect();
+        let (done, answer) = oneshot::channel();
+        let sender = self.sender.lock().expect("audit sender lock").clone().ok_or("the audit trail is closed")?;
+        sender.send(Submission { leaves, done }).map_err(|_| "the audit trail is closed".to_string())?;
+        answer.await.map_err(|_| "the audit writer stopped".to_string())?
+    }
+
+    /// `AuditEvent/[id]`.
+    pub fn event(&self, id: &str) -> Option<Value> {
+        let leaf_index: u64 = id.parse().ok()?;
+        self.event_at(leaf_index)
+    }
+
+    fn event_at(&self, leaf_index: u64) -> Option<Value> {
+        let leaf = self.log.read_leaf(leaf_index).ok()?;
+        let mut event: Value = serde_json::from_slice(&leaf).ok()?;
+        event["id"] = Value::String(leaf_index.to_string());
+        Some(event)
+    }
+
+    /// The events about `patient`, newest first.
+    pub fn events_of_patient(&self, patient: &str) -> impl Iterator<Item = Value> + '_ {
+        let indexes: Vec<u64> = self.by_patient.read().expect("audit index lock").get(patient).cloned().unwrap_or_default();
+        indexes.into_iter().rev().filter_map(|leaf_index| self.event_at(leaf_index))
+    }
+
+    pub fn tree_size(&self) -> u64 {
+        self.log.tree_size()
+    }
+
+    /// The newest signed checkpoint of the trail.
+    pub fn checkpoint(&self) -> Result<String, LedgerError> {
+        self.log.checkpoint()
+    }
+
+    /// Stops the writer after what was submitted and signs a final checkpoint.
+    pub fn close(&self) {
+        self.sender.lock().expect("audit sender lock").take();
+        if let Some(writer) = self.writer.lock().expect("audit writer lock").take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for AuditTrail {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_loop(log: &LedgerLog, by_patient: &RwLock<HashMap<String, Vec<u64>>>, receiver: &mpsc::Receiver<Submission>) {
+    let mut last_checkpoint = Instant::now();
+    let mut failed = false;
+    loop {
+        let first = match receiver.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(submission) => submission,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                checkpoint(log, &mut last_checkpoint);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut group = vec![first];
+        let mut leaves = group[0].leaves.len();
+        while leaves < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(submission) => {
+                    leaves += submission.leaves.len();
+                    group.push(submission);
+                }
+                Err(_) => break,
+            }
+        }
+        if failed {
+            for submission in group {
+                let _ = submission.done.send(Err("the audit trail stopped after a storage failure".into()));
+            }
+            continue;
+        }
+        let bytes: Vec<&[u8]> = group.iter().flat_map(|submission| submission.leaves.iter().map(|(_, leaf)| leaf.as_slice())).collect();
+        match log.append_durably(&bytes) {
+            Ok(first_index) => {
+                let mut index = by_patient.write().expect("audit index lock");
+                let patients = group.iter().flat_map(|submission| submission.leaves.iter().map(|(patient, _)| patient));
+                for (offset, patient) in patients.enumerate() {
+                    if let Some(patient) = patient {
+                        index.entry(patient.clone()).or_default().push(first_index + offset as u64);
+                    }
+                }
+                drop(index);
+                for submission in group {
+                    let _ = submission.done.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit trail write failed; refusing further audited requests");
+                failed = true;
+                for submission in group {
+                    let _ = submission.done.send(Err("the audit trail could not be written".into()));
+                }
+            }
+        }
+        if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            checkpoint(log, &mut last_checkpoint);
+        }
+    }
+    checkpoint(log, &mut last_checkpoint);
+}
+
+fn checkpoint(log: &LedgerLog, last_checkpoint: &mut Instant) {
+    if let Err(error) = log.checkpoint() {
+        tracing::error!(%error, "audit checkpoint failed");
+    }
+    *last_checkpoint = Instant::now();
+}
+
+/// The patient an AuditEvent is about (its entity of type 1, role 1).
+fn patient_of(event: &Value) -> Option<String> {
+    event.get("entity")?.as_array()?.iter().find_map(|entity| {
+        (entity.pointer("/type/code").and_then(Value::as_str) == Some("1"))
+            .then(|| entity.pointer("/what/reference").and_then(Value::as_str))
+            .flatten()
+            .and_then(|reference| reference.strip_prefix("Patient/"))
+            .map(str::to_string)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(patient: Option<&str>) -> AuditRecord {
+        AuditRecord {
+            interaction: "read",
+            action: "R",
+            recorded: "2026-11-21T10:00:00.000Z".into(),
+            outcome: Outcome::Success,
+            outcome_description: "own compartment".into(),
+            who: patient.map(|patient| format!("Patient/{patient}")),
+            client_id: None,
+            organization: None,
+            purpose_of_use: Vec::new(),
+            patient: patient.map(str::to_string),
+            resources: vec!["Observation/o1".into()],
+            consent: None,
+            query: None,
+            emergency: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_durable_indexed_by_patient_and_checkpointed() {
+        let directory = std::env::temp_dir().join(format!("fg-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let trail = Arc::new(AuditTrail::open(&directory, key.clone(), "test/audit").unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..20 {
+            let trail = Arc::clone(&trail);
+            tasks.spawn(async move { trail.record(&[record(Some(if n % 2 == 0 { "a" } else { "b" }))]).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap().unwrap();
+        }
+        trail.record(&[record(None)]).await.unwrap();
+        assert_eq!(trail.tree_size(), 21);
+        assert_eq!(trail.events_of_patient("a").count(), 10);
+        let newest = trail.events_of_patient("b").next().unwrap();
+        assert_eq!(newest["entity"][0]["what"]["reference"], "Patient/b");
+        assert_eq!(trail.event(newest["id"].as_str().unwrap()).unwrap(), newest);
+        trail.close();
+        drop(trail);
+        // Reopened: the final checkpoint covers everything, the index is rebuilt.
+        let reopened = AuditTrail::open(&directory, key, "test/audit").unwrap();
+        assert_eq!(reopened.events_of_patient("b").count(), 10);
+        assert!(reopened.checkpoint().unwrap().contains("\n21\n"));
+        reopened.close();
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
