@@ -6,6 +6,8 @@
 //! 3. Every catalog record points at a ledger entry that names the same pseudonym, version and
 //!    CID; every blob's blocks match their CIDs; every sealed blob opens; every plaintext matches
 //!    the entry's keyed hash.
+//! 4. The audit trail (`audit/`): every leaf is an AuditEvent; its checkpoints verify under the
+//!    same key (origin `<ledger origin>/audit`) and match the leaves.
 
 use std::fmt;
 use std::path::Path;
@@ -26,6 +28,8 @@ pub struct VerifyReport {
     pub newest_checkpoint_size: u64,
     pub records: u64,
     pub blobs_checked: u64,
+    pub audit_events: u64,
+    pub newest_audit_checkpoint_size: u64,
     pub problems: Vec<String>,
 }
 
@@ -41,6 +45,7 @@ impl fmt::Display for VerifyReport {
         writeln!(formatter, "checkpoints:        {} (newest covers {} entries)", self.checkpoints, self.newest_checkpoint_size)?;
         writeln!(formatter, "record versions:    {}", self.records)?;
         writeln!(formatter, "sealed blobs:       {} checked", self.blobs_checked)?;
+        writeln!(formatter, "audit events:       {} (newest checkpoint covers {})", self.audit_events, self.newest_audit_checkpoint_size)?;
         if self.problems.is_empty() {
             writeln!(formatter, "result:             OK, no mismatch")
         } else {
@@ -95,33 +100,29 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
     report.ledger_entries = leaf_hashes.len() as u64;
 
     // 2. Checkpoints. The origin is read from the first note if not given.
-    let mut notes = Vec::new();
-    let end = journal::scan(&layout.ledger().join("checkpoints.log"), |_, record| {
-        notes.push(String::from_utf8_lossy(record).into_owned());
-    })
-    .map_err(|error| error.to_string())?;
-    describe_scan_end("ledger/checkpoints.log", end, &mut report.problems);
-    let origin = notes.first().and_then(|text| text.lines().next()).map(str::to_string).unwrap_or(origin);
-    let verifier = NoteSigner::new(origin.clone(), secrets.signing_key.clone()).map_err(|error| error.to_string())?.verifier();
-    let mut previous_size = 0;
-    for (position, text) in notes.iter().enumerate() {
-        report.checkpoints += 1;
-        match note::open_checkpoint(text, &origin, std::slice::from_ref(&verifier)) {
-            Err(error) => report.problems.push(format!("checkpoint {position}: {error}")),
-            Ok((checkpoint, _)) => {
-                let size = checkpoint.tree_size();
-                if size < previous_size {
-                    report.problems.push(format!("checkpoint {position}: tree size {size} is smaller than an earlier {previous_size}"));
-                }
-                previous_size = previous_size.max(size);
-                report.newest_checkpoint_size = size;
-                if size > leaf_hashes.len() as u64 {
-                    report.problems.push(format!("checkpoint {position}: covers {size} entries but only {} exist", leaf_hashes.len()));
-                } else if merkle::root_from_leaf_hashes(&leaf_hashes[..size as usize]) != *checkpoint.root_hash() {
-                    report.problems.push(format!("checkpoint {position}: root hash does not match the entries (size {size})"));
-                }
+    let (checkpoints, newest) = check_checkpoints(&layout.ledger(), "ledger", &leaf_hashes, &origin, &secrets, &mut report.problems)?;
+    report.checkpoints = checkpoints;
+    report.newest_checkpoint_size = newest;
+
+    // 4 (cheap, before the blobs). The audit trail: every leaf an AuditEvent, every checkpoint
+    // signed by the same key and matching the leaves.
+    let audit = layout.audit();
+    if audit.is_dir() {
+        let mut audit_hashes = Vec::new();
+        let end = journal::scan(&audit.join("entries.log"), |_, leaf| {
+            let leaf_index = audit_hashes.len();
+            audit_hashes.push(merkle::leaf_hash(leaf));
+            let event = serde_json::from_slice::<serde_json::Value>(leaf).ok();
+            if event.as_ref().and_then(|event| event.get("resourceType")).and_then(serde_json::Value::as_str) != Some("AuditEvent") {
+                report.problems.push(format!("audit entry {leaf_index}: not an AuditEvent"));
             }
-        }
+        })
+        .map_err(|error| error.to_string())?;
+        describe_scan_end("audit/entries.log", end, &mut report.problems);
+        report.audit_events = audit_hashes.len() as u64;
+        let audit_origin = format!("{origin}/audit");
+        let (_, newest) = check_checkpoints(&audit, "audit", &audit_hashes, &audit_origin, &secrets, &mut report.problems)?;
+        report.newest_audit_checkpoint_size = newest;
     }
 
     // 3. Catalog and blobs.
@@ -178,4 +179,47 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
         }
     }
     Ok(report)
+}
+
+/// Checks `<directory>/checkpoints.log` against the leaves: every note verifies under the
+/// gateway key (origin from the first note, else `default_origin`), sizes never shrink, roots
+/// match. Returns (checkpoints, newest size).
+fn check_checkpoints(
+    directory: &Path,
+    name: &str,
+    leaf_hashes: &[Hash],
+    default_origin: &str,
+    secrets: &LedgerSecrets,
+    problems: &mut Vec<String>,
+) -> Result<(u64, u64), String> {
+    let mut notes = Vec::new();
+    let end = journal::scan(&directory.join("checkpoints.log"), |_, record| {
+        notes.push(String::from_utf8_lossy(record).into_owned());
+    })
+    .map_err(|error| error.to_string())?;
+    describe_scan_end(&format!("{name}/checkpoints.log"), end, problems);
+    let origin = notes.first().and_then(|text| text.lines().next()).map_or_else(|| default_origin.to_string(), str::to_string);
+    let verifier = NoteSigner::new(origin.clone(), secrets.signing_key.clone()).map_err(|error| error.to_string())?.verifier();
+    let (mut count, mut newest, mut previous_size) = (0, 0, 0);
+    let what = if name == "ledger" { "checkpoint".to_string() } else { format!("{name} checkpoint") };
+    for (position, text) in notes.iter().enumerate() {
+        count += 1;
+        match note::open_checkpoint(text, &origin, std::slice::from_ref(&verifier)) {
+            Err(error) => problems.push(format!("{what} {position}: {error}")),
+            Ok((checkpoint, _)) => {
+                let size = checkpoint.tree_size();
+                if size < previous_size {
+                    problems.push(format!("{what} {position}: tree size {size} is smaller than an earlier {previous_size}"));
+                }
+                previous_size = previous_size.max(size);
+                newest = size;
+                if size > leaf_hashes.len() as u64 {
+                    problems.push(format!("{what} {position}: covers {size} entries but only {} exist", leaf_hashes.len()));
+                } else if merkle::root_from_leaf_hashes(&leaf_hashes[..size as usize]) != *checkpoint.root_hash() {
+                    problems.push(format!("{what} {position}: root hash does not match the entries (size {size})"));
+                }
+            }
+        }
+    }
+    Ok((count, newest))
 }

@@ -132,4 +132,23 @@ async fn audit_events_cannot_be_written_changed_or_deleted_and_survive_a_restart
     let checkpoints = String::from_utf8_lossy(&std::fs::read(gateway.data.path().join("audit/checkpoints.log")).unwrap()).into_owned();
     let newest = checkpoints.rsplit("/audit\n").next().and_then(|rest| rest.lines().next()).and_then(|size| size.parse::<usize>().ok());
     assert!(newest.is_some_and(|size| size > before.len()), "{checkpoints}");
+
+    // `verify` checks the trail; an edited event (journal checksum fixed too) is caught.
+    gateway.stop();
+    let (clean, report) = gateway.verify();
+    assert!(clean, "{report}");
+    assert!(report.contains("audit events:"), "{report}");
+    let path = gateway.data.path().join("audit/entries.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let length = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let record = &mut bytes[4..4 + length];
+    let position = record.windows(3).position(|window| window == b"\"4\"" || window == b"\"0\"").unwrap();
+    record[position + 1] = if record[position + 1] == b'0' { b'4' } else { b'0' };
+    use sha2::Digest;
+    let checksum = sha2::Sha256::digest(&bytes[4..4 + length]);
+    bytes[4 + length..4 + length + 8].copy_from_slice(&checksum[..8]);
+    std::fs::write(&path, &bytes).unwrap();
+    let (clean, report) = gateway.verify();
+    assert!(!clean, "{report}");
+    assert!(report.contains("audit checkpoint") && report.contains("root hash does not match"), "{report}");
 }
