@@ -149,9 +149,18 @@ pub struct ServeArgs {
     /// Trust tokens minted by `fhir-gateway token` from this data directory [default: true]
     #[arg(long, env = "FHIR_GATEWAY_DEV_ISSUER")]
     pub dev_issuer: Option<bool>,
-    /// Trust an authorisation server: ISSUER=JWKS_FILE (repeatable)
-    #[arg(long = "trust-issuer", value_name = "ISSUER=JWKS_FILE")]
+    /// Trust an authorisation server: ISSUER=JWKS_FILE or ISSUER=https://…/jwks (repeatable)
+    #[arg(long = "trust-issuer", value_name = "ISSUER=JWKS_FILE_OR_URL")]
     pub trust_issuers: Vec<String>,
+    /// RFC 7662 token introspection endpoint for opaque (non-JWT) access tokens
+    #[arg(long, env = "FHIR_GATEWAY_INTROSPECTION_ENDPOINT")]
+    pub introspection_endpoint: Option<String>,
+    /// The gateway's client id at the introspection endpoint (HTTP Basic)
+    #[arg(long, env = "FHIR_GATEWAY_INTROSPECTION_CLIENT_ID")]
+    pub introspection_client_id: Option<String>,
+    /// Its client secret (prefer the environment variable)
+    #[arg(long, env = "FHIR_GATEWAY_INTROSPECTION_CLIENT_SECRET", hide_env_values = true)]
+    pub introspection_client_secret: Option<String>,
     /// The authorisation server's SMART metadata (JSON), served at [base]/.well-known/smart-configuration
     #[arg(long, env = "FHIR_GATEWAY_SMART_CONFIGURATION")]
     pub smart_configuration: Option<PathBuf>,
@@ -194,6 +203,7 @@ pub struct FileAuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileIssuer {
     pub issuer: String,
+    /// A file path or an `http(s)://` URL.
     pub jwks_file: PathBuf,
 }
 
@@ -206,6 +216,8 @@ pub struct AuthConfig {
     pub issuers: Vec<(String, PathBuf)>,
     /// SMART configuration document of the authorisation server (served as is, once checked).
     pub smart_configuration: Option<PathBuf>,
+    /// `(endpoint, client id, client secret)` of RFC 7662 introspection.
+    pub introspection: Option<(String, Option<String>, Option<String>)>,
     /// Roles that may break the glass (docs/CONSENT.md).
     pub emergency_roles: Vec<String>,
     /// The author-organisation default of the consent decision (docs/CONSENT.md).
@@ -246,6 +258,7 @@ impl Default for Config {
                 dev_issuer: true,
                 issuers: Vec::new(),
                 smart_configuration: None,
+                introspection: None,
                 emergency_roles: Vec::new(),
                 author_org_treatment: true,
             },
@@ -297,6 +310,9 @@ impl Config {
                 dev_issuer: args.dev_issuer.or(file.auth.dev_issuer).unwrap_or(defaults.auth.dev_issuer),
                 issuers,
                 smart_configuration: args.smart_configuration.or(file.auth.smart_configuration),
+                introspection: args
+                    .introspection_endpoint
+                    .map(|endpoint| (endpoint, args.introspection_client_id, args.introspection_client_secret)),
                 emergency_roles: match args.emergency_roles {
                     Some(roles) => roles.split(',').map(str::trim).filter(|role| !role.is_empty()).map(str::to_string).collect(),
                     None => file.auth.emergency_roles.unwrap_or_default(),

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::auth::TrustedIssuer;
 use crate::auth::dev_issuer::DevIssuer;
+use crate::auth::remote::RemoteKeys;
 use crate::config::Config;
 use crate::store::{OpenError, ResourceStore};
 
@@ -24,17 +25,24 @@ pub enum ServeError {
     Audit(#[from] crate::ledger::LedgerError),
 }
 
-/// The configured issuers' JWKS files, and the development issuer unless turned off.
-fn trusted_issuers(config: &Config) -> Result<Vec<TrustedIssuer>, String> {
+/// The configured issuers' JWKS files, the development issuer unless turned off, and the
+/// issuers whose JWKS is at a URL (fetched by [`RemoteKeys::load_all`]).
+fn trusted_issuers(config: &Config) -> Result<(Vec<TrustedIssuer>, RemoteKeys), String> {
     let mut issuers = Vec::new();
-    for (issuer, jwks_file) in &config.auth.issuers {
-        let jwks = std::fs::read_to_string(jwks_file).map_err(|error| format!("{}: {error}", jwks_file.display()))?;
+    let mut remote = Vec::new();
+    for (issuer, source) in &config.auth.issuers {
+        let text = source.to_string_lossy();
+        if text.starts_with("https://") || text.starts_with("http://") {
+            remote.push((issuer.clone(), text.into_owned()));
+            continue;
+        }
+        let jwks = std::fs::read_to_string(source).map_err(|error| format!("{}: {error}", source.display()))?;
         issuers.push(TrustedIssuer::from_jwks(issuer, &jwks)?);
     }
     if config.auth.dev_issuer {
         issuers.push(DevIssuer::load_or_create(&config.data_dir.join("keys"))?.trusted());
     }
-    Ok(issuers)
+    Ok((issuers, RemoteKeys::new(remote)))
 }
 
 /// Opens the store and binds the listener; `run` then serves until `shutdown` resolves.
@@ -50,13 +58,19 @@ impl Server {
         let listener = TcpListener::bind(config.listen).await.map_err(ServeError::Listen)?;
         let local = listener.local_addr().map_err(ServeError::Listen)?;
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
-        let issuers = trusted_issuers(config).map_err(ServeError::Auth)?;
+        let (issuers, remote_keys) = trusted_issuers(config).map_err(ServeError::Auth)?;
         let audit = std::sync::Arc::new(store.open_audit_trail(&config.data_dir)?);
         let mut state = AppState::new(store.clone(), audit, &base_url, config.limits.clone(), issuers, config.auth.anonymous);
         state.consent_options = std::sync::Arc::new(crate::consent::DecisionOptions {
             author_org_treatment: config.auth.author_org_treatment,
             emergency_roles: config.auth.emergency_roles.iter().map(|role| crate::consent::Code::bare(role)).collect(),
         });
+        remote_keys.load_all(&state.tokens).await.map_err(|error| ServeError::Auth(format!("fetching a JWKS: {error}")))?;
+        state.remote_keys = std::sync::Arc::new(remote_keys);
+        if let Some((endpoint, client_id, client_secret)) = &config.auth.introspection {
+            state.introspection =
+                Some(std::sync::Arc::new(crate::auth::remote::Introspection::new(endpoint, client_id.clone(), client_secret.clone())));
+        }
         if let Some(path) = &config.auth.smart_configuration {
             let document = std::fs::read_to_string(path).map_err(|error| ServeError::Auth(format!("{}: {error}", path.display())))?;
             let document = crate::auth::smart_configuration::check(&document)
@@ -73,6 +87,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(address = %self.local_addr(), base_url = %self.state.base_url, "serving");
         let audit = std::sync::Arc::clone(&self.state.audit);
+        if !self.state.remote_keys.is_empty() {
+            tokio::spawn(std::sync::Arc::clone(&self.state.remote_keys).refresh_periodically(std::sync::Arc::clone(&self.state.tokens)));
+        }
         let router = api::router(self.state);
         let app = tower::Layer::layer(&tower::util::MapRequestLayer::new(api::trim_trailing_slash), router);
         let make_service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);

@@ -159,3 +159,128 @@ async fn smart_configuration_is_served_when_configured_and_checked_at_start() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("token_endpoint"), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// A loopback authorisation server: `GET /jwks` serves the keys in `published`, `POST
+/// /introspect` answers RFC 7662 requests (with HTTP Basic client credentials) from `answers`.
+struct AuthorizationServer {
+    url: String,
+    published: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    jwks_fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    introspections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthorizationServer {
+    async fn start(published_kids: &[&str], answers: Vec<(&'static str, Value)>) -> AuthorizationServer {
+        use axum::routing::{get, post};
+        use std::sync::atomic::Ordering;
+        let published = std::sync::Arc::new(std::sync::Mutex::new(published_kids.iter().map(|kid| kid.to_string()).collect::<Vec<_>>()));
+        let jwks_fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let introspections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let all: Value = serde_json::from_str(&fixture("test-issuer.jwks.json")).unwrap();
+        let jwks = {
+            let (published, fetches) = (published.clone(), jwks_fetches.clone());
+            move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let kids = published.lock().unwrap().clone();
+                let keys: Vec<Value> =
+                    all["keys"].as_array().unwrap().iter().filter(|key| kids.iter().any(|kid| key["kid"] == **kid)).cloned().collect();
+                async move { json!({ "keys": keys }).to_string() }
+            }
+        };
+        let introspect = {
+            let counter = introspections.clone();
+            move |headers: axum::http::HeaderMap, body: String| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let authorized = headers.get("authorization").and_then(|value| value.to_str().ok())
+                    == Some(&format!("Basic {}", base64_encode("fhir-gateway:s3cret")));
+                let token = body.split('&').find_map(|pair| pair.strip_prefix("token=")).unwrap_or_default().to_string();
+                let answer =
+                    answers.iter().find(|(known, _)| *known == token).map_or(json!({"active": false}), |(_, answer)| answer.clone());
+                async move {
+                    let status = if authorized { axum::http::StatusCode::OK } else { axum::http::StatusCode::UNAUTHORIZED };
+                    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], answer.to_string())
+                }
+            }
+        };
+        let router = axum::Router::new().route("/jwks", get(jwks)).route("/introspect", post(introspect));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        AuthorizationServer { url, published, jwks_fetches, introspections, task }
+    }
+}
+
+impl Drop for AuthorizationServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn signed(algorithm: Algorithm, kid: &str, pem: &str, claims: &Value) -> String {
+    let key = match algorithm {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(fixture(pem).as_bytes()).unwrap(),
+        _ => EncodingKey::from_rsa_pem(fixture(pem).as_bytes()).unwrap(),
+    };
+    jsonwebtoken::encode(&Header { kid: Some(kid.into()), ..Header::new(algorithm) }, claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_keys_are_fetched_by_url_and_again_when_a_new_key_appears() {
+    use std::sync::atomic::Ordering;
+    let server = AuthorizationServer::start(&["test-es256"], Vec::new()).await;
+    let gateway = Gateway::start_with(&["--trust-issuer", &format!("{TEST_ISSUER}={}/jwks", server.url)]).await;
+    assert_eq!(server.jwks_fetches.load(Ordering::SeqCst), 1, "fetched once at start");
+    let es256 = signed(Algorithm::ES256, "test-es256", "test-es256.pem", &claims(&gateway));
+    assert_eq!(get_with(&gateway, "Patient", Some(&format!("Bearer {es256}"))).await.status(), 200);
+
+    // The issuer rotates to an RSA key: the first token naming it makes the gateway fetch again.
+    server.published.lock().unwrap().push("test-rsa".into());
+    assert_eq!(get_with(&gateway, "Patient", Some(&format!("Bearer {}", rs256(&claims(&gateway))))).await.status(), 200);
+    assert_eq!(server.jwks_fetches.load(Ordering::SeqCst), 2);
+    // Unknown key ids do not make the gateway hammer the issuer (at most one fetch per 30 s).
+    for _ in 0..3 {
+        let unknown = signed(Algorithm::RS256, "never-published", "test-rsa.pem", &claims(&gateway));
+        expect_401(get_with(&gateway, "Patient", Some(&format!("Bearer {unknown}"))).await).await;
+    }
+    assert_eq!(server.jwks_fetches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_introspected_and_cached_briefly() {
+    use std::sync::atomic::Ordering;
+    // The base URL is fixed so the introspection answers can name it as `aud`.
+    let port = crate::harness::free_port();
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let active = json!({"active": true, "aud": base, "exp": now() + 300, "client_id": "emr", "sub": "engine",
+        "scope": "system/*.cruds", "organization": "Organization/local", "purpose_of_use": "TREAT"});
+    let elsewhere = json!({"active": true, "aud": "https://other.example/fhir", "exp": now() + 300, "scope": "system/*.cruds"});
+    let server = AuthorizationServer::start(&[], vec![("opaque-good", active), ("opaque-elsewhere", elsewhere)]).await;
+    let endpoint = format!("{}/introspect", server.url);
+    let gateway = Gateway::start_on(
+        port,
+        &["--introspection-endpoint", &endpoint, "--introspection-client-id", "fhir-gateway", "--introspection-client-secret", "s3cret"],
+    )
+    .await;
+    let created = json_body(gateway.post("Patient", &json!({"resourceType": "Patient", "gender": "other"})).await).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+    for _ in 0..3 {
+        assert_eq!(get_with(&gateway, &path, Some("Bearer opaque-good")).await.status(), 200);
+    }
+    assert_eq!(server.introspections.load(Ordering::SeqCst), 1, "answers are remembered");
+    let inactive = expect_401(get_with(&gateway, &path, Some("Bearer opaque-revoked")).await).await;
+    assert!(inactive.contains("not active"), "{inactive}");
+    let audience = expect_401(get_with(&gateway, &path, Some("Bearer opaque-elsewhere")).await).await;
+    assert!(audience.contains("aud"), "{audience}");
+    // JWTs are still verified locally, never sent to the endpoint.
+    let before = server.introspections.load(Ordering::SeqCst);
+    expect_401(get_with(&gateway, &path, Some(&format!("Bearer {}", rs256(&claims(&gateway))))).await).await;
+    assert_eq!(server.introspections.load(Ordering::SeqCst), before);
+}

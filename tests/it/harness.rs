@@ -43,7 +43,7 @@ pub fn corpora() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -52,6 +52,8 @@ pub struct Gateway {
     pub data: TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Listen on this port (tests that must know the base URL before the start).
+    fixed_port: Option<u16>,
     pub http: reqwest::Client,
 }
 
@@ -61,11 +63,21 @@ impl Gateway {
     }
 
     pub async fn start_with(extra_args: &[&str]) -> Gateway {
+        Gateway::start_at(None, extra_args).await
+    }
+
+    /// Starts on a port chosen by the test (see [`free_port`]).
+    pub async fn start_on(port: u16, extra_args: &[&str]) -> Gateway {
+        Gateway::start_at(Some(port), extra_args).await
+    }
+
+    async fn start_at(fixed_port: Option<u16>, extra_args: &[&str]) -> Gateway {
         let mut gateway = Gateway {
             port: 0,
             data: TempDir::new("data"),
             child: None,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            fixed_port,
             http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client"),
         };
         gateway.spawn().await;
@@ -74,7 +86,7 @@ impl Gateway {
 
     async fn spawn(&mut self) {
         for _attempt in 0..5 {
-            self.port = free_port();
+            self.port = self.fixed_port.unwrap_or_else(free_port);
             let child = Command::new(binary())
                 .arg("serve")
                 .arg("--listen")

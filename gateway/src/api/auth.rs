@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::ApiError;
 use crate::access::Access;
+use crate::auth::remote::looks_like_jwt;
+use crate::auth::{TokenError, TokenVerifier};
 use crate::store::Principal;
 
 fn is_public(path: &str) -> bool {
@@ -50,7 +52,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
                 return ApiError::unauthorized(Some("the Authorization header is not a Bearer token")).into_response();
             };
-            match state.tokens.verify(token.trim(), (now_ms / 1000).max(0) as u64) {
+            match verify(&state, token.trim(), (now_ms / 1000).max(0) as u64).await {
                 Ok(token) => Access::for_token(&token, consents, options, now_ms),
                 Err(error) => return ApiError::unauthorized(Some(&error.to_string())).into_response(),
             }
@@ -69,6 +71,23 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     match state.audit.record(&records).await {
         Ok(()) => response,
         Err(reason) => super::audit::unavailable(&reason).into_response(),
+    }
+}
+
+/// A JWT is verified against the trusted issuers' keys (fetched again once if it names a key
+/// its issuer has just published); an opaque token is introspected where configured.
+async fn verify(state: &AppState, token: &str, now: u64) -> Result<Arc<crate::auth::AccessToken>, TokenError> {
+    if !looks_like_jwt(token)
+        && let Some(introspection) = &state.introspection
+    {
+        return introspection.introspect(&state.tokens, token, now).await;
+    }
+    match state.tokens.verify(token, now) {
+        Err(TokenError::UnknownKey) => match TokenVerifier::claimed_issuer(token) {
+            Some(issuer) if state.remote_keys.refresh(&state.tokens, &issuer).await => state.tokens.verify(token, now),
+            _ => Err(TokenError::UnknownKey),
+        },
+        other => other,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct AppState {
     pub bundle_permits: Arc<tokio::sync::Semaphore>,
     /// Verifies bearer tokens (trusted issuers, `aud` = this base).
     pub tokens: Arc<TokenVerifier>,
+    /// Issuers whose JWKS is fetched by URL (again on an unknown key id).
+    pub remote_keys: Arc<crate::auth::remote::RemoteKeys>,
+    /// RFC 7662 introspection of opaque tokens, if configured.
+    pub introspection: Option<Arc<crate::auth::remote::Introspection>>,
     /// Requests without a token are served (configured; off by default).
     pub anonymous: bool,
     /// The authorisation server's SMART configuration, if one is configured.
@@ -87,6 +91,8 @@ impl AppState {
         let base_url = base_url.trim_end_matches('/');
         AppState {
             tokens: Arc::new(TokenVerifier::new(issuers, base_url)),
+            remote_keys: Arc::new(crate::auth::remote::RemoteKeys::new(Vec::new())),
+            introspection: None,
             anonymous,
             smart_configuration: None,
             consent_options: Arc::default(),

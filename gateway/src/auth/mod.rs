@@ -3,6 +3,7 @@
 //! issuer reads (or creates) its key in the data directory.
 
 pub mod dev_issuer;
+pub mod remote;
 pub mod scopes;
 pub mod smart_configuration;
 pub mod token;

@@ -53,6 +53,10 @@ pub enum TokenError {
     MissingPatient,
     #[error("the access token has a user/ scope but no fhirUser claim")]
     MissingFhirUser,
+    #[error("the authorisation server says the access token is not active")]
+    Inactive,
+    #[error("the authorisation server could not be asked about the access token")]
+    IntrospectionUnavailable,
 }
 
 /// What a verified token says about who is asking.
@@ -156,7 +160,8 @@ const VERIFIED_CAPACITY: usize = 10_000;
 
 /// Verifies access tokens for one FHIR base (the `aud` every token must name).
 pub struct TokenVerifier {
-    issuers: Vec<TrustedIssuer>,
+    /// Replaced whole when an issuer's JWKS is fetched again (`replace_keys`).
+    issuers: RwLock<Vec<Arc<TrustedIssuer>>>,
     audience: String,
     /// SHA-256 of the token → what it says. Only the time checks depend on the request, and
     /// they run on every use; the issuers and keys are fixed for the verifier's lifetime.
@@ -165,11 +170,30 @@ pub struct TokenVerifier {
 
 impl TokenVerifier {
     pub fn new(issuers: Vec<TrustedIssuer>, audience: &str) -> TokenVerifier {
-        TokenVerifier { issuers, audience: audience.to_string(), verified: RwLock::new(HashMap::new()) }
+        let issuers = issuers.into_iter().map(Arc::new).collect();
+        TokenVerifier { issuers: RwLock::new(issuers), audience: audience.to_string(), verified: RwLock::new(HashMap::new()) }
     }
 
     pub fn audience(&self) -> &str {
         &self.audience
+    }
+
+    /// Replaces the keys of a trusted issuer with a newly fetched JWKS (key rotation). Tokens
+    /// already verified stay verified until they expire.
+    pub fn replace_keys(&self, issuer: &str, jwks: &str) -> Result<(), String> {
+        let fresh = Arc::new(TrustedIssuer::from_jwks(issuer, jwks)?);
+        let mut issuers = self.issuers.write().expect("issuers lock");
+        match issuers.iter_mut().find(|known| known.issuer == issuer) {
+            Some(known) => *known = fresh,
+            None => issuers.push(fresh),
+        }
+        Ok(())
+    }
+
+    /// The issuer a JWT names (unverified: only to decide where to look for its keys).
+    pub fn claimed_issuer(token: &str) -> Option<String> {
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+        claims.get("iss").and_then(Value::as_str).map(str::to_string)
     }
 
     /// Verifies `token` at `now` (seconds since the epoch).
@@ -201,7 +225,10 @@ impl TokenVerifier {
         // Only to choose the issuer's keys; nothing else is read before the signature checks.
         let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| TokenError::Malformed)?;
         let issuer_name = unverified.get("iss").and_then(Value::as_str).ok_or(TokenError::UnknownIssuer)?;
-        let issuer = self.issuers.iter().find(|issuer| issuer.issuer == issuer_name).ok_or(TokenError::UnknownIssuer)?;
+        let issuer = {
+            let issuers = self.issuers.read().expect("issuers lock");
+            Arc::clone(issuers.iter().find(|issuer| issuer.issuer == issuer_name).ok_or(TokenError::UnknownIssuer)?)
+        };
         let (jwk, key) = issuer.key(header.kid.as_deref()).ok_or(TokenError::UnknownKey)?;
         if !key_fits(jwk, header.alg) {
             return Err(TokenError::KeyMismatch);
@@ -228,33 +255,58 @@ impl TokenVerifier {
         if claims.get("aud").is_none() {
             return Err(TokenError::Audience);
         }
-        let seconds = |name: &str| claims.get(name).and_then(|value| value.as_u64().or_else(|| value.as_f64().map(|value| value as u64)));
-        let expires_at = seconds("exp").ok_or(TokenError::NoExpiry)?;
-        let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|text| !text.is_empty()).map(str::to_string);
-        let scopes = Scopes::parse(claims.get("scope").and_then(Value::as_str).unwrap_or_default());
-        let token = AccessToken {
-            issuer: issuer.issuer.clone(),
-            subject: text("sub"),
-            client_id: text("client_id"),
-            patient: text("patient"),
-            fhir_user: text("fhirUser"),
-            scopes,
-            expires_at,
-            not_before: seconds("nbf"),
-            organization: text("organization"),
-            purpose_of_use: codes(claims.get("purpose_of_use")),
-            roles: codes(claims.get("subject_role")),
-            break_glass_reason: text("break_glass_reason"),
-        };
-        token.check_time(now)?;
-        if token.scopes.has_context(ScopeContext::Patient) && token.patient.is_none() {
-            return Err(TokenError::MissingPatient);
-        }
-        if token.scopes.has_context(ScopeContext::User) && token.fhir_user.is_none() {
-            return Err(TokenError::MissingFhirUser);
-        }
-        Ok(token)
+        access_token(issuer.issuer.clone(), &claims, now)
     }
+
+    /// The answer of an RFC 7662 introspection endpoint about an opaque token: `active` must be
+    /// true, `aud` must name this server, and the same claims are read and checked as in a JWT
+    /// (`exp`, `nbf`, `scope`, SMART `patient`/`fhirUser`, …). `issuer` names the endpoint.
+    pub fn from_introspection(&self, issuer: &str, response: &Value, now: u64) -> Result<AccessToken, TokenError> {
+        if response.get("active").and_then(Value::as_bool) != Some(true) {
+            return Err(TokenError::Inactive);
+        }
+        let audience_matches = match response.get("aud") {
+            Some(Value::String(audience)) => *audience == self.audience,
+            Some(Value::Array(audiences)) => audiences.iter().any(|audience| audience.as_str() == Some(self.audience.as_str())),
+            _ => false,
+        };
+        if !audience_matches {
+            return Err(TokenError::Audience);
+        }
+        let issuer = response.get("iss").and_then(Value::as_str).unwrap_or(issuer).to_string();
+        access_token(issuer, response, now)
+    }
+}
+
+/// What verified claims (of a JWT, or of an introspection answer) say, once `exp`, `nbf` and the
+/// SMART context claims check out.
+fn access_token(issuer: String, claims: &Value, now: u64) -> Result<AccessToken, TokenError> {
+    let seconds = |name: &str| claims.get(name).and_then(|value| value.as_u64().or_else(|| value.as_f64().map(|value| value as u64)));
+    let expires_at = seconds("exp").ok_or(TokenError::NoExpiry)?;
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|text| !text.is_empty()).map(str::to_string);
+    let scopes = Scopes::parse(claims.get("scope").and_then(Value::as_str).unwrap_or_default());
+    let token = AccessToken {
+        issuer,
+        subject: text("sub"),
+        client_id: text("client_id"),
+        patient: text("patient"),
+        fhir_user: text("fhirUser"),
+        scopes,
+        expires_at,
+        not_before: seconds("nbf"),
+        organization: text("organization"),
+        purpose_of_use: codes(claims.get("purpose_of_use")),
+        roles: codes(claims.get("subject_role")),
+        break_glass_reason: text("break_glass_reason"),
+    };
+    token.check_time(now)?;
+    if token.scopes.has_context(ScopeContext::Patient) && token.patient.is_none() {
+        return Err(TokenError::MissingPatient);
+    }
+    if token.scopes.has_context(ScopeContext::User) && token.fhir_user.is_none() {
+        return Err(TokenError::MissingFhirUser);
+    }
+    Ok(token)
 }
 
 /// A claim holding codes: a space-separated string, an array of strings, or an array of
@@ -469,5 +521,33 @@ mod tests {
         let jwks = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "shared"}]}).to_string();
         assert!(TrustedIssuer::from_jwks(ISSUER, &jwks).is_err());
         assert!(TrustedIssuer::from_jwks(ISSUER, r#"{"keys":[]}"#).is_err());
+    }
+
+    #[test]
+    fn introspection_answers_are_checked_like_tokens() {
+        let verifier = verifier();
+        let active = json!({
+            "active": true, "aud": AUDIENCE, "exp": NOW + 60, "client_id": "lab-portal", "sub": "u1",
+            "scope": "openid patient/Observation.rs", "patient": "A", "iss": "https://as.example",
+        });
+        let token = verifier.from_introspection("https://as.example/introspect", &active, NOW).unwrap();
+        assert_eq!(token.issuer, "https://as.example");
+        assert_eq!(token.patient.as_deref(), Some("A"));
+        assert_eq!(token.scopes.0.len(), 1);
+        let with = |field: &str, value: Value| {
+            let mut answer = active.clone();
+            answer[field] = value;
+            verifier.from_introspection("https://as.example/introspect", &answer, NOW)
+        };
+        assert_eq!(with("active", json!(false)), Err(TokenError::Inactive));
+        assert_eq!(with("active", json!("true")), Err(TokenError::Inactive), "active must be the boolean true");
+        assert_eq!(with("aud", json!("https://other.example/fhir")), Err(TokenError::Audience));
+        assert_eq!(with("aud", json!(["https://other.example/fhir", AUDIENCE])).map(|token| token.subject), Ok(Some("u1".into())));
+        assert_eq!(with("exp", json!(NOW - 3600)), Err(TokenError::Expired));
+        assert_eq!(with("patient", Value::Null), Err(TokenError::MissingPatient));
+        let mut no_audience = active.clone();
+        no_audience.as_object_mut().unwrap().remove("aud");
+        assert_eq!(verifier.from_introspection("x", &no_audience, NOW), Err(TokenError::Audience), "fail closed without aud");
+        assert_eq!(verifier.from_introspection("x", &json!({"active": false}), NOW), Err(TokenError::Inactive));
     }
 }
