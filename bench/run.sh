@@ -29,6 +29,7 @@
 #   processes or hypervisor steal took more than NOISE_LIMIT cores during it; the table shows
 #   the last attempt). machine.txt and results.md also show a CPU gauge (a fixed SHA-256 loop)
 #   before and after: the effective speed of a VM drifts, so compare runs only with that in mind.
+#   GATEWAY_ARGS=     extra flags for `serve` (e.g. "--audit-durability before-response")
 #   FHIR_GATEWAY_LOG   passed through to the gateway (default: its own, info; logs go to OUT_DIR/gateway.log)
 # Needs: wrk (apt-get install -y wrk), curl, python3. Reads the example resources from
 # ../shared/corpora/fhir-r4-examples beside the checkout.
@@ -56,6 +57,7 @@ PREFER=${PREFER:-}
 SCENARIOS=${SCENARIOS:-create-Patient create-Observation read-Patient read-Observation}
 CONNECTIONS=${CONNECTIONS:-1 32}
 KEEP_DATA=${KEEP_DATA:-0}
+GATEWAY_ARGS=${GATEWAY_ARGS:-}
 WAIT_QUIET=${WAIT_QUIET:-0}
 NOISE_LIMIT=${NOISE_LIMIT:-0.15}
 RETRIES=${RETRIES:-0}
@@ -132,7 +134,8 @@ print("%.2f us per SHA-256 of 1 KiB (python, best of 5)" % best)'
 } | tee "$OUT/machine.txt" >&2
 
 # ---- start the gateway
-"$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" \
+# shellcheck disable=SC2086 # GATEWAY_ARGS is split on purpose
+"$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" $GATEWAY_ARGS \
   >"$OUT/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 for _ in $(seq 1 100); do

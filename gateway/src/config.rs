@@ -164,6 +164,10 @@ pub struct ServeArgs {
     /// The authorisation server's SMART metadata (JSON), served at [base]/.well-known/smart-configuration
     #[arg(long, env = "FHIR_GATEWAY_SMART_CONFIGURATION")]
     pub smart_configuration: Option<PathBuf>,
+    /// When AuditEvents are durable: before-response (each request waits for the group's sync)
+    /// or grouped (within milliseconds, not awaited) [default: grouped]
+    #[arg(long, env = "FHIR_GATEWAY_AUDIT_DURABILITY")]
+    pub audit_durability: Option<crate::audit::Durability>,
     /// Roles (token `subject_role` codes) that may break the glass, comma separated [default: none]
     #[arg(long, env = "FHIR_GATEWAY_EMERGENCY_ROLES")]
     pub emergency_roles: Option<String>,
@@ -181,6 +185,7 @@ pub struct FileConfig {
     pub base_url: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub log_format: Option<LogFormat>,
+    pub audit_durability: Option<crate::audit::Durability>,
     #[serde(default)]
     pub ledger: FileLedgerConfig,
     #[serde(default)]
@@ -242,6 +247,7 @@ pub struct Config {
     pub store: StoreOptions,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
+    pub audit_durability: crate::audit::Durability,
 }
 
 impl Default for Config {
@@ -253,6 +259,7 @@ impl Default for Config {
             limits: Limits::default(),
             store: StoreOptions::default(),
             log_format: LogFormat::Text,
+            audit_durability: crate::audit::Durability::Grouped,
             auth: AuthConfig {
                 anonymous: false,
                 dev_issuer: true,
@@ -305,6 +312,7 @@ impl Config {
                 ..store_defaults
             },
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),
+            audit_durability: args.audit_durability.or(file.audit_durability).unwrap_or(defaults.audit_durability),
             auth: AuthConfig {
                 anonymous: args.anonymous.or(file.auth.anonymous).unwrap_or(defaults.auth.anonymous),
                 dev_issuer: args.dev_issuer.or(file.auth.dev_issuer).unwrap_or(defaults.auth.dev_issuer),

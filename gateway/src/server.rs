@@ -59,7 +59,7 @@ impl Server {
         let local = listener.local_addr().map_err(ServeError::Listen)?;
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
         let (issuers, remote_keys) = trusted_issuers(config).map_err(ServeError::Auth)?;
-        let audit = std::sync::Arc::new(store.open_audit_trail(&config.data_dir)?);
+        let audit = std::sync::Arc::new(store.open_audit_trail(&config.data_dir, config.audit_durability)?);
         let mut state = AppState::new(store.clone(), audit, &base_url, config.limits.clone(), issuers, config.auth.anonymous);
         state.consent_options = std::sync::Arc::new(crate::consent::DecisionOptions {
             author_org_treatment: config.auth.author_org_treatment,

@@ -152,3 +152,18 @@ async fn audit_events_cannot_be_written_changed_or_deleted_and_survive_a_restart
     assert!(!clean, "{report}");
     assert!(report.contains("audit checkpoint") && report.contains("root hash does not match"), "{report}");
 }
+
+#[tokio::test]
+async fn with_before_response_durability_an_answered_read_is_in_the_trail_even_after_kill_9() {
+    let mut gateway = Gateway::start_with(&["--audit-durability", "before-response"]).await;
+    setup(&gateway).await;
+    let token = patient_token(&gateway, "pat-a");
+    for _ in 0..5 {
+        assert_eq!(get(&gateway, "Observation/obs-pat-a", &token).await.status(), 200);
+    }
+    gateway.kill9();
+    gateway.start_again_after_kill().await;
+    let trail = trail_of(&gateway, "pat-a").await;
+    let reads = trail.iter().filter(|event| event["subtype"][0]["code"] == "read" && names(event, "Observation/obs-pat-a")).count();
+    assert_eq!(reads, 5, "{trail:#?}");
+}

@@ -144,6 +144,7 @@ pub async fn read(
     parameters(&headers, query.as_deref(), &[])?;
     access.0.require(&key.resource_type, Permission::Read).map_err(ApiError::forbidden)?;
     if key.resource_type == "AuditEvent" {
+        state.audit.caught_up().await;
         let event = super::audit::read(&state.audit, &access.0, &key.id)?;
         return Ok(fhir_response(StatusCode::OK, event.to_string().into_bytes()));
     }

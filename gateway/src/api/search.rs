@@ -175,6 +175,7 @@ async fn run(
     let query = parse(&resource_type, &request)?;
     access.require(&resource_type, Permission::Search).map_err(ApiError::forbidden)?;
     if resource_type == "AuditEvent" && compartment.is_none() {
+        state.audit.caught_up().await;
         let events = super::audit::search(&state.audit, &access, &request.pairs)?;
         let page = page_of(events.into_iter().map(audit_event_version).collect(), request.offset, request.count);
         return Ok(searchset(&state, &path, &request, &query, page));

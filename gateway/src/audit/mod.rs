@@ -4,14 +4,19 @@
 //! the API writes, changes or deletes an AuditEvent; they are read as `AuditEvent/[id]` (the id
 //! is the leaf index) and `AuditEvent?patient=[id]`.
 //!
-//! Durability is grouped: one writer thread appends whatever requests are waiting and syncs
-//! once for all of them; a request's response is sent only after its AuditEvents are durable (a
-//! disclosure is never unrecorded), and if they cannot be written the request fails with `503`.
+//! Durability is grouped: one writer thread appends whatever requests have submitted and syncs
+//! once for all of them, then starts the next group at once, so an event is durable within about
+//! two syncs of its submission. [`Durability::BeforeResponse`] makes each request wait for that
+//! (a disclosure is never unrecorded, even across a crash; each read then costs a sync's
+//! latency); [`Durability::Grouped`] (the default) answers without waiting, so a crash can lose
+//! the events of the last few milliseconds. Either way, once the trail cannot be written every
+//! audited request fails with `503`: nothing is disclosed unrecorded for longer than that.
 
 pub mod event;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -38,8 +43,24 @@ struct Submission {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// When a request's AuditEvents must be durable (`--audit-durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Before the response is sent.
+    BeforeResponse,
+    /// Within the writer's next group (milliseconds), not awaited by the response.
+    Grouped,
+}
+
 pub struct AuditTrail {
     log: Arc<LedgerLog>,
+    durability: Durability,
+    /// Set by the writer after a storage failure: later requests are refused.
+    failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Submissions sent to the writer, and those it has written (read-your-audit).
+    submitted: AtomicU64,
+    written: Arc<AtomicU64>,
     /// Patient id → leaf indexes of the events about them, oldest first.
     by_patient: Arc<RwLock<HashMap<String, Vec<u64>>>>,
     sender: Mutex<Option<mpsc::Sender<Submission>>>,
@@ -48,7 +69,7 @@ pub struct AuditTrail {
 
 impl AuditTrail {
     /// Opens (or creates) the trail in `directory`, checking its newest checkpoint.
-    pub fn open(directory: &Path, signing_key: SigningKey, origin: &str) -> Result<AuditTrail, LedgerError> {
+    pub fn open(directory: &Path, signing_key: SigningKey, origin: &str, durability: Durability) -> Result<AuditTrail, LedgerError> {
         let log = Arc::new(LedgerLog::open(directory, signing_key, origin)?);
         let mut by_patient: HashMap<String, Vec<u64>> = HashMap::new();
         for leaf_index in 0..log.tree_size() {
@@ -58,25 +79,56 @@ impl AuditTrail {
             }
         }
         let by_patient = Arc::new(RwLock::new(by_patient));
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
         let writer = {
             let log = Arc::clone(&log);
             let by_patient = Arc::clone(&by_patient);
+            let failed = Arc::clone(&failed);
+            let written = Arc::clone(&written);
             std::thread::Builder::new()
                 .name("audit-writer".into())
-                .spawn(move || write_loop(&log, &by_patient, &receiver))
+                .spawn(move || write_loop(&log, &by_patient, &failed, &written, &receiver))
                 .expect("the audit writer thread starts")
         };
-        Ok(AuditTrail { log, by_patient, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(writer)) })
+        Ok(AuditTrail {
+            log,
+            durability,
+            failed,
+            submitted: AtomicU64::new(0),
+            written,
+            by_patient,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+        })
     }
 
-    /// Records `records` durably; resolves once they are synced to disk.
+    /// Records `records`: resolves once they are synced ([`Durability::BeforeResponse`]) or
+    /// submitted to the writer ([`Durability::Grouped`]). `Err` if the trail cannot take them.
     pub async fn record(&self, records: &[AuditRecord]) -> Result<(), String> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the audit trail stopped after a storage failure".into());
+        }
         let leaves = records.iter().map(|record| (record.patient.clone(), to_canonical_bytes(&audit_event("", record, GATEWAY)))).collect();
         let (done, answer) = oneshot::channel();
         let sender = self.sender.lock().expect("audit sender lock").clone().ok_or("the audit trail is closed")?;
         sender.send(Submission { leaves, done }).map_err(|_| "the audit trail is closed".to_string())?;
-        answer.await.map_err(|_| "the audit writer stopped".to_string())?
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        match self.durability {
+            Durability::BeforeResponse => answer.await.map_err(|_| "the audit writer stopped".to_string())?,
+            Durability::Grouped => Ok(()),
+        }
+    }
+
+    /// Waits (at most 2 s) until every event submitted before the call is written, so a search
+    /// of the trail sees the accesses that were answered before it.
+    pub async fn caught_up(&self) {
+        let target = self.submitted.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.written.load(Ordering::SeqCst) < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// `AuditEvent/[id]`.
@@ -122,9 +174,14 @@ impl Drop for AuditTrail {
     }
 }
 
-fn write_loop(log: &LedgerLog, by_patient: &RwLock<HashMap<String, Vec<u64>>>, receiver: &mpsc::Receiver<Submission>) {
+fn write_loop(
+    log: &LedgerLog,
+    by_patient: &RwLock<HashMap<String, Vec<u64>>>,
+    failed: &std::sync::atomic::AtomicBool,
+    written: &AtomicU64,
+    receiver: &mpsc::Receiver<Submission>,
+) {
     let mut last_checkpoint = Instant::now();
-    let mut failed = false;
     loop {
         let first = match receiver.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(submission) => submission,
@@ -145,7 +202,7 @@ fn write_loop(log: &LedgerLog, by_patient: &RwLock<HashMap<String, Vec<u64>>>, r
                 Err(_) => break,
             }
         }
-        if failed {
+        if failed.load(std::sync::atomic::Ordering::SeqCst) {
             for submission in group {
                 let _ = submission.done.send(Err("the audit trail stopped after a storage failure".into()));
             }
@@ -162,13 +219,14 @@ fn write_loop(log: &LedgerLog, by_patient: &RwLock<HashMap<String, Vec<u64>>>, r
                     }
                 }
                 drop(index);
+                written.fetch_add(group.len() as u64, Ordering::SeqCst);
                 for submission in group {
                     let _ = submission.done.send(Ok(()));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "audit trail write failed; refusing further audited requests");
-                failed = true;
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
                 for submission in group {
                     let _ = submission.done.send(Err("the audit trail could not be written".into()));
                 }
@@ -227,7 +285,7 @@ mod tests {
         let directory = std::env::temp_dir().join(format!("fg-audit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         let key = SigningKey::from_bytes(&[7; 32]);
-        let trail = Arc::new(AuditTrail::open(&directory, key.clone(), "test/audit").unwrap());
+        let trail = Arc::new(AuditTrail::open(&directory, key.clone(), "test/audit", Durability::BeforeResponse).unwrap());
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..20 {
             let trail = Arc::clone(&trail);
@@ -245,7 +303,7 @@ mod tests {
         trail.close();
         drop(trail);
         // Reopened: the final checkpoint covers everything, the index is rebuilt.
-        let reopened = AuditTrail::open(&directory, key, "test/audit").unwrap();
+        let reopened = AuditTrail::open(&directory, key, "test/audit", Durability::Grouped).unwrap();
         assert_eq!(reopened.events_of_patient("b").count(), 10);
         assert!(reopened.checkpoint().unwrap().contains("\n21\n"));
         reopened.close();

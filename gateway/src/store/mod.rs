@@ -447,9 +447,18 @@ impl ResourceStore {
 
     /// Opens the audit trail beside the ledger (`<data>/audit/`), its checkpoints signed with the
     /// ledger key under the origin `<ledger origin>/audit`.
-    pub fn open_audit_trail(&self, data_directory: &Path) -> Result<crate::audit::AuditTrail, LedgerError> {
+    pub fn open_audit_trail(
+        &self,
+        data_directory: &Path,
+        durability: crate::audit::Durability,
+    ) -> Result<crate::audit::AuditTrail, LedgerError> {
         let origin = format!("{}/audit", self.shared.ledger.origin());
-        crate::audit::AuditTrail::open(&DataLayout::new(data_directory).audit(), self.shared.secrets.signing_key.clone(), &origin)
+        crate::audit::AuditTrail::open(
+            &DataLayout::new(data_directory).audit(),
+            self.shared.secrets.signing_key.clone(),
+            &origin,
+            durability,
+        )
     }
 
     pub fn ledger(&self) -> &LedgerLog {
