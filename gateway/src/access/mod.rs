@@ -248,6 +248,10 @@ impl WriteGuard for Access {
     fn check(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String> {
         self.may_write(kind, key, before, after)
     }
+
+    fn sees(&self, version: &StoredVersion, content: &Value) -> bool {
+        self.may_read(Interaction::Read, content, version.author.as_deref())
+    }
 }
 
 /// A decision's basis in words, and the Consent that decided.

@@ -13,11 +13,9 @@ use super::bundle_body::{Entry, Resource, bundle_response};
 use super::error::{ApiError, operation_outcome};
 use super::extract::{FhirJson, Prefer, ReturnPreference};
 use super::resource::parameters;
-use crate::access::Access;
-use crate::consent::Interaction;
 use crate::fhir::bundle::{self, BundleKind};
 use crate::fhir::{self, format_instant};
-use crate::store::{EntryOutcome, StoreError, StoredVersion};
+use crate::store::{EntryOutcome, StoredVersion};
 
 pub async fn transaction_or_batch(
     State(state): State<AppState>,
@@ -63,23 +61,8 @@ pub async fn transaction_or_batch(
         "type": response_type,
         "meta": { "lastUpdated": format_instant(fhir::now_instant()) },
     });
-    let entries: Vec<Entry> =
-        outcomes.into_iter().map(|(_, outcome)| response_entry(&state, disclosed(&access.0, outcome), prefer)).collect();
+    let entries: Vec<Entry> = outcomes.into_iter().map(|(_, outcome)| response_entry(&state, outcome, prefer)).collect();
     Ok(bundle_response(envelope, entries))
-}
-
-/// A read entry the caller may not see answers as if the resource did not exist.
-fn disclosed(access: &Access, outcome: EntryOutcome) -> EntryOutcome {
-    match outcome {
-        EntryOutcome::Read(version) => {
-            let content = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
-            match content {
-                Some(content) if access.may_read(Interaction::Read, &content, version.author.as_deref()) => EntryOutcome::Read(version),
-                _ => EntryOutcome::Failed(StoreError::NotFound),
-            }
-        }
-        other => other,
-    }
 }
 
 fn version_fields(state: &AppState, version: &StoredVersion, response: &mut Value) {

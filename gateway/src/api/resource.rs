@@ -117,18 +117,8 @@ pub async fn create(
     let outcome = state.store.create(body, &access.principal(), prefer.leniency, condition.as_ref()).await?;
     Ok(match outcome {
         CreateOutcome::Created(outcome) => write_response(&state, StatusCode::CREATED, outcome.version, prefer),
-        CreateOutcome::Existing(version) => {
-            // A match the caller may not see is not revealed.
-            let visible = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
-            if !visible.is_some_and(|resource| access.0.may_read(Interaction::Read, &resource, version.author.as_deref())) {
-                return Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    "conflict",
-                    "If-None-Exist cannot be evaluated for this caller; create without it or ask the record's custodian",
-                ));
-            }
-            write_response(&state, StatusCode::OK, version, prefer)
-        }
+        // Only matches the caller may see count (the store's `matching`).
+        CreateOutcome::Existing(version) => write_response(&state, StatusCode::OK, version, prefer),
     })
 }
 

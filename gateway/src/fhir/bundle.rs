@@ -48,6 +48,18 @@ pub enum RequestTarget {
     Conditional { resource_type: String, query: String },
 }
 
+impl RequestTarget {
+    /// The resource type the target names.
+    pub fn resource_type(&self) -> &str {
+        match self {
+            RequestTarget::Type(resource_type)
+            | RequestTarget::Instance { resource_type, .. }
+            | RequestTarget::Version { resource_type, .. }
+            | RequestTarget::Conditional { resource_type, .. } => resource_type,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BundleEntry {
     /// Position in the Bundle as sent (responses come back in this order).

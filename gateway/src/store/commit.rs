@@ -88,6 +88,12 @@ pub(crate) fn prepare(
         Some(prior) if prior > 0 => prior_content(shared, key, prior)?,
         _ => None,
     };
+    // The id first: the guard judges the resource as it will be stored (a new Patient is in its
+    // own compartment, not in none).
+    let mut resource = resource;
+    if let Some(object) = resource.as_mut().and_then(Value::as_object_mut) {
+        object.insert("id".into(), Value::String(key.id.clone()));
+    }
     principal.guard.check(kind, key, before.as_ref(), resource.as_ref()).map_err(StoreError::Forbidden)?;
     let last_updated = fhir::now_instant();
     let recorded = fhir::format_instant(last_updated);

@@ -86,6 +86,9 @@ pub trait WriteGuard: Send + Sync {
     /// `Err(reason)` refuses the write (`403`). `before`: the current content, if wanted and the
     /// resource exists; `after`: the new content (`None` for a delete).
     fn check(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String>;
+    /// Whether the principal may see `version` (content `content`): conditional matches,
+    /// conditional references and Bundle reads consider only what it may see.
+    fn sees(&self, version: &StoredVersion, content: &Value) -> bool;
 }
 
 /// Decides whether a principal may see one version. Search and history apply it before they
@@ -106,6 +109,19 @@ impl WriteGuard for Unrestricted {
     fn check(&self, _: EntryKind, _: &ResourceKey, _: Option<&Value>, _: Option<&Value>) -> Result<(), String> {
         Ok(())
     }
+
+    fn sees(&self, _: &StoredVersion, _: &Value) -> bool {
+        true
+    }
+}
+
+/// The resources a condition matches, as a principal sees them.
+pub(crate) struct Matches {
+    /// The current versions of the matches the principal may see.
+    pub(crate) visible: Vec<StoredVersion>,
+    /// Some matches are hidden from the principal: they are neither returned nor counted,
+    /// and must not stop a create either (that would reveal them).
+    pub(crate) hidden: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -485,10 +501,12 @@ impl ResourceStore {
         let condition_hashes = match condition {
             Some(condition) => {
                 let hashes = self.condition_hashes(&resource_type, condition);
-                if let Some(existing) = self.find_condition_match(&resource_type, condition, &hashes)? {
+                let matches = self.matching(&resource_type, condition.id.as_deref(), &hashes, principal)?;
+                if let Some(existing) = single("If-None-Exist", matches.visible)? {
                     return Ok(CreateOutcome::Existing(existing));
                 }
-                Some((condition.id.clone(), hashes))
+                // A hidden match must not turn the create into a conflict (that would reveal it).
+                (!matches.hidden).then(|| (condition.id.clone(), hashes))
             }
             None => None,
         };
@@ -502,8 +520,8 @@ impl ResourceStore {
             Ok(version) => Ok(CreateOutcome::Created(WriteOutcome { version, created: true })),
             Err(Refusal::ConditionMatched) => {
                 let (id, hashes) = condition_hashes.unwrap_or_default();
-                let condition = CreateCondition { id, identifiers: Vec::new() };
-                match self.find_condition_match(&key.resource_type, &condition, &hashes)? {
+                let matches = self.matching(&key.resource_type, id.as_deref(), &hashes, principal)?;
+                match single("If-None-Exist", matches.visible)? {
                     Some(existing) => Ok(CreateOutcome::Existing(existing)),
                     None => Err(StoreError::VersionConflict),
                 }
@@ -608,23 +626,30 @@ impl ResourceStore {
             .collect()
     }
 
-    fn find_condition_match(
+    /// The current resources of `resource_type` with id `id` (if given) and every identifier
+    /// hash, split by what `principal` may see.
+    pub(crate) fn matching(
         &self,
         resource_type: &str,
-        condition: &CreateCondition,
+        id: Option<&str>,
         hashes: &[KeyedHash],
-    ) -> Result<Option<StoredVersion>, StoreError> {
-        let matches = {
+        principal: &Principal,
+    ) -> Result<Matches, StoreError> {
+        let keys = {
             let catalog = self.shared.catalog.read().expect("catalog lock");
-            commit::condition_matches(&catalog, resource_type, condition.id.as_deref(), hashes)
+            commit::condition_matches(&catalog, resource_type, id, hashes)
         };
-        match matches.as_slice() {
-            [] => Ok(None),
-            [key] => self.read(key).map(Some),
-            _ => {
-                Err(StoreError::PreconditionFailed(format!("If-None-Exist matched {} resources; it must match at most one", matches.len())))
+        let mut matches = Matches { visible: Vec::new(), hidden: false };
+        for key in keys {
+            let version = self.read(&key)?;
+            let content = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
+            if content.is_some_and(|content| principal.guard.sees(&version, &content)) {
+                matches.visible.push(version);
+            } else {
+                matches.hidden = true;
             }
         }
+        Ok(matches)
     }
 
     // ---- reads ----
@@ -859,6 +884,14 @@ fn load(shared: &Shared, key: &ResourceKey, version: &VersionRecord) -> Result<S
         body,
         author: version.author.clone(),
     })
+}
+
+/// At most one match: `None`, the one, or `412` naming how many the caller can see.
+pub(crate) fn single(condition: &str, mut visible: Vec<StoredVersion>) -> Result<Option<StoredVersion>, StoreError> {
+    match visible.len() {
+        0 | 1 => Ok(visible.pop()),
+        count => Err(StoreError::PreconditionFailed(format!("{condition} matches {count} resources; at most one may match"))),
+    }
 }
 
 pub(crate) fn validate(resource: &Value, leniency: Leniency) -> Result<(), StoreError> {

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::catalog::ResourceKey;
 use super::commit::{self, Expectation, PreparedWrite, Refusal, UnitOutcome};
 use super::{
-    CreateCondition, CreateOutcome, Principal, ResourceStore, StoreError, StoredVersion, check_if_match, new_resource_id, validate,
+    CreateCondition, CreateOutcome, Principal, ResourceStore, StoreError, StoredVersion, check_if_match, new_resource_id, single, validate,
 };
 use crate::fhir::Leniency;
 use crate::fhir::bundle::{self, BundleEntry, Method, RequestTarget};
@@ -59,22 +59,13 @@ fn parse_if_match(text: &str) -> Result<u64, StoreError> {
 }
 
 impl ResourceStore {
-    /// Resources of `resource_type` matching a condition (`identifier`, `_id`).
-    fn condition_matches(&self, resource_type: &str, condition: &CreateCondition) -> Vec<ResourceKey> {
-        let hashes = self.condition_hashes(resource_type, condition);
-        let catalog = self.shared.catalog.read().expect("catalog lock");
-        commit::condition_matches(&catalog, resource_type, condition.id.as_deref(), &hashes)
-    }
-
-    fn single_match(&self, resource_type: &str, query: &str) -> Result<Option<ResourceKey>, StoreError> {
+    /// The one resource of `resource_type` that `query` (`identifier`, `_id`) matches among those
+    /// `principal` may see, if any (`412` if several).
+    fn single_match(&self, resource_type: &str, query: &str, principal: &Principal) -> Result<Option<ResourceKey>, StoreError> {
         let condition = CreateCondition::parse(query).map_err(StoreError::BadRequest)?;
-        let mut matches = self.condition_matches(resource_type, &condition);
-        match matches.len() {
-            0 | 1 => Ok(matches.pop()),
-            count => {
-                Err(StoreError::PreconditionFailed(format!("{resource_type}?{query} matches {count} resources; at most one may match")))
-            }
-        }
+        let hashes = self.condition_hashes(resource_type, &condition);
+        let matches = self.matching(resource_type, condition.id.as_deref(), &hashes, principal)?;
+        Ok(single(&format!("{resource_type}?{query}"), matches.visible)?.map(|version| version.key))
     }
 
     pub async fn transaction(
@@ -104,7 +95,7 @@ impl ResourceStore {
                     let key = match target {
                         RequestTarget::Instance { resource_type, id } => Some(ResourceKey { resource_type, id }),
                         RequestTarget::Conditional { resource_type, query } => {
-                            self.single_match(&resource_type, &query).map_err(fail(position))?
+                            self.single_match(&resource_type, &query, principal).map_err(fail(position))?
                         }
                         _ => unreachable!("parse_bundle allows only instance or conditional DELETE"),
                     };
@@ -117,30 +108,45 @@ impl ResourceStore {
                             expectation: Expectation::Current { base: Some(version_id) },
                             if_match: None,
                         },
-                        _ => Plan::NothingToDelete { position },
+                        _ => {
+                            let key = key.unwrap_or_else(|| ResourceKey {
+                                resource_type: entry.target.resource_type().to_string(),
+                                id: String::new(),
+                            });
+                            principal
+                                .guard
+                                .check(EntryKind::Delete, &key, None, None)
+                                .map_err(|reason| fail(position)(StoreError::Forbidden(reason)))?;
+                            Plan::NothingToDelete { position }
+                        }
                     }
                 }
                 (Method::Post, RequestTarget::Type(resource_type)) => {
-                    let existing = match &entry.if_none_exist {
-                        Some(query) => self.single_match(&resource_type, query).map_err(fail(position))?,
-                        None => None,
+                    let (existing, condition) = match &entry.if_none_exist {
+                        Some(query) => {
+                            let condition =
+                                CreateCondition::parse(query).map_err(|message| fail(position)(StoreError::BadRequest(message)))?;
+                            let hashes = self.condition_hashes(&resource_type, &condition);
+                            let matches =
+                                self.matching(&resource_type, condition.id.as_deref(), &hashes, principal).map_err(fail(position))?;
+                            let existing = single(&format!("{resource_type}?{query}"), matches.visible).map_err(fail(position))?;
+                            // A hidden match must not turn the create into a conflict (that would reveal it).
+                            (existing, (!matches.hidden).then_some((condition.id.clone(), hashes)))
+                        }
+                        None => (None, None),
                     };
                     match existing {
-                        Some(key) => {
-                            resolve_full_url(&mut resolved, &key);
-                            Plan::Existing { position, version: self.read(&key).map_err(fail(position))? }
+                        Some(version) => {
+                            principal
+                                .guard
+                                .check(EntryKind::Create, &version.key, None, None)
+                                .map_err(|reason| fail(position)(StoreError::Forbidden(reason)))?;
+                            resolve_full_url(&mut resolved, &version.key);
+                            Plan::Existing { position, version }
                         }
                         None => {
                             let key = ResourceKey { resource_type: resource_type.clone(), id: new_resource_id().map_err(fail(position))? };
                             resolve_full_url(&mut resolved, &key);
-                            let condition = match &entry.if_none_exist {
-                                Some(query) => {
-                                    let condition =
-                                        CreateCondition::parse(query).map_err(|message| fail(position)(StoreError::BadRequest(message)))?;
-                                    Some((condition.id.clone(), self.condition_hashes(&resource_type, &condition)))
-                                }
-                                None => None,
-                            };
                             let mut resource = entry.resource.expect("parse_bundle requires a resource");
                             if let Some(object) = resource.as_object_mut() {
                                 object.remove("id");
@@ -160,7 +166,7 @@ impl ResourceStore {
                     let key = match target {
                         RequestTarget::Instance { resource_type, id } => ResourceKey { resource_type, id },
                         RequestTarget::Conditional { resource_type, query } => {
-                            match self.single_match(&resource_type, &query).map_err(fail(position))? {
+                            match self.single_match(&resource_type, &query, principal).map_err(fail(position))? {
                                 Some(key) => key,
                                 None => ResourceKey { resource_type, id: new_resource_id().map_err(fail(position))? },
                             }
@@ -213,7 +219,7 @@ impl ResourceStore {
                     continue;
                 }
                 if let Some((resource_type, query)) = reference.split_once('?') {
-                    let key = self.single_match(resource_type, query).map_err(fail(*position))?.ok_or_else(|| {
+                    let key = self.single_match(resource_type, query, principal).map_err(fail(*position))?.ok_or_else(|| {
                         fail(*position)(StoreError::PreconditionFailed(format!(
                             "the conditional reference {reference} matches no resource"
                         )))
@@ -271,7 +277,7 @@ impl ResourceStore {
                 }
                 Plan::Existing { position, version } => (position, EntryOutcome::Written { version, created: false }),
                 Plan::NothingToDelete { position } => (position, EntryOutcome::Deleted { version_id: None }),
-                Plan::Get { position, target } => (position, self.get_entry(&target)),
+                Plan::Get { position, target } => (position, self.get_entry(&target, principal)),
             };
             outcomes.push(outcome);
         }
@@ -279,19 +285,39 @@ impl ResourceStore {
         Ok(outcomes)
     }
 
-    fn get_entry(&self, target: &RequestTarget) -> EntryOutcome {
-        let result = match target {
+    /// A read entry; what `principal` may not see answers as if it did not exist (also a
+    /// deletion of something it could not see).
+    fn get_entry(&self, target: &RequestTarget, principal: &Principal) -> EntryOutcome {
+        let (key, result) = match target {
             RequestTarget::Instance { resource_type, id } => {
-                self.read(&ResourceKey { resource_type: resource_type.clone(), id: id.clone() })
+                let key = ResourceKey { resource_type: resource_type.clone(), id: id.clone() };
+                let result = self.read(&key);
+                (key, result)
             }
             RequestTarget::Version { resource_type, id, version_id } => {
-                self.vread(&ResourceKey { resource_type: resource_type.clone(), id: id.clone() }, *version_id)
+                let key = ResourceKey { resource_type: resource_type.clone(), id: id.clone() };
+                let result = self.vread(&key, *version_id);
+                (key, result)
             }
             RequestTarget::Type(_) | RequestTarget::Conditional { .. } => {
-                Err(StoreError::BadRequest("search in Bundles is not supported yet".into()))
+                return EntryOutcome::Failed(StoreError::BadRequest("search in Bundles is not supported yet".into()));
             }
         };
+        let seen = match &result {
+            Ok(version) => version
+                .body
+                .as_deref()
+                .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+                .is_some_and(|content| principal.guard.sees(version, &content)),
+            Err(StoreError::Gone(version_id)) => match self.deleted_content(&key, *version_id) {
+                Ok(Some((deleted, content))) => principal.guard.sees(&deleted, &content),
+                Ok(None) => false,
+                Err(error) => return EntryOutcome::Failed(error),
+            },
+            Err(_) => true,
+        };
         match result {
+            _ if !seen => EntryOutcome::Failed(StoreError::NotFound),
             Ok(version) => EntryOutcome::Read(version),
             Err(error) => EntryOutcome::Failed(error),
         }
@@ -310,7 +336,7 @@ impl ResourceStore {
 
     async fn batch_entry(&self, entry: BundleEntry, principal: &Principal, leniency: Leniency) -> Result<EntryOutcome, StoreError> {
         match (entry.method, entry.target) {
-            (Method::Get, target) => Ok(self.get_entry(&target)),
+            (Method::Get, target) => Ok(self.get_entry(&target, principal)),
             (Method::Post, RequestTarget::Type(_)) => {
                 let condition = entry.if_none_exist.as_deref().map(CreateCondition::parse).transpose().map_err(StoreError::BadRequest)?;
                 let resource = entry.resource.expect("parse_bundle requires a resource");
@@ -322,7 +348,7 @@ impl ResourceStore {
             (Method::Put, target) => {
                 let key = match target {
                     RequestTarget::Instance { resource_type, id } => ResourceKey { resource_type, id },
-                    RequestTarget::Conditional { resource_type, query } => match self.single_match(&resource_type, &query)? {
+                    RequestTarget::Conditional { resource_type, query } => match self.single_match(&resource_type, &query, principal)? {
                         Some(key) => key,
                         None => ResourceKey { resource_type, id: new_resource_id()? },
                     },
@@ -341,7 +367,7 @@ impl ResourceStore {
             (Method::Delete, target) => {
                 let key = match target {
                     RequestTarget::Instance { resource_type, id } => Some(ResourceKey { resource_type, id }),
-                    RequestTarget::Conditional { resource_type, query } => self.single_match(&resource_type, &query)?,
+                    RequestTarget::Conditional { resource_type, query } => self.single_match(&resource_type, &query, principal)?,
                     _ => return Err(StoreError::BadRequest("a DELETE entry's url must be Type/id or Type?query".into())),
                 };
                 let version_id = match key {
