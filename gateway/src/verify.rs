@@ -6,7 +6,7 @@
 //! 3. Every catalog record points at a ledger entry that names the same pseudonym, version and
 //!    CID; every blob's blocks match their CIDs; every sealed blob opens; every plaintext matches
 //!    the entry's keyed hash.
-//! 4. The audit trail (`audit/`): every leaf is an AuditEvent; its checkpoints verify under the
+//! 4. The audit trail (`audit/`): every leaf is an audit record; its checkpoints verify under the
 //!    same key (origin `<ledger origin>/audit`) and match the leaves.
 
 use std::fmt;
@@ -112,9 +112,8 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
         let end = journal::scan(&audit.join("entries.log"), |_, leaf| {
             let leaf_index = audit_hashes.len();
             audit_hashes.push(merkle::leaf_hash(leaf));
-            let event = serde_json::from_slice::<serde_json::Value>(leaf).ok();
-            if event.as_ref().and_then(|event| event.get("resourceType")).and_then(serde_json::Value::as_str) != Some("AuditEvent") {
-                report.problems.push(format!("audit entry {leaf_index}: not an AuditEvent"));
+            if serde_json::from_slice::<crate::audit::AuditRecord>(leaf).is_err() {
+                report.problems.push(format!("audit entry {leaf_index}: not an audit record"));
             }
         })
         .map_err(|error| error.to_string())?;

@@ -1,5 +1,8 @@
 //! What a decision needs to know about one resource, read from the resource itself. Pure.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use serde_json::Value;
 
 use crate::consent::{Code, ResourceFacts};
@@ -92,6 +95,54 @@ pub fn resource_facts(resource: &Value, patient: Option<&str>, author: Option<&s
         security_labels,
         author_organization: author.map(str::to_string),
         data_time,
+    }
+}
+
+/// What decisions need of one version, computed once: its type, its compartment patients and,
+/// per patient, the facts the consent decision reads.
+#[derive(Debug)]
+pub struct VersionFacts {
+    pub resource_type: String,
+    pub patients: Vec<String>,
+    /// One per patient, in the order of `patients`.
+    pub per_patient: Vec<ResourceFacts>,
+}
+
+impl VersionFacts {
+    pub fn of(resource: &Value, author: Option<&str>) -> VersionFacts {
+        let patients = compartment_patients(resource);
+        let per_patient = patients.iter().map(|patient| resource_facts(resource, Some(patient), author)).collect();
+        VersionFacts {
+            resource_type: resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string(),
+            patients,
+            per_patient,
+        }
+    }
+}
+
+/// Facts of recently judged versions (a version never changes, so neither do its facts):
+/// repeated reads skip parsing and extraction. Bounded; emptied when full.
+#[derive(Default)]
+pub struct FactsCache {
+    entries: RwLock<HashMap<String, Arc<VersionFacts>>>,
+}
+
+const FACTS_CACHE_CAPACITY: usize = 100_000;
+
+impl FactsCache {
+    /// The facts of version `version_id` of `Type/id`, computed by `compute` on a miss.
+    pub fn get_or_insert(&self, reference: &str, version_id: u64, compute: impl FnOnce() -> Option<VersionFacts>) -> Option<Arc<VersionFacts>> {
+        let key = format!("{reference}/{version_id}");
+        if let Some(found) = self.entries.read().expect("facts cache lock").get(&key) {
+            return Some(Arc::clone(found));
+        }
+        let computed = Arc::new(compute()?);
+        let mut entries = self.entries.write().expect("facts cache lock");
+        if entries.len() >= FACTS_CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, Arc::clone(&computed));
+        Some(computed)
     }
 }
 

@@ -22,6 +22,10 @@
 
 pub mod facts;
 
+pub use facts::FactsCache;
+use facts::VersionFacts;
+
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -45,7 +49,7 @@ pub struct Decided {
     pub resource: String,
     pub permit: bool,
     /// Why, in words for the patient reading their audit trail.
-    pub reason: String,
+    pub reason: Cow<'static, str>,
     /// The Consent that decided (`Consent/id/_history/v`).
     pub consent: Option<String>,
     pub emergency: bool,
@@ -62,14 +66,24 @@ pub struct Access {
     /// The token's `patient` claim: the compartment its `patient/` scopes reach.
     patient_context: Option<String>,
     consents: Arc<ConsentDirectory>,
+    facts: Arc<FactsCache>,
     options: Arc<DecisionOptions>,
     now_ms: i64,
     decided: Mutex<Vec<Decided>>,
 }
 
+/// What every request shares: the current Consents, the facts of recently judged versions, the
+/// gateway's decision options.
+#[derive(Clone)]
+pub struct Shared {
+    pub consents: Arc<ConsentDirectory>,
+    pub facts: Arc<FactsCache>,
+    pub options: Arc<DecisionOptions>,
+}
+
 impl Access {
     /// The access of a verified token at `now_ms`.
-    pub fn for_token(token: &AccessToken, consents: Arc<ConsentDirectory>, options: Arc<DecisionOptions>, now_ms: i64) -> Access {
+    pub fn for_token(token: &AccessToken, shared: &Shared, now_ms: i64) -> Access {
         let who = token.subject.as_deref().or(token.client_id.as_deref()).unwrap_or_default();
         Access {
             principal_name: Some(format!("{}|{who}", token.issuer)),
@@ -77,8 +91,9 @@ impl Access {
             requester: requester(token),
             scopes: token.scopes.clone(),
             patient_context: token.patient.clone(),
-            consents,
-            options,
+            consents: Arc::clone(&shared.consents),
+            facts: Arc::clone(&shared.facts),
+            options: Arc::clone(&shared.options),
             now_ms,
             decided: Mutex::new(Vec::new()),
         }
@@ -86,7 +101,7 @@ impl Access {
 
     /// Anonymous access (where configured): may read and search what is in no patient's
     /// compartment; patients' data needs a Consent naming nobody in particular, which cannot be.
-    pub fn anonymous(consents: Arc<ConsentDirectory>, options: Arc<DecisionOptions>, now_ms: i64) -> Access {
+    pub fn anonymous(shared: &Shared, now_ms: i64) -> Access {
         let requester = Requester {
             kind: RequesterKind::System,
             reference: None,
@@ -102,8 +117,9 @@ impl Access {
             requester,
             scopes: Scopes::parse("system/*.rs"),
             patient_context: None,
-            consents,
-            options,
+            consents: Arc::clone(&shared.consents),
+            facts: Arc::clone(&shared.facts),
+            options: Arc::clone(&shared.options),
             now_ms,
             decided: Mutex::new(Vec::new()),
         }
@@ -135,23 +151,45 @@ impl Access {
 
     /// Whether `resource` (a version written by `author`) may be disclosed by `interaction`.
     pub fn may_read(&self, interaction: Interaction, resource: &Value, author: Option<&str>) -> bool {
+        self.judge(interaction, &VersionFacts::of(resource, author), || Some(resource.clone()))
+    }
+
+    /// [`Access::may_read`] of a stored version, with its facts from the [`FactsCache`] (the
+    /// body is parsed only on a miss, or for a scope restricted by a query).
+    pub fn may_read_version(&self, interaction: Interaction, version: &StoredVersion) -> bool {
+        let parse = || version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
+        let reference = format!("{}/{}", version.key.resource_type, version.key.id);
+        let facts = self.facts.get_or_insert(&reference, version.version_id, || parse().map(|resource| VersionFacts::of(&resource, version.author.as_deref())));
+        facts.is_some_and(|facts| self.judge(interaction, &facts, parse))
+    }
+
+    /// [`Access::may_read`] of a stored version whose content the caller has parsed already
+    /// (for a deletion: the content it deleted, judged without the cache).
+    pub fn may_read_content(&self, interaction: Interaction, version: &StoredVersion, content: &Value) -> bool {
+        if version.body.is_none() {
+            return self.may_read(interaction, content, version.author.as_deref());
+        }
+        let reference = format!("{}/{}", version.key.resource_type, version.key.id);
+        let facts = self.facts.get_or_insert(&reference, version.version_id, || Some(VersionFacts::of(content, version.author.as_deref())));
+        facts.is_some_and(|facts| self.judge(interaction, &facts, || Some(content.clone())))
+    }
+
+    fn judge(&self, interaction: Interaction, facts: &VersionFacts, content: impl FnOnce() -> Option<Value>) -> bool {
         let permission = if interaction == Interaction::Search { Permission::Search } else { Permission::Read };
-        let patients = facts::compartment_patients(resource);
-        if !self.scope_reaches(permission, resource, &patients) {
+        if !self.scope_reaches(permission, &facts.resource_type, &facts.patients, content) {
             return false;
         }
         let mut permitted = true;
-        for patient in &patients {
-            let facts = facts::resource_facts(resource, Some(patient), author);
+        for (patient, facts) in facts.patients.iter().zip(&facts.per_patient) {
             let policies = self.consents.of_patient(patient);
-            let decision = consent::decide(&self.requester, interaction, &facts, &policies, self.now_ms, &self.options);
+            let decision = consent::decide(&self.requester, interaction, facts, &policies, self.now_ms, &self.options);
             permitted &= decision.permit;
             let (reason, consent) = explain(&decision.basis);
             self.keep(Decided {
                 patient: patient.clone(),
-                resource: facts.reference,
+                resource: facts.reference.clone(),
                 permit: decision.permit,
-                reason,
+                reason: reason.into(),
                 consent,
                 emergency: decision.emergency,
             });
@@ -171,13 +209,22 @@ impl Access {
         }
     }
 
-    /// Whether some scope granting `permission` on the resource's type reaches it.
-    fn scope_reaches(&self, permission: Permission, resource: &Value, patients: &[String]) -> bool {
-        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    /// Whether some scope granting `permission` on the resource's type reaches it (`content`
+    /// is asked for only if a scope is restricted by a query).
+    fn scope_reaches(&self, permission: Permission, resource_type: &str, patients: &[String], content: impl FnOnce() -> Option<Value>) -> bool {
+        let mut content = Some(content);
+        let mut parsed: Option<Option<Value>> = None;
         self.scopes.granting(resource_type, permission).into_iter().any(|scope| {
             let in_context = scope.context != ScopeContext::Patient
                 || patients.iter().all(|patient| self.patient_context.as_deref() == Some(patient.as_str()));
-            in_context && restriction_matches(resource_type, &scope.restriction, resource)
+            if !in_context {
+                return false;
+            }
+            if scope.restriction.is_empty() {
+                return true;
+            }
+            let resource = parsed.get_or_insert_with(|| content.take().and_then(|content| content()));
+            resource.as_ref().is_some_and(|resource| restriction_matches(resource_type, &scope.restriction, resource))
         })
     }
 
@@ -198,8 +245,8 @@ impl Access {
                 resource: format!("{}/{}", key.resource_type, key.id),
                 permit: verdict.is_ok(),
                 reason: match &verdict {
-                    Ok(()) => "write permitted by the token's scopes".to_string(),
-                    Err(reason) => format!("write refused: {reason}"),
+                    Ok(()) => Cow::Borrowed("write permitted by the token's scopes"),
+                    Err(reason) => Cow::Owned(format!("write refused: {reason}")),
                 },
                 consent: None,
                 emergency: false,
@@ -217,7 +264,7 @@ impl Access {
     ) -> Result<(), String> {
         for content in [before, after].into_iter().flatten() {
             let patients = facts::compartment_patients(content);
-            if !self.scope_reaches(permission, content, &patients) {
+            if !self.scope_reaches(permission, &key.resource_type, &patients, || Some(content.clone())) {
                 return Err(format!(
                     "the access token's {} scopes do not reach this {} (another patient's compartment or a category the scope excludes)",
                     permission_name(permission),
@@ -236,7 +283,7 @@ impl Access {
 
 impl ReadGuard for Access {
     fn admits(&self, interaction: Interaction, version: &StoredVersion, resource: &Value) -> bool {
-        self.may_read(interaction, resource, version.author.as_deref())
+        self.may_read_content(interaction, version, resource)
     }
 }
 
@@ -250,25 +297,25 @@ impl WriteGuard for Access {
     }
 
     fn sees(&self, version: &StoredVersion, content: &Value) -> bool {
-        self.may_read(Interaction::Read, content, version.author.as_deref())
+        self.may_read_content(Interaction::Read, version, content)
     }
 }
 
 /// A decision's basis in words, and the Consent that decided.
-fn explain(basis: &Basis) -> (String, Option<String>) {
+fn explain(basis: &Basis) -> (&'static str, Option<String>) {
     let consent = |id: &str, version: &Option<String>| match version {
         Some(version) => format!("Consent/{id}/_history/{version}"),
         None => format!("Consent/{id}"),
     };
     match basis {
-        Basis::OwnCompartment => ("the patient's own record".into(), None),
-        Basis::Consent { id, version } => ("permitted by the patient's Consent".into(), Some(consent(id, version))),
-        Basis::AuthorOrganization => ("the organisation that wrote the record, for treatment".into(), None),
-        Basis::EmergencyOverride => ("break-the-glass emergency access".into(), None),
-        Basis::NoConsent => ("denied: no Consent permits it".into(), None),
-        Basis::DeniedByConsent { id, version } => ("denied by the patient's Consent".into(), Some(consent(id, version))),
-        Basis::EmergencyRefused => ("denied: break-the-glass without an emergency role or a reason".into(), None),
-        Basis::NoPatientCompartment => ("not a patient's record".into(), None),
+        Basis::OwnCompartment => ("the patient's own record", None),
+        Basis::Consent { id, version } => ("permitted by the patient's Consent", Some(consent(id, version))),
+        Basis::AuthorOrganization => ("the organisation that wrote the record, for treatment", None),
+        Basis::EmergencyOverride => ("break-the-glass emergency access", None),
+        Basis::NoConsent => ("denied: no Consent permits it", None),
+        Basis::DeniedByConsent { id, version } => ("denied by the patient's Consent", Some(consent(id, version))),
+        Basis::EmergencyRefused => ("denied: break-the-glass without an emergency role or a reason", None),
+        Basis::NoPatientCompartment => ("not a patient's record", None),
     }
 }
 

@@ -53,8 +53,8 @@ pub(super) fn records(access: &Access, method: &Method, path: &str, query: Optio
     };
     let requester = access.requester();
     let base = AuditRecord {
-        interaction,
-        action,
+        interaction: interaction.into(),
+        action: action.into(),
         recorded: crate::fhir::format_instant(crate::fhir::now_instant()),
         outcome: outcome_of(status, true),
         outcome_description: format!("HTTP {}", status.as_u16()),
@@ -94,8 +94,7 @@ fn per_patient(base: &AuditRecord, patient: &str, decided: &[Decided], status: S
     let deciding = permitted.first().copied().copied().or(about.first().copied()).expect("a patient with decisions");
     let withheld = about.len() - permitted.len();
     let outcome_description = match (permitted.len(), withheld) {
-        (_, 0) => deciding.reason.clone(),
-        (0, _) => deciding.reason.clone(),
+        (_, 0) | (0, _) => deciding.reason.to_string(),
         (shown, withheld) => format!("{}; {shown} shown, {withheld} withheld", deciding.reason),
     };
     AuditRecord {

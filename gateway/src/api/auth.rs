@@ -43,17 +43,15 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
     let authorization = request.headers().get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or_default().to_string());
     let now_ms = (crate::fhir::now_instant().unix_timestamp_nanos() / 1_000_000) as i64;
-    let consents = state.store.consent_directory();
-    let options = Arc::clone(&state.consent_options);
     let access = match authorization {
-        None if state.anonymous => Access::anonymous(consents, options, now_ms),
+        None if state.anonymous => Access::anonymous(&state.access, now_ms),
         None => return ApiError::unauthorized(None).into_response(),
         Some(value) => {
             let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
                 return ApiError::unauthorized(Some("the Authorization header is not a Bearer token")).into_response();
             };
             match verify(&state, token.trim(), (now_ms / 1000).max(0) as u64).await {
-                Ok(token) => Access::for_token(&token, consents, options, now_ms),
+                Ok(token) => Access::for_token(&token, &state.access, now_ms),
                 Err(error) => return ApiError::unauthorized(Some(&error.to_string())).into_response(),
             }
         }
@@ -77,8 +75,8 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
 /// A JWT is verified against the trusted issuers' keys (fetched again once if it names a key
 /// its issuer has just published); an opaque token is introspected where configured.
 async fn verify(state: &AppState, token: &str, now: u64) -> Result<Arc<crate::auth::AccessToken>, TokenError> {
-    if !looks_like_jwt(token)
-        && let Some(introspection) = &state.introspection
+    if let Some(introspection) = &state.introspection
+        && !looks_like_jwt(token)
     {
         return introspection.introspect(&state.tokens, token, now).await;
     }

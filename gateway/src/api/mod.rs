@@ -74,8 +74,9 @@ pub struct AppState {
     pub smart_configuration: Option<Arc<serde_json::Value>>,
     /// Where every request's AuditEvents go.
     pub audit: Arc<crate::audit::AuditTrail>,
-    /// Gateway-wide consent settings (author-organisation default, emergency roles).
-    pub consent_options: Arc<crate::consent::DecisionOptions>,
+    /// What every request's access decisions share: current Consents, the facts cache, the
+    /// gateway-wide consent options (author-organisation default, emergency roles).
+    pub access: crate::access::Shared,
 }
 
 impl AppState {
@@ -95,7 +96,11 @@ impl AppState {
             introspection: None,
             anonymous,
             smart_configuration: None,
-            consent_options: Arc::default(),
+            access: crate::access::Shared {
+                consents: store.consent_directory(),
+                facts: Arc::default(),
+                options: Arc::default(),
+            },
             audit,
             store,
             base_url: Arc::from(base_url),

@@ -151,20 +151,15 @@ pub(super) fn disclosed(
     key: &ResourceKey,
     read: Result<StoredVersion, StoreError>,
 ) -> Result<StoredVersion, ApiError> {
-    let (content, author, outcome) = match read {
-        Ok(version) => {
-            let content = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
-            (content, version.author.clone(), Ok(version))
-        }
+    match read {
+        // The common case: judged from cached facts, without parsing the body.
+        Ok(version) if access.may_read_version(interaction, &version) => Ok(version),
+        Ok(_) => Err(StoreError::NotFound.into()),
         Err(StoreError::Gone(version_id)) => match store.deleted_content(key, version_id)? {
-            Some((deleted, content)) => (Some(content), deleted.author, Err(StoreError::Gone(version_id))),
-            None => (None, None, Err(StoreError::Gone(version_id))),
+            Some((deleted, content)) if access.may_read_content(interaction, &deleted, &content) => Err(StoreError::Gone(version_id).into()),
+            _ => Err(StoreError::NotFound.into()),
         },
-        Err(error) => return Err(error.into()),
-    };
-    match content {
-        Some(content) if access.may_read(interaction, &content, author.as_deref()) => outcome.map_err(ApiError::from),
-        _ => Err(StoreError::NotFound.into()),
+        Err(error) => Err(error.into()),
     }
 }
 

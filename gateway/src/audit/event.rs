@@ -5,6 +5,9 @@
 //! No PHI: an AuditEvent names resources by reference and search parameters by name only (a
 //! query's values, e.g. a name searched for, are never recorded).
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 const AUDIT_EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
@@ -16,14 +19,17 @@ const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 const AGENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/extra-security-role-type";
 const CLIENT_ID_SYSTEM: &str = "urn:fhir-gateway:client-id";
 
-/// What happened, as the audit trail records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What happened, as the audit trail records it: the leaf of the trail is this record (compact
+/// JSON, cheap to write on every request); [`audit_event`] renders it as a FHIR AuditEvent when
+/// it is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditRecord {
     /// A `restful-interaction` code: `read`, `vread`, `search-type`, `history-instance`,
     /// `create`, `update`, `delete`, `transaction`, `batch`, `operation` …
-    pub interaction: &'static str,
+    pub interaction: Cow<'static, str>,
     /// FHIR `AuditEvent.action`: C, R, U, D or E.
-    pub action: &'static str,
+    pub action: Cow<'static, str>,
     /// `Instant` text.
     pub recorded: String,
     pub outcome: Outcome,
@@ -48,13 +54,16 @@ pub struct AuditRecord {
 }
 
 /// `AuditEvent.outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// `0`: done.
+    #[serde(rename = "0")]
     Success,
     /// `4`: refused (consent, scope) or the request was wrong.
+    #[serde(rename = "4")]
     Refused,
     /// `8`: the gateway failed.
+    #[serde(rename = "8")]
     Failure,
 }
 
@@ -120,8 +129,8 @@ pub fn audit_event(id: &str, record: &AuditRecord, gateway: &str) -> Value {
         "resourceType": "AuditEvent",
         "id": id,
         "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": RESTFUL_INTERACTION, "code": record.interaction}],
-        "action": record.action,
+        "subtype": [{"system": RESTFUL_INTERACTION, "code": record.interaction.as_ref()}],
+        "action": record.action.as_ref(),
         "recorded": record.recorded,
         "outcome": record.outcome.code(),
         "outcomeDesc": record.outcome_description,
@@ -150,8 +159,8 @@ mod tests {
 
     fn record() -> AuditRecord {
         AuditRecord {
-            interaction: "read",
-            action: "R",
+            interaction: "read".into(),
+            action: "R".into(),
             recorded: "2026-11-21T10:00:00.000Z".into(),
             outcome: Outcome::Refused,
             outcome_description: "denied: no Consent permits it".into(),
@@ -181,6 +190,9 @@ mod tests {
             // The consent filter finds the patient the event is about (R4 compartment: `patient`).
             assert_eq!(crate::access::facts::compartment_patients(&event), ["pat-b"]);
         }
+        // The leaf form round-trips.
+        let leaf = serde_json::to_vec(&record()).unwrap();
+        assert_eq!(serde_json::from_slice::<AuditRecord>(&leaf).unwrap(), record());
         let anonymous = AuditRecord { who: None, client_id: None, organization: None, patient: None, consent: None, ..record() };
         let event = audit_event("18", &anonymous, "fhir-gateway");
         assert!(validate_resource(&event, Leniency::Strict).iter().all(|issue| !issue.is_error()), "{event:#}");

@@ -27,7 +27,6 @@ use tokio::sync::oneshot;
 
 pub use event::{AuditRecord, Outcome, audit_event};
 
-use crate::fhir::canonical::to_canonical_bytes;
 use crate::ledger::{LedgerError, LedgerLog};
 
 /// How often the writer signs a checkpoint while new events arrive.
@@ -74,7 +73,7 @@ impl AuditTrail {
         let mut by_patient: HashMap<String, Vec<u64>> = HashMap::new();
         for leaf_index in 0..log.tree_size() {
             let leaf = log.read_leaf(leaf_index)?;
-            if let Some(patient) = serde_json::from_slice::<Value>(&leaf).ok().as_ref().and_then(patient_of) {
+            if let Some(patient) = serde_json::from_slice::<AuditRecord>(&leaf).ok().and_then(|record| record.patient) {
                 by_patient.entry(patient).or_default().push(leaf_index);
             }
         }
@@ -110,7 +109,7 @@ impl AuditTrail {
         if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("the audit trail stopped after a storage failure".into());
         }
-        let leaves = records.iter().map(|record| (record.patient.clone(), to_canonical_bytes(&audit_event("", record, GATEWAY)))).collect();
+        let leaves = records.iter().map(|record| (record.patient.clone(), serde_json::to_vec(record).expect("JSON serialises"))).collect();
         let (done, answer) = oneshot::channel();
         let sender = self.sender.lock().expect("audit sender lock").clone().ok_or("the audit trail is closed")?;
         sender.send(Submission { leaves, done }).map_err(|_| "the audit trail is closed".to_string())?;
@@ -139,9 +138,8 @@ impl AuditTrail {
 
     fn event_at(&self, leaf_index: u64) -> Option<Value> {
         let leaf = self.log.read_leaf(leaf_index).ok()?;
-        let mut event: Value = serde_json::from_slice(&leaf).ok()?;
-        event["id"] = Value::String(leaf_index.to_string());
-        Some(event)
+        let record: AuditRecord = serde_json::from_slice(&leaf).ok()?;
+        Some(audit_event(&leaf_index.to_string(), &record, GATEWAY))
     }
 
     /// The events about `patient`, newest first.
@@ -246,25 +244,14 @@ fn checkpoint(log: &LedgerLog, last_checkpoint: &mut Instant) {
     *last_checkpoint = Instant::now();
 }
 
-/// The patient an AuditEvent is about (its entity of type 1, role 1).
-fn patient_of(event: &Value) -> Option<String> {
-    event.get("entity")?.as_array()?.iter().find_map(|entity| {
-        (entity.pointer("/type/code").and_then(Value::as_str) == Some("1"))
-            .then(|| entity.pointer("/what/reference").and_then(Value::as_str))
-            .flatten()
-            .and_then(|reference| reference.strip_prefix("Patient/"))
-            .map(str::to_string)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(patient: Option<&str>) -> AuditRecord {
         AuditRecord {
-            interaction: "read",
-            action: "R",
+            interaction: "read".into(),
+            action: "R".into(),
             recorded: "2026-11-21T10:00:00.000Z".into(),
             outcome: Outcome::Success,
             outcome_description: "own compartment".into(),
