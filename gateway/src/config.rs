@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// or grouped (within milliseconds, not awaited) [default: grouped]
     #[arg(long, env = "FHIR_GATEWAY_AUDIT_DURABILITY")]
     pub audit_durability: Option<crate::audit::Durability>,
+    /// A read of a resource the caller may not see answers not-found (404, as for an unknown id)
+    /// or forbidden (403) [default: not-found]
+    #[arg(long, env = "FHIR_GATEWAY_DENIED_READS")]
+    pub denied_reads: Option<crate::access::DeniedReads>,
     /// Roles (token `subject_role` codes) that may break the glass, comma separated [default: none]
     #[arg(long, env = "FHIR_GATEWAY_EMERGENCY_ROLES")]
     pub emergency_roles: Option<String>,
@@ -202,6 +206,7 @@ pub struct FileAuthConfig {
     pub smart_configuration: Option<PathBuf>,
     pub emergency_roles: Option<Vec<String>>,
     pub author_org_treatment: Option<bool>,
+    pub denied_reads: Option<crate::access::DeniedReads>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +232,7 @@ pub struct AuthConfig {
     pub emergency_roles: Vec<String>,
     /// The author-organisation default of the consent decision (docs/CONSENT.md).
     pub author_org_treatment: bool,
+    pub denied_reads: crate::access::DeniedReads,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +274,7 @@ impl Default for Config {
                 introspection: None,
                 emergency_roles: Vec::new(),
                 author_org_treatment: true,
+                denied_reads: crate::access::DeniedReads::NotFound,
             },
         }
     }
@@ -329,6 +336,7 @@ impl Config {
                     .author_org_treatment
                     .or(file.auth.author_org_treatment)
                     .unwrap_or(defaults.auth.author_org_treatment),
+                denied_reads: args.denied_reads.or(file.auth.denied_reads).unwrap_or(defaults.auth.denied_reads),
             },
         })
     }

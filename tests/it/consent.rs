@@ -1215,3 +1215,20 @@ async fn a_bundle_get_of_a_hidden_deleted_resource_answers_like_an_unknown_id() 
         }
     }
 }
+
+#[tokio::test]
+async fn denied_reads_can_be_configured_to_answer_forbidden() {
+    let gateway = Gateway::start_with(&["--denied-reads", "forbidden"]).await;
+    let emr = emr(&gateway);
+    seed(&emr).await;
+    let a = patient_app(&gateway, "pat-a", "patient/*.rs");
+    let refused = a.get("Observation/obs-b-vital").await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(refused.json()["issue"][0]["code"], "forbidden");
+    assert!(!refused.text.contains("pat-b") && !refused.text.contains("8867-4"), "names no content: {}", refused.text);
+    assert_eq!(a.get("Observation/no-such-observation").await.status, 404, "an unknown id is still not found");
+    assert_eq!(a.get("Observation/obs-a-vital").await.status, 200);
+    // Searches still leave hidden resources out rather than failing.
+    let own = a.read("Observation").await;
+    assert!(!own.to_string().contains("pat-b"), "{own}");
+}

@@ -131,7 +131,12 @@ const FACTS_CACHE_CAPACITY: usize = 100_000;
 
 impl FactsCache {
     /// The facts of version `version_id` of `Type/id`, computed by `compute` on a miss.
-    pub fn get_or_insert(&self, reference: &str, version_id: u64, compute: impl FnOnce() -> Option<VersionFacts>) -> Option<Arc<VersionFacts>> {
+    pub fn get_or_insert(
+        &self,
+        reference: &str,
+        version_id: u64,
+        compute: impl FnOnce() -> Option<VersionFacts>,
+    ) -> Option<Arc<VersionFacts>> {
         let key = format!("{reference}/{version_id}");
         if let Some(found) = self.entries.read().expect("facts cache lock").get(&key) {
             return Some(Arc::clone(found));

@@ -68,6 +68,7 @@ pub struct Access {
     consents: Arc<ConsentDirectory>,
     facts: Arc<FactsCache>,
     options: Arc<DecisionOptions>,
+    denied_reads: DeniedReads,
     now_ms: i64,
     decided: Mutex<Vec<Decided>>,
 }
@@ -79,6 +80,20 @@ pub struct Shared {
     pub consents: Arc<ConsentDirectory>,
     pub facts: Arc<FactsCache>,
     pub options: Arc<DecisionOptions>,
+    pub denied_reads: DeniedReads,
+}
+
+/// How a read of one resource the caller may not see is answered (`--denied-reads`). Searches
+/// leave such resources out either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeniedReads {
+    /// `404`, byte for byte the answer for an id that does not exist (the default: a refusal
+    /// reveals nothing, not even that the record exists).
+    #[default]
+    NotFound,
+    /// `403` naming the refusal (for deployments where existence is not a secret).
+    Forbidden,
 }
 
 impl Access {
@@ -94,6 +109,7 @@ impl Access {
             consents: Arc::clone(&shared.consents),
             facts: Arc::clone(&shared.facts),
             options: Arc::clone(&shared.options),
+            denied_reads: shared.denied_reads,
             now_ms,
             decided: Mutex::new(Vec::new()),
         }
@@ -120,8 +136,19 @@ impl Access {
             consents: Arc::clone(&shared.consents),
             facts: Arc::clone(&shared.facts),
             options: Arc::clone(&shared.options),
+            denied_reads: shared.denied_reads,
             now_ms,
             decided: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The error for a read of one resource this caller may not see ([`DeniedReads`]).
+    pub fn refused_read(&self) -> crate::store::StoreError {
+        match self.denied_reads {
+            DeniedReads::NotFound => crate::store::StoreError::NotFound,
+            DeniedReads::Forbidden => {
+                crate::store::StoreError::Forbidden("the token's scopes or the patient's Consents do not allow this read".into())
+            }
         }
     }
 
@@ -159,7 +186,9 @@ impl Access {
     pub fn may_read_version(&self, interaction: Interaction, version: &StoredVersion) -> bool {
         let parse = || version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
         let reference = format!("{}/{}", version.key.resource_type, version.key.id);
-        let facts = self.facts.get_or_insert(&reference, version.version_id, || parse().map(|resource| VersionFacts::of(&resource, version.author.as_deref())));
+        let facts = self.facts.get_or_insert(&reference, version.version_id, || {
+            parse().map(|resource| VersionFacts::of(&resource, version.author.as_deref()))
+        });
         facts.is_some_and(|facts| self.judge(interaction, &facts, parse))
     }
 
@@ -211,7 +240,13 @@ impl Access {
 
     /// Whether some scope granting `permission` on the resource's type reaches it (`content`
     /// is asked for only if a scope is restricted by a query).
-    fn scope_reaches(&self, permission: Permission, resource_type: &str, patients: &[String], content: impl FnOnce() -> Option<Value>) -> bool {
+    fn scope_reaches(
+        &self,
+        permission: Permission,
+        resource_type: &str,
+        patients: &[String],
+        content: impl FnOnce() -> Option<Value>,
+    ) -> bool {
         let mut content = Some(content);
         let mut parsed: Option<Option<Value>> = None;
         self.scopes.granting(resource_type, permission).into_iter().any(|scope| {

@@ -118,7 +118,8 @@ fn outcome_of(status: StatusCode, permitted: bool) -> Outcome {
     }
 }
 
-/// `GET AuditEvent/[id]`: an event the caller may see, or 404.
+/// `GET AuditEvent/[id]`: an event the caller may see, or 404 (also with `--denied-reads
+/// forbidden`: the trail's ids are sequence numbers, so existence says nothing).
 pub(super) fn read(trail: &AuditTrail, access: &Access, id: &str) -> Result<Value, ApiError> {
     trail
         .event(id)

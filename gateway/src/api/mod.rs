@@ -100,6 +100,7 @@ impl AppState {
                 consents: store.consent_directory(),
                 facts: Arc::default(),
                 options: Arc::default(),
+                denied_reads: crate::access::DeniedReads::default(),
             },
             audit,
             store,

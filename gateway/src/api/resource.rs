@@ -154,10 +154,13 @@ pub(super) fn disclosed(
     match read {
         // The common case: judged from cached facts, without parsing the body.
         Ok(version) if access.may_read_version(interaction, &version) => Ok(version),
-        Ok(_) => Err(StoreError::NotFound.into()),
+        Ok(_) => Err(access.refused_read().into()),
         Err(StoreError::Gone(version_id)) => match store.deleted_content(key, version_id)? {
-            Some((deleted, content)) if access.may_read_content(interaction, &deleted, &content) => Err(StoreError::Gone(version_id).into()),
-            _ => Err(StoreError::NotFound.into()),
+            Some((deleted, content)) if access.may_read_content(interaction, &deleted, &content) => {
+                Err(StoreError::Gone(version_id).into())
+            }
+            Some(_) => Err(access.refused_read().into()),
+            None => Err(StoreError::NotFound.into()),
         },
         Err(error) => Err(error.into()),
     }
@@ -306,8 +309,8 @@ pub async fn instance_history(
     access.0.require(&key.resource_type, Permission::Read).map_err(ApiError::forbidden)?;
     let page = state.store.instance_history(&key, parameters.cursor, parameters.since, parameters.count, access.0.as_ref())?;
     if page.versions.is_empty() && parameters.cursor.is_none() && parameters.since.is_none() && parameters.count > 0 {
-        // Nothing of it is visible: as for an id that does not exist.
-        return Err(StoreError::NotFound.into());
+        // Nothing of it is visible.
+        return Err(access.0.refused_read().into());
     }
     let self_path = format!("/{}/{}/_history", key.resource_type, key.id);
     Ok(history_bundle(&state, page, &self_path, &parameters))
