@@ -1232,3 +1232,50 @@ async fn denied_reads_can_be_configured_to_answer_forbidden() {
     let own = a.read("Observation").await;
     assert!(!own.to_string().contains("pat-b"), "{own}");
 }
+
+/// The leaves of the ledger (journal records: u32 length, bytes, 8-byte checksum).
+fn ledger_entries(gateway: &Gateway) -> Vec<Value> {
+    let bytes = std::fs::read(gateway.data.path().join("ledger/entries.log")).unwrap();
+    let mut entries = Vec::new();
+    let mut offset = 0;
+    while offset + 4 <= bytes.len() {
+        let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        entries.push(serde_json::from_slice(&bytes[offset + 4..offset + 4 + length]).unwrap());
+        offset += 4 + length + 8;
+    }
+    entries
+}
+
+#[tokio::test]
+async fn every_consent_grant_change_and_revocation_is_a_ledger_entry_without_phi() {
+    let mut gateway = Gateway::start().await;
+    let emr = emr(&gateway);
+    seed(&emr).await;
+    let b = patient_app(&gateway, "pat-b", "patient/*.cruds");
+    let mut grant = consent(
+        "consent-ledger",
+        "pat-b",
+        json!({ "type": "permit", "actor": [{
+        "role": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP" }] },
+        "reference": { "reference": "Practitioner/p-ledger" } }] }),
+    );
+    b.expect_write(reqwest::Method::PUT, "Consent/consent-ledger", &grant, 201).await;
+    grant["provision"]["period"] = json!({ "end": "2099-01-01" });
+    b.expect_write(reqwest::Method::PUT, "Consent/consent-ledger", &grant, 200).await;
+    grant["status"] = json!("inactive");
+    b.expect_write(reqwest::Method::PUT, "Consent/consent-ledger", &grant, 200).await;
+    assert_eq!(b.delete("Consent/consent-ledger").await.status, 204);
+    gateway.stop();
+
+    let consents: Vec<Value> = ledger_entries(&gateway).into_iter().filter(|entry| entry["resourceType"] == "Consent").collect();
+    let kinds: Vec<(&str, u64)> =
+        consents.iter().map(|entry| (entry["kind"].as_str().unwrap(), entry["versionId"].as_u64().unwrap())).collect();
+    assert_eq!(kinds, [("create", 1), ("update", 2), ("update", 3), ("delete", 4)], "{consents:#?}");
+    // One pseudonym for the Consent, a keyed content hash per version, nothing readable.
+    assert!(consents.iter().all(|entry| entry["pseudonym"] == consents[0]["pseudonym"]));
+    assert!(consents[..3].iter().all(|entry| entry["contentHash"].as_str().is_some_and(|hash| hash.len() == 64)));
+    let text = serde_json::to_string(&consents).unwrap();
+    for secret in ["consent-ledger", "pat-b", "p-ledger", "inactive", "permit"] {
+        assert!(!text.contains(secret), "the ledger names {secret}: {text}");
+    }
+}
