@@ -430,13 +430,16 @@ async fn reverse_chained_and_chained_parameters_leak_nothing() {
 
     // Each query about B's data and the same query matching nobody.
     for (about_b, about_nobody) in [
-        ("Patient?_has:Observation:patient:code=2345-7", "Patient?_has:Observation:patient:code=0000-0"),
+        ("Patient?_has:Observation:patient:code=718-7", "Patient?_has:Observation:patient:code=0000-0"),
         ("Patient?_has:Observation:subject:_id=obs-b-lab", "Patient?_has:Observation:subject:_id=no-such-observation"),
         ("Observation?subject:Patient.name=Bravo", "Observation?subject:Patient.name=Nobody"),
         ("Observation?patient.name=Bravo", "Observation?patient.name=Nobody"),
         ("Observation?subject:Patient.identifier=urn:test:mrn|B-1", "Observation?subject:Patient.identifier=urn:test:mrn|X-9"),
         ("Observation?code=2345-7&subject:Patient.birthdate=1980-02-02", "Observation?code=2345-7&subject:Patient.birthdate=1900-01-01"),
     ] {
+        // Control: the EMR finds B's data through the same chain.
+        let found = emr.read(about_b).await;
+        assert!(found["total"].as_u64().is_some_and(|total| total > 0), "EMR: {about_b}: {found}");
         let hidden = a.get(about_b).await;
         let unknown = a.get(about_nobody).await;
         if hidden.status == 200 {

@@ -241,7 +241,9 @@ async fn search_sees_writes_at_once_and_refuses_what_it_cannot_do() {
     let outcome = entries(&bundle).iter().find(|entry| entry["search"]["mode"] == "outcome").unwrap();
     assert!(outcome["resource"].to_string().contains("shoe-size"));
     expect_outcome(gateway.get("Patient?birthdate=not-a-date").await, 400).await;
-    expect_outcome(gateway.get("Observation?subject:Patient.name=x").await, 400).await;
+    // A chain through nothing: no match (chains are tested in `chained_and_reverse_chained_parameters`).
+    assert_eq!(json_body(gateway.get("Observation?subject:Patient.name=x").await).await["total"], 0);
+    expect_outcome(gateway.get("Observation?subject:Patient.shoe-size=9").await, 400).await;
     // POST _search with a form body.
     let posted = gateway
         .http
@@ -319,4 +321,59 @@ async fn a_huge_offset_is_an_empty_page_not_a_crash() {
     assert_eq!(counted["total"], 1);
     let relations: Vec<&str> = counted["link"].as_array().unwrap().iter().map(|link| link["relation"].as_str().unwrap()).collect();
     assert_eq!(relations, ["self"], "{counted}");
+}
+
+#[tokio::test]
+async fn chained_and_reverse_chained_parameters() {
+    let gateway = Gateway::start().await;
+    let organization =
+        json_body(gateway.post("Organization", &json!({"resourceType": "Organization", "name": "Northwind Clinic"})).await).await;
+    let org_id = organization["id"].as_str().unwrap().to_string();
+    let mut patients = Vec::new();
+    for (family, managed) in [("Quintero", true), ("Quinn", false), ("Ortiz", true)] {
+        let mut patient = json!({"resourceType": "Patient", "name": [{"family": family}]});
+        if managed {
+            patient["managingOrganization"] = json!({"reference": format!("Organization/{org_id}")});
+        }
+        patients.push(json_body(gateway.post("Patient", &patient).await).await["id"].as_str().unwrap().to_string());
+    }
+    for (patient, code) in [(&patients[0], "718-7"), (&patients[1], "2345-7"), (&patients[2], "2345-7")] {
+        let observation = json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": format!("Patient/{patient}")},
+        });
+        assert_eq!(gateway.post("Observation", &observation).await.status(), 201);
+    }
+    let subjects = |bundle: &Value| -> Vec<String> {
+        let mut subjects: Vec<String> =
+            entries(bundle).iter().map(|entry| entry["resource"]["subject"]["reference"].as_str().unwrap().to_string()).collect();
+        subjects.sort();
+        subjects
+    };
+    let ids = |bundle: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = entries(bundle).iter().map(|entry| entry["resource"]["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut list: Vec<String>| {
+        list.sort();
+        list
+    };
+    // Forward: Observations whose subject's family starts with "quin" (two patients).
+    let quin = json_body(gateway.get("Observation?subject:Patient.family=quin").await).await;
+    assert_eq!(subjects(&quin), sorted(vec![format!("Patient/{}", patients[0]), format!("Patient/{}", patients[1])]), "{quin}");
+    assert_eq!(quin["total"], 2);
+    // Two links: patient → managing organization → name; combined with a plain filter.
+    let northwind = json_body(gateway.get("Observation?patient.organization.name=northwind&code=2345-7").await).await;
+    assert_eq!(subjects(&northwind), vec![format!("Patient/{}", patients[2])], "{northwind}");
+    // Reverse: Patients with a haemoglobin Observation; Organizations of patients with one.
+    let with_hb = json_body(gateway.get("Patient?_has:Observation:patient:code=718-7").await).await;
+    assert_eq!(ids(&with_hb), vec![patients[0].clone()], "{with_hb}");
+    let glucose = json_body(gateway.get("Patient?_has:Observation:subject:code=2345-7&family=quinn").await).await;
+    assert_eq!(ids(&glucose), vec![patients[1].clone()], "{glucose}");
+    let nested = json_body(gateway.get("Organization?_has:Patient:organization:_has:Observation:patient:code=718-7").await).await;
+    assert_eq!(ids(&nested), vec![org_id.clone()], "{nested}");
+    // Nothing linked: no match, and `_total` says so.
+    assert_eq!(json_body(gateway.get("Patient?_has:Observation:patient:code=0000-0").await).await["total"], 0);
 }

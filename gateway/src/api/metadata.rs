@@ -71,7 +71,7 @@ pub async fn capability_statement(
         "patchFormat": [],
         "rest": [{
             "mode": "server",
-            "documentation": "Conditional create (If-None-Exist), conditional references and conditional update/delete in Bundles support the parameters identifier and _id. Search supports every listed parameter except chained and _has parameters. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types must be a JSON object with a known resourceType, a valid id and a meta object.",
+            "documentation": "Conditional create (If-None-Exist), conditional references and conditional update/delete in Bundles support the parameters identifier and _id. Search supports every listed parameter, chained parameters (subject:Patient.name=, patient.organization.name=) and _has reverse chains, up to 3 links; a link may match at most 1000 resources. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types must be a JSON object with a known resourceType, a valid id and a meta object.",
             "resource": resources,
             "interaction": [{ "code": "transaction" }, { "code": "batch" }, { "code": "search-system" }],
         }],

@@ -61,13 +61,6 @@ fn request(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) 
 fn parse(resource_type: &str, request: &Request) -> Result<SearchQuery, ApiError> {
     let query = parse_query(SearchParamTable::r4(), resource_type, &request.pairs, request.lenient)
         .map_err(|error| ApiError::bad_request(error.to_string()))?;
-    if query.filters.iter().any(|filter| filter.chain.is_some()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not-supported",
-            "chained and reverse-chained (_has) parameters are not supported yet",
-        ));
-    }
     if matches!(query.summary, Some(Summary::True | Summary::Text | Summary::Data)) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "not-supported", "_summary supports count and false"));
     }

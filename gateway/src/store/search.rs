@@ -18,7 +18,7 @@ use super::{ReadGuard, ResourceStore, Shared, StoreError, StoredVersion};
 use crate::consent::Interaction;
 use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
 use crate::search::terms::{TermCondition, TermEncoder};
-use crate::search::{Include, IndexValue, ParamType, SearchParamTable, SearchQuery, extract, extract_param, matches};
+use crate::search::{Chain, Filter, Include, IndexValue, ParamType, SearchParamTable, SearchQuery, extract, extract_param, matches};
 
 /// Results of one search beyond this many candidates are not counted (`total` is omitted).
 pub const MAX_COUNTED_CANDIDATES: usize = 10_000;
@@ -357,6 +357,13 @@ impl ResourceStore {
         guard: &dyn ReadGuard,
     ) -> Result<SearchPage, StoreError> {
         self.wait_for_index()?;
+        let resolved;
+        let query = if query.filters.iter().any(|filter| filter.chain.is_some()) {
+            resolved = SearchQuery { filters: self.resolve_chains(&query.resource_type, &query.filters, guard)?, ..query.clone() };
+            &resolved
+        } else {
+            query
+        };
         let encoder = &self.shared.search.encoder;
         let mut conditions: Vec<TermCondition> = query.filters.iter().map(|filter| encoder.filter_condition(filter)).collect();
         if let Some(patient_reference) = compartment {
@@ -395,6 +402,77 @@ impl ResourceStore {
             confirmed.into_iter().skip(offset).take(count).map(|(_, version, resource)| (version, resource)).collect();
         let includes = self.includes(query, &page, guard)?;
         Ok(SearchPage { matches: page.into_iter().map(|(version, _)| version).collect(), includes, total: Some(total), next_offset })
+    }
+
+    /// Chained (`subject:Patient.name=x`) and reverse-chained (`_has:Observation:patient:code=y`)
+    /// filters become plain ones: the linked resources are searched first, *as the caller sees
+    /// them* (`guard`), and the filter becomes a reference (`subject=Patient/1,Patient/2`) or
+    /// `_id` filter on what they link to. A chain can therefore match only through resources the
+    /// caller may see. At most [`MAX_CHAIN_MATCHES`] linked resources per filter.
+    fn resolve_chains(&self, resource_type: &str, filters: &[Filter], guard: &dyn ReadGuard) -> Result<Vec<Filter>, StoreError> {
+        let table = SearchParamTable::r4();
+        let mut resolved = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let (name, values) = match filter.chain.as_deref() {
+                None => {
+                    resolved.push(filter.clone());
+                    continue;
+                }
+                Some(Chain::Forward { target_types, filter: inner }) => {
+                    let mut targets = Vec::new();
+                    for target_type in target_types {
+                        for version in self.linked(target_type, inner, guard)? {
+                            targets.push(format!("{}/{}", version.key.resource_type, version.key.id));
+                        }
+                    }
+                    (filter.param.clone(), targets)
+                }
+                Some(Chain::Reverse { source_type, reference_param, filter: inner }) => {
+                    let link = table
+                        .param(source_type, reference_param)
+                        .ok_or_else(|| StoreError::BadRequest(format!("{source_type} has no parameter {reference_param}")))?;
+                    let prefix = format!("{resource_type}/");
+                    let mut ids = Vec::new();
+                    for version in self.linked(source_type, inner, guard)? {
+                        let Some(content) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) else {
+                            continue;
+                        };
+                        for entry in extract_param(table, &content, link) {
+                            if let IndexValue::Reference { target } = entry.value
+                                && let Some(id) = target.strip_prefix(&prefix)
+                                && !id.contains('/')
+                                && !ids.iter().any(|known| known == id)
+                            {
+                                ids.push(id.to_string());
+                            }
+                        }
+                    }
+                    ("_id".to_string(), ids)
+                }
+            };
+            if values.is_empty() {
+                // Nothing linked is visible: the filter matches nothing (`$` is in no id).
+                resolved.extend(single_filter(resource_type, "_id", "$")?);
+                continue;
+            }
+            resolved.extend(single_filter(resource_type, &name, &values.join(","))?);
+        }
+        Ok(resolved)
+    }
+
+    /// The resources of `resource_type` matching `filter` (itself possibly chained) that the
+    /// caller may see.
+    fn linked(&self, resource_type: &str, filter: &Filter, guard: &dyn ReadGuard) -> Result<Vec<StoredVersion>, StoreError> {
+        let mut query = crate::search::parse_query(SearchParamTable::r4(), resource_type, &[], false)
+            .map_err(|error| StoreError::BadRequest(error.to_string()))?;
+        query.filters = vec![filter.clone()];
+        let page = self.search(&query, None, 0, MAX_CHAIN_MATCHES + 1, guard)?;
+        if page.total.unwrap_or(page.matches.len()) > MAX_CHAIN_MATCHES {
+            return Err(StoreError::BadRequest(format!(
+                "a chained parameter matches more than {MAX_CHAIN_MATCHES} {resource_type} resources; narrow it"
+            )));
+        }
+        Ok(page.matches)
     }
 
     fn compartment_condition(&self, resource_type: &str, patient_reference: &str) -> Result<TermCondition, StoreError> {
@@ -479,6 +557,16 @@ impl ResourceStore {
         }
         Ok(included)
     }
+}
+
+/// Most resources one chained or `_has` parameter may link through (400 above).
+pub const MAX_CHAIN_MATCHES: usize = 1_000;
+
+/// The filter(s) of one `name=value` parameter on `resource_type`.
+fn single_filter(resource_type: &str, name: &str, value: &str) -> Result<Vec<Filter>, StoreError> {
+    let query = crate::search::parse_query(SearchParamTable::r4(), resource_type, &[(name.to_string(), value.to_string())], false)
+        .map_err(|error| StoreError::BadRequest(error.to_string()))?;
+    Ok(query.filters)
 }
 
 /// `Type/id` references an `_include` follows from one resource.
