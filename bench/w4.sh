@@ -9,7 +9,8 @@
 # 3. `fhir-gateway serve`, then wrk for $DURATION per query and connection count:
 #    Observation?patient=X&code=Y (a pair that exists) and Patient?family=<prefix>&birthdate=ge<year>;
 #    prints p50/p99, requests/s and the gateway's peak RSS as a markdown table.
-# Environment: PATIENTS=10000 OBSERVATIONS=1000000 DURATION=15s CONNECTIONS="1 8" KEEP_DATA=0.
+# Environment: PATIENTS=10000 OBSERVATIONS=1000000 DURATION=15s CONNECTIONS="1 8" KEEP_DATA=0
+# REUSE_DATA=0 (1: measure the searches on WORK_DIR/data kept by an earlier KEEP_DATA=1 run).
 # Needs wrk, curl, python3, /usr/bin/time. Reads ../shared/corpora/fhir-r4-examples.
 set -euo pipefail
 
@@ -30,12 +31,14 @@ if [ ! -s "$WORK/ndjson/2-observations.ndjson" ]; then
   python3 "$BENCH_DIR/gen_w4.py" "$REPO/../shared/corpora/fhir-r4-examples" "$WORK/ndjson" "$PATIENTS" "$OBSERVATIONS" >&2
 fi
 
-rm -rf "$WORK/data"
-/usr/bin/time -v "$BIN" import --data-dir "$WORK/data" "$WORK/ndjson/1-patients.ndjson" "$WORK/ndjson/2-observations.ndjson" \
-  >"$WORK/import.txt" 2>"$WORK/import-time.txt"
-IMPORT_RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/import-time.txt")
-IMPORT_SECONDS=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/import-time.txt")
-echo "import: $(tail -n 3 "$WORK/import.txt" | tr '\n' ' ') wall $IMPORT_SECONDS, peak RSS $((IMPORT_RSS_KB / 1024)) MiB" >&2
+if [ "${REUSE_DATA:-0}" != 1 ]; then
+  rm -rf "$WORK/data"
+  /usr/bin/time -v "$BIN" import --data-dir "$WORK/data" "$WORK/ndjson/1-patients.ndjson" "$WORK/ndjson/2-observations.ndjson" \
+    >"$WORK/import.txt" 2>"$WORK/import-time.txt"
+  IMPORT_RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/import-time.txt")
+  IMPORT_SECONDS=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/import-time.txt")
+  echo "import: $(tail -n 3 "$WORK/import.txt" | tr '\n' ' ') wall $IMPORT_SECONDS, peak RSS $((IMPORT_RSS_KB / 1024)) MiB" >&2
+fi
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 BASE="http://127.0.0.1:$PORT/fhir"

@@ -121,13 +121,21 @@ impl VersionFacts {
 }
 
 /// Facts of recently judged versions (a version never changes, so neither do its facts):
-/// repeated reads skip parsing and extraction. Bounded; emptied when full.
+/// repeated reads skip parsing and extraction. Two generations of at most
+/// [`FACTS_CACHE_GENERATION`] entries: when the current one is full it becomes the previous one,
+/// and the old previous one is dropped outside the lock (no request waits for that).
 #[derive(Default)]
 pub struct FactsCache {
-    entries: RwLock<HashMap<String, Arc<VersionFacts>>>,
+    generations: RwLock<Generations>,
 }
 
-const FACTS_CACHE_CAPACITY: usize = 100_000;
+#[derive(Default)]
+struct Generations {
+    current: HashMap<String, Arc<VersionFacts>>,
+    previous: HashMap<String, Arc<VersionFacts>>,
+}
+
+const FACTS_CACHE_GENERATION: usize = 100_000;
 
 impl FactsCache {
     /// The facts of version `version_id` of `Type/id`, computed by `compute` on a miss.
@@ -138,15 +146,25 @@ impl FactsCache {
         compute: impl FnOnce() -> Option<VersionFacts>,
     ) -> Option<Arc<VersionFacts>> {
         let key = format!("{reference}/{version_id}");
-        if let Some(found) = self.entries.read().expect("facts cache lock").get(&key) {
-            return Some(Arc::clone(found));
+        {
+            let generations = self.generations.read().expect("facts cache lock");
+            if let Some(found) = generations.current.get(&key).or_else(|| generations.previous.get(&key)) {
+                return Some(Arc::clone(found));
+            }
         }
         let computed = Arc::new(compute()?);
-        let mut entries = self.entries.write().expect("facts cache lock");
-        if entries.len() >= FACTS_CACHE_CAPACITY {
-            entries.clear();
-        }
-        entries.insert(key, Arc::clone(&computed));
+        let retired = {
+            let mut generations = self.generations.write().expect("facts cache lock");
+            let retired = if generations.current.len() >= FACTS_CACHE_GENERATION {
+                let current = std::mem::take(&mut generations.current);
+                Some(std::mem::replace(&mut generations.previous, current))
+            } else {
+                None
+            };
+            generations.current.insert(key, Arc::clone(&computed));
+            retired
+        };
+        drop(retired);
         Some(computed)
     }
 }
