@@ -1,6 +1,7 @@
 -- wrk script for issue #3 W4 (bench/w4.sh): a search per request on the store gen_w4.py made.
 -- Environment: W4_QUERY=observation (Observation?patient=X&code=Y, a pair that exists) or
--- patient (Patient?family=<3-5 letter prefix>&birthdate=ge<year>), W4_DIR (gen_w4.py's output),
+-- patient (Patient?family=<3-5 letter prefix>&birthdate=ge<year>; patient-total-none adds
+-- _total=none), W4_DIR (gen_w4.py's output),
 -- W4_PATIENTS, W4_OBSERVATIONS, BENCH_TOKEN, BENCH_DIR.
 local dir = assert(os.getenv("W4_DIR"), "W4_DIR is not set")
 local query = assert(os.getenv("W4_QUERY"), "W4_QUERY is not set")
@@ -38,6 +39,7 @@ function request()
     local family = families[math.random(#families)]
     local prefix = string.sub(family, 1, math.random(3, math.min(5, #family)))
     path = string.format("/fhir/Patient?family=%s&birthdate=ge%d-01-01", prefix, math.random(1930, 2019))
+    if query == "patient-total-none" then path = path .. "&_total=none" end
   end
   return wrk.format("GET", path, headers)
 end

@@ -10,7 +10,7 @@
 #    Observation?patient=X&code=Y (a pair that exists) and Patient?family=<prefix>&birthdate=ge<year>;
 #    prints p50/p99, requests/s and the gateway's peak RSS as a markdown table.
 # Environment: PATIENTS=10000 OBSERVATIONS=1000000 DURATION=15s CONNECTIONS="1 8" KEEP_DATA=0
-# REUSE_DATA=0 (1: measure the searches on WORK_DIR/data kept by an earlier KEEP_DATA=1 run).
+# QUERIES="observation patient patient-total-none" REUSE_DATA=0 (1: measure the searches on WORK_DIR/data kept by an earlier KEEP_DATA=1 run).
 # Needs wrk, curl, python3, /usr/bin/time. Reads ../shared/corpora/fhir-r4-examples.
 set -euo pipefail
 
@@ -57,7 +57,7 @@ curl -fsS -H "Authorization: Bearer $BENCH_TOKEN" "$BASE/Observation?patient=p1&
 
 echo "| query | conns | req/s | p50 ms | p99 ms | max ms | errors |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
-for query in observation patient; do
+for query in ${QUERIES:-observation patient patient-total-none}; do
   for connections in $CONNECTIONS; do
     W4_QUERY=$query wrk -t1 -c"$connections" -d3s --timeout 5s -s "$BENCH_DIR/w4.lua" "http://127.0.0.1:$PORT" >/dev/null
     W4_QUERY=$query wrk -t1 -c"$connections" -d"$DURATION" --timeout 5s --latency -s "$BENCH_DIR/w4.lua" "http://127.0.0.1:$PORT" \

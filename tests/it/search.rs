@@ -377,3 +377,35 @@ async fn chained_and_reverse_chained_parameters() {
     // Nothing linked: no match, and `_total` says so.
     assert_eq!(json_body(gateway.get("Patient?_has:Observation:patient:code=0000-0").await).await["total"], 0);
 }
+
+#[tokio::test]
+async fn total_none_pages_like_a_counted_search_without_a_total() {
+    let gateway = Gateway::start().await;
+    for given in ["A", "B", "C", "D", "E"] {
+        let patient = json!({"resourceType": "Patient", "name": [{"family": "Pager", "given": [given]}]});
+        assert_eq!(gateway.post("Patient", &patient).await.status(), 201);
+    }
+    let ids = |bundle: &Value| -> Vec<String> {
+        entries(bundle).iter().map(|entry| entry["resource"]["id"].as_str().unwrap().to_string()).collect()
+    };
+    let counted = json_body(gateway.get("Patient?family=pager&_count=50").await).await;
+    assert_eq!(counted["total"], 5);
+    let mut seen = Vec::new();
+    let mut url = gateway.url("Patient?family=pager&_total=none&_count=2");
+    for _ in 0..5 {
+        let page = json_body(gateway.http.get(&url).send().await.unwrap()).await;
+        assert!(page.get("total").is_none(), "{page}");
+        seen.extend(ids(&page));
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|link| link["relation"] == "next")
+            .map(|link| link["url"].as_str().unwrap().to_string());
+        match next {
+            Some(next) => url = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids(&counted), "the same resources in the same (ledger) order");
+}

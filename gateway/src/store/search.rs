@@ -18,7 +18,9 @@ use super::{ReadGuard, ResourceStore, Shared, StoreError, StoredVersion};
 use crate::consent::Interaction;
 use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
 use crate::search::terms::{TermCondition, TermEncoder};
-use crate::search::{Chain, Filter, Include, IndexValue, ParamType, SearchParamTable, SearchQuery, extract, extract_param, matches};
+use crate::search::{
+    Chain, Filter, Include, IndexValue, ParamType, SearchParamTable, SearchQuery, TotalMode, extract, extract_param, matches,
+};
 
 /// Results of one search beyond this many candidates are not counted (`total` is omitted).
 pub const MAX_COUNTED_CANDIDATES: usize = 10_000;
@@ -313,17 +315,26 @@ impl ResourceStore {
         }
     }
 
-    /// Resources matching `condition` and confirmed by the matcher, in index order (not sorted).
+    /// Resources matching `condition` and confirmed by the matcher, in index order (not sorted);
+    /// with `limit`, the first `limit` of them in ledger order (the rest are not read).
     fn confirmed(
         &self,
         resource_type: Option<&str>,
         condition: &TermCondition,
         query: &SearchQuery,
         guard: &dyn ReadGuard,
+        limit: Option<usize>,
     ) -> Result<Vec<(Hit, StoredVersion, Value)>, StoreError> {
-        let hits = self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
-        let mut confirmed = Vec::with_capacity(hits.len());
+        let mut hits =
+            self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
+        if limit.is_some() {
+            hits.sort_by_key(|hit| hit.leaf_index);
+        }
+        let mut confirmed = Vec::with_capacity(hits.len().min(limit.unwrap_or(usize::MAX)));
         for hit in hits {
+            if limit.is_some_and(|limit| confirmed.len() >= limit) {
+                break;
+            }
             let Some((resource_type, id)) = hit.key.split_once('/') else {
                 continue;
             };
@@ -381,7 +392,9 @@ impl ResourceStore {
                 "{candidates} candidates is more than the {MAX_COUNTED_CANDIDATES} a sorted search may consider; narrow the search"
             )));
         }
-        let mut confirmed = self.confirmed(Some(&query.resource_type), &condition, query, guard)?;
+        // `_total=none` in ledger order: read only up to the page (and one more, for `next`).
+        let limit = (query.total == Some(TotalMode::None) && query.sort.is_empty()).then(|| offset.saturating_add(count).saturating_add(1));
+        let mut confirmed = self.confirmed(Some(&query.resource_type), &condition, query, guard, limit)?;
         // Default order: ledger order (oldest first), which new writes only extend.
         confirmed.sort_by_key(|(hit, _, _)| hit.leaf_index);
         for sort in query.sort.iter().rev() {
@@ -401,7 +414,9 @@ impl ResourceStore {
         let page: Vec<(StoredVersion, Value)> =
             confirmed.into_iter().skip(offset).take(count).map(|(_, version, resource)| (version, resource)).collect();
         let includes = self.includes(query, &page, guard)?;
-        Ok(SearchPage { matches: page.into_iter().map(|(version, _)| version).collect(), includes, total: Some(total), next_offset })
+        // A limited search counted only up to the page: it has no total to tell.
+        let total = limit.is_none().then_some(total);
+        Ok(SearchPage { matches: page.into_iter().map(|(version, _)| version).collect(), includes, total, next_offset })
     }
 
     /// Chained (`subject:Patient.name=x`) and reverse-chained (`_has:Observation:patient:code=y`)
@@ -542,7 +557,7 @@ impl ResourceStore {
                     let condition = TermCondition::All(
                         reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect(),
                     );
-                    for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse, guard)? {
+                    for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse, guard, None)? {
                         if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
                             next.push(value);
                             included.push(version);
