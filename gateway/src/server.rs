@@ -32,6 +32,11 @@ fn trusted_issuers(config: &Config) -> Result<(Vec<TrustedIssuer>, RemoteKeys), 
     let mut remote = Vec::new();
     for (issuer, source) in &config.auth.issuers {
         let text = source.to_string_lossy();
+        if text.starts_with("http://") && !is_loopback_url(&text) {
+            return Err(format!(
+                "{text}: a JWKS URL must be https:// (plain http only on loopback): keys fetched in clear could be forged"
+            ));
+        }
         if text.starts_with("https://") || text.starts_with("http://") {
             remote.push((issuer.clone(), text.into_owned()));
             continue;
@@ -43,6 +48,17 @@ fn trusted_issuers(config: &Config) -> Result<(Vec<TrustedIssuer>, RemoteKeys), 
         issuers.push(DevIssuer::load_or_create(&config.data_dir.join("keys"))?.trusted());
     }
     Ok((issuers, RemoteKeys::new(remote)))
+}
+
+/// `http://127.0.0.1…`, `http://[::1]…` or `http://localhost…`.
+fn is_loopback_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|byte| byte.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(host, "127.0.0.1" | "[::1]" | "localhost")
 }
 
 /// Opens the store and binds the listener; `run` then serves until `shutdown` resolves.
@@ -69,6 +85,11 @@ impl Server {
         remote_keys.load_all(&state.tokens).await.map_err(|error| ServeError::Auth(format!("fetching a JWKS: {error}")))?;
         state.remote_keys = std::sync::Arc::new(remote_keys);
         if let Some((endpoint, client_id, client_secret)) = &config.auth.introspection {
+            if !(endpoint.starts_with("https://") || is_loopback_url(endpoint)) {
+                return Err(ServeError::Auth(format!(
+                    "{endpoint}: the introspection endpoint must be https:// (plain http only on loopback)"
+                )));
+            }
             state.introspection =
                 Some(std::sync::Arc::new(crate::auth::remote::Introspection::new(endpoint, client_id.clone(), client_secret.clone())));
         }

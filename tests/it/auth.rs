@@ -284,3 +284,21 @@ async fn opaque_tokens_are_introspected_and_cached_briefly() {
     expect_401(get_with(&gateway, &path, Some(&format!("Bearer {}", rs256(&claims(&gateway))))).await).await;
     assert_eq!(server.introspections.load(Ordering::SeqCst), before);
 }
+
+#[test]
+fn keys_and_introspection_are_fetched_over_https_only_except_on_loopback() {
+    let data = crate::harness::TempDir::new("plain-http");
+    for flags in [
+        vec!["--trust-issuer", "https://issuer.test=http://issuer.example.org/jwks"],
+        vec!["--introspection-endpoint", "http://issuer.example.org/introspect"],
+    ] {
+        let output = std::process::Command::new(crate::harness::binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{flags:?}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("https://"), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+}

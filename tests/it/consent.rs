@@ -1282,3 +1282,62 @@ async fn every_consent_grant_change_and_revocation_is_a_ledger_entry_without_phi
         assert!(!text.contains(secret), "the ledger names {secret}: {text}");
     }
 }
+
+#[tokio::test]
+async fn patient_data_outside_the_compartment_definition_or_without_a_readable_patient_is_not_anyones() {
+    let gateway = Gateway::start().await;
+    let emr = emr(&gateway);
+    seed(&emr).await;
+    // A Task for B (Task is not in the R4 Patient compartment, but names B in `for`).
+    let task = json!({ "resourceType": "Task", "id": "task-b", "status": "requested", "intent": "order",
+                       "for": { "reference": "Patient/pat-b" } });
+    emr.expect_write(reqwest::Method::PUT, "Task/task-b", &task, 201).await;
+    // An Observation whose subject is contained: its patient cannot be determined.
+    let contained = json!({ "resourceType": "Observation", "id": "obs-contained", "status": "final",
+        "contained": [{ "resourceType": "Patient", "id": "p", "name": [{ "family": "Hidden" }] }],
+        "code": { "coding": [{ "system": LOINC, "code": "8867-4" }] }, "subject": { "reference": "#p" } });
+    emr.expect_write(reqwest::Method::PUT, "Observation/obs-contained", &contained, 201).await;
+
+    let a = patient_app(&gateway, "pat-a", "patient/*.rs");
+    assert_same_as_unknown(&a, "Task/task-b", "Task/no-such-task").await;
+    assert_same_as_unknown(&a, "Observation/obs-contained", "Observation/no-such-observation").await;
+    assert_eq!(a.read("Task").await["total"], 0);
+    assert!(!a.read("Observation?_count=100").await.to_string().contains("obs-contained"));
+    // A practitioner of another organisation: no Consent can name an unknown patient.
+    let other = Caller::new(&gateway, &["--scope", "user/*.rs", "--fhir-user", "Practitioner/p9", "--organization", "Organization/other"]);
+    assert_eq!(other.get("Observation/obs-contained").await.status, 404);
+    // B reads the Task about them; the EMR that wrote both reads both for treatment.
+    assert_eq!(patient_app(&gateway, "pat-b", "patient/*.rs").get("Task/task-b").await.status, 200);
+    assert_eq!(emr.get("Task/task-b").await.status, 200);
+    assert_eq!(emr.get("Observation/obs-contained").await.status, 200);
+    // A patient app cannot write such data either.
+    let writer = patient_app(&gateway, "pat-a", "patient/*.cruds");
+    let mut mine = contained.clone();
+    mine["id"] = json!("obs-contained-2");
+    assert_outcome("contained subject", &writer.put("Observation/obs-contained-2", &mine).await, 403, "forbidden");
+}
+
+#[tokio::test]
+async fn history_of_a_hidden_resource_is_refused_with_any_parameters_and_head_is_audited() {
+    let gateway = Gateway::start().await;
+    let emr = emr(&gateway);
+    seed(&emr).await;
+    let a = patient_app(&gateway, "pat-a", "patient/*.rs");
+    for query in ["", "?_count=0", "?_since=2000-01-01T00:00:00Z"] {
+        assert_same_as_unknown(
+            &a,
+            &format!("Observation/obs-b-lab/_history{query}"),
+            &format!("Observation/no-such-observation/_history{query}"),
+        )
+        .await;
+    }
+    // HEAD runs the read: it is audited like GET.
+    let token = gateway.token(&["--scope", "patient/*.rs", "--patient", "pat-a", "--fhir-user", "Patient/pat-a"]);
+    let head = reqwest::Client::new().head(gateway.url("Observation/obs-a-vital")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let trail = a.read("AuditEvent?patient=pat-a&_count=500").await;
+    let reads = trail["entry"].as_array().unwrap().iter().filter(|entry| {
+        entry["resource"]["subtype"][0]["code"] == "read" && entry["resource"].to_string().contains("Observation/obs-a-vital")
+    });
+    assert_eq!(reads.count(), 1, "{trail}");
+}

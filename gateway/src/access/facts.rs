@@ -20,12 +20,47 @@ pub fn compartment_patients(resource: &Value) -> Vec<String> {
     if resource_type == "Patient" {
         return resource.get("id").and_then(Value::as_str).map(|id| vec![id.to_string()]).unwrap_or_default();
     }
+    if resource_type == "AuditEvent" {
+        // The patient whose data was accessed (entity type 1), not a patient who was the agent.
+        return audit_event_patients(resource);
+    }
     let table = SearchParamTable::r4();
-    let params = table.patient_compartment_params(resource_type);
+    let compartment = table.patient_compartment_params(resource_type);
+    // Types outside the R4 Patient compartment that still name a patient (Task.for, Device.patient…).
+    let fallback: Vec<String> =
+        ["patient", "subject"].iter().filter(|name| table.param(resource_type, name).is_some()).map(|name| name.to_string()).collect();
+    let params = if compartment.is_empty() { fallback.as_slice() } else { compartment };
     let primary = |name: &String| name == "patient" || name == "subject";
     let mut patients = patients_in(table, resource, resource_type, params.iter().filter(|name| primary(name)));
     if patients.is_empty() {
         patients = patients_in(table, resource, resource_type, params.iter().filter(|name| !primary(name)));
+    }
+    patients
+}
+
+/// Whether resources of this type may hold a patient's data: the type is in the R4 Patient
+/// compartment, has a `patient` or `subject` parameter, or is a container whose content cannot
+/// be attributed (Binary, Bundle). Such a resource whose patient cannot be determined (a
+/// contained or identifier-only subject) is judged as an unknown patient's: nobody's Consent can
+/// grant it, a `patient/` scope does not reach it.
+pub fn holds_patient_data(resource_type: &str) -> bool {
+    let table = SearchParamTable::r4();
+    matches!(resource_type, "Patient" | "AuditEvent" | "Binary" | "Bundle")
+        || !table.patient_compartment_params(resource_type).is_empty()
+        || table.param(resource_type, "patient").is_some()
+        || table.param(resource_type, "subject").is_some_and(|param| param.targets.iter().any(|target| target == "Patient"))
+}
+
+fn audit_event_patients(event: &Value) -> Vec<String> {
+    let mut patients: Vec<String> = Vec::new();
+    for entity in event.get("entity").and_then(Value::as_array).into_iter().flatten() {
+        if entity.pointer("/type/code").and_then(Value::as_str) == Some("1")
+            && let Some(id) =
+                entity.pointer("/what/reference").and_then(Value::as_str).and_then(|reference| reference.strip_prefix("Patient/"))
+            && !patients.iter().any(|known| known == id)
+        {
+            patients.push(id.to_string());
+        }
     }
     patients
 }
@@ -106,17 +141,21 @@ pub struct VersionFacts {
     pub patients: Vec<String>,
     /// One per patient, in the order of `patients`.
     pub per_patient: Vec<ResourceFacts>,
+    /// Patient data whose patient cannot be determined: its facts, for an unknown patient.
+    pub unknown_patient: Option<ResourceFacts>,
 }
+
+/// The patient id standing for "cannot be determined": no Patient has it (ids have no `?`).
+pub const UNKNOWN_PATIENT: &str = "?";
 
 impl VersionFacts {
     pub fn of(resource: &Value, author: Option<&str>) -> VersionFacts {
+        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
         let patients = compartment_patients(resource);
         let per_patient = patients.iter().map(|patient| resource_facts(resource, Some(patient), author)).collect();
-        VersionFacts {
-            resource_type: resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string(),
-            patients,
-            per_patient,
-        }
+        let unknown_patient =
+            (patients.is_empty() && holds_patient_data(&resource_type)).then(|| resource_facts(resource, Some(UNKNOWN_PATIENT), author));
+        VersionFacts { resource_type, patients, per_patient, unknown_patient }
     }
 }
 

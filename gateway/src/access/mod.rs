@@ -38,8 +38,9 @@ use crate::store::catalog::ResourceKey;
 use crate::store::consents::ConsentDirectory;
 use crate::store::{ReadGuard, StoredVersion, WriteGuard};
 
-/// Most decisions kept per request for its audit record.
-const MAX_DECISIONS_KEPT: usize = 1_000;
+/// Most decisions kept per request for its audit record (a page is at most 500 resources plus
+/// its includes; searches keep only what they return, see [`Access::audit_disclosed`]).
+const MAX_DECISIONS_KEPT: usize = 20_000;
 
 /// One decision about one patient's resource, kept for the audit trail.
 #[derive(Debug, Clone)]
@@ -205,7 +206,8 @@ impl Access {
 
     fn judge(&self, interaction: Interaction, facts: &VersionFacts, content: impl FnOnce() -> Option<Value>) -> bool {
         let permission = if interaction == Interaction::Search { Permission::Search } else { Permission::Read };
-        if !self.scope_reaches(permission, &facts.resource_type, &facts.patients, content) {
+        let unknown = facts.unknown_patient.is_some();
+        if !self.scope_reaches(permission, &facts.resource_type, &facts.patients, unknown, content) {
             return false;
         }
         let mut permitted = true;
@@ -223,7 +225,27 @@ impl Access {
                 emergency: decision.emergency,
             });
         }
+        if let Some(facts) = &facts.unknown_patient {
+            // Patient data of an undeterminable patient: no Consent can grant it; the author
+            // organisation's treatment rule and break-the-glass still apply.
+            permitted &= consent::decide(&self.requester, interaction, facts, &[], self.now_ms, &self.options).permit;
+        }
         permitted
+    }
+
+    /// Forgets the decisions made so far and decides again for `returned` alone: a search or a
+    /// history audits what it disclosed, not every candidate it filtered out on the way (the
+    /// request itself is audited with its parameters either way).
+    pub fn audit_disclosed<'a>(&self, interaction: Interaction, returned: impl IntoIterator<Item = &'a StoredVersion>) {
+        self.decided.lock().expect("decisions lock").clear();
+        self.audit_also(interaction, returned);
+    }
+
+    /// Adds decisions for more returned resources (e.g. a page's `_include`s, read with `r`).
+    pub fn audit_also<'a>(&self, interaction: Interaction, returned: impl IntoIterator<Item = &'a StoredVersion>) {
+        for version in returned {
+            self.may_read_version(interaction, version);
+        }
     }
 
     /// The decisions made so far (at most [`MAX_DECISIONS_KEPT`]).
@@ -240,18 +262,20 @@ impl Access {
 
     /// Whether some scope granting `permission` on the resource's type reaches it (`content`
     /// is asked for only if a scope is restricted by a query).
+    /// `unknown`: the resource is patient data whose patient cannot be determined.
     fn scope_reaches(
         &self,
         permission: Permission,
         resource_type: &str,
         patients: &[String],
+        unknown: bool,
         content: impl FnOnce() -> Option<Value>,
     ) -> bool {
         let mut content = Some(content);
         let mut parsed: Option<Option<Value>> = None;
         self.scopes.granting(resource_type, permission).into_iter().any(|scope| {
             let in_context = scope.context != ScopeContext::Patient
-                || patients.iter().all(|patient| self.patient_context.as_deref() == Some(patient.as_str()));
+                || (!unknown && patients.iter().all(|patient| self.patient_context.as_deref() == Some(patient.as_str())));
             if !in_context {
                 return false;
             }
@@ -299,7 +323,8 @@ impl Access {
     ) -> Result<(), String> {
         for content in [before, after].into_iter().flatten() {
             let patients = facts::compartment_patients(content);
-            if !self.scope_reaches(permission, &key.resource_type, &patients, || Some(content.clone())) {
+            let unknown = patients.is_empty() && facts::holds_patient_data(&key.resource_type);
+            if !self.scope_reaches(permission, &key.resource_type, &patients, unknown, || Some(content.clone())) {
                 return Err(format!(
                     "the access token's {} scopes do not reach this {} (another patient's compartment or a category the scope excludes)",
                     permission_name(permission),
@@ -307,7 +332,7 @@ impl Access {
                 ));
             }
             if self.requester.kind == RequesterKind::Patient
-                && patients.iter().any(|patient| self.requester.patient.as_deref() != Some(patient.as_str()))
+                && (unknown || patients.iter().any(|patient| self.requester.patient.as_deref() != Some(patient.as_str())))
             {
                 return Err(format!("a patient writes only in their own compartment; this {} belongs to another", key.resource_type));
             }

@@ -27,7 +27,9 @@ fn interaction(method: &Method, path: &str, query: Option<&str>) -> Option<(&'st
     };
     let search = |resource_type: &str| Some(format!("{resource_type}?{}", names()));
     let instance = |resource_type: &str, id: &str| Some(format!("{resource_type}/{id}"));
-    Some(match (method.as_str(), segments.as_slice()) {
+    // HEAD runs the GET handler (axum): audited as the same read.
+    let method = if method == Method::HEAD { "GET" } else { method.as_str() };
+    Some(match (method, segments.as_slice()) {
         ("GET", []) => ("search-system", "E", None, search("")),
         ("POST", []) => ("transaction", "E", None, None),
         ("GET", ["metadata" | ".well-known", ..]) => return None,

@@ -56,6 +56,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             }
         }
     };
+    if state.audit.is_failed() {
+        // Nothing runs that could not be recorded (a write would land unaudited).
+        return super::audit::unavailable("the audit trail stopped after a storage failure").into_response();
+    }
     let access = Arc::new(access);
     let method = request.method().clone();
     let path = request.uri().path().to_string();

@@ -308,10 +308,11 @@ pub async fn instance_history(
     let parameters = history_parameters(&state, &headers, query.as_deref())?;
     access.0.require(&key.resource_type, Permission::Read).map_err(ApiError::forbidden)?;
     let page = state.store.instance_history(&key, parameters.cursor, parameters.since, parameters.count, access.0.as_ref())?;
-    if page.versions.is_empty() && parameters.cursor.is_none() && parameters.since.is_none() && parameters.count > 0 {
-        // Nothing of it is visible.
+    // Nothing of it visible (also with `_count=0`, `_since`, `_cursor`): refused like a read.
+    if page.versions.is_empty() && state.store.instance_history(&key, None, None, 1, access.0.as_ref())?.versions.is_empty() {
         return Err(access.0.refused_read().into());
     }
+    access.0.audit_disclosed(Interaction::History, &page.versions);
     let self_path = format!("/{}/{}/_history", key.resource_type, key.id);
     Ok(history_bundle(&state, page, &self_path, &parameters))
 }
@@ -328,6 +329,7 @@ pub async fn type_history(
     let parameters = history_parameters(&state, &headers, query.as_deref())?;
     access.0.require(resource_type, Permission::Search).map_err(ApiError::forbidden)?;
     let page = state.store.type_history(resource_type, parameters.cursor, parameters.since, parameters.count, access.0.as_ref())?;
+    access.0.audit_disclosed(Interaction::History, &page.versions);
     let self_path = format!("/{resource_type}/_history");
     Ok(history_bundle(&state, page, &self_path, &parameters))
 }

@@ -174,6 +174,7 @@ async fn run(
         return Ok(searchset(&state, &path, &request, &query, page));
     }
     let store = state.store.clone();
+    let access_for_audit = Arc::clone(&access);
     let (offset, count) = (request.offset, request.count);
     let compartment_for_task = compartment.clone();
     let query_for_task = query.clone();
@@ -181,6 +182,8 @@ async fn run(
         tokio::task::spawn_blocking(move || store.search(&query_for_task, compartment_for_task.as_deref(), offset, count, access.as_ref()))
             .await
             .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
+    access_for_audit.audit_disclosed(Interaction::Search, &page.matches);
+    access_for_audit.audit_also(Interaction::Read, &page.includes);
     Ok(searchset(&state, &path, &request, &query, page))
 }
 
@@ -298,6 +301,7 @@ async fn everything(
         compartment_types.retain(|resource_type| types.contains(resource_type));
     }
     let store = state.store.clone();
+    let access_for_audit = Arc::clone(&access);
     let patient_id = id.clone();
     let since_pairs: Vec<(String, String)> = since.iter().map(|since| ("_lastUpdated".to_string(), format!("ge{since}"))).collect();
     let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
@@ -316,6 +320,7 @@ async fn everything(
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
     let page = page_of(all, offset, count);
+    access_for_audit.audit_disclosed(Interaction::Search, &page.matches);
     let request = Request { pairs: pairs.into_iter().filter(|(name, _)| name != PAGING).collect(), offset, count, lenient: false };
     let query = parse_query(table, "Patient", &[], false).map_err(|error| ApiError::bad_request(error.to_string()))?;
     Ok(searchset(&state, &format!("/Patient/{id}/$everything"), &request, &query, page))
@@ -367,6 +372,7 @@ pub async fn search_system(
         access.require(resource_type, Permission::Search).map_err(ApiError::forbidden)?;
     }
     let store = state.store.clone();
+    let access_for_audit = Arc::clone(&access);
     let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
         let mut all = Vec::new();
         for query in &queries {
@@ -377,6 +383,7 @@ pub async fn search_system(
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
     let page = page_of(all, request.offset, request.count);
+    access_for_audit.audit_disclosed(Interaction::Search, &page.matches);
     let query = parse(&types[0], &request)?;
     let mut request = request;
     request.pairs.insert(0, ("_type".into(), types.join(",")));

@@ -130,6 +130,11 @@ impl AuditTrail {
         }
     }
 
+    /// Whether the trail stopped after a storage failure (then nothing audited may run).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// `AuditEvent/[id]`.
     pub fn event(&self, id: &str) -> Option<Value> {
         let leaf_index: u64 = id.parse().ok()?;

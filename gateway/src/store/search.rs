@@ -388,8 +388,9 @@ impl ResourceStore {
             .count(Some(&query.resource_type), &condition)
             .map_err(|error| StoreError::Internal(error.to_string()))?;
         if candidates > MAX_COUNTED_CANDIDATES && !query.sort.is_empty() {
+            // The count is not named: it includes resources the caller may not see.
             return Err(StoreError::BadRequest(format!(
-                "{candidates} candidates is more than the {MAX_COUNTED_CANDIDATES} a sorted search may consider; narrow the search"
+                "a sorted search may consider at most {MAX_COUNTED_CANDIDATES} candidates and this one has more; narrow the search"
             )));
         }
         // `_total=none` in ledger order: read only up to the page (and one more, for `next`).
