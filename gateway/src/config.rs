@@ -172,6 +172,10 @@ pub struct ServeArgs {
     /// or forbidden (403) [default: not-found]
     #[arg(long, env = "FHIR_GATEWAY_DENIED_READS")]
     pub denied_reads: Option<crate::access::DeniedReads>,
+    /// Roles with which a practitioner or related person may record a Consent for a patient,
+    /// comma separated [default: none]
+    #[arg(long, env = "FHIR_GATEWAY_CONSENT_RECORDER_ROLES")]
+    pub consent_recorder_roles: Option<String>,
     /// Roles (token `subject_role` codes) that may break the glass, comma separated [default: none]
     #[arg(long, env = "FHIR_GATEWAY_EMERGENCY_ROLES")]
     pub emergency_roles: Option<String>,
@@ -207,6 +211,7 @@ pub struct FileAuthConfig {
     pub emergency_roles: Option<Vec<String>>,
     pub author_org_treatment: Option<bool>,
     pub denied_reads: Option<crate::access::DeniedReads>,
+    pub consent_recorder_roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +238,8 @@ pub struct AuthConfig {
     /// The author-organisation default of the consent decision (docs/CONSENT.md).
     pub author_org_treatment: bool,
     pub denied_reads: crate::access::DeniedReads,
+    /// Roles that may record Consents on a patient's behalf (docs/CONSENT.md).
+    pub consent_recorder_roles: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +282,7 @@ impl Default for Config {
                 emergency_roles: Vec::new(),
                 author_org_treatment: true,
                 denied_reads: crate::access::DeniedReads::NotFound,
+                consent_recorder_roles: Vec::new(),
             },
         }
     }
@@ -337,6 +345,10 @@ impl Config {
                     .or(file.auth.author_org_treatment)
                     .unwrap_or(defaults.auth.author_org_treatment),
                 denied_reads: args.denied_reads.or(file.auth.denied_reads).unwrap_or(defaults.auth.denied_reads),
+                consent_recorder_roles: match args.consent_recorder_roles {
+                    Some(roles) => roles.split(',').map(str::trim).filter(|role| !role.is_empty()).map(str::to_string).collect(),
+                    None => file.auth.consent_recorder_roles.unwrap_or_default(),
+                },
             },
         })
     }

@@ -78,6 +78,7 @@ impl Server {
         let audit = std::sync::Arc::new(store.open_audit_trail(&config.data_dir, config.audit_durability)?);
         let mut state = AppState::new(store.clone(), audit, &base_url, config.limits.clone(), issuers, config.auth.anonymous);
         state.access.denied_reads = config.auth.denied_reads;
+        state.access.consent_recorders = config.auth.consent_recorder_roles.iter().map(|role| crate::consent::Code::bare(role)).collect();
         state.access.options = std::sync::Arc::new(crate::consent::DecisionOptions {
             author_org_treatment: config.auth.author_org_treatment,
             emergency_roles: config.auth.emergency_roles.iter().map(|role| crate::consent::Code::bare(role)).collect(),

@@ -1341,3 +1341,21 @@ async fn history_of_a_hidden_resource_is_refused_with_any_parameters_and_head_is
     });
     assert_eq!(reads.count(), 1, "{trail}");
 }
+
+#[tokio::test]
+async fn practitioners_record_consents_only_with_a_consent_recorder_role() {
+    let gateway = Gateway::start_with(&["--consent-recorder-roles", "consent-desk"]).await;
+    let emr = emr(&gateway);
+    seed(&emr).await;
+    let grant_self = consent("consent-self-granted", "pat-b", json!({ "type": "permit", "actor": [recipient("Practitioner/p1")] }));
+    let practitioner =
+        Caller::new(&gateway, &["--scope", "user/*.cruds", "--fhir-user", "Practitioner/p1", "--organization", "Organization/other"]);
+    assert_outcome("self-granted Consent", &practitioner.put("Consent/consent-self-granted", &grant_self).await, 403, "forbidden");
+    assert_eq!(practitioner.get("Observation/obs-b-vital").await.status, 404, "the refused Consent grants nothing");
+    let desk = Caller::new(
+        &gateway,
+        &["--scope", "user/*.cruds", "--fhir-user", "Practitioner/clerk", "--organization", "Organization/other", "--role", "consent-desk"],
+    );
+    desk.expect_write(reqwest::Method::PUT, "Consent/consent-self-granted", &grant_self, 201).await;
+    assert_eq!(practitioner.get("Observation/obs-b-vital").await.status, 200, "recorded on the patient's behalf");
+}

@@ -70,6 +70,7 @@ pub struct Access {
     facts: Arc<FactsCache>,
     options: Arc<DecisionOptions>,
     denied_reads: DeniedReads,
+    consent_recorders: Arc<[Code]>,
     now_ms: i64,
     decided: Mutex<Vec<Decided>>,
 }
@@ -82,6 +83,9 @@ pub struct Shared {
     pub facts: Arc<FactsCache>,
     pub options: Arc<DecisionOptions>,
     pub denied_reads: DeniedReads,
+    /// Roles (`subject_role`) with which a practitioner or related person may record a Consent
+    /// on a patient's behalf (`--consent-recorder-roles`; default none).
+    pub consent_recorders: Arc<[Code]>,
 }
 
 /// How a read of one resource the caller may not see is answered (`--denied-reads`). Searches
@@ -111,6 +115,7 @@ impl Access {
             facts: Arc::clone(&shared.facts),
             options: Arc::clone(&shared.options),
             denied_reads: shared.denied_reads,
+            consent_recorders: Arc::clone(&shared.consent_recorders),
             now_ms,
             decided: Mutex::new(Vec::new()),
         }
@@ -138,6 +143,7 @@ impl Access {
             facts: Arc::clone(&shared.facts),
             options: Arc::clone(&shared.options),
             denied_reads: shared.denied_reads,
+            consent_recorders: Arc::clone(&shared.consent_recorders),
             now_ms,
             decided: Mutex::new(Vec::new()),
         }
@@ -321,6 +327,12 @@ impl Access {
         before: Option<&Value>,
         after: Option<&Value>,
     ) -> Result<(), String> {
+        if key.resource_type == "Consent"
+            && matches!(self.requester.kind, RequesterKind::Practitioner | RequesterKind::RelatedPerson)
+            && !self.requester.roles.iter().any(|role| self.consent_recorders.iter().any(|allowed| allowed.matches(role)))
+        {
+            return Err("a Consent is written by the patient, a backend system, or a user with a consent-recorder role".into());
+        }
         for content in [before, after].into_iter().flatten() {
             let patients = facts::compartment_patients(content);
             let unknown = patients.is_empty() && facts::holds_patient_data(&key.resource_type);

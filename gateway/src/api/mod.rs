@@ -101,6 +101,7 @@ impl AppState {
                 facts: Arc::default(),
                 options: Arc::default(),
                 denied_reads: crate::access::DeniedReads::default(),
+                consent_recorders: Arc::from([]),
             },
             audit,
             store,

@@ -367,6 +367,20 @@ impl ResourceStore {
         count: usize,
         guard: &dyn ReadGuard,
     ) -> Result<SearchPage, StoreError> {
+        self.search_with(query, compartment, offset, count, guard, false)
+    }
+
+    /// [`ResourceStore::search`]; `link`: the search resolves one link of a chain, and, like a
+    /// sorted search, may consider at most [`MAX_COUNTED_CANDIDATES`] candidates.
+    fn search_with(
+        &self,
+        query: &SearchQuery,
+        compartment: Option<&str>,
+        offset: usize,
+        count: usize,
+        guard: &dyn ReadGuard,
+        link: bool,
+    ) -> Result<SearchPage, StoreError> {
         self.wait_for_index()?;
         let resolved;
         let query = if query.filters.iter().any(|filter| filter.chain.is_some()) {
@@ -387,10 +401,11 @@ impl ResourceStore {
             .index
             .count(Some(&query.resource_type), &condition)
             .map_err(|error| StoreError::Internal(error.to_string()))?;
-        if candidates > MAX_COUNTED_CANDIDATES && !query.sort.is_empty() {
+        if candidates > MAX_COUNTED_CANDIDATES && (link || !query.sort.is_empty()) {
             // The count is not named: it includes resources the caller may not see.
+            let what = if link { "a chained or _has parameter" } else { "a sorted search" };
             return Err(StoreError::BadRequest(format!(
-                "a sorted search may consider at most {MAX_COUNTED_CANDIDATES} candidates and this one has more; narrow the search"
+                "{what} may consider at most {MAX_COUNTED_CANDIDATES} candidates and this one has more; narrow the search"
             )));
         }
         // `_total=none` in ledger order: read only up to the page (and one more, for `next`).
@@ -482,7 +497,7 @@ impl ResourceStore {
         let mut query = crate::search::parse_query(SearchParamTable::r4(), resource_type, &[], false)
             .map_err(|error| StoreError::BadRequest(error.to_string()))?;
         query.filters = vec![filter.clone()];
-        let page = self.search(&query, None, 0, MAX_CHAIN_MATCHES + 1, guard)?;
+        let page = self.search_with(&query, None, 0, MAX_CHAIN_MATCHES + 1, guard, true)?;
         if page.total.unwrap_or(page.matches.len()) > MAX_CHAIN_MATCHES {
             return Err(StoreError::BadRequest(format!(
                 "a chained parameter matches more than {MAX_CHAIN_MATCHES} {resource_type} resources; narrow it"
