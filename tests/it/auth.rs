@@ -143,6 +143,12 @@ async fn smart_configuration_is_served_when_configured_and_checked_at_start() {
     assert_eq!(served.status(), 200, "public: no token needed");
     assert_eq!(served.headers()["content-type"], "application/json");
     assert_eq!(serde_json::from_str::<Value>(&served.text().await.unwrap()).unwrap(), document);
+    // The CapabilityStatement points clients at the same authorisation server.
+    let statement = json_body(get_with(&configured, "metadata", None).await).await;
+    let uris = &statement["rest"][0]["security"]["extension"][0];
+    assert_eq!(uris["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");
+    assert_eq!(uris["extension"][0], json!({"url": "authorize", "valueUri": "https://auth.example.org/authorize"}));
+    assert_eq!(uris["extension"][1], json!({"url": "token", "valueUri": "https://auth.example.org/token"}));
 
     // A document without a required field stops the gateway at start, naming the field.
     let broken = file.path().join("broken.json");

@@ -333,6 +333,7 @@ async fn capability_statement_lists_what_works() {
     }
     assert!(!params.contains(&"deceased"), "an unsupported parameter is not listed");
     assert_eq!(patient["operation"][0]["name"], "everything");
+    assert_eq!(statement["rest"][0]["security"]["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
     let system: Vec<&str> = statement["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
     assert_eq!(system, ["transaction", "batch", "search-system"]);
 }

@@ -1,5 +1,6 @@
 //! `GET [base]/metadata`: the CapabilityStatement. It lists exactly what works today and
-//! nothing aspirational: no search yet, conditional create on `identifier` and `_id` only.
+//! nothing aspirational (e.g. conditional create on `identifier` and `_id` only), and how to get
+//! in: SMART on FHIR bearer tokens, with the authorisation server's endpoints when configured.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -56,6 +57,17 @@ pub async fn capability_statement(
             resource
         })
         .collect();
+    let mut security = json!({
+        "cors": false,
+        "service": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR" }] }],
+        "description": "Every request needs a SMART App Launch v2 bearer access token (JWT, or opaque where introspection is configured). Scopes decide what a token may do; the patient's FHIR Consents decide what is disclosed (default deny); every access is recorded as an AuditEvent the patient can read with AuditEvent?patient=.",
+    });
+    if let Some(smart) = &state.smart_configuration {
+        let uri = |name: &str, key: &str| smart.get(key).and_then(Value::as_str).map(|url| json!({ "url": name, "valueUri": url }));
+        let uris: Vec<Value> = [uri("authorize", "authorization_endpoint"), uri("token", "token_endpoint")].into_iter().flatten().collect();
+        security["extension"] =
+            json!([{ "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris", "extension": uris }]);
+    }
     let statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -73,6 +85,7 @@ pub async fn capability_statement(
             "mode": "server",
             "documentation": "Conditional create (If-None-Exist), conditional references and conditional update/delete in Bundles support the parameters identifier and _id. Search supports every listed parameter, chained parameters (subject:Patient.name=, patient.organization.name=) and _has reverse chains, up to 3 links; a link may match at most 1000 resources. History supports _count, _since and paging. Patient, Observation and Consent are validated strictly against R4; other types must be a JSON object with a known resourceType, a valid id and a meta object.",
             "resource": resources,
+            "security": security,
             "interaction": [{ "code": "transaction" }, { "code": "batch" }, { "code": "search-system" }],
         }],
     });
