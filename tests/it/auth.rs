@@ -283,6 +283,9 @@ async fn opaque_tokens_are_introspected_and_cached_briefly() {
     assert_eq!(server.introspections.load(Ordering::SeqCst), 1, "answers are remembered");
     let inactive = expect_401(get_with(&gateway, &path, Some("Bearer opaque-revoked")).await).await;
     assert!(inactive.contains("not active"), "{inactive}");
+    // A refusal is remembered: replaying the revoked token does not ask again.
+    expect_401(get_with(&gateway, &path, Some("Bearer opaque-revoked")).await).await;
+    assert_eq!(server.introspections.load(Ordering::SeqCst), 2);
     let audience = expect_401(get_with(&gateway, &path, Some("Bearer opaque-elsewhere")).await).await;
     assert!(audience.contains("aud"), "{audience}");
     // JWTs are still verified locally, never sent to the endpoint.

@@ -3,9 +3,10 @@
 //!   again when a token names a key the issuer has not published yet (key rotation; at most once
 //!   per [`MIN_REFETCH`] per issuer), and every [`REFRESH`];
 //! - RFC 7662 introspection of opaque (non-JWT) access tokens at a configured endpoint, with
-//!   the gateway's client credentials. An answer is remembered by the token's SHA-256 for at
-//!   most [`INTROSPECTION_CACHE`] and never past the token's `exp`, so a token revoked at the
-//!   authorisation server stops working within that time.
+//!   the gateway's client credentials. An answer (also a refusal) is remembered by the token's
+//!   SHA-256 for at most [`INTROSPECTION_CACHE`] and never past the token's `exp`, so a token
+//!   revoked at the authorisation server stops working within that time; at most
+//!   [`MAX_CONCURRENT_INTROSPECTIONS`] requests are in flight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -102,8 +103,12 @@ impl RemoteKeys {
     }
 }
 
-/// What an introspection answer said, and until when it is used.
-type Remembered = (Arc<AccessToken>, Instant);
+/// What an introspection answer said (a token, or why it is refused), and until when it is used.
+type Remembered = (Result<Arc<AccessToken>, TokenError>, Instant);
+
+/// Most introspection requests in flight at once (the others wait): a flood of made-up opaque
+/// tokens cannot multiply into a flood on the authorisation server.
+const MAX_CONCURRENT_INTROSPECTIONS: usize = 16;
 
 /// An RFC 7662 introspection endpoint and the gateway's credentials there.
 pub struct Introspection {
@@ -113,11 +118,19 @@ pub struct Introspection {
     client_secret: Option<String>,
     /// SHA-256 of the token → (what it says, usable until).
     answers: RwLock<HashMap<[u8; 32], Remembered>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Introspection {
     pub fn new(endpoint: &str, client_id: Option<String>, client_secret: Option<String>) -> Introspection {
-        Introspection { client: client(), endpoint: endpoint.to_string(), client_id, client_secret, answers: RwLock::new(HashMap::new()) }
+        Introspection {
+            client: client(),
+            endpoint: endpoint.to_string(),
+            client_id,
+            client_secret,
+            answers: RwLock::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENT_INTROSPECTIONS),
+        }
     }
 
     /// Asks the endpoint about `token` (or uses a recent answer) and checks what it says.
@@ -127,11 +140,13 @@ impl Introspection {
         if let Some((known, until)) = remembered
             && Instant::now() < until
         {
+            let known = known?;
             if now > known.expires_at {
                 return Err(TokenError::Expired);
             }
             return Ok(known);
         }
+        let _permit = self.in_flight.acquire().await.map_err(|_| TokenError::IntrospectionUnavailable)?;
         let mut request = self.client.post(&self.endpoint).form(&[("token", token), ("token_type_hint", "access_token")]);
         if let Some(client_id) = &self.client_id {
             request = request.basic_auth(client_id, self.client_secret.as_deref());
@@ -148,14 +163,19 @@ impl Introspection {
             tracing::warn!(endpoint = %self.endpoint, "token introspection failed");
             return Err(TokenError::IntrospectionUnavailable);
         };
-        let verified = Arc::new(verifier.from_introspection(&self.endpoint, &answer, now)?);
-        let lifetime = Duration::from_secs(verified.expires_at.saturating_sub(now)).min(INTROSPECTION_CACHE);
+        // Refusals are remembered too (a replayed revoked token does not ask again), for the same
+        // time; a failure to ask (above) is not.
+        let verified = verifier.from_introspection(&self.endpoint, &answer, now).map(Arc::new);
+        let lifetime = match &verified {
+            Ok(token) => Duration::from_secs(token.expires_at.saturating_sub(now)).min(INTROSPECTION_CACHE),
+            Err(_) => INTROSPECTION_CACHE,
+        };
         let mut answers = self.answers.write().expect("introspection cache lock");
         if answers.len() >= 10_000 {
             answers.retain(|_, (_, until)| Instant::now() < *until);
         }
-        answers.insert(digest, (Arc::clone(&verified), Instant::now() + lifetime));
-        Ok(verified)
+        answers.insert(digest, (verified.clone(), Instant::now() + lifetime));
+        verified
     }
 }
 
