@@ -7,23 +7,9 @@ for line in io.lines(ids_file) do
 end
 assert(#paths > 0, "no ids in " .. ids_file)
 
--- A different random sequence per wrk thread.
-local next_seed = 1
-function setup(thread)
-  thread:set("seed", next_seed)
-  next_seed = next_seed + 1
-end
-
-function init(args)
-  math.randomseed(os.time() * 1000 + (seed or 0))
-end
-
-local headers = {
-  ["Accept"] = "application/fhir+json",
-  ["Authorization"] = "Bearer " .. assert(os.getenv("BENCH_TOKEN"), "BENCH_TOKEN is not set"),
-}
-function request()
-  return wrk.format("GET", paths[math.random(#paths)], headers)
-end
-
 dofile(assert(os.getenv("BENCH_DIR"), "BENCH_DIR is not set") .. "/report.lua")
+
+function request()
+  return wrk.format("GET", paths[math.random(#paths)], bench_headers)
+end
+

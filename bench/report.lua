@@ -1,5 +1,22 @@
--- Shared by create.lua and read.lua: after the run, print one machine-readable line that
--- bench/run.sh parses (latency in microseconds, as wrk measures it).
+-- Shared by the wrk scripts (create.lua, read.lua, w4.lua): a different random sequence per wrk
+-- thread, the request headers with the bearer token (BENCH_TOKEN), and after the run one
+-- machine-readable line that bench/run.sh and bench/w4.sh parse (latency in microseconds, as
+-- wrk measures it).
+local next_seed = 1
+function setup(thread)
+  thread:set("seed", next_seed)
+  next_seed = next_seed + 1
+end
+
+function init(args)
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+
+bench_headers = {
+  ["Accept"] = "application/fhir+json",
+  ["Authorization"] = "Bearer " .. assert(os.getenv("BENCH_TOKEN"), "BENCH_TOKEN is not set"),
+}
+
 -- errors.status is wrk's count of responses with status > 399.
 function done(summary, latency, requests)
   local errors = summary.errors

@@ -15,20 +15,7 @@ for line in io.lines(dir .. "/families.txt") do
   if line ~= "" then families[#families + 1] = line end
 end
 
-local next_seed = 1
-function setup(thread)
-  thread:set("seed", next_seed)
-  next_seed = next_seed + 1
-end
-
-function init(args)
-  math.randomseed(os.time() * 1000 + (seed or 0))
-end
-
-local headers = {
-  ["Accept"] = "application/fhir+json",
-  ["Authorization"] = "Bearer " .. assert(os.getenv("BENCH_TOKEN"), "BENCH_TOKEN is not set"),
-}
+dofile(assert(os.getenv("BENCH_DIR"), "BENCH_DIR is not set") .. "/report.lua")
 
 function request()
   local path
@@ -41,7 +28,6 @@ function request()
     path = string.format("/fhir/Patient?family=%s&birthdate=ge%d-01-01", prefix, math.random(1930, 2019))
     if query == "patient-total-none" then path = path .. "&_total=none" end
   end
-  return wrk.format("GET", path, headers)
+  return wrk.format("GET", path, bench_headers)
 end
 
-dofile(assert(os.getenv("BENCH_DIR"), "BENCH_DIR is not set") .. "/report.lua")

@@ -337,7 +337,7 @@ impl Config {
                     .introspection_endpoint
                     .map(|endpoint| (endpoint, args.introspection_client_id, args.introspection_client_secret)),
                 emergency_roles: match args.emergency_roles {
-                    Some(roles) => roles.split(',').map(str::trim).filter(|role| !role.is_empty()).map(str::to_string).collect(),
+                    Some(roles) => comma_list(&roles),
                     None => file.auth.emergency_roles.unwrap_or_default(),
                 },
                 author_org_treatment: args
@@ -346,7 +346,7 @@ impl Config {
                     .unwrap_or(defaults.auth.author_org_treatment),
                 denied_reads: args.denied_reads.or(file.auth.denied_reads).unwrap_or(defaults.auth.denied_reads),
                 consent_recorder_roles: match args.consent_recorder_roles {
-                    Some(roles) => roles.split(',').map(str::trim).filter(|role| !role.is_empty()).map(str::to_string).collect(),
+                    Some(roles) => comma_list(&roles),
                     None => file.auth.consent_recorder_roles.unwrap_or_default(),
                 },
             },
@@ -357,4 +357,9 @@ impl Config {
     pub fn data_dir_for(args: DataArgs, file: &FileConfig) -> PathBuf {
         args.data_dir.or_else(|| file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./data"))
     }
+}
+
+/// `a, b,,c` → `["a", "b", "c"]` (flags that take a list).
+pub fn comma_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_string).collect()
 }

@@ -125,8 +125,8 @@ fn main() -> ExitCode {
                 subject: args.sub,
                 lifetime_seconds: args.minutes.saturating_mul(60),
                 organization: Some(args.organization).filter(|organization| !organization.is_empty()),
-                purpose_of_use: comma_list(&args.purpose),
-                roles: comma_list(&args.role),
+                purpose_of_use: fhir_gateway::config::comma_list(&args.purpose),
+                roles: fhir_gateway::config::comma_list(&args.role),
                 break_glass_reason: args.reason,
             };
             let now = fhir_gateway::fhir::now_instant().unix_timestamp().max(0) as u64;
@@ -147,8 +147,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn comma_list(text: &str) -> Vec<String> {
-    text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_string).collect()
 }

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::consent::{Code, ResourceFacts};
 use crate::search::{IndexValue, SearchParamTable, extract_param};
+use crate::store::StoredVersion;
 
 /// The patients whose compartment holds `resource` (ids, without `Patient/`). A Patient is in its
 /// own compartment only (its `link`s name other people's records, not owners of this one). For
@@ -177,14 +178,9 @@ struct Generations {
 const FACTS_CACHE_GENERATION: usize = 100_000;
 
 impl FactsCache {
-    /// The facts of version `version_id` of `Type/id`, computed by `compute` on a miss.
-    pub fn get_or_insert(
-        &self,
-        reference: &str,
-        version_id: u64,
-        compute: impl FnOnce() -> Option<VersionFacts>,
-    ) -> Option<Arc<VersionFacts>> {
-        let key = format!("{reference}/{version_id}");
+    /// The facts of `version`, computed by `compute` on a miss.
+    pub fn get_or_insert(&self, version: &StoredVersion, compute: impl FnOnce() -> Option<VersionFacts>) -> Option<Arc<VersionFacts>> {
+        let key = format!("{}/{}/{}", version.key.resource_type, version.key.id, version.version_id);
         {
             let generations = self.generations.read().expect("facts cache lock");
             if let Some(found) = generations.current.get(&key).or_else(|| generations.previous.get(&key)) {

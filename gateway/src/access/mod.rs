@@ -66,11 +66,7 @@ pub struct Access {
     scopes: Scopes,
     /// The token's `patient` claim: the compartment its `patient/` scopes reach.
     patient_context: Option<String>,
-    consents: Arc<ConsentDirectory>,
-    facts: Arc<FactsCache>,
-    options: Arc<DecisionOptions>,
-    denied_reads: DeniedReads,
-    consent_recorders: Arc<[Code]>,
+    shared: Shared,
     now_ms: i64,
     decided: Mutex<Vec<Decided>>,
 }
@@ -111,11 +107,7 @@ impl Access {
             requester: requester(token),
             scopes: token.scopes.clone(),
             patient_context: token.patient.clone(),
-            consents: Arc::clone(&shared.consents),
-            facts: Arc::clone(&shared.facts),
-            options: Arc::clone(&shared.options),
-            denied_reads: shared.denied_reads,
-            consent_recorders: Arc::clone(&shared.consent_recorders),
+            shared: shared.clone(),
             now_ms,
             decided: Mutex::new(Vec::new()),
         }
@@ -139,11 +131,7 @@ impl Access {
             requester,
             scopes: Scopes::parse("system/*.rs"),
             patient_context: None,
-            consents: Arc::clone(&shared.consents),
-            facts: Arc::clone(&shared.facts),
-            options: Arc::clone(&shared.options),
-            denied_reads: shared.denied_reads,
-            consent_recorders: Arc::clone(&shared.consent_recorders),
+            shared: shared.clone(),
             now_ms,
             decided: Mutex::new(Vec::new()),
         }
@@ -151,7 +139,7 @@ impl Access {
 
     /// The error for a read of one resource this caller may not see ([`DeniedReads`]).
     pub fn refused_read(&self) -> crate::store::StoreError {
-        match self.denied_reads {
+        match self.shared.denied_reads {
             DeniedReads::NotFound => crate::store::StoreError::NotFound,
             DeniedReads::Forbidden => {
                 crate::store::StoreError::Forbidden("the token's scopes or the patient's Consents do not allow this read".into())
@@ -192,10 +180,8 @@ impl Access {
     /// body is parsed only on a miss, or for a scope restricted by a query).
     pub fn may_read_version(&self, interaction: Interaction, version: &StoredVersion) -> bool {
         let parse = || version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok());
-        let reference = format!("{}/{}", version.key.resource_type, version.key.id);
-        let facts = self.facts.get_or_insert(&reference, version.version_id, || {
-            parse().map(|resource| VersionFacts::of(&resource, version.author.as_deref()))
-        });
+        let facts =
+            self.shared.facts.get_or_insert(version, || parse().map(|resource| VersionFacts::of(&resource, version.author.as_deref())));
         facts.is_some_and(|facts| self.judge(interaction, &facts, parse))
     }
 
@@ -205,8 +191,7 @@ impl Access {
         if version.body.is_none() {
             return self.may_read(interaction, content, version.author.as_deref());
         }
-        let reference = format!("{}/{}", version.key.resource_type, version.key.id);
-        let facts = self.facts.get_or_insert(&reference, version.version_id, || Some(VersionFacts::of(content, version.author.as_deref())));
+        let facts = self.shared.facts.get_or_insert(version, || Some(VersionFacts::of(content, version.author.as_deref())));
         facts.is_some_and(|facts| self.judge(interaction, &facts, || Some(content.clone())))
     }
 
@@ -218,8 +203,8 @@ impl Access {
         }
         let mut permitted = true;
         for (patient, facts) in facts.patients.iter().zip(&facts.per_patient) {
-            let policies = self.consents.of_patient(patient);
-            let decision = consent::decide(&self.requester, interaction, facts, &policies, self.now_ms, &self.options);
+            let policies = self.shared.consents.of_patient(patient);
+            let decision = consent::decide(&self.requester, interaction, facts, &policies, self.now_ms, &self.shared.options);
             permitted &= decision.permit;
             let (reason, consent) = explain(&decision.basis);
             self.keep(Decided {
@@ -234,7 +219,7 @@ impl Access {
         if let Some(facts) = &facts.unknown_patient {
             // Patient data of an undeterminable patient: no Consent can grant it; the author
             // organisation's treatment rule and break-the-glass still apply.
-            permitted &= consent::decide(&self.requester, interaction, facts, &[], self.now_ms, &self.options).permit;
+            permitted &= consent::decide(&self.requester, interaction, facts, &[], self.now_ms, &self.shared.options).permit;
         }
         permitted
     }
@@ -329,7 +314,7 @@ impl Access {
     ) -> Result<(), String> {
         if key.resource_type == "Consent"
             && matches!(self.requester.kind, RequesterKind::Practitioner | RequesterKind::RelatedPerson)
-            && !self.requester.roles.iter().any(|role| self.consent_recorders.iter().any(|allowed| allowed.matches(role)))
+            && !self.requester.roles.iter().any(|role| self.shared.consent_recorders.iter().any(|allowed| allowed.matches(role)))
         {
             return Err("a Consent is written by the patient, a backend system, or a user with a consent-recorder role".into());
         }

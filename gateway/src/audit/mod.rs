@@ -39,7 +39,8 @@ const GATEWAY: &str = "fhir-gateway";
 struct Submission {
     /// (patient, leaf bytes)
     leaves: Vec<(Option<String>, Vec<u8>)>,
-    done: oneshot::Sender<Result<(), String>>,
+    /// Told once the leaves are synced (only when the request waits for that).
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// When a request's AuditEvents must be durable (`--audit-durability`).
@@ -106,17 +107,26 @@ impl AuditTrail {
     /// Records `records`: resolves once they are synced ([`Durability::BeforeResponse`]) or
     /// submitted to the writer ([`Durability::Grouped`]). `Err` if the trail cannot take them.
     pub async fn record(&self, records: &[AuditRecord]) -> Result<(), String> {
-        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.is_failed() {
             return Err("the audit trail stopped after a storage failure".into());
         }
         let leaves = records.iter().map(|record| (record.patient.clone(), serde_json::to_vec(record).expect("JSON serialises"))).collect();
-        let (done, answer) = oneshot::channel();
-        let sender = self.sender.lock().expect("audit sender lock").clone().ok_or("the audit trail is closed")?;
-        sender.send(Submission { leaves, done }).map_err(|_| "the audit trail is closed".to_string())?;
+        let (done, answer) = match self.durability {
+            Durability::BeforeResponse => {
+                let (done, answer) = oneshot::channel();
+                (Some(done), Some(answer))
+            }
+            Durability::Grouped => (None, None),
+        };
+        {
+            let sender = self.sender.lock().expect("audit sender lock");
+            let sender = sender.as_ref().ok_or("the audit trail is closed")?;
+            sender.send(Submission { leaves, done }).map_err(|_| "the audit trail is closed".to_string())?;
+        }
         self.submitted.fetch_add(1, Ordering::SeqCst);
-        match self.durability {
-            Durability::BeforeResponse => answer.await.map_err(|_| "the audit writer stopped".to_string())?,
-            Durability::Grouped => Ok(()),
+        match answer {
+            Some(answer) => answer.await.map_err(|_| "the audit writer stopped".to_string())?,
+            None => Ok(()),
         }
     }
 
@@ -207,7 +217,7 @@ fn write_loop(
         }
         if failed.load(std::sync::atomic::Ordering::SeqCst) {
             for submission in group {
-                let _ = submission.done.send(Err("the audit trail stopped after a storage failure".into()));
+                tell(submission.done, Err("the audit trail stopped after a storage failure".into()));
             }
             continue;
         }
@@ -224,14 +234,14 @@ fn write_loop(
                 drop(index);
                 written.fetch_add(group.len() as u64, Ordering::SeqCst);
                 for submission in group {
-                    let _ = submission.done.send(Ok(()));
+                    tell(submission.done, Ok(()));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "audit trail write failed; refusing further audited requests");
                 failed.store(true, std::sync::atomic::Ordering::SeqCst);
                 for submission in group {
-                    let _ = submission.done.send(Err("the audit trail could not be written".into()));
+                    tell(submission.done, Err("the audit trail could not be written".into()));
                 }
             }
         }
@@ -240,6 +250,13 @@ fn write_loop(
         }
     }
     checkpoint(log, &mut last_checkpoint);
+}
+
+/// Answers a waiting request, if one waits.
+fn tell(done: Option<oneshot::Sender<Result<(), String>>>, result: Result<(), String>) {
+    if let Some(done) = done {
+        let _ = done.send(result);
+    }
 }
 
 fn checkpoint(log: &LedgerLog, last_checkpoint: &mut Instant) {
