@@ -137,6 +137,49 @@ async fn search_semantics_on_synthea_data() {
     let (entries, _) = all_pages(&gateway, gateway.url(&format!("Patient?family:contains={middle}"))).await;
     assert_eq!(entries.len(), expected_contains, "family:contains={middle}");
 
+    // Parameters the index serves with another parameter's terms (phonetic = name's paths;
+    // given and address-city are parts of name and address) answer exactly like their own.
+    let parts = |patient: &Value, element: &str, part: &str| -> Vec<String> {
+        let elements = patient[element].as_array().cloned().unwrap_or_default();
+        elements
+            .iter()
+            .flat_map(|element| match &element[part] {
+                Value::Array(items) => items.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>(),
+                Value::String(text) => vec![text.clone()],
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    let given = parts(sample, "name", "given").remove(0);
+    let city = parts(sample, "address", "city").remove(0);
+    let select = |wanted: &dyn Fn(&Value) -> bool| -> BTreeSet<String> {
+        corpus.patients.iter().filter(|patient| wanted(patient)).map(synthea_id).collect()
+    };
+    let (name_start, given_middle, city_middle) = (fold(&family[..3]), fold(&given)[1..4].to_string(), fold(&city)[1..4].to_string());
+    let checks = [
+        (
+            format!("phonetic={}", &family[..3]),
+            select(&|patient| {
+                ["family", "given"].iter().any(|part| parts(patient, "name", part).iter().any(|name| fold(name).starts_with(&name_start)))
+            }),
+        ),
+        (
+            format!("given:contains={given_middle}"),
+            select(&|patient| parts(patient, "name", "given").iter().any(|name| fold(name).contains(&given_middle))),
+        ),
+        (
+            format!("address-city:contains={city_middle}"),
+            select(&|patient| parts(patient, "address", "city").iter().any(|name| fold(name).contains(&city_middle))),
+        ),
+        (format!("address-city:exact={city}"), select(&|patient| parts(patient, "address", "city").contains(&city))),
+    ];
+    for (query, expected) in checks {
+        assert!(!expected.is_empty(), "{query} selects the sample at least");
+        let (entries, _) = all_pages(&gateway, gateway.url(&format!("Patient?{}", query.replace(' ', "%20")))).await;
+        let found: BTreeSet<String> = entries.iter().map(|entry| synthea_id(&entry["resource"])).collect();
+        assert_eq!(found, expected, "{query}");
+    }
+
     // birthdate with prefixes and partial dates (strings compare like dates for full dates).
     for (query, keep) in [
         ("ge1970-01-01", Box::new(|date: &str| date >= "1970-01-01") as Box<dyn Fn(&str) -> bool>),
@@ -196,6 +239,21 @@ async fn search_semantics_on_synthea_data() {
             all_pages(&gateway, gateway.url(&format!("Observation?patient={patient_id}&code={code}&value-quantity=gt{value}"))).await;
         assert_eq!(entries.len(), expected, "value-quantity=gt{value}");
     }
+    // code:text: a prefix of a coding's display or of the CodeableConcept's text.
+    let display = observations[0]["code"]["coding"][0]["display"].as_str().unwrap();
+    let wanted = fold(&display[..display.len().min(6)]);
+    let expected = observations
+        .iter()
+        .filter(|observation| {
+            let code = &observation["code"];
+            let mut texts: Vec<&str> = code["coding"].as_array().unwrap().iter().filter_map(|coding| coding["display"].as_str()).collect();
+            texts.extend(code["text"].as_str());
+            texts.iter().any(|text| fold(text).starts_with(&wanted))
+        })
+        .count();
+    let (entries, _) =
+        all_pages(&gateway, gateway.url(&format!("Observation?patient={patient_id}&code:text={}", wanted.replace(' ', "%20")))).await;
+    assert_eq!(entries.len(), expected, "code:text={wanted}");
 
     // _summary=count, _elements, _revinclude.
     let count = json_body(gateway.get("Patient?_summary=count").await).await;

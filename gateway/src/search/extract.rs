@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::search::datetime::{DateRange, parse_date_range};
 use crate::search::normalize::normalize_text;
 use crate::search::reference::{normalize_reference, reference_type};
-use crate::search::search_params::{ElementPath, ParamType, SearchParam, SearchParamTable};
+use crate::search::search_params::{ElementPath, ParamType, SearchParam, SearchParamTable, string_parts};
 
 /// Suffix of the auxiliary entries holding code display texts (token `:text`).
 pub const TEXT_SUFFIX: &str = ":text";
@@ -221,15 +221,11 @@ impl<'t> Extractor<'t> {
     }
 
     fn string(&mut self, name: &str, kind: &str, leaf: &Value, group: Option<u32>) {
-        let parts: &[&str] = match kind {
-            "HumanName" => &["family", "given", "prefix", "suffix", "text"],
-            "Address" => &["line", "city", "district", "state", "postalCode", "country", "text"],
-            _ => {
-                if let Some(text) = leaf.as_str() {
-                    self.push(name, text_value(text), group);
-                }
-                return;
+        let Some(parts) = string_parts(kind) else {
+            if let Some(text) = leaf.as_str() {
+                self.push(name, text_value(text), group);
             }
+            return;
         };
         for part in parts {
             for text in items(leaf.get(*part)).filter_map(Value::as_str) {

@@ -18,7 +18,7 @@ use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, Value as _};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use super::terms::TermCondition;
+use super::terms::{DocumentTerms, TermCondition};
 
 /// A resource as the index sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +28,7 @@ pub struct IndexDocument {
     pub leaf_index: u64,
     pub last_updated_ms: i64,
     pub sort_date_ms: Option<i64>,
-    pub terms: Vec<String>,
+    pub terms: DocumentTerms,
 }
 
 /// One search hit, with what sorting and paging need.
@@ -56,7 +56,7 @@ struct Fields {
     leaf_index: Field,
     last_updated: Field,
     sort_date: Field,
-    term: Field,
+    terms: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -67,7 +67,7 @@ fn schema() -> (Schema, Fields) {
         leaf_index: builder.add_u64_field("leaf", INDEXED | FAST | STORED),
         last_updated: builder.add_i64_field("last_updated", FAST | STORED),
         sort_date: builder.add_i64_field("sort_date", FAST | STORED),
-        term: builder.add_text_field("term", STRING),
+        terms: builder.add_bytes_field("terms", INDEXED),
     };
     (builder.build(), fields)
 }
@@ -129,8 +129,8 @@ impl TantivyIndex {
             tantivy_document.add_u64(self.fields.leaf_index, document.leaf_index);
             tantivy_document.add_i64(self.fields.last_updated, document.last_updated_ms);
             tantivy_document.add_i64(self.fields.sort_date, document.sort_date_ms.unwrap_or(i64::MAX));
-            for term in &document.terms {
-                tantivy_document.add_text(self.fields.term, term);
+            for term in document.terms.iter() {
+                tantivy_document.add_bytes(self.fields.terms, term);
             }
             writer.add_document(tantivy_document)?;
         }
@@ -177,14 +177,14 @@ impl TantivyIndex {
     }
 
     fn condition_query(&self, condition: &TermCondition) -> Box<dyn Query> {
-        let term = |text: &str| Term::from_field_text(self.fields.term, text);
+        let term = |bytes: &[u8]| Term::from_field_bytes(self.fields.terms, bytes);
         match condition {
             TermCondition::Everything => Box::new(AllQuery),
-            TermCondition::Term(text) => Box::new(TermQuery::new(term(text), IndexRecordOption::Basic)),
+            TermCondition::Term(bytes) => Box::new(TermQuery::new(term(bytes), IndexRecordOption::Basic)),
             TermCondition::Range { lower, upper } => {
-                let bound = |bound: &Bound<String>| match bound {
-                    Bound::Included(text) => Bound::Included(term(text)),
-                    Bound::Excluded(text) => Bound::Excluded(term(text)),
+                let bound = |bound: &Bound<Vec<u8>>| match bound {
+                    Bound::Included(bytes) => Bound::Included(term(bytes)),
+                    Bound::Excluded(bytes) => Bound::Excluded(term(bytes)),
                     Bound::Unbounded => Bound::Unbounded,
                 };
                 Box::new(RangeQuery::new(bound(lower), bound(upper)))
@@ -243,7 +243,7 @@ mod tests {
             leaf_index,
             last_updated_ms: leaf_index as i64,
             sort_date_ms: None,
-            terms: terms.iter().map(|term| term.to_string()).collect(),
+            terms: DocumentTerms::from_terms(terms.iter().map(|term| str::as_bytes(term))),
         }
     }
 
@@ -262,10 +262,10 @@ mod tests {
         index.commit(2).unwrap();
         assert_eq!(index.indexed_leaf(), Some(2));
 
-        let female = TermCondition::Term("g|f".into());
+        let female = TermCondition::Term(b"g|f".to_vec());
         assert_eq!(keys(index.search(Some("Patient"), &female).unwrap()), ["Patient/a"]);
         assert_eq!(keys(index.search(None, &female).unwrap()), ["Patient/a", "Observation/c"]);
-        let range = TermCondition::Range { lower: Bound::Included("d|0015".into()), upper: Bound::Excluded("d|~".into()) };
+        let range = TermCondition::Range { lower: Bound::Included(b"d|0015".to_vec()), upper: Bound::Excluded(b"d|~".to_vec()) };
         assert_eq!(keys(index.search(Some("Patient"), &range).unwrap()), ["Patient/b"]);
         let not_female = TermCondition::Not(Box::new(female.clone()));
         assert_eq!(keys(index.search(Some("Patient"), &not_female).unwrap()), ["Patient/b"]);
@@ -276,7 +276,7 @@ mod tests {
         index.upsert("Patient/b", None).unwrap();
         index.commit(4).unwrap();
         assert!(index.search(Some("Patient"), &female).unwrap().is_empty());
-        assert_eq!(keys(index.search(Some("Patient"), &TermCondition::Term("g|m".into())).unwrap()), ["Patient/a"]);
+        assert_eq!(keys(index.search(Some("Patient"), &TermCondition::Term(b"g|m".to_vec())).unwrap()), ["Patient/a"]);
         assert_eq!(index.indexed_leaf(), Some(4));
     }
 
@@ -291,7 +291,7 @@ mod tests {
         }
         let index = TantivyIndex::open(&directory).unwrap();
         assert_eq!(index.indexed_leaf(), Some(0));
-        assert_eq!(index.count(None, &TermCondition::Term("x".into())).unwrap(), 1);
+        assert_eq!(index.count(None, &TermCondition::Term(b"x".to_vec())).unwrap(), 1);
         drop(index);
         std::fs::write(directory.join("meta.json"), b"garbage").unwrap();
         let index = TantivyIndex::open(&directory).unwrap();

@@ -92,12 +92,67 @@ pub struct SearchParam {
     /// simplified (e.g. `Patient.deceased`, `_text`).
     #[serde(default)]
     pub unsupported: Option<String>,
+    /// Derived at load: an earlier parameter (in name order) of the same type with the same
+    /// element paths, whose index terms serve this one too (R4 `phonetic` is `Patient.name`, like
+    /// `name`). Such a parameter gets no index terms of its own.
+    #[serde(skip)]
+    pub index_as: Option<String>,
+    /// Derived at load: a string parameter whose elements contain this one's (`name` holds the
+    /// parts `family` and `given` select; `address` holds `address-city`): its exact and trigram
+    /// terms serve this parameter's `:exact` and `:contains`, so a resource hashes them once.
+    #[serde(skip)]
+    pub covered_by: Option<String>,
 }
 
 impl SearchParam {
     /// Whether searches on this parameter can be evaluated.
     pub fn is_supported(&self) -> bool {
         self.unsupported.is_none()
+    }
+}
+
+/// The parts of a complex datatype that a string parameter on it searches (one index value per
+/// part); `None` for a primitive.
+pub fn string_parts(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "HumanName" => Some(&["family", "given", "prefix", "suffix", "text"]),
+        "Address" => Some(&["line", "city", "district", "state", "postalCode", "country", "text"]),
+        _ => None,
+    }
+}
+
+/// Sets [`SearchParam::index_as`] and [`SearchParam::covered_by`] on one type's parameters
+/// (sorted by name). Both only ever widen what an index condition selects: the matcher still
+/// decides on the parameter itself.
+fn derive_term_sharing(list: &mut [SearchParam]) {
+    let indexable = |param: &SearchParam| param.is_supported() && param.param_type != ParamType::Composite && !param.paths.is_empty();
+    let mut derived = Vec::with_capacity(list.len());
+    for param in list.iter() {
+        let index_as = list
+            .iter()
+            .take_while(|other| other.name < param.name)
+            .find(|other| indexable(param) && indexable(other) && other.param_type == param.param_type && other.paths == param.paths)
+            .map(|other| other.name.clone());
+        // `other` selects whole elements (a `HumanName`, an `Address`) of which `param` selects
+        // one of the parts string extraction indexes.
+        let contains = |other: &SearchParam, path: &ElementPath| {
+            other.paths.iter().any(|outer| {
+                outer.filter.is_none()
+                    && path.steps.len() == outer.steps.len() + 1
+                    && path.steps.starts_with(&outer.steps)
+                    && string_parts(&outer.kind).is_some_and(|parts| parts.contains(&path.steps[outer.steps.len()].as_str()))
+            })
+        };
+        let covered_by = list
+            .iter()
+            .filter(|other| other.name != param.name && indexable(other) && other.param_type == ParamType::String)
+            .find(|other| indexable(param) && param.param_type == ParamType::String && param.paths.iter().all(|path| contains(other, path)))
+            .map(|other| other.name.clone());
+        derived.push((index_as, covered_by));
+    }
+    for (param, (index_as, covered_by)) in list.iter_mut().zip(derived) {
+        param.index_as = index_as;
+        param.covered_by = covered_by;
     }
 }
 
@@ -143,6 +198,7 @@ impl SearchParamTable {
                 }
             }
             list.sort_by(|a, b| a.name.cmp(&b.name));
+            derive_term_sharing(&mut list);
             params.insert(resource_type.clone(), list);
         }
         Ok(Self { resource_types: raw.resource_types.into_iter().collect(), params, patient_compartment: raw.patient_compartment })

@@ -2,7 +2,7 @@
 //! semantics and tantivy. Pure; [`super::index`] turns a [`TermCondition`] into a tantivy query.
 //!
 //! **No readable PHI in the index.** Every token, string and reference value becomes a keyed
-//! hash (HMAC-SHA-256 under a key derived from the ledger secret, truncated to 96 bits):
+//! hash (HMAC-SHA-256 under a key derived from the ledger secret, truncated to 64 bits):
 //! strings as their normalised prefixes (up to [`MAX_PREFIX`] characters; a longer search selects
 //! by its first [`MAX_PREFIX`] and the matcher decides), their exact form and
 //! their trigrams (for `:contains`). Only dates, quantities and numbers are stored as
@@ -10,90 +10,136 @@
 //!
 //! **Conditions are supersets.** A condition selects at least every resource the matcher would
 //! accept (it may select more: prefixes beyond [`MAX_PREFIX`], `:not`, `ne`, `ap`, multi-valued
-//! dates, composites); the search then confirms every candidate with the matcher on the sealed
-//! resource. Term layout: `{param}|{kind}|{value}`, one field for all.
+//! dates, composites, a 64-bit hash collision, a parameter served by another's terms); the search
+//! then confirms every candidate with the matcher on the sealed resource.
+//!
+//! **Layout** (bytes): `{param} 0x00 {kind}` and then 8 bytes: the keyed hash, or the
+//! order-preserving big-endian value of a date or number; a presence term (`kind` `?`) ends after
+//! the kind. Parameter names hold no 0 byte, so no term of one parameter is a prefix of
+//! another's. Fewer, shorter terms are most of the indexing cost (docs/BENCHMARKS.md), so:
+//! a parameter with the same element paths as another shares its terms
+//! ([`SearchParam::index_as`]: `phonetic` is `name`); a string parameter on parts of another's
+//! elements (`family` of `name`) keeps its prefixes but leaves exact and trigram terms to that one
+//! ([`SearchParam::covered_by`]); code display texts (`code:text`) only get prefixes, all that
+//! `:text` searches.
 
-use std::collections::HashMap;
 use std::ops::Bound;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::extract::{IndexEntry, IndexValue, PRESENT_SUFFIX};
+use super::extract::{IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX};
 use super::normalize::normalize_text;
 use super::query::{Filter, FilterValue, Modifier, Prefix, TokenSystem};
+use super::search_params::{SearchParam, SearchParamTable};
 
 /// Normalised string prefixes indexed (longer searches select by this prefix, then the matcher).
 pub const MAX_PREFIX: usize = 8;
+
+/// Bytes of a keyed hash kept in a term: a collision only adds a candidate the matcher drops.
+const HASH_BYTES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TermCondition {
     /// Every document (of the searched type).
     Everything,
     /// Documents holding this term.
-    Term(String),
-    /// Documents holding a term in this lexicographic range.
+    Term(Vec<u8>),
+    /// Documents holding a term in this byte-wise range.
     Range {
-        lower: Bound<String>,
-        upper: Bound<String>,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
     },
     All(Vec<TermCondition>),
     Any(Vec<TermCondition>),
     Not(Box<TermCondition>),
 }
 
-impl TermCondition {
-    /// Terms starting with `prefix`.
-    pub fn prefix(prefix: &str) -> TermCondition {
-        TermCondition::Range { lower: Bound::Included(prefix.to_string()), upper: Bound::Excluded(format!("{prefix}\u{10ffff}")) }
-    }
+/// The byte after the parameter name: what a term says about the parameter.
+mod kind {
+    pub const PRESENT: u8 = b'?';
+    /// Token `system|code`.
+    pub const TOKEN: u8 = b't';
+    /// Token code in any system.
+    pub const TOKEN_CODE: u8 = b'a';
+    /// Token system, any code.
+    pub const TOKEN_SYSTEM: u8 = b's';
+    pub const STRING_PREFIX: u8 = b'p';
+    pub const STRING_EXACT: u8 = b'x';
+    pub const STRING_TRIGRAM: u8 = b'g';
+    /// Reference `Type/id` or absolute URL.
+    pub const REFERENCE: u8 = b'r';
+    /// Reference id alone.
+    pub const REFERENCE_ID: u8 = b'i';
+    pub const DATE_START: u8 = b'd';
+    pub const DATE_END: u8 = b'e';
+    pub const QUANTITY: u8 = b'q';
+    /// Quantity unit code in any system.
+    pub const QUANTITY_CODE: u8 = b'c';
+    /// Quantity `system|code`.
+    pub const QUANTITY_UNIT: u8 = b'u';
+    pub const NUMBER: u8 = b'n';
 }
 
-/// Appends `bytes` as lowercase hex (lexicographic order of the text = order of the bytes).
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
-    }
-}
-
-fn sortable_u64(value: u64) -> String {
-    let mut out = String::with_capacity(16);
-    push_hex(&mut out, &value.to_be_bytes());
-    out
-}
-
-/// Order-preserving text for an `i64` (dates in ms).
-fn sortable_i64(value: i64) -> String {
-    sortable_u64((value as u64) ^ (1 << 63))
-}
-
-/// Order-preserving text for an `f64` (IEEE 754 total order for finite values).
-fn sortable_f64(value: f64) -> String {
-    let bits = value.to_bits();
-    sortable_u64(if bits >> 63 == 1 { !bits } else { bits | (1 << 63) })
-}
-
-/// The bytes a value's keyed hash covers: each part followed by a 0 byte.
-fn value_bytes(parts: &[&str]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
-    for part in parts {
-        bytes.extend_from_slice(part.as_bytes());
-        bytes.push(0);
-    }
-    bytes
-}
-
-/// `{param}|{kind}|{value}`: the layout of every term.
-fn layout(param: &str, kind: &str, value: &str) -> String {
-    let mut term = String::with_capacity(param.len() + kind.len() + value.len() + 2);
-    term.push_str(param);
-    term.push('|');
-    term.push_str(kind);
-    term.push('|');
-    term.push_str(value);
+/// `{param} 0x00 {kind} {payload}`.
+fn term(param: &str, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut term = Vec::with_capacity(param.len() + 2 + payload.len());
+    term.extend_from_slice(param.as_bytes());
+    term.push(0);
+    term.push(kind);
+    term.extend_from_slice(payload);
     term
+}
+
+/// Order-preserving bytes for an `i64` (dates in ms).
+fn sortable_i64(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Order-preserving bytes for an `f64` (IEEE 754 total order for finite values).
+fn sortable_f64(value: f64) -> [u8; 8] {
+    let bits = value.to_bits();
+    (if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }).to_be_bytes()
+}
+
+/// The terms of one resource in one buffer (a resource has hundreds: no allocation each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocumentTerms {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl DocumentTerms {
+    fn push(&mut self, param: &str, kind: u8, payload: &[u8]) {
+        self.bytes.extend_from_slice(param.as_bytes());
+        self.bytes.push(0);
+        self.bytes.push(kind);
+        self.bytes.extend_from_slice(payload);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Terms given whole (tests of the index).
+    pub fn from_terms<'a>(terms: impl IntoIterator<Item = &'a [u8]>) -> DocumentTerms {
+        let mut document = DocumentTerms::default();
+        for term in terms {
+            document.bytes.extend_from_slice(term);
+            document.ends.push(document.bytes.len());
+        }
+        document
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(start, end)| &self.bytes[start..end])
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
 }
 
 /// Turns index values into terms and filters into conditions, under one hashing key.
@@ -101,39 +147,33 @@ pub struct TermEncoder {
     /// HMAC keyed once; each term clones this state instead of re-keying (a document has
     /// hundreds of terms).
     keyed: Hmac<Sha256>,
+    table: &'static SearchParamTable,
 }
 
 impl TermEncoder {
     pub fn new(key: [u8; 32]) -> TermEncoder {
-        TermEncoder { keyed: <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("any key length") }
+        TermEncoder { keyed: <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("any key length"), table: SearchParamTable::r4() }
     }
 
     /// The keyed hash of a value: its parts, each followed by a 0 byte. It does not depend on
-    /// the parameter (the term names that in clear), so one document hashes each value once.
-    fn hash(&self, value: &[u8]) -> [u8; 12] {
+    /// the parameter (the term names that in clear).
+    fn hash(&self, parts: &[&str]) -> [u8; HASH_BYTES] {
         let mut mac = self.keyed.clone();
-        mac.update(value);
-        let mut hash = [0; 12];
-        hash.copy_from_slice(&mac.finalize().into_bytes()[..12]);
+        for part in parts {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        let mut hash = [0; HASH_BYTES];
+        hash.copy_from_slice(&mac.finalize().into_bytes()[..HASH_BYTES]);
         hash
     }
 
-    fn hashed_term(param: &str, kind: &str, hash: &[u8; 12]) -> String {
-        let mut term = layout(param, kind, "");
-        term.reserve(2 * hash.len());
-        push_hex(&mut term, hash);
-        term
+    fn hashed(&self, param: &str, kind: u8, parts: &[&str]) -> Vec<u8> {
+        term(param, kind, &self.hash(parts))
     }
 
-    fn term(&self, param: &str, kind: &str, parts: &[&str]) -> String {
-        Self::hashed_term(param, kind, &self.hash(&value_bytes(parts)))
-    }
-
-    fn presence(param: &str) -> String {
-        let mut term = String::with_capacity(param.len() + 2);
-        term.push_str(param);
-        term.push_str("|?");
-        term
+    fn presence(param: &str) -> Vec<u8> {
+        term(param, kind::PRESENT, &[])
     }
 
     fn prefixes(normalized: &str) -> impl Iterator<Item = &str> {
@@ -145,93 +185,113 @@ impl TermEncoder {
         (0..starts.len().saturating_sub(3)).map(move |first| &normalized[starts[first]..starts[first + 3]])
     }
 
-    /// Every term of a resource's index entries (a term may repeat; the index ignores repeats).
-    pub fn document_terms(&self, entries: &[IndexEntry]) -> Vec<String> {
-        let mut terms = Vec::with_capacity(8 * entries.len());
-        // Names, phonetic, given, family… index the same strings: hash each value once.
-        let mut hashes: HashMap<Vec<u8>, [u8; 12]> = HashMap::new();
-        let mut term = |param: &str, kind: &str, parts: &[&str]| {
-            let hash = hashes.entry(value_bytes(parts)).or_insert_with_key(|value| self.hash(value));
-            Self::hashed_term(param, kind, hash)
-        };
+    /// The declared parameter behind an index entry or filter name (`code:text`, `code$0` and
+    /// `subject:present` name `code`, `code` and `subject`).
+    fn declared(&self, resource_type: &str, name: &str) -> Option<&'static SearchParam> {
+        self.table.param(resource_type, name.split([':', '$']).next().unwrap_or(name))
+    }
+
+    /// Every term of a resource's index entries (each presence term once; other terms may
+    /// repeat, the index ignores repeats).
+    pub fn document_terms(&self, resource_type: &str, entries: &[IndexEntry]) -> DocumentTerms {
+        let mut terms = DocumentTerms { bytes: Vec::with_capacity(256 * entries.len()), ends: Vec::with_capacity(8 * entries.len()) };
+        let mut present: Vec<&str> = Vec::new();
+        // Entries come grouped by parameter: look each one up once.
+        let mut last: Option<(&str, Option<&SearchParam>)> = None;
         for entry in entries {
-            if let Some(base) = entry.param.strip_suffix(PRESENT_SUFFIX) {
-                terms.push(Self::presence(base));
+            let param = entry.param.as_str();
+            let declared = match last {
+                Some((name, declared)) if name == param => declared,
+                _ => {
+                    let declared = self.declared(resource_type, param);
+                    last = Some((param, declared));
+                    declared
+                }
+            };
+            if declared.is_some_and(|declared| declared.index_as.is_some()) {
                 continue;
             }
-            let param = entry.param.as_str();
-            terms.push(Self::presence(param));
+            let base = param.strip_suffix(PRESENT_SUFFIX).unwrap_or(param);
+            if !present.contains(&base) {
+                present.push(base);
+                terms.push(base, kind::PRESENT, &[]);
+            }
+            if base.len() != param.len() {
+                continue;
+            }
+            let mut hashed = |kind: u8, parts: &[&str]| terms.push(param, kind, &self.hash(parts));
             match &entry.value {
                 IndexValue::Token { system, code } => {
                     let system = system.as_deref().unwrap_or("");
-                    terms.push(term(param, "t", &[system, code]));
-                    terms.push(term(param, "ta", &[code]));
-                    terms.push(term(param, "ts", &[system]));
+                    hashed(kind::TOKEN, &[system, code]);
+                    hashed(kind::TOKEN_CODE, &[code]);
+                    hashed(kind::TOKEN_SYSTEM, &[system]);
                 }
                 IndexValue::Text { normalized, exact } => {
-                    terms.extend(Self::prefixes(normalized).map(|prefix| term(param, "sp", &[prefix])));
-                    terms.push(term(param, "sx", &[exact]));
-                    terms.extend(Self::trigrams(normalized).map(|trigram| term(param, "sg", &[trigram])));
-                }
-                IndexValue::Reference { target } => {
-                    terms.push(term(param, "r", &[target]));
-                    let id = target.rsplit('/').next().unwrap_or(target);
-                    terms.push(term(param, "ri", &[id]));
-                }
-                IndexValue::Date { start_ms, end_ms } => {
-                    terms.push(layout(param, "ds", &sortable_i64(*start_ms)));
-                    terms.push(layout(param, "de", &sortable_i64(*end_ms)));
-                }
-                IndexValue::Quantity { value_f64, system, code, .. } => {
-                    terms.push(layout(param, "q", &sortable_f64(*value_f64)));
-                    if let Some(code) = code {
-                        terms.push(term(param, "qc", &[code]));
-                        terms.push(term(param, "qu", &[system.as_deref().unwrap_or(""), code]));
+                    for prefix in Self::prefixes(normalized) {
+                        hashed(kind::STRING_PREFIX, &[prefix]);
+                    }
+                    let whole_values = !param.ends_with(TEXT_SUFFIX) && declared.is_none_or(|declared| declared.covered_by.is_none());
+                    if whole_values {
+                        hashed(kind::STRING_EXACT, &[exact]);
+                        for trigram in Self::trigrams(normalized) {
+                            hashed(kind::STRING_TRIGRAM, &[trigram]);
+                        }
                     }
                 }
-                IndexValue::Number { value_f64, .. } => terms.push(layout(param, "n", &sortable_f64(*value_f64))),
+                IndexValue::Reference { target } => {
+                    hashed(kind::REFERENCE, &[target]);
+                    let id = target.rsplit('/').next().unwrap_or(target);
+                    hashed(kind::REFERENCE_ID, &[id]);
+                }
+                IndexValue::Date { start_ms, end_ms } => {
+                    terms.push(param, kind::DATE_START, &sortable_i64(*start_ms));
+                    terms.push(param, kind::DATE_END, &sortable_i64(*end_ms));
+                }
+                IndexValue::Quantity { value_f64, system, code, .. } => {
+                    terms.push(param, kind::QUANTITY, &sortable_f64(*value_f64));
+                    if let Some(code) = code {
+                        let mut hashed = |kind: u8, parts: &[&str]| terms.push(param, kind, &self.hash(parts));
+                        hashed(kind::QUANTITY_CODE, &[code]);
+                        hashed(kind::QUANTITY_UNIT, &[system.as_deref().unwrap_or(""), code]);
+                    }
+                }
+                IndexValue::Number { value_f64, .. } => terms.push(param, kind::NUMBER, &sortable_f64(*value_f64)),
             }
         }
         terms
     }
 
-    fn range(param: &str, kind: &str, lower: Bound<String>, upper: Bound<String>) -> TermCondition {
-        let prefix = format!("{param}|{kind}|");
-        let with_prefix = |bound: Bound<String>| match bound {
-            Bound::Included(value) => Bound::Included(format!("{prefix}{value}")),
-            Bound::Excluded(value) => Bound::Excluded(format!("{prefix}{value}")),
-            Bound::Unbounded => Bound::Unbounded,
+    /// Terms of `param` and `kind` whose 8-byte value lies within the bounds.
+    fn range(param: &str, kind: u8, lower: Bound<[u8; 8]>, upper: Bound<[u8; 8]>) -> TermCondition {
+        let with_head = |bound: Bound<[u8; 8]>, unbounded: [u8; 8]| match bound {
+            Bound::Included(value) => Bound::Included(term(param, kind, &value)),
+            Bound::Excluded(value) => Bound::Excluded(term(param, kind, &value)),
+            Bound::Unbounded => Bound::Included(term(param, kind, &unbounded)),
         };
-        let lower = match with_prefix(lower) {
-            Bound::Unbounded => Bound::Included(prefix.clone()),
-            bound => bound,
-        };
-        let upper = match with_prefix(upper) {
-            Bound::Unbounded => Bound::Excluded(format!("{prefix}\u{10ffff}")),
-            bound => bound,
-        };
-        TermCondition::Range { lower, upper }
+        TermCondition::Range { lower: with_head(lower, [0; 8]), upper: with_head(upper, [0xff; 8]) }
     }
 
     fn date_condition(param: &str, prefix: Prefix, start_ms: i64, end_ms: i64) -> TermCondition {
         use Bound::{Excluded, Included, Unbounded};
+        use kind::{DATE_END, DATE_START};
         let (start, end) = (sortable_i64(start_ms), sortable_i64(end_ms));
         match prefix {
             Prefix::Eq => TermCondition::All(vec![
-                Self::range(param, "ds", Included(start), Unbounded),
-                Self::range(param, "de", Unbounded, Included(end)),
+                Self::range(param, DATE_START, Included(start), Unbounded),
+                Self::range(param, DATE_END, Unbounded, Included(end)),
             ]),
-            Prefix::Gt => Self::range(param, "de", Excluded(end), Unbounded),
-            Prefix::Lt => Self::range(param, "ds", Unbounded, Excluded(start)),
-            Prefix::Ge => Self::range(param, "de", Included(start), Unbounded),
-            Prefix::Le => Self::range(param, "ds", Unbounded, Included(end)),
-            Prefix::Sa => Self::range(param, "ds", Excluded(end), Unbounded),
-            Prefix::Eb => Self::range(param, "de", Unbounded, Excluded(start)),
+            Prefix::Gt => Self::range(param, DATE_END, Excluded(end), Unbounded),
+            Prefix::Lt => Self::range(param, DATE_START, Unbounded, Excluded(start)),
+            Prefix::Ge => Self::range(param, DATE_END, Included(start), Unbounded),
+            Prefix::Le => Self::range(param, DATE_START, Unbounded, Included(end)),
+            Prefix::Sa => Self::range(param, DATE_START, Excluded(end), Unbounded),
+            Prefix::Eb => Self::range(param, DATE_END, Unbounded, Excluded(start)),
             Prefix::Ne | Prefix::Ap => TermCondition::Term(Self::presence(param)),
         }
     }
 
-    fn number_condition(param: &str, kind: &str, prefix: Prefix, value: f64) -> TermCondition {
+    fn number_condition(param: &str, kind: u8, prefix: Prefix, value: f64) -> TermCondition {
         use Bound::{Included, Unbounded};
         // Wide enough for any implicit precision or `ap` margin; the matcher decides exactly.
         let margin = (value.abs() * 0.1).max(1.0);
@@ -245,67 +305,76 @@ impl TermEncoder {
         }
     }
 
-    fn string_condition(&self, param: &str, value: &str, modifier: Option<&Modifier>) -> TermCondition {
+    /// `param` names the terms; `whole_values` the parameter holding the exact and trigram
+    /// terms of its values (itself, or the one covering it).
+    fn string_condition(&self, param: &str, whole_values: &str, value: &str, modifier: Option<&Modifier>) -> TermCondition {
         match modifier {
-            Some(Modifier::Exact) => TermCondition::Term(self.term(param, "sx", &[value])),
+            Some(Modifier::Exact) => TermCondition::Term(self.hashed(whole_values, kind::STRING_EXACT, &[value])),
             Some(Modifier::Contains) => {
                 let normalized = normalize_text(value);
-                let trigrams: Vec<TermCondition> =
-                    Self::trigrams(&normalized).map(|trigram| TermCondition::Term(self.term(param, "sg", &[trigram]))).collect();
+                let trigrams: Vec<TermCondition> = Self::trigrams(&normalized)
+                    .map(|trigram| TermCondition::Term(self.hashed(whole_values, kind::STRING_TRIGRAM, &[trigram])))
+                    .collect();
                 if trigrams.is_empty() { TermCondition::Term(Self::presence(param)) } else { TermCondition::All(trigrams) }
             }
             _ => {
                 let normalized = normalize_text(value);
                 match normalized.char_indices().nth(MAX_PREFIX) {
                     None if normalized.is_empty() => TermCondition::Term(Self::presence(param)),
-                    None => TermCondition::Term(self.term(param, "sp", &[&normalized])),
-                    Some((end, _)) => TermCondition::Term(self.term(param, "sp", &[&normalized[..end]])),
+                    None => TermCondition::Term(self.hashed(param, kind::STRING_PREFIX, &[&normalized])),
+                    Some((end, _)) => TermCondition::Term(self.hashed(param, kind::STRING_PREFIX, &[&normalized[..end]])),
                 }
             }
         }
     }
 
-    fn value_condition(&self, param: &str, modifier: Option<&Modifier>, value: &FilterValue) -> TermCondition {
+    fn value_condition(&self, param: &str, whole_values: &str, modifier: Option<&Modifier>, value: &FilterValue) -> TermCondition {
+        let hashed = |kind: u8, parts: &[&str]| TermCondition::Term(self.hashed(param, kind, parts));
         match value {
             FilterValue::Token { system, code } => match (system, code) {
-                (TokenSystem::Any, Some(code)) => TermCondition::Term(self.term(param, "ta", &[code])),
-                (TokenSystem::None, Some(code)) => TermCondition::Term(self.term(param, "t", &["", code])),
-                (TokenSystem::Some(system), Some(code)) => TermCondition::Term(self.term(param, "t", &[system, code])),
-                (TokenSystem::Some(system), None) => TermCondition::Term(self.term(param, "ts", &[system])),
+                (TokenSystem::Any, Some(code)) => hashed(kind::TOKEN_CODE, &[code]),
+                (TokenSystem::None, Some(code)) => hashed(kind::TOKEN, &["", code]),
+                (TokenSystem::Some(system), Some(code)) => hashed(kind::TOKEN, &[system, code]),
+                (TokenSystem::Some(system), None) => hashed(kind::TOKEN_SYSTEM, &[system]),
                 (_, None) => TermCondition::Term(Self::presence(param)),
             },
-            FilterValue::String(text) => self.string_condition(param, text, modifier),
-            FilterValue::Uri(uri) => TermCondition::Term(self.term(param, "ta", &[uri])),
+            FilterValue::String(text) => self.string_condition(param, whole_values, text, modifier),
+            FilterValue::Uri(uri) => hashed(kind::TOKEN_CODE, &[uri]),
             FilterValue::Date { prefix, start_ms, end_ms } => Self::date_condition(param, *prefix, *start_ms, *end_ms),
-            FilterValue::Reference { target } if target.contains('/') => TermCondition::Term(self.term(param, "r", &[target])),
-            FilterValue::Reference { target } => TermCondition::Term(self.term(param, "ri", &[target])),
+            FilterValue::Reference { target } if target.contains('/') => hashed(kind::REFERENCE, &[target]),
+            FilterValue::Reference { target } => hashed(kind::REFERENCE_ID, &[target]),
             FilterValue::Quantity { prefix, value, system, code, .. } => {
-                let mut conditions = vec![Self::number_condition(param, "q", *prefix, *value)];
+                let mut conditions = vec![Self::number_condition(param, kind::QUANTITY, *prefix, *value)];
                 if let Some(code) = code {
                     conditions.push(match system {
-                        Some(system) => TermCondition::Term(self.term(param, "qu", &[system, code])),
-                        None => TermCondition::Term(self.term(param, "qc", &[code])),
+                        Some(system) => hashed(kind::QUANTITY_UNIT, &[system, code]),
+                        None => hashed(kind::QUANTITY_CODE, &[code]),
                     });
                 }
                 TermCondition::All(conditions)
             }
-            FilterValue::Number { prefix, value, .. } => Self::number_condition(param, "n", *prefix, *value),
+            FilterValue::Number { prefix, value, .. } => Self::number_condition(param, kind::NUMBER, *prefix, *value),
             FilterValue::Composite(components) => TermCondition::All(
                 components
                     .iter()
                     .enumerate()
-                    .map(|(position, component)| self.value_condition(&format!("{param}${position}"), None, component))
+                    .map(|(position, component)| {
+                        let key = format!("{param}${position}");
+                        self.value_condition(&key, &key, None, component)
+                    })
                     .collect(),
             ),
         }
     }
 
-    /// A superset condition for one filter (OR across its values).
-    pub fn filter_condition(&self, filter: &Filter) -> TermCondition {
+    /// A superset condition for one filter on `resource_type` (OR across its values).
+    pub fn filter_condition(&self, resource_type: &str, filter: &Filter) -> TermCondition {
         if filter.chain.is_some() {
             return TermCondition::Everything;
         }
-        let param = filter.param.as_str();
+        let declared = self.declared(resource_type, &filter.param);
+        let param = declared.and_then(|declared| declared.index_as.as_deref()).unwrap_or(&filter.param);
+        let whole_values = declared.and_then(|declared| declared.covered_by.as_deref()).unwrap_or(param);
         match &filter.modifier {
             Some(Modifier::Missing(true)) => TermCondition::Not(Box::new(TermCondition::Term(Self::presence(param)))),
             Some(Modifier::Missing(false)) => TermCondition::Term(Self::presence(param)),
@@ -315,17 +384,27 @@ impl TermEncoder {
                     .values
                     .iter()
                     .map(|value| match value {
-                        FilterValue::String(text) | FilterValue::Uri(text) => self.string_condition(&format!("{param}:text"), text, None),
+                        FilterValue::String(text) | FilterValue::Uri(text) => {
+                            let text_param = format!("{param}{TEXT_SUFFIX}");
+                            self.string_condition(&text_param, &text_param, text, None)
+                        }
                         _ => TermCondition::Everything,
                     })
                     .collect(),
             ),
             Some(Modifier::Identifier) => TermCondition::Any(
-                filter.values.iter().map(|value| self.value_condition(&format!("{param}:identifier"), None, value)).collect(),
+                filter
+                    .values
+                    .iter()
+                    .map(|value| {
+                        let identifier_param = format!("{param}{IDENTIFIER_SUFFIX}");
+                        self.value_condition(&identifier_param, &identifier_param, None, value)
+                    })
+                    .collect(),
             ),
-            modifier => {
-                TermCondition::Any(filter.values.iter().map(|value| self.value_condition(param, modifier.as_ref(), value)).collect())
-            }
+            modifier => TermCondition::Any(
+                filter.values.iter().map(|value| self.value_condition(param, whole_values, modifier.as_ref(), value)).collect(),
+            ),
         }
     }
 }
@@ -346,21 +425,68 @@ mod tests {
         }
     }
 
+    fn text(param: &str, value: &str) -> IndexEntry {
+        IndexEntry { param: param.into(), value: IndexValue::Text { normalized: normalize_text(value), exact: value.into() }, group: None }
+    }
+
+    fn contains(terms: &DocumentTerms, wanted: &[u8]) -> bool {
+        terms.iter().any(|term| term == wanted)
+    }
+
     #[test]
     fn strings_become_keyed_hashes_of_prefixes() {
         let encoder = TermEncoder::new([1u8; 32]);
-        let entries = [IndexEntry {
-            param: "family".into(),
-            value: IndexValue::Text { normalized: "chalmers".into(), exact: "Chalmers".into() },
-            group: None,
-        }];
-        let terms = encoder.document_terms(&entries);
-        assert!(terms.iter().all(|term| !term.to_lowercase().contains("chalm")), "no readable text: {terms:?}");
-        assert!(terms.contains(&encoder.term("family", "sp", &["cha"])));
-        assert!(terms.contains(&encoder.term("family", "sp", &["chalmers"])), "8 characters: the longest prefix indexed");
-        assert!(terms.contains(&encoder.term("family", "sx", &["Chalmers"])));
-        assert!(terms.contains(&"family|?".to_string()));
+        let entries = [text("family", "Chalmers"), text("name", "Chalmers")];
+        let terms = encoder.document_terms("Patient", &entries);
+        assert!(terms.iter().all(|term| !String::from_utf8_lossy(term).to_lowercase().contains("chalm")), "no readable text");
+        assert!(contains(&terms, &encoder.hashed("family", kind::STRING_PREFIX, &["cha"])));
+        assert!(contains(&terms, &encoder.hashed("family", kind::STRING_PREFIX, &["chalmers"])), "8 characters: the longest prefix");
+        assert!(contains(&terms, &TermEncoder::presence("family")));
+        assert_eq!(terms.iter().filter(|term| *term == TermEncoder::presence("family").as_slice()).count(), 1, "presence once");
+        // `name` holds the parts `family` selects: its exact and trigram terms serve both.
+        assert!(contains(&terms, &encoder.hashed("name", kind::STRING_EXACT, &["Chalmers"])));
+        assert!(contains(&terms, &encoder.hashed("name", kind::STRING_TRIGRAM, &["alm"])));
+        assert!(!contains(&terms, &encoder.hashed("family", kind::STRING_EXACT, &["Chalmers"])));
+        assert!(!contains(&terms, &encoder.hashed("family", kind::STRING_TRIGRAM, &["alm"])));
         // Another key gives other terms.
-        assert_ne!(TermEncoder::new([2u8; 32]).document_terms(&entries), terms);
+        assert_ne!(TermEncoder::new([2u8; 32]).document_terms("Patient", &entries), terms);
+    }
+
+    #[test]
+    fn shared_terms_are_what_the_shared_filters_ask_for() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        let table = SearchParamTable::r4();
+        let entries = [text("family", "Chalmers"), text("name", "Chalmers"), text("phonetic", "Chalmers")];
+        let terms = encoder.document_terms("Patient", &entries);
+        assert!(!terms.iter().any(|term| term.starts_with(b"phonetic\0")), "phonetic is indexed as name");
+        let condition = |query: &str| {
+            let (param, value) = query.split_once('=').unwrap();
+            let query = crate::search::parse_query(table, "Patient", &[(param.into(), value.into())], false).unwrap();
+            encoder.filter_condition("Patient", &query.filters[0])
+        };
+        let holds = |condition: &TermCondition| {
+            let TermCondition::Any(any) = condition else { panic!("{condition:?}") };
+            any.iter().all(|condition| match condition {
+                TermCondition::Term(term) => contains(&terms, term),
+                TermCondition::All(all) => all.iter().all(|c| matches!(c, TermCondition::Term(term) if contains(&terms, term))),
+                other => panic!("{other:?}"),
+            })
+        };
+        for query in ["phonetic=chal", "family:exact=Chalmers", "family:contains=alme", "given:missing=false", "name:contains=lmer"] {
+            let condition = condition(query);
+            if query.contains(":missing") {
+                assert_eq!(condition, TermCondition::Term(TermEncoder::presence("given")));
+            } else {
+                assert!(holds(&condition), "{query}: {condition:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn code_texts_get_prefixes_only() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        let terms = encoder.document_terms("Observation", &[text("code:text", "Body weight")]);
+        assert!(contains(&terms, &encoder.hashed("code:text", kind::STRING_PREFIX, &["body"])));
+        assert_eq!(terms.len(), 1 + MAX_PREFIX, "presence and prefixes: {terms:?}");
     }
 }

@@ -108,7 +108,7 @@ impl SearchIndex {
                 _ => None,
             })
             .min();
-        let terms = self.encoder.document_terms(&entries);
+        let terms = self.encoder.document_terms(&key.resource_type, &entries);
         IndexDocument {
             key: format!("{}/{}", key.resource_type, key.id),
             resource_type: key.resource_type.clone(),
@@ -390,7 +390,8 @@ impl ResourceStore {
             query
         };
         let encoder = &self.shared.search.encoder;
-        let mut conditions: Vec<TermCondition> = query.filters.iter().map(|filter| encoder.filter_condition(filter)).collect();
+        let mut conditions: Vec<TermCondition> =
+            query.filters.iter().map(|filter| encoder.filter_condition(&query.resource_type, filter)).collect();
         if let Some(patient_reference) = compartment {
             conditions.push(self.compartment_condition(&query.resource_type, patient_reference)?);
         }
@@ -513,7 +514,7 @@ impl ResourceStore {
             let filter = crate::search::parse_query(SearchParamTable::r4(), "Patient", &[("_id".into(), id.into())], false)
                 .map_err(|error| StoreError::BadRequest(error.to_string()))?;
             return Ok(TermCondition::Any(
-                filter.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect(),
+                filter.filters.iter().map(|filter| self.shared.search.encoder.filter_condition("Patient", filter)).collect(),
             ));
         }
         if params.is_empty() {
@@ -524,7 +525,7 @@ impl ResourceStore {
             let query =
                 crate::search::parse_query(SearchParamTable::r4(), resource_type, &[(param.clone(), patient_reference.to_string())], false)
                     .map_err(|error| StoreError::BadRequest(error.to_string()))?;
-            any.extend(query.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)));
+            any.extend(query.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(resource_type, filter)));
         }
         Ok(TermCondition::Any(any))
     }
@@ -571,7 +572,7 @@ impl ResourceStore {
                         continue;
                     };
                     let condition = TermCondition::All(
-                        reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(filter)).collect(),
+                        reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(source_type, filter)).collect(),
                     );
                     for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse, guard, None)? {
                         if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
