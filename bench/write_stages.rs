@@ -285,7 +285,7 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
     let term_encoder = TermEncoder::new([7; 32]);
     let parsed: Value = stages.time("indexer: parse canonical bytes", || serde_json::from_slice(&canonical).expect("canonical JSON"));
     let entries = stages.time("indexer: extract search values", || search::extract(SearchParamTable::r4(), &parsed));
-    let terms = stages.time("indexer: encode terms (HMAC)", || term_encoder.document_terms(&key.resource_type, &entries));
+    let terms = stages.time("indexer: encode terms (keyed hashes)", || term_encoder.document_terms(&key.resource_type, &entries));
     stages.add("diag: index terms per resource (count, not ns)", terms.len() as u64);
     Prepared { key, blocks, sealed: SealedLocation { cid, wrapped_key }, identifier_hashes, leaf, last_updated }
 }

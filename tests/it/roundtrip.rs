@@ -95,3 +95,26 @@ async fn decimal_precision_is_kept_to_the_byte() {
         assert!(text.contains(literal), "{literal} not in {text}");
     }
 }
+
+/// The canonical form (fhir::canonical) of every example and Synthea Bundle equals serde_json's
+/// compact output, an independent serializer that agrees with RFC 8785 wherever names are ASCII
+/// (members in byte order, the same string escapes, numbers as sent).
+#[test]
+fn canonical_form_agrees_with_an_independent_serializer_on_the_corpora() {
+    let mut directories: Vec<_> =
+        std::fs::read_dir(corpora().join("fhir-r4-examples")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    directories.push(corpora().join("synthea/r4-transaction-bundles"));
+    let mut checked = 0;
+    for directory in directories {
+        for path in std::fs::read_dir(&directory).unwrap().map(|entry| entry.unwrap().path()) {
+            if path.extension().is_none_or(|extension| extension != "json") {
+                continue;
+            }
+            let value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let canonical = fhir_gateway::fhir::canonical::to_canonical_bytes(&value);
+            assert!(canonical == serde_json::to_vec(&value).unwrap(), "{}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 22 + 64 + 21, "{checked} files");
+}

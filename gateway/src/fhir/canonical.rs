@@ -28,7 +28,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => out.extend_from_slice(number.to_string().as_bytes()),
+        Value::Number(number) => out.extend_from_slice(number.as_str().as_bytes()),
         Value::String(text) => write_string(text, out),
         Value::Array(items) => {
             out.push(b'[');
@@ -41,42 +41,65 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::Object(members) => {
-            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-            sorted.sort_by(|(left, _), (right, _)| left.encode_utf16().cmp(right.encode_utf16()));
+            // ASCII names in ascending byte order (FHIR's, as serde_json's map keeps them) are
+            // already in UTF-16 order; anything else is sorted.
+            let mut previous: Option<&str> = None;
+            let in_order = members.keys().all(|name| {
+                let ascending = name.is_ascii() && previous.is_none_or(|previous| previous < name.as_str());
+                previous = Some(name);
+                ascending
+            });
             out.push(b'{');
-            for (position, (name, member)) in sorted.into_iter().enumerate() {
-                if position > 0 {
-                    out.push(b',');
-                }
-                write_string(name, out);
-                out.push(b':');
-                write_value(member, out);
+            if in_order {
+                write_members(members.iter(), out);
+            } else {
+                let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+                sorted.sort_by(|(left, _), (right, _)| left.encode_utf16().cmp(right.encode_utf16()));
+                write_members(sorted.into_iter(), out);
             }
             out.push(b'}');
         }
     }
 }
 
+fn write_members<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>, out: &mut Vec<u8>) {
+    for (position, (name, member)) in members.enumerate() {
+        if position > 0 {
+            out.push(b',');
+        }
+        write_string(name, out);
+        out.push(b':');
+        write_value(member, out);
+    }
+}
+
 fn write_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
-    for character in text.chars() {
-        match character {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            control if (control as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", control as u32).as_bytes());
+    // Runs of bytes that need no escape are copied whole (all of UTF-8 above 0x7f is literal).
+    let bytes = text.as_bytes();
+    let mut run_start = 0;
+    for (position, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            control if control < 0x20 => {
+                out.extend_from_slice(&bytes[run_start..position]);
+                out.extend_from_slice(format!("\\u{control:04x}").as_bytes());
+                run_start = position + 1;
+                continue;
             }
-            other => {
-                let mut buffer = [0u8; 4];
-                out.extend_from_slice(other.encode_utf8(&mut buffer).as_bytes());
-            }
-        }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run_start..position]);
+        out.extend_from_slice(escape);
+        run_start = position + 1;
     }
+    out.extend_from_slice(&bytes[run_start..]);
     out.push(b'"');
 }
 

@@ -734,6 +734,30 @@ fn is_choice_suffix(type_name: &str, suffix: &str) -> bool {
 // The walk
 // ---------------------------------------------------------------------------
 
+/// Where a value is: a FHIRPath-like expression with indexes, rendered only when an issue is
+/// reported (validation visits every element; most resources have no issue).
+#[derive(Clone, Copy)]
+enum Location<'a> {
+    Root(&'a str),
+    /// `parent.name`
+    Property(&'a Location<'a>, &'a str),
+    /// `parent.name[x]`: a choice element as a whole.
+    Choice(&'a Location<'a>, &'a str),
+    /// `parent[index]`
+    Item(&'a Location<'a>, usize),
+}
+
+impl std::fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Root(text) => f.write_str(text),
+            Location::Property(parent, name) => write!(f, "{parent}.{name}"),
+            Location::Choice(parent, name) => write!(f, "{parent}.{name}[x]"),
+            Location::Item(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
 /// Where the children of a JSON object are defined: a type and a path inside it.
 #[derive(Clone, Copy)]
 struct Context<'m> {
@@ -767,71 +791,71 @@ struct Validator<'m> {
 }
 
 impl<'m> Validator<'m> {
-    fn report(&mut self, severity: Severity, code: IssueCode, expression: &str, diagnostics: String) {
-        self.issues.push(Issue { severity, code, expression: expression.to_owned(), diagnostics });
+    fn report(&mut self, severity: Severity, code: IssueCode, location: &Location, diagnostics: String) {
+        self.issues.push(Issue { severity, code, expression: location.to_string(), diagnostics });
     }
 
-    fn error(&mut self, code: IssueCode, expression: &str, diagnostics: String) {
-        self.report(Severity::Error, code, expression, diagnostics);
+    fn error(&mut self, code: IssueCode, location: &Location, diagnostics: String) {
+        self.report(Severity::Error, code, location, diagnostics);
     }
 
-    fn unknown_property(&mut self, expression: &str, diagnostics: String) {
-        self.relaxable(IssueCode::Structure, expression, diagnostics);
+    fn unknown_property(&mut self, location: &Location, diagnostics: String) {
+        self.relaxable(IssueCode::Structure, location, diagnostics);
     }
 
     /// An error that `Prefer: handling=lenient` turns into a warning: unknown properties and
     /// reference target types (both occur in real feeds and in official examples).
-    fn relaxable(&mut self, code: IssueCode, expression: &str, diagnostics: String) {
+    fn relaxable(&mut self, code: IssueCode, location: &Location, diagnostics: String) {
         let severity = match self.leniency {
             Leniency::Strict => Severity::Error,
             Leniency::Lenient => Severity::Warning,
         };
-        self.report(severity, code, expression, diagnostics);
+        self.report(severity, code, location, diagnostics);
     }
 
     /// A resource: the root (`location` is `None`) or an entry of `contained`.
-    fn resource(&mut self, value: &Value, location: Option<&str>) {
-        let fallback = location.unwrap_or("Resource");
+    fn resource(&mut self, value: &Value, location: Option<&Location>) {
+        let fallback = location.copied().unwrap_or(Location::Root("Resource"));
         let Some(object) = value.as_object() else {
-            self.error(IssueCode::Structure, fallback, format!("a resource must be a JSON object, found {}", kind_of(value)));
+            self.error(IssueCode::Structure, &fallback, format!("a resource must be a JSON object, found {}", kind_of(value)));
             return;
         };
         let resource_type = match object.get("resourceType") {
             Some(Value::String(name)) => name.as_str(),
             Some(other) => {
                 let diagnostics = format!("resourceType must be a string, found {}", kind_of(other));
-                self.error(IssueCode::Structure, &format!("{fallback}.resourceType"), diagnostics);
+                self.error(IssueCode::Structure, &Location::Property(&fallback, "resourceType"), diagnostics);
                 return;
             }
             None => {
-                self.error(IssueCode::Required, &format!("{fallback}.resourceType"), "resourceType is missing".into());
+                self.error(IssueCode::Required, &Location::Property(&fallback, "resourceType"), "resourceType is missing".into());
                 return;
             }
         };
-        let expression = location.unwrap_or(resource_type);
+        let expression = location.copied().unwrap_or(Location::Root(resource_type));
         if let Some(context) = self.model.strict_type(resource_type) {
-            self.object(object, context, expression, true);
+            self.object(object, context, &expression, true);
         } else if location.is_none() {
             let diagnostics = format!(
                 "resource type '{resource_type}' is not accepted here (strictly validated: {})",
                 self.model.header.strict_resources.join(", ")
             );
-            self.error(IssueCode::Structure, expression, diagnostics);
+            self.error(IssueCode::Structure, &expression, diagnostics);
             return;
         } else if !self.model.resource_types.contains(resource_type) {
             let diagnostics = format!("unknown resource type '{resource_type}'");
-            self.error(IssueCode::Structure, &format!("{expression}.resourceType"), diagnostics);
+            self.error(IssueCode::Structure, &Location::Property(&expression, "resourceType"), diagnostics);
         }
         if location.is_some() {
             let strict = self.model.is_strictly_validated(resource_type);
-            self.contained_rules(object, expression, strict);
+            self.contained_rules(object, &expression, strict);
         }
     }
 
     /// Rules for every `contained` entry: an `id` (to be referenced by) and `dom-2`.
     /// The id's form is checked here only when the type is not strictly validated.
-    fn contained_rules(&mut self, object: &Map<String, Value>, expression: &str, strict: bool) {
-        let location = format!("{expression}.id");
+    fn contained_rules(&mut self, object: &Map<String, Value>, expression: &Location, strict: bool) {
+        let location = Location::Property(expression, "id");
         match object.get("id") {
             Some(Value::String(id)) if is_id(id) => {}
             Some(other) if !strict => self.error(IssueCode::Value, &location, format!("not a valid id: {other}")),
@@ -845,7 +869,7 @@ impl<'m> Validator<'m> {
     }
 
     /// The properties of an object whose elements are defined by `context`.
-    fn object(&mut self, object: &Map<String, Value>, context: Context<'m>, expression: &str, resource_root: bool) {
+    fn object(&mut self, object: &Map<String, Value>, context: Context<'m>, expression: &Location, resource_root: bool) {
         if object.is_empty() {
             self.error(IssueCode::Structure, expression, "empty objects are not allowed".into());
             return;
@@ -864,7 +888,7 @@ impl<'m> Validator<'m> {
         &mut self,
         object: &'v Map<String, Value>,
         elements: &[ElementDef],
-        expression: &str,
+        expression: &Location,
         resource_root: bool,
     ) -> Vec<Form<'v>> {
         let mut forms: Vec<Form> = Vec::new();
@@ -876,7 +900,7 @@ impl<'m> Validator<'m> {
                 Some(name) => (name, true),
                 None => (key.as_str(), false),
             };
-            let location = format!("{expression}.{key}");
+            let location = Location::Property(expression, key);
             let (element, type_index) = match self.resolve(elements, name) {
                 Resolved::Element(element, type_index) => (element, type_index),
                 Resolved::DisallowedType(element) => {
@@ -912,22 +936,26 @@ impl<'m> Validator<'m> {
     }
 
     /// Choice exclusivity, prohibited elements and minimum cardinality.
-    fn cardinality(&mut self, elements: &[ElementDef], forms: &[Form], expression: &str) {
+    fn cardinality(&mut self, elements: &[ElementDef], forms: &[Form], expression: &Location) {
         for (index, element) in elements.iter().enumerate() {
-            let present: Vec<&Form> = forms.iter().filter(|f| f.element == index).collect();
-            let child = format!("{expression}.{}", element.display_name());
-            if present.len() > 1 {
-                let names: Vec<&str> = present.iter().map(|f| f.property.as_str()).collect();
+            let present = || forms.iter().filter(move |f| f.element == index);
+            let (forms_present, count) = present().fold((0, 0), |(forms, count), form| (forms + 1, count + form.item_count()));
+            if forms_present == 0 && element.min == 0 {
+                continue;
+            }
+            let child =
+                if element.choice { Location::Choice(expression, &element.name) } else { Location::Property(expression, &element.name) };
+            if forms_present > 1 {
+                let names: Vec<&str> = present().map(|f| f.property.as_str()).collect();
                 self.error(
                     IssueCode::Structure,
                     &child,
                     format!("only one form of {} is allowed, found {}", element.display_name(), names.join(", ")),
                 );
             }
-            if element.max == Some(0) && !present.is_empty() {
+            if element.max == Some(0) && forms_present > 0 {
                 self.error(IssueCode::Structure, &child, format!("{} is not allowed here (max 0)", element.path));
             }
-            let count: usize = present.iter().map(|f| f.item_count()).sum();
             if count < element.min as usize {
                 let diagnostics = format!("{}: minimum required = {}, but only found {count}", element.path, element.min);
                 self.error(IssueCode::Required, &child, diagnostics);
@@ -955,9 +983,9 @@ impl<'m> Validator<'m> {
     }
 
     /// One element form: array or single value, aligned with its `_x` sibling.
-    fn form(&mut self, element: &'m ElementDef, form: &Form, context: Context<'m>, expression: &str) {
+    fn form(&mut self, element: &'m ElementDef, form: &Form, context: Context<'m>, expression: &Location) {
         let type_name = element.types[form.type_index].as_str();
-        let location = format!("{expression}.{}", form.property);
+        let location = Location::Property(expression, &form.property);
         if !element.is_repeating() {
             for (value, prefix) in [(form.value, ""), (form.extension, "_")] {
                 if let Some(Value::Array(_)) = value {
@@ -1002,7 +1030,7 @@ impl<'m> Validator<'m> {
         for index in 0..length {
             let value = values.map(|v| &v[index]).filter(|v| !v.is_null());
             let extension = extensions.map(|v| &v[index]).filter(|v| !v.is_null());
-            let item_location = format!("{location}[{index}]");
+            let item_location = Location::Item(&location, index);
             if value.is_none() && extension.is_none() {
                 self.error(IssueCode::Structure, &item_location, "null is only allowed where the aligned '_' entry has a value".into());
                 continue;
@@ -1012,7 +1040,7 @@ impl<'m> Validator<'m> {
     }
 
     /// The array of a repeating element, or `None` after reporting why it is not one.
-    fn array<'v>(&mut self, value: &'v Value, element: &ElementDef, property: &str, location: &str) -> Option<&'v [Value]> {
+    fn array<'v>(&mut self, value: &'v Value, element: &ElementDef, property: &str, location: &Location) -> Option<&'v [Value]> {
         match value {
             Value::Array(items) if items.is_empty() => {
                 self.error(IssueCode::Structure, location, "empty arrays are not allowed".into());
@@ -1035,7 +1063,7 @@ impl<'m> Validator<'m> {
         value: Option<&Value>,
         extension: Option<&Value>,
         context: Context<'m>,
-        location: &str,
+        location: &Location,
     ) {
         if let Some(extension) = extension {
             match extension {
@@ -1095,7 +1123,7 @@ impl<'m> Validator<'m> {
     }
 
     /// JSON kind and lexical form of a primitive value; true if valid.
-    fn primitive(&mut self, type_name: &str, primitive: &PrimitiveType, value: &Value, location: &str) -> bool {
+    fn primitive(&mut self, type_name: &str, primitive: &PrimitiveType, value: &Value, location: &Location) -> bool {
         let text = match (primitive.json, value) {
             (JsonKind::Boolean, Value::Bool(_)) => return true,
             (JsonKind::Number | JsonKind::Integer, Value::Number(number)) => number.as_str(),
@@ -1124,7 +1152,7 @@ impl<'m> Validator<'m> {
     }
 
     /// A `code` value against a required value set.
-    fn code_binding(&mut self, url: &str, code: &str, location: &str) {
+    fn code_binding(&mut self, url: &str, code: &str, location: &Location) {
         let Some(codes) = self.model.value_sets.get(url).and_then(|vs| vs.codes.as_ref()) else {
             return;
         };
@@ -1136,7 +1164,7 @@ impl<'m> Validator<'m> {
 
     /// A `Coding` or `CodeableConcept` against a required value set: the coding (or one
     /// of the codings) must be from it.
-    fn coded_binding(&mut self, url: &str, type_name: &str, object: &Map<String, Value>, location: &str) {
+    fn coded_binding(&mut self, url: &str, type_name: &str, object: &Map<String, Value>, location: &Location) {
         let Some(codes) = self.model.value_sets.get(url).and_then(|vs| vs.codes.as_ref()) else {
             return;
         };
@@ -1159,7 +1187,7 @@ impl<'m> Validator<'m> {
     }
 
     /// A literal reference `[base/]Type/id[/_history/version]` must name an allowed target type.
-    fn reference_target(&mut self, element: &ElementDef, object: &Map<String, Value>, location: &str) {
+    fn reference_target(&mut self, element: &ElementDef, object: &Map<String, Value>, location: &Location) {
         if element.targets.is_empty() || element.targets.iter().any(|t| t == "Resource") {
             return;
         }
@@ -1171,12 +1199,12 @@ impl<'m> Validator<'m> {
         };
         if !element.targets.iter().any(|t| t == target) {
             let diagnostics = format!("reference to a {target}, but {} allows only {}", element.path, element.targets.join(", "));
-            self.relaxable(IssueCode::Structure, &format!("{location}.reference"), diagnostics);
+            self.relaxable(IssueCode::Structure, &Location::Property(location, "reference"), diagnostics);
         }
     }
 
     /// `ext-1`: an extension has either nested extensions or a value, not both and not neither.
-    fn extension_invariant(&mut self, object: &Map<String, Value>, location: &str) {
+    fn extension_invariant(&mut self, object: &Map<String, Value>, location: &Location) {
         let has_value = object.keys().any(|k| k.starts_with("value") || k.starts_with("_value"));
         let has_extensions = object.contains_key("extension");
         if has_value == has_extensions {

@@ -65,10 +65,10 @@ impl LedgerEntry {
 
     /// The signed leaf bytes.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
-        let mut message = SIGNING_CONTEXT.to_vec();
-        message.extend_from_slice(&self.unsigned_bytes());
-        let signature = key.sign(&message);
         let mut value = serde_json::to_value(self).expect("entry serialises");
+        let mut message = SIGNING_CONTEXT.to_vec();
+        message.extend_from_slice(&to_canonical_bytes(&value));
+        let signature = key.sign(&message);
         value.as_object_mut().expect("entry is an object").insert("signature".into(), BASE64.encode(signature.to_bytes()).into());
         to_canonical_bytes(&value)
     }

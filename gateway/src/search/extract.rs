@@ -115,18 +115,28 @@ impl<'t> Extractor<'t> {
     /// One group per composite root element; a group is only kept when every
     /// component has at least one value (a partial group can never match).
     fn composite(&mut self, resource: &Value, param: &SearchParam) {
+        let keys: Vec<String> = (0..param.components.len()).map(|index| composite_key(&param.name, index)).collect();
         for root_path in &param.paths {
             for root in select(resource, root_path) {
+                // Most roots lack some component (a value of another type): skip those before
+                // converting anything.
+                let leaves: Vec<Vec<(&ElementPath, &Value)>> = param
+                    .components
+                    .iter()
+                    .map(|component| {
+                        component.paths.iter().flat_map(|path| select(root, path).into_iter().map(move |leaf| (path, leaf))).collect()
+                    })
+                    .collect();
+                if leaves.iter().any(Vec::is_empty) {
+                    continue;
+                }
                 let group = self.next_group;
                 let group_start = self.entries.len();
                 let mut complete = true;
-                for (index, component) in param.components.iter().enumerate() {
-                    let key = composite_key(&param.name, index);
+                for ((component, key), leaves) in param.components.iter().zip(&keys).zip(leaves) {
                     let component_start = self.entries.len();
-                    for path in &component.paths {
-                        for leaf in select(root, path) {
-                            self.value(&key, component.param_type, path, leaf, Some(group));
-                        }
+                    for (path, leaf) in leaves {
+                        self.value(key, component.param_type, path, leaf, Some(group));
                     }
                     complete &= self.entries.len() > component_start;
                 }

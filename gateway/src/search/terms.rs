@@ -2,7 +2,8 @@
 //! semantics and tantivy. Pure; [`super::index`] turns a [`TermCondition`] into a tantivy query.
 //!
 //! **No readable PHI in the index.** Every token, string and reference value becomes a keyed
-//! hash (HMAC-SHA-256 under a key derived from the ledger secret, truncated to 64 bits):
+//! hash (SipHash-2-4, a pseudorandom function for short inputs, under 128 bits of a key derived
+//! from the ledger secret; 64-bit output):
 //! strings as their normalised prefixes (up to [`MAX_PREFIX`] characters; a longer search selects
 //! by its first [`MAX_PREFIX`] and the matcher decides), their exact form and
 //! their trigrams (for `:contains`). Only dates, quantities and numbers are stored as
@@ -25,8 +26,9 @@
 
 use std::ops::Bound;
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher24;
 
 use super::extract::{IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX};
 use super::normalize::normalize_text;
@@ -144,28 +146,27 @@ impl DocumentTerms {
 
 /// Turns index values into terms and filters into conditions, under one hashing key.
 pub struct TermEncoder {
-    /// HMAC keyed once; each term clones this state instead of re-keying (a document has
-    /// hundreds of terms).
-    keyed: Hmac<Sha256>,
+    /// The SipHash key: the first 128 bits of the search key.
+    key: [u8; 16],
     table: &'static SearchParamTable,
 }
 
 impl TermEncoder {
-    pub fn new(key: [u8; 32]) -> TermEncoder {
-        TermEncoder { keyed: <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("any key length"), table: SearchParamTable::r4() }
+    pub fn new(search_key: [u8; 32]) -> TermEncoder {
+        let mut key = [0; 16];
+        key.copy_from_slice(&search_key[..16]);
+        TermEncoder { key, table: SearchParamTable::r4() }
     }
 
     /// The keyed hash of a value: its parts, each followed by a 0 byte. It does not depend on
     /// the parameter (the term names that in clear).
     fn hash(&self, parts: &[&str]) -> [u8; HASH_BYTES] {
-        let mut mac = self.keyed.clone();
+        let mut hasher = SipHasher24::new_with_key(&self.key);
         for part in parts {
-            mac.update(part.as_bytes());
-            mac.update(&[0]);
+            hasher.write(part.as_bytes());
+            hasher.write_u8(0);
         }
-        let mut hash = [0; HASH_BYTES];
-        hash.copy_from_slice(&mac.finalize().into_bytes()[..HASH_BYTES]);
-        hash
+        hasher.finish().to_be_bytes()
     }
 
     fn hashed(&self, param: &str, kind: u8, parts: &[&str]) -> Vec<u8> {
