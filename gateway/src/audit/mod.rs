@@ -5,8 +5,8 @@
 //! is the leaf index) and `AuditEvent?patient=[id]`.
 //!
 //! Durability is grouped: one writer thread appends whatever requests have submitted and syncs
-//! once for all of them, then starts the next group at once, so an event is durable within about
-//! two syncs of its submission. [`Durability::BeforeResponse`] makes each request wait for that
+//! once for all of them. While no request waits for a sync, it syncs at most once per
+//! [`GROUP_WINDOW`], so an event is durable within about that plus a sync of its submission. [`Durability::BeforeResponse`] makes each request wait for that
 //! (a disclosure is never unrecorded, even across a crash; each read then costs a sync's
 //! latency); [`Durability::Grouped`] (the default) answers without waiting, so a crash can lose
 //! the events of the last few milliseconds. Either way, once the trail cannot be written every
@@ -33,6 +33,9 @@ use crate::ledger::{LedgerError, LedgerLog};
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most events appended by one sync.
 const MAX_GROUP: usize = 4096;
+/// While no request waits for it, at most one sync per this interval (a sync per request would
+/// cost more CPU in the file system than the request itself).
+const GROUP_WINDOW: Duration = Duration::from_millis(5);
 /// The observer named in every AuditEvent.
 const GATEWAY: &str = "fhir-gateway";
 
@@ -195,6 +198,7 @@ fn write_loop(
     receiver: &mpsc::Receiver<Submission>,
 ) {
     let mut last_checkpoint = Instant::now();
+    let mut last_sync = Instant::now();
     loop {
         let first = match receiver.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(submission) => submission,
@@ -215,6 +219,18 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        let deadline = last_sync + GROUP_WINDOW;
+        while leaves < MAX_GROUP && group.iter().all(|submission| submission.done.is_none()) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            match receiver.recv_timeout(left) {
+                Ok(submission) => {
+                    leaves += submission.leaves.len();
+                    group.push(submission);
+                }
+                Err(_) => break,
+            }
+        }
+        last_sync = Instant::now();
         if failed.load(std::sync::atomic::Ordering::SeqCst) {
             for submission in group {
                 tell(submission.done, Err("the audit trail stopped after a storage failure".into()));

@@ -15,7 +15,7 @@ mod secrets;
 mod transaction;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -254,8 +254,38 @@ pub(crate) struct Shared {
     consents: Arc<consents::ConsentDirectory>,
     /// Where the commit thread sends published versions for indexing, and the indexer thread.
     indexer: std::sync::Mutex<Option<search::Indexer>>,
+    /// Writes started (validating, preparing) and not yet submitted to the commit thread, which
+    /// waits a moment for them so that one sync serves more writes ([`InProgress`]).
+    writes_in_progress: AtomicUsize,
     /// Held while the store is open: one process per data directory.
     _lock: std::fs::File,
+}
+
+/// Held by a write from its start until it is submitted to the commit thread (or fails), counted
+/// in [`Shared::writes_in_progress`].
+pub(crate) struct InProgress<'s> {
+    count: &'s AtomicUsize,
+    held: AtomicBool,
+}
+
+impl<'s> InProgress<'s> {
+    fn enter(count: &'s AtomicUsize) -> InProgress<'s> {
+        count.fetch_add(1, Ordering::SeqCst);
+        InProgress { count, held: AtomicBool::new(true) }
+    }
+
+    /// The write is submitted (a retry after a conflict no longer counts).
+    fn release(&self) {
+        if self.held.swap(false, Ordering::SeqCst) {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 #[derive(Clone)]
@@ -426,6 +456,7 @@ impl ResourceStore {
             search,
             consents: Arc::default(),
             indexer: std::sync::Mutex::new(None),
+            writes_in_progress: AtomicUsize::new(0),
             _lock: lock,
         });
         load_consents(&shared).map_err(|error| OpenError::Index(format!("reading the current Consents: {error}")))?;
@@ -496,6 +527,7 @@ impl ResourceStore {
         leniency: Leniency,
         condition: Option<&CreateCondition>,
     ) -> Result<CreateOutcome, StoreError> {
+        let in_progress = self.in_progress();
         validate(&resource, leniency)?;
         let resource_type = resource_type_of(&resource)?;
         let condition_hashes = match condition {
@@ -516,7 +548,7 @@ impl ResourceStore {
         let key = ResourceKey { resource_type, id: new_resource_id()? };
         let prepared = commit::prepare(&self.shared, &key, Some(resource), 1, EntryKind::Create, principal)?;
         let expectation = Expectation::Absent { condition: condition_hashes.clone() };
-        match self.submit(prepared, expectation).await? {
+        match self.submit(prepared, expectation, &in_progress).await? {
             Ok(version) => Ok(CreateOutcome::Created(WriteOutcome { version, created: true })),
             Err(Refusal::ConditionMatched) => {
                 let (id, hashes) = condition_hashes.unwrap_or_default();
@@ -540,6 +572,7 @@ impl ResourceStore {
         leniency: Leniency,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, StoreError> {
+        let in_progress = self.in_progress();
         validate(&resource, leniency)?;
         if resource_type_of(&resource)? != key.resource_type {
             return Err(StoreError::BadRequest(format!("the resource's resourceType does not match the URL's type {}", key.resource_type)));
@@ -560,7 +593,7 @@ impl ResourceStore {
             let kind = if current.is_some_and(|(_, deleted)| !deleted) { EntryKind::Update } else { EntryKind::Create };
             let prepared = commit::prepare(&self.shared, key, Some(resource.clone()), version_id, kind, principal)?;
             let expectation = Expectation::Current { base: current.map(|(version_id, _)| version_id) };
-            match self.submit(prepared, expectation).await? {
+            match self.submit(prepared, expectation, &in_progress).await? {
                 Ok(version) => {
                     return Ok(WriteOutcome { version, created: kind == EntryKind::Create });
                 }
@@ -576,6 +609,7 @@ impl ResourceStore {
     /// Deletes a resource (a new version marks it deleted). Returns the deletion's version id,
     /// or `None` if it was already deleted.
     pub async fn delete(&self, key: &ResourceKey, principal: &Principal) -> Result<Option<u64>, StoreError> {
+        let in_progress = self.in_progress();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let Some((version_id, deleted)) = self.current_state(key) else {
                 return Err(StoreError::NotFound);
@@ -585,29 +619,42 @@ impl ResourceStore {
             }
             let prepared = commit::prepare(&self.shared, key, None, version_id + 1, EntryKind::Delete, principal)?;
             let expectation = Expectation::Current { base: Some(version_id) };
-            if let Ok(version) = self.submit(prepared, expectation).await? {
+            if let Ok(version) = self.submit(prepared, expectation, &in_progress).await? {
                 return Ok(Some(version.version_id));
             }
         }
         Err(StoreError::VersionConflict)
     }
 
+    /// Counts a write as started until it is submitted (see [`Shared::writes_in_progress`]).
+    pub(crate) fn in_progress(&self) -> InProgress<'_> {
+        InProgress::enter(&self.shared.writes_in_progress)
+    }
+
     /// Commits writes all together or not at all.
-    pub(crate) async fn submit_unit(&self, writes: Vec<(PreparedWrite, Expectation)>) -> Result<UnitOutcome, StoreError> {
+    pub(crate) async fn submit_unit(
+        &self,
+        writes: Vec<(PreparedWrite, Expectation)>,
+        in_progress: &InProgress<'_>,
+    ) -> Result<UnitOutcome, StoreError> {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into()));
         }
         let (reply, answer) = oneshot::channel();
-        self.commits
-            .send(CommitRequest::Unit { writes, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?;
+        let sent = self.commits.send(CommitRequest::Unit { writes, reply }).await;
+        in_progress.release();
+        sent.map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?;
         answer.await.map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?
     }
 
     /// Commits one write: its version, or why it was refused.
-    async fn submit(&self, prepared: PreparedWrite, expectation: Expectation) -> Result<Result<StoredVersion, Refusal>, StoreError> {
-        match self.submit_unit(vec![(prepared, expectation)]).await? {
+    async fn submit(
+        &self,
+        prepared: PreparedWrite,
+        expectation: Expectation,
+        in_progress: &InProgress<'_>,
+    ) -> Result<Result<StoredVersion, Refusal>, StoreError> {
+        match self.submit_unit(vec![(prepared, expectation)], in_progress).await? {
             UnitOutcome::Committed(mut versions) => Ok(Ok(versions.pop().expect("one version per write"))),
             UnitOutcome::Refused { refusal, .. } => Ok(Err(refusal)),
         }

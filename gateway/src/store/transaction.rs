@@ -74,6 +74,7 @@ impl ResourceStore {
         principal: &Principal,
         leniency: Leniency,
     ) -> Result<Vec<(usize, EntryOutcome)>, TransactionError> {
+        let in_progress = self.in_progress();
         let fail = |position: usize| move |error: StoreError| TransactionError { position, error };
         let order = bundle::processing_order(&entries);
         let mut entries: Vec<Option<BundleEntry>> = entries.into_iter().map(Some).collect();
@@ -248,7 +249,7 @@ impl ResourceStore {
         let mut committed = if prepared.is_empty() {
             Vec::new()
         } else {
-            match self.submit_unit(prepared).await.map_err(fail(write_positions[0]))? {
+            match self.submit_unit(prepared, &in_progress).await.map_err(fail(write_positions[0]))? {
                 UnitOutcome::Committed(versions) => versions,
                 UnitOutcome::Refused { index, refusal } => {
                     let error = match refusal {
