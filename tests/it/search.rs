@@ -354,6 +354,26 @@ async fn official_observation_examples_by_code_value_and_composite() {
     assert!(expected > 0);
     let found = json_body(gateway.get("Observation?component-code-value-quantity=http://loinc.org|8480-6$gt100").await).await;
     assert_eq!(found["total"].as_u64(), Some(expected as u64));
+    // Composites on the resource itself (the index serves them with `code` and `value-quantity`
+    // terms; the matcher checks they belong together) and their :missing.
+    let with_quantity = |observation: &Value| observation["valueQuantity"]["value"].is_number() && observation["code"]["coding"].is_array();
+    let sample = observations.iter().find(|observation| with_quantity(observation)).unwrap();
+    let (system, code) = (sample["code"]["coding"][0]["system"].as_str().unwrap(), sample["code"]["coding"][0]["code"].as_str().unwrap());
+    let value: f64 = sample["valueQuantity"]["value"].to_string().parse().unwrap();
+    let expected = observations
+        .iter()
+        .filter(|observation| {
+            has_code(observation, system, code)
+                && observation["valueQuantity"]["value"].to_string().parse::<f64>().is_ok_and(|other| other >= value)
+        })
+        .count();
+    let found = json_body(gateway.get(&format!("Observation?code-value-quantity={system}|{code}$ge{value}")).await).await;
+    assert_eq!(found["total"].as_u64(), Some(expected as u64), "code-value-quantity");
+    let with_both = observations.iter().filter(|observation| with_quantity(observation)).count();
+    let found = json_body(gateway.get("Observation?code-value-quantity:missing=false").await).await;
+    assert_eq!(found["total"].as_u64(), Some(with_both as u64), "code-value-quantity:missing=false");
+    let found = json_body(gateway.get("Observation?code-value-quantity:missing=true").await).await;
+    assert_eq!(found["total"].as_u64(), Some((observations.len() - with_both) as u64), "code-value-quantity:missing=true");
     // status token and :not / :missing.
     let finals = observations.iter().filter(|observation| observation["status"] == "final").count();
     assert_eq!(json_body(gateway.get("Observation?status=final").await).await["total"].as_u64(), Some(finals as u64));

@@ -9,6 +9,9 @@
 
 /// Lower-cases `text` and strips accents (see the module documentation).
 pub fn normalize_text(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if is_combining_mark(c) {

@@ -70,6 +70,11 @@ pub struct Component {
     pub param_type: ParamType,
     /// Paths relative to each composite root element.
     pub paths: Vec<ElementPath>,
+    /// Derived at load: the parameter whose element paths include every path of this
+    /// component (from each root), so its index terms serve this component too
+    /// (`code-value-quantity`'s `code` is `code`; the matcher checks the components co-occur).
+    #[serde(skip)]
+    pub index_as: Option<String>,
 }
 
 /// A search parameter as it applies to one resource type.
@@ -153,6 +158,32 @@ fn derive_term_sharing(list: &mut [SearchParam]) {
     for (param, (index_as, covered_by)) in list.iter_mut().zip(derived) {
         param.index_as = index_as;
         param.covered_by = covered_by;
+    }
+    let components: Vec<Vec<Option<String>>> = list
+        .iter()
+        .map(|composite| {
+            composite
+                .components
+                .iter()
+                .map(|component| {
+                    let own = list.iter().find(|param| param.name == component.param && param.param_type == component.param_type)?;
+                    let covered = composite.paths.iter().all(|root| {
+                        component.paths.iter().all(|path| {
+                            let mut steps = root.steps.clone();
+                            steps.extend(path.steps.iter().cloned());
+                            let whole = ElementPath { steps, ..path.clone() };
+                            root.filter.is_none() && path.filter.is_none() && own.paths.contains(&whole)
+                        })
+                    });
+                    (covered && indexable(own)).then(|| own.index_as.clone().unwrap_or_else(|| own.name.clone()))
+                })
+                .collect()
+        })
+        .collect();
+    for (composite, index_as) in list.iter_mut().zip(components) {
+        for (component, index_as) in composite.components.iter_mut().zip(index_as) {
+            component.index_as = index_as;
+        }
     }
 }
 

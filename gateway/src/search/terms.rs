@@ -33,7 +33,7 @@ use siphasher::sip::SipHasher24;
 use super::extract::{IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX};
 use super::normalize::normalize_text;
 use super::query::{Filter, FilterValue, Modifier, Prefix, TokenSystem};
-use super::search_params::{SearchParam, SearchParamTable};
+use super::search_params::{ParamType, SearchParam, SearchParamTable};
 
 /// Normalised string prefixes indexed (longer searches select by this prefix, then the matcher).
 pub const MAX_PREFIX: usize = 8;
@@ -192,6 +192,13 @@ impl TermEncoder {
         self.table.param(resource_type, name.split([':', '$']).next().unwrap_or(name))
     }
 
+    /// For a composite's component entry (`code-value-quantity$0`): the parameter whose terms
+    /// serve it ([`super::search_params::Component::index_as`]).
+    fn component_index_as<'p>(declared: Option<&'p SearchParam>, name: &str) -> Option<&'p str> {
+        let (_, position) = name.split_once('$')?;
+        declared?.components.get(position.parse::<usize>().ok()?)?.index_as.as_deref()
+    }
+
     /// Every term of a resource's index entries (each presence term once; other terms may
     /// repeat, the index ignores repeats).
     pub fn document_terms(&self, resource_type: &str, entries: &[IndexEntry]) -> DocumentTerms {
@@ -209,7 +216,7 @@ impl TermEncoder {
                     declared
                 }
             };
-            if declared.is_some_and(|declared| declared.index_as.is_some()) {
+            if declared.is_some_and(|declared| declared.index_as.is_some()) || Self::component_index_as(declared, param).is_some() {
                 continue;
             }
             let base = param.strip_suffix(PRESENT_SUFFIX).unwrap_or(param);
@@ -329,7 +336,14 @@ impl TermEncoder {
         }
     }
 
-    fn value_condition(&self, param: &str, whole_values: &str, modifier: Option<&Modifier>, value: &FilterValue) -> TermCondition {
+    fn value_condition(
+        &self,
+        param: &str,
+        whole_values: &str,
+        modifier: Option<&Modifier>,
+        value: &FilterValue,
+        declared: Option<&SearchParam>,
+    ) -> TermCondition {
         let hashed = |kind: u8, parts: &[&str]| TermCondition::Term(self.hashed(param, kind, parts));
         match value {
             FilterValue::Token { system, code } => match (system, code) {
@@ -361,7 +375,8 @@ impl TermEncoder {
                     .enumerate()
                     .map(|(position, component)| {
                         let key = format!("{param}${position}");
-                        self.value_condition(&key, &key, None, component)
+                        let key = Self::component_index_as(declared, &key).map_or(key.clone(), str::to_string);
+                        self.value_condition(&key, &key, None, component, None)
                     })
                     .collect(),
             ),
@@ -376,7 +391,15 @@ impl TermEncoder {
         let declared = self.declared(resource_type, &filter.param);
         let param = declared.and_then(|declared| declared.index_as.as_deref()).unwrap_or(&filter.param);
         let whole_values = declared.and_then(|declared| declared.covered_by.as_deref()).unwrap_or(param);
+        let composite = declared.filter(|declared| declared.param_type == ParamType::Composite);
         match &filter.modifier {
+            // A composite is present when some root has every component: the first component's
+            // presence is a superset; its absence is not (the matcher decides).
+            Some(Modifier::Missing(true)) if composite.is_some() => TermCondition::Everything,
+            Some(Modifier::Missing(false)) if composite.is_some() => {
+                let first = format!("{param}$0");
+                TermCondition::Term(Self::presence(Self::component_index_as(composite, &first).unwrap_or(&first)))
+            }
             Some(Modifier::Missing(true)) => TermCondition::Not(Box::new(TermCondition::Term(Self::presence(param)))),
             Some(Modifier::Missing(false)) => TermCondition::Term(Self::presence(param)),
             Some(Modifier::Not) => TermCondition::Everything,
@@ -399,12 +422,12 @@ impl TermEncoder {
                     .iter()
                     .map(|value| {
                         let identifier_param = format!("{param}{IDENTIFIER_SUFFIX}");
-                        self.value_condition(&identifier_param, &identifier_param, None, value)
+                        self.value_condition(&identifier_param, &identifier_param, None, value, None)
                     })
                     .collect(),
             ),
             modifier => TermCondition::Any(
-                filter.values.iter().map(|value| self.value_condition(param, whole_values, modifier.as_ref(), value)).collect(),
+                filter.values.iter().map(|value| self.value_condition(param, whole_values, modifier.as_ref(), value, declared)).collect(),
             ),
         }
     }
