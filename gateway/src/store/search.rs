@@ -24,6 +24,8 @@ use crate::search::{
 
 /// Results of one search beyond this many candidates are not counted (`total` is omitted).
 pub const MAX_COUNTED_CANDIDATES: usize = 10_000;
+/// Candidates from which a search confirms them on every core at once.
+const PARALLEL_CONFIRMATION: usize = 64;
 /// How long a search waits for the index to catch up before answering 503.
 const FRESHNESS_WAIT: Duration = Duration::from_secs(10);
 
@@ -317,6 +319,8 @@ impl ResourceStore {
 
     /// Resources matching `condition` and confirmed by the matcher, in index order (not sorted);
     /// with `limit`, the first `limit` of them in ledger order (the rest are not read).
+    /// Without a limit, many candidates are confirmed on every core: each is a verified read
+    /// (unseal, hashes), a parse and a consent decision, tens of microseconds apiece.
     fn confirmed(
         &self,
         resource_type: Option<&str>,
@@ -327,34 +331,59 @@ impl ResourceStore {
     ) -> Result<Vec<(Hit, StoredVersion, Value)>, StoreError> {
         let mut hits =
             self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
-        if limit.is_some() {
+        if let Some(limit) = limit {
             hits.sort_by_key(|hit| hit.leaf_index);
-        }
-        let mut confirmed = Vec::with_capacity(hits.len().min(limit.unwrap_or(usize::MAX)));
-        for hit in hits {
-            if limit.is_some_and(|limit| confirmed.len() >= limit) {
-                break;
+            let mut confirmed = Vec::with_capacity(hits.len().min(limit));
+            for hit in hits {
+                if confirmed.len() >= limit {
+                    break;
+                }
+                confirmed.extend(self.confirm(hit, query, guard)?);
             }
-            let Some((resource_type, id)) = hit.key.split_once('/') else {
-                continue;
-            };
-            let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
-            let version = match self.read(&key) {
-                Ok(version) => version,
-                // Deleted or replaced since the index saw it: the next index commit fixes it.
-                Err(StoreError::NotFound | StoreError::Gone(_)) => continue,
-                Err(error) => return Err(error),
-            };
-            let Some(resource) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) else {
-                continue;
-            };
-            if (query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource))
-                && guard.admits(Interaction::Search, &version, &resource)
-            {
-                confirmed.push((hit, version, resource));
-            }
+            return Ok(confirmed);
         }
-        Ok(confirmed)
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        if threads < 2 || hits.len() < PARALLEL_CONFIRMATION {
+            return hits.into_iter().filter_map(|hit| self.confirm(hit, query, guard).transpose()).collect();
+        }
+        let chunk = hits.len().div_ceil(threads);
+        let confirm_chunk = |hits: Vec<Hit>| -> Result<Vec<_>, StoreError> {
+            hits.into_iter().filter_map(|hit| self.confirm(hit, query, guard).transpose()).collect()
+        };
+        let mut chunks: Vec<Vec<Hit>> = Vec::with_capacity(threads);
+        while hits.len() > chunk {
+            let rest = hits.split_off(chunk);
+            chunks.push(std::mem::replace(&mut hits, rest));
+        }
+        let first = hits;
+        std::thread::scope(|scope| {
+            let others: Vec<_> = chunks.into_iter().map(|hits| scope.spawn(move || confirm_chunk(hits))).collect();
+            let mut confirmed = confirm_chunk(first)?;
+            for other in others {
+                confirmed.extend(other.join().map_err(|_| StoreError::Internal("search confirmation panicked".into()))??);
+            }
+            Ok(confirmed)
+        })
+    }
+
+    /// One candidate: its current version, read and verified, if the matcher and `guard` accept it.
+    fn confirm(&self, hit: Hit, query: &SearchQuery, guard: &dyn ReadGuard) -> Result<Option<(Hit, StoredVersion, Value)>, StoreError> {
+        let Some((resource_type, id)) = hit.key.split_once('/') else {
+            return Ok(None);
+        };
+        let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
+        let version = match self.read(&key) {
+            Ok(version) => version,
+            // Deleted or replaced since the index saw it: the next index commit fixes it.
+            Err(StoreError::NotFound | StoreError::Gone(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let Some(resource) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok()) else {
+            return Ok(None);
+        };
+        let accepted = (query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource))
+            && guard.admits(Interaction::Search, &version, &resource);
+        Ok(accepted.then_some((hit, version, resource)))
     }
 
     /// A type search (or, with `compartment`, a search restricted to one Patient's compartment),
