@@ -75,10 +75,26 @@ impl LedgerEntry {
 
     /// Parses leaf bytes without checking the signature (the read path; `verify` checks it).
     pub fn parse(leaf: &[u8]) -> Result<LedgerEntry, EntryError> {
-        let value: serde_json::Value = serde_json::from_slice(leaf).map_err(|_| EntryError::Malformed)?;
-        let mut object = value.as_object().cloned().ok_or(EntryError::Malformed)?;
-        object.remove("signature").ok_or(EntryError::Malformed)?;
-        serde_json::from_value(serde_json::Value::Object(object)).map_err(|_| EntryError::Malformed)
+        /// The leaf's shape: the entry's fields and its signature (checked by `verify`).
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Signed {
+            kind: EntryKind,
+            resource_type: String,
+            pseudonym: String,
+            version_id: u64,
+            #[serde(default)]
+            content_hash: Option<String>,
+            #[serde(default)]
+            cid: Option<String>,
+            principal: String,
+            recorded: String,
+            #[allow(dead_code)]
+            signature: String,
+        }
+        let Signed { kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded, .. } =
+            serde_json::from_slice(leaf).map_err(|_| EntryError::Malformed)?;
+        Ok(LedgerEntry { kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded })
     }
 
     /// Parses leaf bytes and checks canonical form and signature.

@@ -974,7 +974,7 @@ pub(crate) fn new_resource_id() -> Result<String, StoreError> {
     getrandom::fill(&mut bytes).map_err(|_| StoreError::Internal("random source failed".into()))?;
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = secrets::hex(&bytes);
     Ok(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
 }
 

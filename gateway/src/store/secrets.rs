@@ -18,22 +18,31 @@ use crate::seal::keyring::read_or_create_secret;
 
 pub struct LedgerSecrets {
     pub(crate) signing_key: SigningKey,
-    hmac_key: [u8; 32],
+    /// HMAC keyed once; every hash clones this state (reads and writes hash several times).
+    keyed: Hmac<Sha256>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 impl LedgerSecrets {
     pub fn open_or_create(keys_directory: &Path) -> Result<LedgerSecrets, KeyringError> {
         let seed = read_or_create_secret(&keys_directory.join("ledger-ed25519.key"))?;
         let hmac_key = read_or_create_secret(&keys_directory.join("ledger-hmac.key"))?;
-        Ok(LedgerSecrets { signing_key: SigningKey::from_bytes(&seed), hmac_key })
+        let keyed = <Hmac<Sha256> as KeyInit>::new_from_slice(&hmac_key).expect("HMAC takes any key length");
+        Ok(LedgerSecrets { signing_key: SigningKey::from_bytes(&seed), keyed })
     }
 
     fn keyed_hash(&self, purpose: &str, parts: &[&[u8]]) -> KeyedHash {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.hmac_key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(purpose.as_bytes());
         for part in parts {
             mac.update(&[0]);
