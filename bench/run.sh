@@ -64,6 +64,8 @@ RETRIES=${RETRIES:-0}
 OUT=${2:-$(mktemp -d -t fhir-gateway-bench.XXXXXX)}
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
+# Ids preloaded by an earlier run name resources of another (deleted) data directory.
+rm -f "$OUT"/ids-*.txt
 
 missing=0
 for tool in wrk curl python3 awk; do
