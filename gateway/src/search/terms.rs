@@ -30,7 +30,7 @@ use std::hash::Hasher;
 
 use siphasher::sip::SipHasher24;
 
-use super::extract::{IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX};
+use super::extract::{IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX, composite_key};
 use super::normalize::normalize_text;
 use super::query::{Filter, FilterValue, Modifier, Prefix, TokenSystem};
 use super::search_params::{ParamType, SearchParam, SearchParamTable};
@@ -257,12 +257,11 @@ impl TermEncoder {
                     terms.push(param, kind::DATE_END, &sortable_i64(*end_ms));
                 }
                 IndexValue::Quantity { value_f64, system, code, .. } => {
-                    terms.push(param, kind::QUANTITY, &sortable_f64(*value_f64));
                     if let Some(code) = code {
-                        let mut hashed = |kind: u8, parts: &[&str]| terms.push(param, kind, &self.hash(parts));
                         hashed(kind::QUANTITY_CODE, &[code]);
                         hashed(kind::QUANTITY_UNIT, &[system.as_deref().unwrap_or(""), code]);
                     }
+                    terms.push(param, kind::QUANTITY, &sortable_f64(*value_f64));
                 }
                 IndexValue::Number { value_f64, .. } => terms.push(param, kind::NUMBER, &sortable_f64(*value_f64)),
             }
@@ -374,8 +373,8 @@ impl TermEncoder {
                     .iter()
                     .enumerate()
                     .map(|(position, component)| {
-                        let key = format!("{param}${position}");
-                        let key = Self::component_index_as(declared, &key).map_or(key.clone(), str::to_string);
+                        let key = composite_key(param, position);
+                        let key = Self::component_index_as(declared, &key).map_or(key, str::to_string);
                         self.value_condition(&key, &key, None, component, None)
                     })
                     .collect(),
@@ -397,7 +396,7 @@ impl TermEncoder {
             // presence is a superset; its absence is not (the matcher decides).
             Some(Modifier::Missing(true)) if composite.is_some() => TermCondition::Everything,
             Some(Modifier::Missing(false)) if composite.is_some() => {
-                let first = format!("{param}$0");
+                let first = composite_key(param, 0);
                 TermCondition::Term(Self::presence(Self::component_index_as(composite, &first).unwrap_or(&first)))
             }
             Some(Modifier::Missing(true)) => TermCondition::Not(Box::new(TermCondition::Term(Self::presence(param)))),

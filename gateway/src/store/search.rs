@@ -338,27 +338,22 @@ impl ResourceStore {
                 if confirmed.len() >= limit {
                     break;
                 }
-                confirmed.extend(self.confirm(hit, query, guard)?);
+                confirmed.extend(self.confirm(&hit, query, guard)?);
             }
             return Ok(confirmed);
         }
+        let confirm_all = |hits: &[Hit]| -> Result<Vec<_>, StoreError> {
+            hits.iter().filter_map(|hit| self.confirm(hit, query, guard).transpose()).collect()
+        };
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         if threads < 2 || hits.len() < PARALLEL_CONFIRMATION {
-            return hits.into_iter().filter_map(|hit| self.confirm(hit, query, guard).transpose()).collect();
+            return confirm_all(&hits);
         }
-        let chunk = hits.len().div_ceil(threads);
-        let confirm_chunk = |hits: Vec<Hit>| -> Result<Vec<_>, StoreError> {
-            hits.into_iter().filter_map(|hit| self.confirm(hit, query, guard).transpose()).collect()
-        };
-        let mut chunks: Vec<Vec<Hit>> = Vec::with_capacity(threads);
-        while hits.len() > chunk {
-            let rest = hits.split_off(chunk);
-            chunks.push(std::mem::replace(&mut hits, rest));
-        }
-        let first = hits;
+        let mut parts = hits.chunks(hits.len().div_ceil(threads));
+        let first = parts.next().unwrap_or_default();
         std::thread::scope(|scope| {
-            let others: Vec<_> = chunks.into_iter().map(|hits| scope.spawn(move || confirm_chunk(hits))).collect();
-            let mut confirmed = confirm_chunk(first)?;
+            let others: Vec<_> = parts.map(|part| scope.spawn(move || confirm_all(part))).collect();
+            let mut confirmed = confirm_all(first)?;
             for other in others {
                 confirmed.extend(other.join().map_err(|_| StoreError::Internal("search confirmation panicked".into()))??);
             }
@@ -367,7 +362,7 @@ impl ResourceStore {
     }
 
     /// One candidate: its current version, read and verified, if the matcher and `guard` accept it.
-    fn confirm(&self, hit: Hit, query: &SearchQuery, guard: &dyn ReadGuard) -> Result<Option<(Hit, StoredVersion, Value)>, StoreError> {
+    fn confirm(&self, hit: &Hit, query: &SearchQuery, guard: &dyn ReadGuard) -> Result<Option<(Hit, StoredVersion, Value)>, StoreError> {
         let Some((resource_type, id)) = hit.key.split_once('/') else {
             return Ok(None);
         };
@@ -383,7 +378,7 @@ impl ResourceStore {
         };
         let accepted = (query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource))
             && guard.admits(Interaction::Search, &version, &resource);
-        Ok(accepted.then_some((hit, version, resource)))
+        Ok(accepted.then(|| (hit.clone(), version, resource)))
     }
 
     /// A type search (or, with `compartment`, a search restricted to one Patient's compartment),
