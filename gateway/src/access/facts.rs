@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::consent::{Code, ResourceFacts};
 use crate::search::{IndexValue, SearchParamTable, extract_param};
 use crate::store::StoredVersion;
+use crate::store::catalog::ResourceKey;
 
 /// The patients whose compartment holds `resource` (ids, without `Patient/`). A Patient is in its
 /// own compartment only (its `link`s name other people's records, not owners of this one). For
@@ -178,14 +179,25 @@ struct Generations {
 const FACTS_CACHE_GENERATION: usize = 100_000;
 
 impl FactsCache {
+    fn key(key: &ResourceKey, version_id: u64) -> String {
+        format!("{}/{}/{version_id}", key.resource_type, key.id)
+    }
+
+    /// The facts of one version, if known.
+    pub fn get(&self, key: &ResourceKey, version_id: u64) -> Option<Arc<VersionFacts>> {
+        self.find(&Self::key(key, version_id))
+    }
+
+    fn find(&self, key: &str) -> Option<Arc<VersionFacts>> {
+        let generations = self.generations.read().expect("facts cache lock");
+        generations.current.get(key).or_else(|| generations.previous.get(key)).map(Arc::clone)
+    }
+
     /// The facts of `version`, computed by `compute` on a miss.
     pub fn get_or_insert(&self, version: &StoredVersion, compute: impl FnOnce() -> Option<VersionFacts>) -> Option<Arc<VersionFacts>> {
-        let key = format!("{}/{}/{}", version.key.resource_type, version.key.id, version.version_id);
-        {
-            let generations = self.generations.read().expect("facts cache lock");
-            if let Some(found) = generations.current.get(&key).or_else(|| generations.previous.get(&key)) {
-                return Some(Arc::clone(found));
-            }
+        let key = Self::key(&version.key, version.version_id);
+        if let Some(found) = self.find(&key) {
+            return Some(found);
         }
         let computed = Arc::new(compute()?);
         let retired = {

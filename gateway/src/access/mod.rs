@@ -342,6 +342,16 @@ impl ReadGuard for Access {
     fn admits(&self, interaction: Interaction, version: &StoredVersion, resource: &Value) -> bool {
         self.may_read_content(interaction, version, resource)
     }
+
+    fn admits_known(&self, interaction: Interaction, key: &ResourceKey, version_id: u64) -> Option<bool> {
+        let facts = self.shared.facts.get(key, version_id)?;
+        let needed_content = std::cell::Cell::new(false);
+        let permit = self.judge(interaction, &facts, || {
+            needed_content.set(true);
+            None
+        });
+        (permit || !needed_content.get()).then_some(permit)
+    }
 }
 
 impl WriteGuard for Access {

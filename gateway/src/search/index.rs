@@ -48,6 +48,8 @@ pub enum IndexError {
     Directory(#[from] tantivy::directory::error::OpenDirectoryError),
     #[error("search index I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("more than {0} candidates")]
+    TooManyCandidates(usize),
 }
 
 struct Fields {
@@ -202,11 +204,15 @@ impl TantivyIndex {
         }
     }
 
-    /// Every document of `resource_type` (all types if `None`) matching the condition.
-    pub fn search(&self, resource_type: Option<&str>, condition: &TermCondition) -> Result<Vec<Hit>, IndexError> {
+    /// Every document of `resource_type` (all types if `None`) matching the condition; more
+    /// than `max` is an error (found before any document is loaded).
+    pub fn search(&self, resource_type: Option<&str>, condition: &TermCondition, max: usize) -> Result<Vec<Hit>, IndexError> {
         let searcher = self.reader.searcher();
         let query = self.query(resource_type, condition);
         let addresses = searcher.search(&query, &DocSetCollector)?;
+        if addresses.len() > max {
+            return Err(IndexError::TooManyCandidates(max));
+        }
         let mut hits = Vec::with_capacity(addresses.len());
         for address in addresses {
             hits.push(self.hit(&searcher, address)?);
@@ -263,20 +269,21 @@ mod tests {
         assert_eq!(index.indexed_leaf(), Some(2));
 
         let female = TermCondition::Term(b"g|f".to_vec());
-        assert_eq!(keys(index.search(Some("Patient"), &female).unwrap()), ["Patient/a"]);
-        assert_eq!(keys(index.search(None, &female).unwrap()), ["Patient/a", "Observation/c"]);
+        assert_eq!(keys(index.search(Some("Patient"), &female, usize::MAX).unwrap()), ["Patient/a"]);
+        assert_eq!(keys(index.search(None, &female, usize::MAX).unwrap()), ["Patient/a", "Observation/c"]);
         let range = TermCondition::Range { lower: Bound::Included(b"d|0015".to_vec()), upper: Bound::Excluded(b"d|~".to_vec()) };
-        assert_eq!(keys(index.search(Some("Patient"), &range).unwrap()), ["Patient/b"]);
+        assert_eq!(keys(index.search(Some("Patient"), &range, usize::MAX).unwrap()), ["Patient/b"]);
         let not_female = TermCondition::Not(Box::new(female.clone()));
-        assert_eq!(keys(index.search(Some("Patient"), &not_female).unwrap()), ["Patient/b"]);
+        assert_eq!(keys(index.search(Some("Patient"), &not_female, usize::MAX).unwrap()), ["Patient/b"]);
         assert_eq!(index.count(Some("Patient"), &TermCondition::Everything).unwrap(), 2);
+        assert!(matches!(index.search(Some("Patient"), &TermCondition::Everything, 1), Err(IndexError::TooManyCandidates(1))));
 
         // An update replaces the document; a deletion removes it.
         index.upsert("Patient/a", Some(&document("Patient/a", 3, &["g|m"]))).unwrap();
         index.upsert("Patient/b", None).unwrap();
         index.commit(4).unwrap();
-        assert!(index.search(Some("Patient"), &female).unwrap().is_empty());
-        assert_eq!(keys(index.search(Some("Patient"), &TermCondition::Term(b"g|m".to_vec())).unwrap()), ["Patient/a"]);
+        assert!(index.search(Some("Patient"), &female, usize::MAX).unwrap().is_empty());
+        assert_eq!(keys(index.search(Some("Patient"), &TermCondition::Term(b"g|m".to_vec()), usize::MAX).unwrap()), ["Patient/a"]);
         assert_eq!(index.indexed_leaf(), Some(4));
     }
 

@@ -10,9 +10,10 @@
 //! order-preserving values, because range queries need the order.
 //!
 //! **Conditions are supersets.** A condition selects at least every resource the matcher would
-//! accept (it may select more: prefixes beyond [`MAX_PREFIX`], `:not`, `ne`, `ap`, multi-valued
+//! accept (it may select more: prefixes beyond [`MAX_PREFIX`], `:not`, `ne`, `eq` and `ap` on
 //! dates, composites, a 64-bit hash collision, a parameter served by another's terms); the search
-//! then confirms every candidate with the matcher on the sealed resource.
+//! confirms the candidates it returns with the matcher on the sealed resource. Most common
+//! filters select exactly ([`TermEncoder::selects_exactly`]): then the index alone may count.
 //!
 //! **Layout** (bytes): `{param} 0x00 {kind}` and then 8 bytes: the keyed hash, or the
 //! order-preserving big-endian value of a date or number; a presence term (`kind` `?`) ends after
@@ -290,8 +291,17 @@ impl TermEncoder {
             ]),
             Prefix::Gt => Self::range(param, DATE_END, Excluded(end), Unbounded),
             Prefix::Lt => Self::range(param, DATE_START, Unbounded, Excluded(start)),
-            Prefix::Ge => Self::range(param, DATE_END, Included(start), Unbounded),
-            Prefix::Le => Self::range(param, DATE_START, Unbounded, Included(end)),
+            // `ge` is `gt` or contained: `end > S.end || (start >= S.start && end <= S.end)`,
+            // which is `end > S.end || start >= S.start`, one value at a time: exact.
+            Prefix::Ge => TermCondition::Any(vec![
+                Self::range(param, DATE_END, Excluded(end), Unbounded),
+                Self::range(param, DATE_START, Included(start), Unbounded),
+            ]),
+            // `le`, likewise: `start < S.start || end <= S.end`.
+            Prefix::Le => TermCondition::Any(vec![
+                Self::range(param, DATE_START, Unbounded, Excluded(start)),
+                Self::range(param, DATE_END, Unbounded, Included(end)),
+            ]),
             Prefix::Sa => Self::range(param, DATE_START, Excluded(end), Unbounded),
             Prefix::Eb => Self::range(param, DATE_END, Unbounded, Excluded(start)),
             Prefix::Ne | Prefix::Ap => TermCondition::Term(Self::presence(param)),
@@ -430,6 +440,44 @@ impl TermEncoder {
             ),
         }
     }
+    /// Whether [`Self::filter_condition`] selects exactly the resources the matcher accepts for
+    /// this filter, not only a superset (up to a 64-bit hash collision): a search whose filters
+    /// are all exact can count its matches from the index and read only its page. Exact:
+    /// tokens with a code or a system (not `|code`, which also finds an empty system), URIs,
+    /// string prefixes of at most [`MAX_PREFIX`] characters, `:exact` on a parameter holding its
+    /// own exact terms, typed references, dates with `gt lt ge le sa eb`, and `:missing` on all
+    /// but composites. The corpus test below holds this against the matcher.
+    pub fn selects_exactly(&self, resource_type: &str, filter: &Filter) -> bool {
+        let Some(declared) = self.declared(resource_type, &filter.param) else {
+            return false;
+        };
+        if filter.chain.is_some() || declared.param_type == ParamType::Composite || declared.name != filter.param {
+            return false;
+        }
+        let modifier = filter.modifier.as_ref();
+        let value_exact = |value: &FilterValue| match value {
+            FilterValue::Token { system: TokenSystem::None, .. } | FilterValue::Token { system: TokenSystem::Any, code: None } => false,
+            FilterValue::Token { .. } | FilterValue::Uri(_) => modifier.is_none(),
+            FilterValue::String(text) => match modifier {
+                Some(Modifier::Exact) => declared.covered_by.is_none(),
+                None => {
+                    let normalized = normalize_text(text);
+                    !normalized.is_empty() && normalized.chars().nth(MAX_PREFIX).is_none()
+                }
+                _ => false,
+            },
+            FilterValue::Reference { target } => modifier.is_none() && target.contains('/'),
+            FilterValue::Date { prefix, .. } => {
+                modifier.is_none() && matches!(prefix, Prefix::Gt | Prefix::Lt | Prefix::Ge | Prefix::Le | Prefix::Sa | Prefix::Eb)
+            }
+            FilterValue::Quantity { .. } | FilterValue::Number { .. } | FilterValue::Composite(_) => false,
+        };
+        match modifier {
+            Some(Modifier::Missing(_)) => true,
+            None | Some(Modifier::Exact) => filter.values.iter().all(value_exact),
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -511,5 +559,169 @@ mod tests {
         let terms = encoder.document_terms("Observation", &[text("code:text", "Body weight")]);
         assert!(contains(&terms, &encoder.hashed("code:text", kind::STRING_PREFIX, &["body"])));
         assert_eq!(terms.len(), 1 + MAX_PREFIX, "presence and prefixes: {terms:?}");
+    }
+}
+
+/// Whether a condition holds exactly where [`TermEncoder::selects_exactly`] says it does, and is
+/// a superset elsewhere: every filter the corpora suggest, on every resource of six types.
+#[cfg(test)]
+mod corpus_tests {
+    use std::collections::BTreeMap;
+    use std::ops::Bound;
+
+    use serde_json::Value;
+
+    use super::{DocumentTerms, TermCondition, TermEncoder};
+    use crate::search::extract::{IndexValue, extract, extract_param};
+    use crate::search::search_params::{ParamType, SearchParamTable};
+    use crate::search::{matches, parse_query};
+
+    const CORPORA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpora");
+    const TYPES: [&str; 6] = ["Patient", "Observation", "Encounter", "Condition", "MedicationRequest", "Immunization"];
+    /// Resources per type and values per parameter (the test must stay fast unoptimised).
+    const RESOURCES: usize = 120;
+    const VALUES: usize = 2;
+
+    /// What tantivy answers for a document with `terms`, without tantivy.
+    fn holds(condition: &TermCondition, terms: &DocumentTerms) -> bool {
+        let above = |term: &[u8], bound: &Bound<Vec<u8>>| match bound {
+            Bound::Included(lower) => term >= lower.as_slice(),
+            Bound::Excluded(lower) => term > lower.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let below = |term: &[u8], bound: &Bound<Vec<u8>>| match bound {
+            Bound::Included(upper) => term <= upper.as_slice(),
+            Bound::Excluded(upper) => term < upper.as_slice(),
+            Bound::Unbounded => true,
+        };
+        match condition {
+            TermCondition::Everything => true,
+            TermCondition::Term(wanted) => terms.iter().any(|term| term == wanted.as_slice()),
+            TermCondition::Range { lower, upper } => terms.iter().any(|term| above(term, lower) && below(term, upper)),
+            TermCondition::All(conditions) => conditions.iter().all(|condition| holds(condition, terms)),
+            TermCondition::Any(conditions) => conditions.iter().any(|condition| holds(condition, terms)),
+            TermCondition::Not(inner) => !holds(inner, terms),
+        }
+    }
+
+    fn resources() -> BTreeMap<&'static str, Vec<Value>> {
+        let mut by_type: BTreeMap<&str, Vec<Value>> = TYPES.iter().map(|name| (*name, Vec::new())).collect();
+        let mut keep = |resource: Value| {
+            let name = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
+            if let Some(list) = by_type.get_mut(name.as_str())
+                && list.len() < RESOURCES
+            {
+                list.push(resource);
+            }
+        };
+        for name in TYPES {
+            let directory = format!("{CORPORA}/fhir-r4-examples/{name}");
+            for entry in std::fs::read_dir(&directory).into_iter().flatten().flatten() {
+                if let Ok(resource) = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()) {
+                    keep(resource);
+                }
+            }
+            let ndjson = format!("{CORPORA}/synthea/bulk-ndjson-10-patients/{name}.000.ndjson");
+            for line in std::fs::read_to_string(&ndjson).unwrap_or_default().lines() {
+                keep(serde_json::from_str(line).unwrap());
+            }
+        }
+        by_type
+    }
+
+    fn date_texts(start_ms: i64) -> Vec<String> {
+        let Ok(time) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000) else {
+            return Vec::new();
+        };
+        let (year, month, day) = (time.year(), u8::from(time.month()), time.day());
+        let (hour, minute, second) = (time.hour(), time.minute(), time.second());
+        vec![
+            format!("{year:04}"),
+            format!("{year:04}-{month:02}"),
+            format!("{year:04}-{month:02}-{day:02}"),
+            format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z"),
+        ]
+    }
+
+    /// Search values built from one indexed value.
+    fn values_from(value: &IndexValue) -> Vec<String> {
+        match value {
+            IndexValue::Token { system, code } => {
+                let mut values = vec![code.clone(), format!("|{code}")];
+                if let Some(system) = system {
+                    values.extend([format!("{system}|{code}"), format!("{system}|")]);
+                }
+                values
+            }
+            IndexValue::Text { normalized, exact } => {
+                let mut values: Vec<String> = [1, 3, 8, 9].iter().map(|length| normalized.chars().take(*length).collect()).collect();
+                values.push(format!(":exact={exact}"));
+                values.push(format!(":exact={}", exact.to_uppercase()));
+                values.push(format!(":contains={}", normalized.chars().skip(1).take(3).collect::<String>()));
+                values
+            }
+            IndexValue::Reference { target } => vec![target.clone(), target.rsplit('/').next().unwrap_or(target).to_string()],
+            IndexValue::Date { start_ms, end_ms } => {
+                let mut texts = date_texts(*start_ms);
+                texts.extend(date_texts(*end_ms));
+                texts.extend(date_texts(start_ms.saturating_sub(86_400_000)));
+                ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]
+                    .iter()
+                    .flat_map(|prefix| texts.iter().map(move |text| format!("{prefix}{text}")))
+                    .collect()
+            }
+            IndexValue::Quantity { .. } | IndexValue::Number { .. } => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn exact_conditions_select_what_the_matcher_accepts() {
+        let table = SearchParamTable::r4();
+        let encoder = TermEncoder::new([7u8; 32]);
+        let (mut exact, mut superset) = (0, 0);
+        for (resource_type, resources) in resources() {
+            assert!(!resources.is_empty(), "no {resource_type} in the corpora");
+            let documents: Vec<DocumentTerms> =
+                resources.iter().map(|resource| encoder.document_terms(resource_type, &extract(table, resource))).collect();
+            for param in table.params(resource_type) {
+                if matches!(param.param_type, ParamType::Composite | ParamType::Quantity | ParamType::Number) {
+                    continue;
+                }
+                let mut searches = vec![":missing=true".to_string(), ":missing=false".to_string()];
+                let mut seen = Vec::new();
+                for entry in resources.iter().flat_map(|resource| extract_param(table, resource, param)) {
+                    if entry.param == param.name && !seen.contains(&entry.value) && seen.len() < VALUES {
+                        searches.extend(values_from(&entry.value).into_iter().map(|value| match value.strip_prefix(':') {
+                            Some(modified) => format!(":{modified}"),
+                            None => format!("={value}"),
+                        }));
+                        seen.push(entry.value);
+                    }
+                }
+                for search in searches {
+                    let (name, value) = search.split_once('=').map_or((param.name.clone(), String::new()), |(modifier, value)| {
+                        (format!("{}{modifier}", param.name), value.to_string())
+                    });
+                    let Ok(query) = parse_query(table, resource_type, &[(name.clone(), value.clone())], false) else {
+                        continue;
+                    };
+                    let filter = &query.filters[0];
+                    let condition = encoder.filter_condition(resource_type, filter);
+                    let is_exact = encoder.selects_exactly(resource_type, filter);
+                    if is_exact {
+                        exact += 1
+                    } else {
+                        superset += 1
+                    }
+                    for (resource, terms) in resources.iter().zip(&documents) {
+                        let (selected, accepted) = (holds(&condition, terms), matches(table, &query, resource));
+                        let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
+                        assert!(selected || !accepted, "{resource_type}?{name}={value}: the index misses {id}");
+                        assert!(!is_exact || selected == accepted, "{resource_type}?{name}={value}: exact, yet selects {id}");
+                    }
+                }
+            }
+        }
+        assert!(exact > 1_000 && superset > 100, "{exact} exact and {superset} superset searches checked");
     }
 }

@@ -96,6 +96,13 @@ pub trait WriteGuard: Send + Sync {
 pub trait ReadGuard: Sync {
     /// `resource` is the version's content; for a deletion, the content it deleted.
     fn admits(&self, interaction: Interaction, version: &StoredVersion, resource: &Value) -> bool;
+
+    /// The same decision for a stored version (not a deletion) from what the guard already
+    /// knows about it, without its content; `None` when it would need the content. A search
+    /// counting many candidates asks this first.
+    fn admits_known(&self, _interaction: Interaction, _key: &ResourceKey, _version_id: u64) -> Option<bool> {
+        None
+    }
 }
 
 /// The [`WriteGuard`] of the local operator.

@@ -26,6 +26,8 @@ use crate::search::{
 pub const MAX_COUNTED_CANDIDATES: usize = 10_000;
 /// Candidates from which a search confirms them on every core at once.
 const PARALLEL_CONFIRMATION: usize = 64;
+/// Unread page entries from which a search reads them on every core at once.
+const PARALLEL_PAGE_READS: usize = 16;
 /// How long a search waits for the index to catch up before answering 503.
 const FRESHNESS_WAIT: Duration = Duration::from_secs(10);
 
@@ -247,6 +249,12 @@ pub struct SearchPage {
     pub next_offset: Option<usize>,
 }
 
+/// The resource of an index hit (its key is `Type/id`).
+fn hit_key(hit: &Hit) -> Option<ResourceKey> {
+    let (resource_type, id) = hit.key.split_once('/')?;
+    Some(ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() })
+}
+
 fn sort_value(hit: &Hit, param: &str) -> Option<i64> {
     match param {
         "_lastUpdated" => Some(hit.last_updated_ms),
@@ -317,20 +325,33 @@ impl ResourceStore {
         }
     }
 
-    /// Resources matching `condition` and confirmed by the matcher, in index order (not sorted);
+    /// The index's candidates for `condition`; more than `max` is a 400 saying that `what`
+    /// cannot consider so many (without naming the count: it includes resources the caller
+    /// may not see).
+    fn candidates(&self, resource_type: &str, condition: &TermCondition, max: usize, what: &str) -> Result<Vec<Hit>, StoreError> {
+        self.shared.search.index.search(Some(resource_type), condition, max).map_err(|error| match error {
+            IndexError::TooManyCandidates(max) => {
+                StoreError::BadRequest(format!("{what} may consider at most {max} candidates and this one has more; narrow the search"))
+            }
+            error => StoreError::Internal(error.to_string()),
+        })
+    }
+
+    /// The `hits` confirmed by the matcher, in index order (not sorted);
     /// with `limit`, the first `limit` of them in ledger order (the rest are not read).
     /// Without a limit, many candidates are confirmed on every core: each is a verified read
     /// (unseal, hashes), a parse and a consent decision, tens of microseconds apiece.
+    /// `exact`: the condition selects exactly what the query matches
+    /// ([`TermEncoder::selects_exactly`]), so a candidate whose indexed version is current and
+    /// which the guard judges from what it knows is kept unread ([`Candidate::read`] `None`).
     fn confirmed(
         &self,
-        resource_type: Option<&str>,
-        condition: &TermCondition,
+        mut hits: Vec<Hit>,
         query: &SearchQuery,
         guard: &dyn ReadGuard,
         limit: Option<usize>,
-    ) -> Result<Vec<(Hit, StoredVersion, Value)>, StoreError> {
-        let mut hits =
-            self.shared.search.index.search(resource_type, condition).map_err(|error| StoreError::Internal(error.to_string()))?;
+        exact: bool,
+    ) -> Result<Vec<Candidate>, StoreError> {
         if let Some(limit) = limit {
             hits.sort_by_key(|hit| hit.leaf_index);
             let mut confirmed = Vec::with_capacity(hits.len().min(limit));
@@ -338,35 +359,35 @@ impl ResourceStore {
                 if confirmed.len() >= limit {
                     break;
                 }
-                confirmed.extend(self.confirm(&hit, query, guard)?);
+                confirmed.extend(self.confirm(hit, query, guard)?);
             }
             return Ok(confirmed);
         }
-        let confirm_all = |hits: &[Hit]| -> Result<Vec<_>, StoreError> {
-            hits.iter().filter_map(|hit| self.confirm(hit, query, guard).transpose()).collect()
-        };
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        if threads < 2 || hits.len() < PARALLEL_CONFIRMATION {
-            return confirm_all(&hits);
-        }
-        let mut parts = hits.chunks(hits.len().div_ceil(threads));
-        let first = parts.next().unwrap_or_default();
-        std::thread::scope(|scope| {
-            let others: Vec<_> = parts.map(|part| scope.spawn(move || confirm_all(part))).collect();
-            let mut confirmed = confirm_all(first)?;
-            for other in others {
-                confirmed.extend(other.join().map_err(|_| StoreError::Internal("search confirmation panicked".into()))??);
+        on_every_core(hits, PARALLEL_CONFIRMATION, |hit| {
+            if exact && let Some(admitted) = self.admits_unread(&hit, guard) {
+                return Ok(admitted.then_some(Candidate { hit, read: None }));
             }
-            Ok(confirmed)
+            self.confirm(hit, query, guard)
         })
     }
 
+    /// The guard's decision on a candidate without reading it, if the indexed version is the
+    /// current one and the guard can decide from what it knows.
+    fn admits_unread(&self, hit: &Hit, guard: &dyn ReadGuard) -> Option<bool> {
+        let key = hit_key(hit)?;
+        let version_id = {
+            let catalog = self.shared.catalog.read().expect("catalog lock");
+            let current = catalog.get(&key)?.current()?;
+            (current.leaf_index == hit.leaf_index && !current.is_deletion()).then_some(current.version_id)?
+        };
+        guard.admits_known(Interaction::Search, &key, version_id)
+    }
+
     /// One candidate: its current version, read and verified, if the matcher and `guard` accept it.
-    fn confirm(&self, hit: &Hit, query: &SearchQuery, guard: &dyn ReadGuard) -> Result<Option<(Hit, StoredVersion, Value)>, StoreError> {
-        let Some((resource_type, id)) = hit.key.split_once('/') else {
+    fn confirm(&self, hit: Hit, query: &SearchQuery, guard: &dyn ReadGuard) -> Result<Option<Candidate>, StoreError> {
+        let Some(key) = hit_key(&hit) else {
             return Ok(None);
         };
-        let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
         let version = match self.read(&key) {
             Ok(version) => version,
             // Deleted or replaced since the index saw it: the next index commit fixes it.
@@ -378,7 +399,7 @@ impl ResourceStore {
         };
         let accepted = (query.filters.is_empty() || matches(SearchParamTable::r4(), query, &resource))
             && guard.admits(Interaction::Search, &version, &resource);
-        Ok(accepted.then(|| (hit.clone(), version, resource)))
+        Ok(accepted.then_some(Candidate { hit, read: Some((version, resource)) }))
     }
 
     /// A type search (or, with `compartment`, a search restricted to one Patient's compartment),
@@ -420,40 +441,47 @@ impl ResourceStore {
             conditions.push(self.compartment_condition(&query.resource_type, patient_reference)?);
         }
         let condition = if conditions.is_empty() { TermCondition::Everything } else { TermCondition::All(conditions) };
-        let candidates = self
-            .shared
-            .search
-            .index
-            .count(Some(&query.resource_type), &condition)
-            .map_err(|error| StoreError::Internal(error.to_string()))?;
-        if candidates > MAX_COUNTED_CANDIDATES && (link || !query.sort.is_empty()) {
-            // The count is not named: it includes resources the caller may not see.
-            let what = if link { "a chained or _has parameter" } else { "a sorted search" };
-            return Err(StoreError::BadRequest(format!(
-                "{what} may consider at most {MAX_COUNTED_CANDIDATES} candidates and this one has more; narrow the search"
-            )));
-        }
-        // `_total=none` in ledger order: read only up to the page (and one more, for `next`).
-        let limit = (query.total == Some(TotalMode::None) && query.sort.is_empty()).then(|| offset.saturating_add(count).saturating_add(1));
-        let mut confirmed = self.confirmed(Some(&query.resource_type), &condition, query, guard, limit)?;
+        // A sort or a chain needs every candidate.
+        let (max, what) = match (link, query.sort.is_empty()) {
+            (true, _) => (MAX_COUNTED_CANDIDATES, "a chained or _has parameter"),
+            (false, false) => (MAX_COUNTED_CANDIDATES, "a sorted search"),
+            (false, true) => (usize::MAX, "a search"),
+        };
+        let hits = self.candidates(&query.resource_type, &condition, max, what)?;
+        // `_total=none`, or too many candidates to count, without a sort: in ledger order, read
+        // only up to the page (and one more, for `next`).
+        let limit = (query.sort.is_empty() && (query.total == Some(TotalMode::None) || hits.len() > MAX_COUNTED_CANDIDATES))
+            .then(|| offset.saturating_add(count).saturating_add(1));
+        // Exact filters and no sort by content: the index counts, only the page is read.
+        let exact = query.filters.iter().all(|filter| encoder.selects_exactly(&query.resource_type, filter))
+            && query.sort.iter().all(|sort| sort.param_type != ParamType::String);
+        let mut confirmed = self.confirmed(hits, query, guard, limit, exact)?;
         // Default order: ledger order (oldest first), which new writes only extend.
-        confirmed.sort_by_key(|(hit, _, _)| hit.leaf_index);
+        confirmed.sort_by_key(|candidate| candidate.hit.leaf_index);
         for sort in query.sort.iter().rev() {
             match sort.param_type {
                 ParamType::String => {
-                    let value = |resource: &Value| first_string(resource, &query.resource_type, &sort.param);
-                    confirmed.sort_by_key(|(_, _, resource)| value(resource));
+                    let value = |candidate: &Candidate| {
+                        candidate.read.as_ref().and_then(|(_, resource)| first_string(resource, &query.resource_type, &sort.param))
+                    };
+                    confirmed.sort_by_key(value);
                 }
-                _ => confirmed.sort_by_key(|(hit, _, _)| sort_value(hit, &sort.param).unwrap_or(i64::MAX)),
+                _ => confirmed.sort_by_key(|candidate| sort_value(&candidate.hit, &sort.param).unwrap_or(i64::MAX)),
             }
             if sort.descending {
                 confirmed.reverse();
             }
         }
-        let total = confirmed.len();
+        let mut total = confirmed.len();
+        let on_page: Vec<Candidate> = confirmed.into_iter().skip(offset).take(count).collect();
+        let listed = on_page.len();
+        let page: Vec<(StoredVersion, Value)> = on_every_core(on_page, PARALLEL_PAGE_READS, |candidate| match candidate.read {
+            Some(read) => Ok(Some(read)),
+            None => Ok(self.confirm(candidate.hit, query, guard)?.and_then(|candidate| candidate.read)),
+        })?;
+        // Changed since the index counted it (a concurrent write): no longer a match.
+        total -= listed - page.len();
         let next_offset = (count > 0 && offset.saturating_add(count) < total).then_some(offset.saturating_add(count));
-        let page: Vec<(StoredVersion, Value)> =
-            confirmed.into_iter().skip(offset).take(count).map(|(_, version, resource)| (version, resource)).collect();
         let includes = self.includes(query, &page, guard)?;
         // A limited search counted only up to the page: it has no total to tell.
         let total = limit.is_none().then_some(total);
@@ -598,7 +626,9 @@ impl ResourceStore {
                     let condition = TermCondition::All(
                         reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(source_type, filter)).collect(),
                     );
-                    for (_, version, value) in self.confirmed(Some(source_type), &condition, &reverse, guard, None)? {
+                    let hits = self.candidates(source_type, &condition, usize::MAX, "_revinclude")?;
+                    let confirmed = self.confirmed(hits, &reverse, guard, None, false)?;
+                    for (version, value) in confirmed.into_iter().filter_map(|candidate| candidate.read) {
                         if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
                             next.push(value);
                             included.push(version);
@@ -613,6 +643,48 @@ impl ResourceStore {
         }
         Ok(included)
     }
+}
+
+/// A search result before paging: its index hit and, once read, its verified version and
+/// content (`None`: counted from the index and the guard's knowledge, read if it is paged).
+struct Candidate {
+    hit: Hit,
+    read: Option<(StoredVersion, Value)>,
+}
+
+/// `work` on every item, on every core once there are `parallel_from` items; the kept results
+/// in item order.
+fn on_every_core<I: Send, T: Send>(
+    items: Vec<I>,
+    parallel_from: usize,
+    work: impl Fn(I) -> Result<Option<T>, StoreError> + Sync,
+) -> Result<Vec<T>, StoreError> {
+    let work_all = |items: Vec<I>| -> Result<Vec<T>, StoreError> { items.into_iter().filter_map(|item| work(item).transpose()).collect() };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || items.len() < parallel_from {
+        return work_all(items);
+    }
+    let part = items.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut items = items.into_iter();
+    loop {
+        let next: Vec<I> = items.by_ref().take(part).collect();
+        if next.is_empty() {
+            break;
+        }
+        parts.push(next);
+    }
+    let mut parts = parts.into_iter();
+    let first = parts.next().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let work_all = &work_all;
+        let others: Vec<_> = parts.map(|part| scope.spawn(move || work_all(part))).collect();
+        let mut kept = work_all(first)?;
+        for other in others {
+            kept.extend(other.join().map_err(|_| StoreError::Internal("search confirmation panicked".into()))??);
+        }
+        Ok(kept)
+    })
 }
 
 /// Most resources one chained or `_has` parameter may link through (400 above).
