@@ -18,7 +18,7 @@ use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, Value as _};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use super::terms::{DocumentTerms, TermCondition};
+use super::terms::{DocumentTerms, LAYOUT_VERSION, TermCondition};
 
 /// A resource as the index sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +38,13 @@ pub struct Hit {
     pub leaf_index: u64,
     pub last_updated_ms: i64,
     pub sort_date_ms: Option<i64>,
+}
+
+/// The leaf a commit payload (`{layout}/{leaf}`) records, if written with the current
+/// [`LAYOUT_VERSION`].
+fn layout_leaf(payload: &str) -> Option<u64> {
+    let (layout, leaf) = payload.split_once('/')?;
+    (layout.parse() == Ok(LAYOUT_VERSION)).then_some(leaf.parse().ok()?)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,10 +95,14 @@ impl TantivyIndex {
     pub fn open(directory: &Path) -> Result<TantivyIndex, IndexError> {
         std::fs::create_dir_all(directory)?;
         let (schema, fields) = schema();
+        let current_layout = |index: &Index| {
+            let payload = index.load_metas().ok().and_then(|metas| metas.payload);
+            payload.as_deref().is_none_or(|payload| payload.is_empty() || layout_leaf(payload).is_some())
+        };
         let index = match Index::open_in_dir(directory) {
-            Ok(index) if index.schema() == schema => index,
+            Ok(index) if index.schema() == schema && current_layout(&index) => index,
             Ok(_) | Err(_) => {
-                // Derived state: an unreadable or foreign index is rebuilt from the store.
+                // Derived state: an unreadable, foreign or older index is rebuilt from the store.
                 for entry in std::fs::read_dir(directory)? {
                     let path = entry?.path();
                     if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
@@ -117,7 +128,7 @@ impl TantivyIndex {
     /// The last ledger leaf covered by the last commit (`None`: nothing indexed yet).
     pub fn indexed_leaf(&self) -> Option<u64> {
         let metas = self.index.load_metas().ok()?;
-        metas.payload.as_deref().and_then(|payload| payload.parse().ok())
+        metas.payload.as_deref().and_then(layout_leaf)
     }
 
     /// Replaces the resource's document (`document: None` removes it: a deletion).
@@ -144,7 +155,7 @@ impl TantivyIndex {
         {
             let mut writer = self.writer.lock().expect("index writer lock");
             let mut prepared = writer.prepare_commit()?;
-            prepared.set_payload(&indexed_leaf.to_string());
+            prepared.set_payload(&format!("{LAYOUT_VERSION}/{indexed_leaf}"));
             prepared.commit()?;
         }
         self.reader.reload()?;
@@ -299,6 +310,15 @@ mod tests {
         let index = TantivyIndex::open(&directory).unwrap();
         assert_eq!(index.indexed_leaf(), Some(0));
         assert_eq!(index.count(None, &TermCondition::Term(b"x".to_vec())).unwrap(), 1);
+        drop(index);
+        // An index whose commits record another term layout starts over.
+        let older = std::fs::read_to_string(directory.join("meta.json")).unwrap().replace(&format!("\"{LAYOUT_VERSION}/0\""), "\"0\"");
+        std::fs::write(directory.join("meta.json"), older).unwrap();
+        let index = TantivyIndex::open(&directory).unwrap();
+        assert_eq!(index.indexed_leaf(), None, "an index of another layout starts over");
+        assert_eq!(index.count(None, &TermCondition::Term(b"x".to_vec())).unwrap(), 0);
+        index.upsert("Patient/a", Some(&document("Patient/a", 0, &["x"]))).unwrap();
+        index.commit(0).unwrap();
         drop(index);
         std::fs::write(directory.join("meta.json"), b"garbage").unwrap();
         let index = TantivyIndex::open(&directory).unwrap();

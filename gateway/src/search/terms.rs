@@ -42,6 +42,16 @@ pub const MAX_PREFIX: usize = 8;
 /// Bytes of a keyed hash kept in a term: a collision only adds a candidate the matcher drops.
 const HASH_BYTES: usize = 8;
 
+/// Version of the term layout, recorded with every index commit: an index written with another
+/// layout is rebuilt at open. Raise it whenever the terms of a resource change.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Coarser levels of date terms, as low bytes of the 8-byte value dropped: buckets of 2^24 ms
+/// (4.7 hours) and 2^32 ms (50 days). A date range selects whole buckets at the coarsest level
+/// that fits and only its ragged ends at finer ones, so a range over years visits hundreds of
+/// terms instead of one per distinct instant (the trie ranges of Lucene's numeric fields).
+const DATE_LEVELS: [usize; 2] = [3, 4];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TermCondition {
     /// Every document (of the searched type).
@@ -76,12 +86,28 @@ mod kind {
     pub const REFERENCE_ID: u8 = b'i';
     pub const DATE_START: u8 = b'd';
     pub const DATE_END: u8 = b'e';
+    /// Coarse date terms ([`super::DATE_LEVELS`]): a level byte, then the leading bytes.
+    pub const DATE_START_COARSE: u8 = b'D';
+    pub const DATE_END_COARSE: u8 = b'E';
     pub const QUANTITY: u8 = b'q';
     /// Quantity unit code in any system.
     pub const QUANTITY_CODE: u8 = b'c';
     /// Quantity `system|code`.
     pub const QUANTITY_UNIT: u8 = b'u';
     pub const NUMBER: u8 = b'n';
+
+    /// The kind of the coarse terms of a date kind.
+    pub fn coarse(kind: u8) -> u8 {
+        if kind == DATE_START { DATE_START_COARSE } else { DATE_END_COARSE }
+    }
+}
+
+/// A coarse date term's payload: its level (1, 2, …) and the value's leading bytes.
+fn coarse_payload(level: usize, leading: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(1 + leading.len());
+    payload.push(level as u8 + 1);
+    payload.extend_from_slice(leading);
+    payload
 }
 
 /// `{param} 0x00 {kind} {payload}`.
@@ -119,6 +145,14 @@ impl DocumentTerms {
         self.bytes.push(kind);
         self.bytes.extend_from_slice(payload);
         self.ends.push(self.bytes.len());
+    }
+
+    /// A date term at every level ([`DATE_LEVELS`]).
+    fn push_date(&mut self, param: &str, kind: u8, value: [u8; 8]) {
+        self.push(param, kind, &value);
+        for (level, dropped) in DATE_LEVELS.iter().enumerate() {
+            self.push(param, kind::coarse(kind), &coarse_payload(level, &value[..8 - dropped]));
+        }
     }
 
     /// Terms given whole (tests of the index).
@@ -254,8 +288,8 @@ impl TermEncoder {
                     hashed(kind::REFERENCE_ID, &[id]);
                 }
                 IndexValue::Date { start_ms, end_ms } => {
-                    terms.push(param, kind::DATE_START, &sortable_i64(*start_ms));
-                    terms.push(param, kind::DATE_END, &sortable_i64(*end_ms));
+                    terms.push_date(param, kind::DATE_START, sortable_i64(*start_ms));
+                    terms.push_date(param, kind::DATE_END, sortable_i64(*end_ms));
                 }
                 IndexValue::Quantity { value_f64, system, code, .. } => {
                     if let Some(code) = code {
@@ -280,30 +314,94 @@ impl TermEncoder {
         TermCondition::Range { lower: with_head(lower, [0; 8]), upper: with_head(upper, [0xff; 8]) }
     }
 
+    /// Date terms of `param` and `kind` whose value lies within the bounds: whole buckets of
+    /// the coarsest level that fits, finer levels for the ends. Selects exactly what one range
+    /// over the finest terms would.
+    fn date_range(param: &str, kind: u8, lower: Bound<[u8; 8]>, upper: Bound<[u8; 8]>) -> TermCondition {
+        let nothing = TermCondition::Any(Vec::new());
+        let lower = match lower {
+            Bound::Included(value) => Some(u64::from_be_bytes(value)),
+            Bound::Excluded(value) => u64::from_be_bytes(value).checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let upper = match upper {
+            Bound::Included(value) => Some(u64::from_be_bytes(value)),
+            Bound::Excluded(value) => u64::from_be_bytes(value).checked_sub(1),
+            Bound::Unbounded => Some(u64::MAX),
+        };
+        let (Some(mut low), Some(mut high)) = (lower, upper) else {
+            return nothing;
+        };
+        if low > high {
+            return nothing;
+        }
+        // Level 0 is the finest; `dropped` low bytes are cut off at the current level.
+        let at_level = |level: usize, dropped: usize, value: u64| {
+            let bytes = value.to_be_bytes();
+            if level == 0 {
+                term(param, kind, &bytes)
+            } else {
+                term(param, kind::coarse(kind), &coarse_payload(level - 1, &bytes[..8 - dropped]))
+            }
+        };
+        let span = |level: usize, dropped: usize, from: u64, to: u64| TermCondition::Range {
+            lower: Bound::Included(at_level(level, dropped, from)),
+            upper: Bound::Included(at_level(level, dropped, to)),
+        };
+        let mut parts = Vec::new();
+        let mut dropped = 0;
+        for level in 0..=DATE_LEVELS.len() {
+            let Some(&next) = DATE_LEVELS.get(level) else {
+                parts.push(span(level, dropped, low, high));
+                break;
+            };
+            // The whole buckets of the next level within [low, high]: [first, last].
+            let mask = (1u64 << (8 * next)) - 1;
+            let first = if low & mask == 0 { Some(low) } else { (low | mask).checked_add(1) };
+            let last = if high & mask == mask { Some(high) } else { (high & !mask).checked_sub(1) };
+            match (first, last) {
+                (Some(first), Some(last)) if first <= last => {
+                    if low < first {
+                        parts.push(span(level, dropped, low, first - 1));
+                    }
+                    if last < high {
+                        parts.push(span(level, dropped, last + 1, high));
+                    }
+                    (low, high, dropped) = (first, last, next);
+                }
+                _ => {
+                    parts.push(span(level, dropped, low, high));
+                    break;
+                }
+            }
+        }
+        if parts.len() == 1 { parts.remove(0) } else { TermCondition::Any(parts) }
+    }
+
     fn date_condition(param: &str, prefix: Prefix, start_ms: i64, end_ms: i64) -> TermCondition {
         use Bound::{Excluded, Included, Unbounded};
         use kind::{DATE_END, DATE_START};
         let (start, end) = (sortable_i64(start_ms), sortable_i64(end_ms));
         match prefix {
             Prefix::Eq => TermCondition::All(vec![
-                Self::range(param, DATE_START, Included(start), Unbounded),
-                Self::range(param, DATE_END, Unbounded, Included(end)),
+                Self::date_range(param, DATE_START, Included(start), Unbounded),
+                Self::date_range(param, DATE_END, Unbounded, Included(end)),
             ]),
-            Prefix::Gt => Self::range(param, DATE_END, Excluded(end), Unbounded),
-            Prefix::Lt => Self::range(param, DATE_START, Unbounded, Excluded(start)),
+            Prefix::Gt => Self::date_range(param, DATE_END, Excluded(end), Unbounded),
+            Prefix::Lt => Self::date_range(param, DATE_START, Unbounded, Excluded(start)),
             // `ge` is `gt` or contained: `end > S.end || (start >= S.start && end <= S.end)`,
             // which is `end > S.end || start >= S.start`, one value at a time: exact.
             Prefix::Ge => TermCondition::Any(vec![
-                Self::range(param, DATE_END, Excluded(end), Unbounded),
-                Self::range(param, DATE_START, Included(start), Unbounded),
+                Self::date_range(param, DATE_END, Excluded(end), Unbounded),
+                Self::date_range(param, DATE_START, Included(start), Unbounded),
             ]),
             // `le`, likewise: `start < S.start || end <= S.end`.
             Prefix::Le => TermCondition::Any(vec![
-                Self::range(param, DATE_START, Unbounded, Excluded(start)),
-                Self::range(param, DATE_END, Unbounded, Included(end)),
+                Self::date_range(param, DATE_START, Unbounded, Excluded(start)),
+                Self::date_range(param, DATE_END, Unbounded, Included(end)),
             ]),
-            Prefix::Sa => Self::range(param, DATE_START, Excluded(end), Unbounded),
-            Prefix::Eb => Self::range(param, DATE_END, Unbounded, Excluded(start)),
+            Prefix::Sa => Self::date_range(param, DATE_START, Excluded(end), Unbounded),
+            Prefix::Eb => Self::date_range(param, DATE_END, Unbounded, Excluded(start)),
             Prefix::Ne | Prefix::Ap => TermCondition::Term(Self::presence(param)),
         }
     }
@@ -480,6 +578,29 @@ impl TermEncoder {
     }
 }
 
+/// What tantivy answers for a document with `terms`, without tantivy.
+#[cfg(test)]
+fn holds(condition: &TermCondition, terms: &DocumentTerms) -> bool {
+    let above = |term: &[u8], bound: &Bound<Vec<u8>>| match bound {
+        Bound::Included(lower) => term >= lower.as_slice(),
+        Bound::Excluded(lower) => term > lower.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let below = |term: &[u8], bound: &Bound<Vec<u8>>| match bound {
+        Bound::Included(upper) => term <= upper.as_slice(),
+        Bound::Excluded(upper) => term < upper.as_slice(),
+        Bound::Unbounded => true,
+    };
+    match condition {
+        TermCondition::Everything => true,
+        TermCondition::Term(wanted) => terms.iter().any(|term| term == wanted.as_slice()),
+        TermCondition::Range { lower, upper } => terms.iter().any(|term| above(term, lower) && below(term, upper)),
+        TermCondition::All(conditions) => conditions.iter().all(|condition| holds(condition, terms)),
+        TermCondition::Any(conditions) => conditions.iter().any(|condition| holds(condition, terms)),
+        TermCondition::Not(inner) => !holds(inner, terms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +675,54 @@ mod tests {
     }
 
     #[test]
+    fn coarse_date_ranges_select_what_one_fine_range_selects() {
+        let bucket = |dropped: u32| 1i64 << (8 * dropped);
+        let mut values = vec![i64::MIN, i64::MIN + 1, -1, 0, 1, 1_700_000_000_000, i64::MAX - 1, i64::MAX];
+        for dropped in [3, 4] {
+            for base in [0, 7 * bucket(dropped), -3 * bucket(dropped), 1_700_000_000_000 / bucket(dropped) * bucket(dropped)] {
+                values.extend([base - 1, base, base + 1, base + bucket(dropped) - 1]);
+            }
+        }
+        let documents: Vec<(i64, DocumentTerms)> = values
+            .iter()
+            .map(|value| {
+                let mut terms = DocumentTerms::default();
+                terms.push_date("date", kind::DATE_START, sortable_i64(*value));
+                (*value, terms)
+            })
+            .collect();
+        let mut bounds = vec![Bound::Unbounded];
+        bounds.extend(values.iter().flat_map(|value| [Bound::Included(*value), Bound::Excluded(*value)]));
+        let within = |value: i64, lower: &Bound<i64>, upper: &Bound<i64>| {
+            (match lower {
+                Bound::Included(low) => value >= *low,
+                Bound::Excluded(low) => value > *low,
+                Bound::Unbounded => true,
+            }) && (match upper {
+                Bound::Included(high) => value <= *high,
+                Bound::Excluded(high) => value < *high,
+                Bound::Unbounded => true,
+            })
+        };
+        let mut coarse = 0;
+        for lower in &bounds {
+            for upper in &bounds {
+                let condition = TermEncoder::date_range("date", kind::DATE_START, lower.map(sortable_i64), upper.map(sortable_i64));
+                coarse += usize::from(matches!(&condition, TermCondition::Any(parts) if parts.len() > 1));
+                for (value, terms) in &documents {
+                    assert_eq!(holds(&condition, terms), within(*value, lower, upper), "{value} in {lower:?}..{upper:?}: {condition:?}");
+                }
+            }
+        }
+        assert!(coarse > 1_000, "only {coarse} ranges used coarse terms");
+        // A range over 70 years of birth dates visits a few hundred terms, not one per day.
+        let since_1950 =
+            TermEncoder::date_range("birthdate", kind::DATE_START, Bound::Included(sortable_i64(-631_152_000_000)), Bound::Unbounded);
+        let TermCondition::Any(parts) = since_1950 else { panic!("{since_1950:?}") };
+        assert!(parts.len() <= 4, "{parts:?}");
+    }
+
+    #[test]
     fn code_texts_get_prefixes_only() {
         let encoder = TermEncoder::new([1u8; 32]);
         let terms = encoder.document_terms("Observation", &[text("code:text", "Body weight")]);
@@ -567,11 +736,10 @@ mod tests {
 #[cfg(test)]
 mod corpus_tests {
     use std::collections::BTreeMap;
-    use std::ops::Bound;
 
     use serde_json::Value;
 
-    use super::{DocumentTerms, TermCondition, TermEncoder};
+    use super::{DocumentTerms, TermEncoder, holds};
     use crate::search::extract::{IndexValue, extract, extract_param};
     use crate::search::search_params::{ParamType, SearchParamTable};
     use crate::search::{matches, parse_query};
@@ -581,28 +749,6 @@ mod corpus_tests {
     /// Resources per type and values per parameter (the test must stay fast unoptimised).
     const RESOURCES: usize = 120;
     const VALUES: usize = 2;
-
-    /// What tantivy answers for a document with `terms`, without tantivy.
-    fn holds(condition: &TermCondition, terms: &DocumentTerms) -> bool {
-        let above = |term: &[u8], bound: &Bound<Vec<u8>>| match bound {
-            Bound::Included(lower) => term >= lower.as_slice(),
-            Bound::Excluded(lower) => term > lower.as_slice(),
-            Bound::Unbounded => true,
-        };
-        let below = |term: &[u8], bound: &Bound<Vec<u8>>| match bound {
-            Bound::Included(upper) => term <= upper.as_slice(),
-            Bound::Excluded(upper) => term < upper.as_slice(),
-            Bound::Unbounded => true,
-        };
-        match condition {
-            TermCondition::Everything => true,
-            TermCondition::Term(wanted) => terms.iter().any(|term| term == wanted.as_slice()),
-            TermCondition::Range { lower, upper } => terms.iter().any(|term| above(term, lower) && below(term, upper)),
-            TermCondition::All(conditions) => conditions.iter().all(|condition| holds(condition, terms)),
-            TermCondition::Any(conditions) => conditions.iter().any(|condition| holds(condition, terms)),
-            TermCondition::Not(inner) => !holds(inner, terms),
-        }
-    }
 
     fn resources() -> BTreeMap<&'static str, Vec<Value>> {
         let mut by_type: BTreeMap<&str, Vec<Value>> = TYPES.iter().map(|name| (*name, Vec::new())).collect();
