@@ -112,22 +112,34 @@ fn files_under(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Resource types a file holds (for ordering reference data first).
+/// Resource types a file holds (for ordering reference data first). Reads only `resourceType`
+/// members: the rest of each resource is skipped, not built into a tree.
 fn types_in(path: &Path) -> Result<Vec<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "resourceType", default)]
+        resource_type: String,
+        #[serde(default)]
+        entry: Option<Vec<Entry>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        resource: Option<Typed>,
+    }
     let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
     let mut types = Vec::new();
     if path.extension().is_some_and(|extension| extension == "ndjson") {
         for line in text.lines().filter(|line| !line.trim().is_empty()) {
-            let value: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-            types.push(value.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string());
+            types.push(serde_json::from_str::<Typed>(line).map(|typed| typed.resource_type).unwrap_or_default());
         }
     } else {
-        let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap_or(Value::Null);
-        match value.get("entry").and_then(Value::as_array) {
-            Some(entries) => types.extend(
-                entries.iter().map(|entry| entry["resource"].get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string()),
-            ),
-            None => types.push(value.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string()),
+        match serde_json::from_str::<Typed>(text.trim_start_matches('\u{feff}')) {
+            Ok(Typed { entry: Some(entries), .. }) => {
+                types.extend(entries.into_iter().map(|entry| entry.resource.map(|resource| resource.resource_type).unwrap_or_default()))
+            }
+            Ok(typed) => types.push(typed.resource_type),
+            Err(_) => types.push(String::new()),
         }
     }
     types.sort();
@@ -143,7 +155,11 @@ pub fn import(data_directory: &Path, paths: &[PathBuf], leniency: Leniency, orga
         // The rate counts the whole command: opening the store, and closing it (the index
         // catching up, the last checkpoint).
         let started = Instant::now();
-        let store = ResourceStore::open(data_directory, StoreOptions::default()).map_err(|error| error.to_string())?;
+        // Index on every core: the final index commit (serialising the segments) is on the
+        // command's critical path.
+        let indexing_threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let options = StoreOptions { indexing_threads, ..StoreOptions::default() };
+        let store = ResourceStore::open(data_directory, options).map_err(|error| error.to_string())?;
         let result = import_into(&store, paths, leniency, &Principal::operator("import", organization)).await;
         store.close().await;
         result.map(|summary| ImportSummary { seconds: started.elapsed().as_secs_f64(), ..summary })

@@ -92,7 +92,10 @@ const WRITER_MEMORY: usize = 32 * 1024 * 1024;
 
 impl TantivyIndex {
     /// Opens the index in `directory`, creating it if absent (or if its schema is not ours).
-    pub fn open(directory: &Path) -> Result<TantivyIndex, IndexError> {
+    /// `indexing_threads`: tantivy's indexing threads (each fills its own segment: more threads
+    /// index and commit faster but leave more segments to merge; 1 for a server, all cores for
+    /// a bulk import).
+    pub fn open(directory: &Path, indexing_threads: usize) -> Result<TantivyIndex, IndexError> {
         std::fs::create_dir_all(directory)?;
         let (schema, fields) = schema();
         let current_layout = |index: &Index| {
@@ -110,17 +113,17 @@ impl TantivyIndex {
                 Index::create_in_dir(directory, schema)?
             }
         };
-        Self::from_index(index, fields)
+        Self::from_index(index, fields, indexing_threads)
     }
 
     /// An index in memory (tests).
     pub fn in_memory() -> Result<TantivyIndex, IndexError> {
         let (schema, fields) = schema();
-        Self::from_index(Index::create_in_ram(schema), fields)
+        Self::from_index(Index::create_in_ram(schema), fields, 1)
     }
 
-    fn from_index(index: Index, fields: Fields) -> Result<TantivyIndex, IndexError> {
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+    fn from_index(index: Index, fields: Fields, indexing_threads: usize) -> Result<TantivyIndex, IndexError> {
+        let writer = index.writer_with_num_threads(indexing_threads.max(1), WRITER_MEMORY)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(TantivyIndex { index, fields, writer: Mutex::new(writer), reader })
     }
@@ -303,25 +306,25 @@ mod tests {
         let directory = std::env::temp_dir().join(format!("fg-index-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         {
-            let index = TantivyIndex::open(&directory).unwrap();
+            let index = TantivyIndex::open(&directory, 1).unwrap();
             index.upsert("Patient/a", Some(&document("Patient/a", 0, &["x"]))).unwrap();
             index.commit(0).unwrap();
         }
-        let index = TantivyIndex::open(&directory).unwrap();
+        let index = TantivyIndex::open(&directory, 1).unwrap();
         assert_eq!(index.indexed_leaf(), Some(0));
         assert_eq!(index.count(None, &TermCondition::Term(b"x".to_vec())).unwrap(), 1);
         drop(index);
         // An index whose commits record another term layout starts over.
         let older = std::fs::read_to_string(directory.join("meta.json")).unwrap().replace(&format!("\"{LAYOUT_VERSION}/0\""), "\"0\"");
         std::fs::write(directory.join("meta.json"), older).unwrap();
-        let index = TantivyIndex::open(&directory).unwrap();
+        let index = TantivyIndex::open(&directory, 1).unwrap();
         assert_eq!(index.indexed_leaf(), None, "an index of another layout starts over");
         assert_eq!(index.count(None, &TermCondition::Term(b"x".to_vec())).unwrap(), 0);
         index.upsert("Patient/a", Some(&document("Patient/a", 0, &["x"]))).unwrap();
         index.commit(0).unwrap();
         drop(index);
         std::fs::write(directory.join("meta.json"), b"garbage").unwrap();
-        let index = TantivyIndex::open(&directory).unwrap();
+        let index = TantivyIndex::open(&directory, 1).unwrap();
         assert_eq!(index.indexed_leaf(), None, "an unreadable index starts over");
         std::fs::remove_dir_all(&directory).unwrap();
     }

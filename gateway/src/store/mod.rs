@@ -46,6 +46,8 @@ pub struct StoreOptions {
     pub checkpoint_interval: Duration,
     /// Most writes committed together by one group commit.
     pub max_group_commit: usize,
+    /// Threads tantivy indexes with (see `TantivyIndex::open`).
+    pub indexing_threads: usize,
 }
 
 impl Default for StoreOptions {
@@ -55,6 +57,7 @@ impl Default for StoreOptions {
             checkpoint_every_entries: 1000,
             checkpoint_interval: Duration::from_millis(1000),
             max_group_commit: 512,
+            indexing_threads: 1,
         }
     }
 }
@@ -448,8 +451,8 @@ impl ResourceStore {
             catalog.apply(record);
         }
 
-        let index =
-            crate::search::index::TantivyIndex::open(&layout.search_index()).map_err(|error| OpenError::Index(error.to_string()))?;
+        let index = crate::search::index::TantivyIndex::open(&layout.search_index(), options.indexing_threads)
+            .map_err(|error| OpenError::Index(error.to_string()))?;
         let search = search::SearchIndex::new(index, crate::search::terms::TermEncoder::new(secrets.search_key()));
         let shared = Arc::new(Shared {
             blobs,
