@@ -17,7 +17,8 @@
 //!
 //! **Layout** (bytes): `{param} 0x00 {kind}` and then 8 bytes: the keyed hash, or the
 //! order-preserving big-endian value of a date or number; a presence term (`kind` `?`) ends after
-//! the kind. Parameter names hold no 0 byte, so no term of one parameter is a prefix of
+//! the kind; a date value also gets coarse terms (`D`/`E`, a level byte, its leading bytes: see
+//! [`DATE_LEVELS`]). Parameter names hold no 0 byte, so no term of one parameter is a prefix of
 //! another's. Fewer, shorter terms are most of the indexing cost (docs/BENCHMARKS.md), so:
 //! a parameter with the same element paths as another shares its terms
 //! ([`SearchParam::index_as`]: `phonetic` is `name`); a string parameter on parts of another's
@@ -538,6 +539,7 @@ impl TermEncoder {
             ),
         }
     }
+
     /// Whether [`Self::filter_condition`] selects exactly the resources the matcher accepts for
     /// this filter, not only a superset (up to a 64-bit hash collision): a search whose filters
     /// are all exact can count its matches from the index and read only its page. Exact:
