@@ -98,3 +98,43 @@ async fn failures_are_named_and_exit_non_zero() {
     assert!(!success);
     assert!(message.contains("no such file or directory"), "{message}");
 }
+
+/// Beyond 10,000 candidates a search does not count: unsorted, it pages in ledger order without a
+/// `total` (instead of reading every candidate); a narrower search still counts exactly.
+#[tokio::test]
+async fn a_search_with_more_than_ten_thousand_candidates_pages_without_a_total() {
+    let input = TempDir::new("import-many-input");
+    let file = input.path().join("Basic.ndjson");
+    let lines: Vec<String> = (0..10_001)
+        .map(|i| {
+            let code = if i % 1_000 == 0 { "rare" } else { "common" };
+            format!(
+                r#"{{"resourceType":"Basic","id":"b{i}","code":{{"coding":[{{"system":"http://example.org/kinds","code":"{code}"}}]}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let mut gateway = Gateway::start().await;
+    gateway.stop();
+    let (success, summary) = import(gateway.data.path(), &[&file]);
+    assert!(success, "{summary}");
+    gateway.restart().await;
+
+    let first = json_body(gateway.get("Basic?_count=3").await).await;
+    assert!(first.get("total").is_none(), "not counted: {first}");
+    let ids =
+        |page: &Value| -> Vec<String> { entries(page).iter().map(|entry| entry["resource"]["id"].as_str().unwrap().to_string()).collect() };
+    let next = first["link"].as_array().unwrap().iter().find(|link| link["relation"] == "next").expect("a next page");
+    let second = json_body(gateway.http.get(next["url"].as_str().unwrap()).send().await.unwrap()).await;
+    assert!(second.get("total").is_none(), "{second}");
+    let (first_ids, second_ids) = (ids(&first), ids(&second));
+    assert_eq!((first_ids.len(), second_ids.len()), (3, 3), "{first_ids:?} {second_ids:?}");
+    assert!(first_ids.iter().all(|id| !second_ids.contains(id)), "pages do not overlap: {first_ids:?} {second_ids:?}");
+    let again = json_body(gateway.get("Basic?_count=3").await).await;
+    assert_eq!(ids(&again), first_ids, "a stable order");
+
+    let rare = json_body(gateway.get("Basic?code=http://example.org/kinds|rare&_count=2").await).await;
+    assert_eq!(rare["total"], 11, "{rare}");
+    let sorted = gateway.get("Basic?_sort=-_lastUpdated").await;
+    assert_eq!(sorted.status(), 400, "a sort needs every candidate");
+}
