@@ -23,6 +23,14 @@ pub struct ResourceKey {
     pub id: String,
 }
 
+impl ResourceKey {
+    /// The key a local `Type/id` reference names.
+    pub fn from_reference(reference: &str) -> Option<ResourceKey> {
+        let (resource_type, id) = reference.split_once('/')?;
+        Some(ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VersionRecord {
     pub version_id: u64,

@@ -249,12 +249,6 @@ pub struct SearchPage {
     pub next_offset: Option<usize>,
 }
 
-/// The resource of an index hit (its key is `Type/id`).
-fn hit_key(hit: &Hit) -> Option<ResourceKey> {
-    let (resource_type, id) = hit.key.split_once('/')?;
-    Some(ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() })
-}
-
 fn sort_value(hit: &Hit, param: &str) -> Option<i64> {
     match param {
         "_lastUpdated" => Some(hit.last_updated_ms),
@@ -374,7 +368,7 @@ impl ResourceStore {
     /// The guard's decision on a candidate without reading it, if the indexed version is the
     /// current one and the guard can decide from what it knows.
     fn admits_unread(&self, hit: &Hit, guard: &dyn ReadGuard) -> Option<bool> {
-        let key = hit_key(hit)?;
+        let key = ResourceKey::from_reference(&hit.key)?;
         let version_id = {
             let catalog = self.shared.catalog.read().expect("catalog lock");
             let current = catalog.get(&key)?.current()?;
@@ -385,7 +379,7 @@ impl ResourceStore {
 
     /// One candidate: its current version, read and verified, if the matcher and `guard` accept it.
     fn confirm(&self, hit: Hit, query: &SearchQuery, guard: &dyn ReadGuard) -> Result<Option<Candidate>, StoreError> {
-        let Some(key) = hit_key(&hit) else {
+        let Some(key) = ResourceKey::from_reference(&hit.key) else {
             return Ok(None);
         };
         let version = match self.read(&key) {
@@ -475,7 +469,9 @@ impl ResourceStore {
         let mut total = confirmed.len();
         let on_page: Vec<Candidate> = confirmed.into_iter().skip(offset).take(count).collect();
         let listed = on_page.len();
-        let page: Vec<(StoredVersion, Value)> = on_every_core(on_page, PARALLEL_PAGE_READS, |candidate| match candidate.read {
+        // Threads only when there is something to read.
+        let parallel_from = if on_page.iter().any(|candidate| candidate.read.is_none()) { PARALLEL_PAGE_READS } else { usize::MAX };
+        let page: Vec<(StoredVersion, Value)> = on_every_core(on_page, parallel_from, |candidate| match candidate.read {
             Some(read) => Ok(Some(read)),
             None => Ok(self.confirm(candidate.hit, query, guard)?.and_then(|candidate| candidate.read)),
         })?;
@@ -605,8 +601,8 @@ impl ResourceStore {
                 for include in query.includes.iter().filter(|include| round == 0 || include.iterate) {
                     for target in include_targets(table, include, &resource_type, resource) {
                         if seen.insert(target.clone())
-                            && let Some((target_type, target_id)) = target.split_once('/')
-                            && let Ok(version) = self.read(&ResourceKey { resource_type: target_type.into(), id: target_id.into() })
+                            && let Some(key) = ResourceKey::from_reference(&target)
+                            && let Ok(version) = self.read(&key)
                             && let Some(value) = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok())
                             && guard.admits(Interaction::Read, &version, &value)
                         {
