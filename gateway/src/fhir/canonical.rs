@@ -73,7 +73,8 @@ fn write_members<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>, out
     }
 }
 
-fn write_string(text: &str, out: &mut Vec<u8>) {
+/// Appends `text` as a canonical JSON string (for writers of fixed shapes, like ledger entries).
+pub fn write_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     // Runs of bytes that need no escape are copied whole (all of UTF-8 above 0x7f is literal).
     let bytes = text.as_bytes();

@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::fhir::canonical::to_canonical_bytes;
+use crate::fhir::canonical::{to_canonical_bytes, write_string};
 
 const SIGNING_CONTEXT: &[u8] = b"fhir-gateway ledger entry v1\n";
 
@@ -58,19 +58,52 @@ pub enum EntryError {
 }
 
 impl LedgerEntry {
+    /// The canonical JSON of the entry, written directly (every write signs one: no JSON tree),
+    /// members in canonical order; `signature` is placed between `resourceType` and `versionId`.
+    fn canonical_bytes(&self, signature: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(384);
+        out.push(b'{');
+        let member = |name: &str, value: &str, out: &mut Vec<u8>| {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            write_string(name, out);
+            out.push(b':');
+            write_string(value, out);
+        };
+        if let Some(cid) = &self.cid {
+            member("cid", cid, &mut out);
+        }
+        if let Some(content_hash) = &self.content_hash {
+            member("contentHash", content_hash, &mut out);
+        }
+        let kind = match self.kind {
+            EntryKind::Create => "create",
+            EntryKind::Update => "update",
+            EntryKind::Delete => "delete",
+        };
+        member("kind", kind, &mut out);
+        member("principal", &self.principal, &mut out);
+        member("pseudonym", &self.pseudonym, &mut out);
+        member("recorded", &self.recorded, &mut out);
+        member("resourceType", &self.resource_type, &mut out);
+        if let Some(signature) = signature {
+            member("signature", signature, &mut out);
+        }
+        out.extend_from_slice(format!(",\"versionId\":{}}}", self.version_id).as_bytes());
+        out
+    }
+
     fn unsigned_bytes(&self) -> Vec<u8> {
-        let value = serde_json::to_value(self).expect("entry serialises");
-        to_canonical_bytes(&value)
+        self.canonical_bytes(None)
     }
 
     /// The signed leaf bytes.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
-        let mut value = serde_json::to_value(self).expect("entry serialises");
         let mut message = SIGNING_CONTEXT.to_vec();
-        message.extend_from_slice(&to_canonical_bytes(&value));
+        message.extend_from_slice(&self.unsigned_bytes());
         let signature = key.sign(&message);
-        value.as_object_mut().expect("entry is an object").insert("signature".into(), BASE64.encode(signature.to_bytes()).into());
-        to_canonical_bytes(&value)
+        self.canonical_bytes(Some(&BASE64.encode(signature.to_bytes())))
     }
 
     /// Parses leaf bytes without checking the signature (the read path; `verify` checks it).
@@ -128,6 +161,21 @@ mod tests {
             cid: Some("bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4".into()),
             principal: "unauthenticated".into(),
             recorded: "2026-11-21T15:20:12.123Z".into(),
+        }
+    }
+
+    /// The directly written bytes are the canonical form of the entry's JSON (serde's field
+    /// names, `to_canonical_bytes`), also for deletions and strings that need escapes.
+    #[test]
+    fn entry_bytes_are_the_canonical_json_of_the_entry() {
+        let deletion = LedgerEntry { kind: EntryKind::Delete, content_hash: None, cid: None, version_id: 12_345, ..sample() };
+        let escaped = LedgerEntry { principal: "org \"A\"\\\n\u{1}é".into(), kind: EntryKind::Update, ..sample() };
+        for entry in [sample(), deletion, escaped] {
+            let value = serde_json::to_value(&entry).unwrap();
+            assert_eq!(entry.unsigned_bytes(), to_canonical_bytes(&value));
+            let mut signed = value;
+            signed.as_object_mut().unwrap().insert("signature".into(), "c2ln+/==".into());
+            assert_eq!(entry.canonical_bytes(Some("c2ln+/==")), to_canonical_bytes(&signed));
         }
     }
 
