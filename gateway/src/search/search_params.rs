@@ -70,11 +70,12 @@ pub struct Component {
     pub param_type: ParamType,
     /// Paths relative to each composite root element.
     pub paths: Vec<ElementPath>,
-    /// Derived at load: the parameter whose element paths include every path of this
-    /// component (from each root), so its index terms serve this component too
-    /// (`code-value-quantity`'s `code` is `code`; the matcher checks the components co-occur).
+    /// Derived at load: the parameters whose element paths include every path of this
+    /// component (from each root), so their index terms serve this component too
+    /// (`code-value-quantity`'s `code` is `code`; `combo-code-value-quantity`'s `code` is `code`
+    /// and `component-code`; the matcher checks the components co-occur). Empty: none does.
     #[serde(skip)]
-    pub index_as: Option<String>,
+    pub index_as: Vec<String>,
 }
 
 /// A search parameter as it applies to one resource type.
@@ -107,6 +108,12 @@ pub struct SearchParam {
     /// terms serve this parameter's `:exact` and `:contains`, so a resource hashes them once.
     #[serde(skip)]
     pub covered_by: Option<String>,
+    /// Derived at load: parameters of the same type whose element paths together are exactly
+    /// this one's (R4 `combo-code` is `code` ∪ `component-code`): a condition on this parameter
+    /// is the union of the same condition on each (`:missing=true`: the intersection), and it
+    /// gets no index terms of its own. Empty: not such a union.
+    #[serde(skip)]
+    pub union_of: Vec<String>,
 }
 
 impl SearchParam {
@@ -126,9 +133,9 @@ pub fn string_parts(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-/// Sets [`SearchParam::index_as`] and [`SearchParam::covered_by`] on one type's parameters
-/// (sorted by name). Both only ever widen what an index condition selects: the matcher still
-/// decides on the parameter itself.
+/// Sets [`SearchParam::index_as`], [`SearchParam::covered_by`], [`SearchParam::union_of`] and
+/// [`Component::index_as`] on one type's parameters (sorted by name). All only ever widen what
+/// an index condition selects: the matcher still decides on the parameter itself.
 fn derive_term_sharing(list: &mut [SearchParam]) {
     let indexable = |param: &SearchParam| param.is_supported() && param.param_type != ParamType::Composite && !param.paths.is_empty();
     let mut derived = Vec::with_capacity(list.len());
@@ -153,29 +160,68 @@ fn derive_term_sharing(list: &mut [SearchParam]) {
             .filter(|other| other.name != param.name && indexable(other) && other.param_type == ParamType::String)
             .find(|other| indexable(param) && param.param_type == ParamType::String && param.paths.iter().all(|path| contains(other, path)))
             .map(|other| other.name.clone());
-        derived.push((index_as, covered_by));
+        // Parameters on a strict subset of `param`'s paths that together cover all of them.
+        let parts: Vec<&SearchParam> = list
+            .iter()
+            .filter(|other| {
+                index_as.is_none()
+                    && indexable(param)
+                    && indexable(other)
+                    && other.param_type == param.param_type
+                    && other.paths.len() < param.paths.len()
+                    && other.paths.iter().all(|path| param.paths.contains(path))
+            })
+            .collect();
+        let union_of = if param.paths.iter().all(|path| parts.iter().any(|part| part.paths.contains(path))) {
+            let mut names: Vec<String> = parts.iter().map(|part| part.name.clone()).collect();
+            names.dedup();
+            names
+        } else {
+            Vec::new()
+        };
+        derived.push((index_as, covered_by, union_of));
     }
-    for (param, (index_as, covered_by)) in list.iter_mut().zip(derived) {
+    for (param, (index_as, covered_by, union_of)) in list.iter_mut().zip(derived) {
         param.index_as = index_as;
         param.covered_by = covered_by;
+        param.union_of = union_of;
     }
-    let components: Vec<Vec<Option<String>>> = list
+    // The parameter whose terms hold a component's values at `path`: the component's own
+    // parameter if it has terms of its own, else one that `own` is a union of.
+    let holders = |path: &ElementPath, component: &Component| -> Option<String> {
+        let holds = |param: &&SearchParam| {
+            param.param_type == component.param_type && indexable(param) && param.union_of.is_empty() && param.paths.contains(path)
+        };
+        let own = list.iter().find(|param| param.name == component.param);
+        let holder = own.filter(holds).or_else(|| {
+            let parts = own.map(|own| own.union_of.as_slice()).unwrap_or_default();
+            list.iter().filter(|param| parts.contains(&param.name)).find(holds)
+        })?;
+        Some(holder.index_as.clone().unwrap_or_else(|| holder.name.clone()))
+    };
+    let components: Vec<Vec<Vec<String>>> = list
         .iter()
         .map(|composite| {
             composite
                 .components
                 .iter()
                 .map(|component| {
-                    let own = list.iter().find(|param| param.name == component.param && param.param_type == component.param_type)?;
-                    let covered = composite.paths.iter().all(|root| {
-                        component.paths.iter().all(|path| {
+                    let mut index_as = Vec::new();
+                    for root in &composite.paths {
+                        for path in &component.paths {
                             let mut steps = root.steps.clone();
                             steps.extend(path.steps.iter().cloned());
                             let whole = ElementPath { steps, ..path.clone() };
-                            root.filter.is_none() && path.filter.is_none() && own.paths.contains(&whole)
-                        })
-                    });
-                    (covered && indexable(own)).then(|| own.index_as.clone().unwrap_or_else(|| own.name.clone()))
+                            let holder = (root.filter.is_none() && path.filter.is_none()).then(|| holders(&whole, component)).flatten();
+                            let Some(holder) = holder else {
+                                return Vec::new();
+                            };
+                            if !index_as.contains(&holder) {
+                                index_as.push(holder);
+                            }
+                        }
+                    }
+                    index_as
                 })
                 .collect()
         })
@@ -263,5 +309,32 @@ impl SearchParamTable {
     /// All R4 resource types, sorted.
     pub fn resource_types(&self) -> impl Iterator<Item = &str> {
         self.resource_types.iter().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component_holders(param: &SearchParam) -> Vec<Vec<&str>> {
+        param.components.iter().map(|component| component.index_as.iter().map(String::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn unions_and_composites_use_the_terms_of_the_parameters_they_are_made_of() {
+        let table = SearchParamTable::r4();
+        let param = |name: &str| table.param("Observation", name).unwrap();
+        assert_eq!(param("combo-code").union_of, ["code", "component-code"]);
+        assert_eq!(param("combo-value-quantity").union_of, ["component-value-quantity", "value-quantity"]);
+        assert!(param("code").union_of.is_empty() && param("component-code").union_of.is_empty());
+        assert!(table.param("Patient", "name").unwrap().union_of.is_empty(), "name has terms of its own");
+        assert_eq!(component_holders(param("code-value-quantity")), [vec!["code"], vec!["value-quantity"]]);
+        assert_eq!(
+            component_holders(param("combo-code-value-quantity")),
+            [vec!["code", "component-code"], vec!["value-quantity", "component-value-quantity"]]
+        );
+        let unions =
+            table.resource_types().flat_map(|resource_type| table.params(resource_type)).filter(|param| !param.union_of.is_empty());
+        assert_eq!(unions.count(), 4, "R4 has four: Observation's combo- parameters");
     }
 }

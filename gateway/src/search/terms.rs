@@ -21,7 +21,8 @@
 //! [`DATE_LEVELS`]). Parameter names hold no 0 byte, so no term of one parameter is a prefix of
 //! another's. Fewer, shorter terms are most of the indexing cost (docs/BENCHMARKS.md), so:
 //! a parameter with the same element paths as another shares its terms
-//! ([`SearchParam::index_as`]: `phonetic` is `name`); a string parameter on parts of another's
+//! ([`SearchParam::index_as`]: `phonetic` is `name`); one whose paths are the union of others'
+//! uses theirs ([`SearchParam::union_of`]: `combo-code` is `code` ∪ `component-code`); a string parameter on parts of another's
 //! elements (`family` of `name`) keeps its prefixes but leaves exact and trigram terms to that one
 //! ([`SearchParam::covered_by`]); code display texts (`code:text`) only get prefixes, all that
 //! `:text` searches.
@@ -45,7 +46,7 @@ const HASH_BYTES: usize = 8;
 
 /// Version of the term layout, recorded with every index commit: an index written with another
 /// layout is rebuilt at open. Raise it whenever the terms of a resource change.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Coarser levels of date terms, as low bytes of the 8-byte value dropped: buckets of 2^24 ms
 /// (4.7 hours) and 2^32 ms (50 days). A date range selects whole buckets at the coarsest level
@@ -228,11 +229,14 @@ impl TermEncoder {
         self.table.param(resource_type, name.split([':', '$']).next().unwrap_or(name))
     }
 
-    /// For a composite's component entry (`code-value-quantity$0`): the parameter whose terms
-    /// serve it ([`super::search_params::Component::index_as`]).
-    fn component_index_as<'p>(declared: Option<&'p SearchParam>, name: &str) -> Option<&'p str> {
-        let (_, position) = name.split_once('$')?;
-        declared?.components.get(position.parse::<usize>().ok()?)?.index_as.as_deref()
+    /// For a composite's component entry (`code-value-quantity$0`): the parameters whose terms
+    /// serve it ([`super::search_params::Component::index_as`]; empty: its own terms do).
+    fn component_index_as<'p>(declared: Option<&'p SearchParam>, name: &str) -> &'p [String] {
+        let component = name
+            .split_once('$')
+            .and_then(|(_, position)| position.parse::<usize>().ok())
+            .and_then(|position| declared?.components.get(position));
+        component.map(|component| component.index_as.as_slice()).unwrap_or_default()
     }
 
     /// Every term of a resource's index entries (each presence term once; other terms may
@@ -252,7 +256,9 @@ impl TermEncoder {
                     declared
                 }
             };
-            if declared.is_some_and(|declared| declared.index_as.is_some()) || Self::component_index_as(declared, param).is_some() {
+            if declared.is_some_and(|declared| declared.index_as.is_some() || !declared.union_of.is_empty())
+                || !Self::component_index_as(declared, param).is_empty()
+            {
                 continue;
             }
             let base = param.strip_suffix(PRESENT_SUFFIX).unwrap_or(param);
@@ -483,8 +489,12 @@ impl TermEncoder {
                     .enumerate()
                     .map(|(position, component)| {
                         let key = composite_key(param, position);
-                        let key = Self::component_index_as(declared, &key).map_or(key, str::to_string);
-                        self.value_condition(&key, &key, None, component, None)
+                        match Self::component_index_as(declared, &key) {
+                            [] => self.value_condition(&key, &key, None, component, None),
+                            holders => TermCondition::Any(
+                                holders.iter().map(|holder| self.value_condition(holder, holder, None, component, None)).collect(),
+                            ),
+                        }
                     })
                     .collect(),
             ),
@@ -497,6 +507,13 @@ impl TermEncoder {
             return TermCondition::Everything;
         }
         let declared = self.declared(resource_type, &filter.param);
+        if let Some(parts) = declared.map(|declared| &declared.union_of).filter(|parts| !parts.is_empty()) {
+            let conditions = parts.iter().map(|part| self.filter_condition(resource_type, &Self::on_part(filter, part))).collect();
+            return match filter.modifier {
+                Some(Modifier::Missing(true)) => TermCondition::All(conditions),
+                _ => TermCondition::Any(conditions),
+            };
+        }
         let param = declared.and_then(|declared| declared.index_as.as_deref()).unwrap_or(&filter.param);
         let whole_values = declared.and_then(|declared| declared.covered_by.as_deref()).unwrap_or(param);
         let composite = declared.filter(|declared| declared.param_type == ParamType::Composite);
@@ -506,7 +523,10 @@ impl TermEncoder {
             Some(Modifier::Missing(true)) if composite.is_some() => TermCondition::Everything,
             Some(Modifier::Missing(false)) if composite.is_some() => {
                 let first = composite_key(param, 0);
-                TermCondition::Term(Self::presence(Self::component_index_as(composite, &first).unwrap_or(&first)))
+                match Self::component_index_as(composite, &first) {
+                    [] => TermCondition::Term(Self::presence(&first)),
+                    holders => TermCondition::Any(holders.iter().map(|holder| TermCondition::Term(Self::presence(holder))).collect()),
+                }
             }
             Some(Modifier::Missing(true)) => TermCondition::Not(Box::new(TermCondition::Term(Self::presence(param)))),
             Some(Modifier::Missing(false)) => TermCondition::Term(Self::presence(param)),
@@ -540,6 +560,12 @@ impl TermEncoder {
         }
     }
 
+    /// The same filter on one of the parameters a union parameter is made of
+    /// ([`SearchParam::union_of`]).
+    fn on_part(filter: &Filter, part: &str) -> Filter {
+        Filter { param: part.to_string(), ..filter.clone() }
+    }
+
     /// Whether [`Self::filter_condition`] selects exactly the resources the matcher accepts for
     /// this filter, not only a superset (up to a 64-bit hash collision): a search whose filters
     /// are all exact can count its matches from the index and read only its page. Exact:
@@ -551,6 +577,9 @@ impl TermEncoder {
         let Some(declared) = self.declared(resource_type, &filter.param) else {
             return false;
         };
+        if !declared.union_of.is_empty() {
+            return declared.union_of.iter().all(|part| self.selects_exactly(resource_type, &Self::on_part(filter, part)));
+        }
         if filter.chain.is_some() || declared.param_type == ParamType::Composite || declared.name != filter.param {
             return false;
         }
@@ -818,8 +847,63 @@ mod corpus_tests {
                     .flat_map(|prefix| texts.iter().map(move |text| format!("{prefix}{text}")))
                     .collect()
             }
-            IndexValue::Quantity { .. } | IndexValue::Number { .. } => Vec::new(),
+            IndexValue::Quantity { value, system, code, .. } => {
+                let mut values = vec![value.clone(), format!("gt{value}"), format!("le{value}")];
+                if let Some(code) = code {
+                    values.push(format!("{value}||{code}"));
+                    values.extend(system.iter().map(|system| format!("{value}|{system}|{code}")));
+                }
+                values
+            }
+            IndexValue::Number { .. } => Vec::new(),
         }
+    }
+
+    /// Composite searches (`code$value-quantity`) built from every Observation's own codes and
+    /// quantities, at the root and in components: the index selects whatever the matcher accepts.
+    #[test]
+    fn composite_conditions_select_what_the_matcher_accepts() {
+        let table = SearchParamTable::r4();
+        let encoder = TermEncoder::new([7u8; 32]);
+        let observations = resources().remove("Observation").unwrap();
+        let documents: Vec<DocumentTerms> =
+            observations.iter().map(|resource| encoder.document_terms("Observation", &extract(table, resource))).collect();
+        let pairs = |element: &Value| -> Vec<String> {
+            let quantity = element.get("valueQuantity");
+            let value = quantity.and_then(|quantity| quantity.get("value")).map(Value::to_string);
+            let codings = element.pointer("/code/coding").and_then(Value::as_array).into_iter().flatten();
+            codings
+                .filter_map(|coding| {
+                    let (system, code) = (coding.get("system")?.as_str()?, coding.get("code")?.as_str()?);
+                    let unit = quantity.and_then(|quantity| quantity.get("code")).and_then(Value::as_str).unwrap_or_default();
+                    Some(format!("{system}|{code}${}|{}|{unit}", value.clone()?, quantity?.get("system")?.as_str()?))
+                })
+                .collect()
+        };
+        let (mut searches, mut accepted_total) = (0, 0);
+        for resource in &observations {
+            let components = resource.get("component").and_then(Value::as_array).into_iter().flatten();
+            let searched: Vec<(&str, String)> = pairs(resource)
+                .into_iter()
+                .flat_map(|pair| [("code-value-quantity", pair.clone()), ("combo-code-value-quantity", pair)])
+                .chain(
+                    components
+                        .flat_map(pairs)
+                        .flat_map(|pair| [("component-code-value-quantity", pair.clone()), ("combo-code-value-quantity", pair)]),
+                )
+                .collect();
+            for (name, value) in searched {
+                let query = parse_query(table, "Observation", &[(name.to_string(), value.clone())], false).unwrap();
+                let condition = encoder.filter_condition("Observation", &query.filters[0]);
+                searches += 1;
+                for (candidate, terms) in observations.iter().zip(&documents) {
+                    let accepted = matches(table, &query, candidate);
+                    accepted_total += usize::from(accepted);
+                    assert!(!accepted || holds(&condition, terms), "Observation?{name}={value}: the index misses a match");
+                }
+            }
+        }
+        assert!(searches > 50 && accepted_total >= searches, "{searches} searches, {accepted_total} matches");
     }
 
     #[test]
@@ -832,7 +916,7 @@ mod corpus_tests {
             let documents: Vec<DocumentTerms> =
                 resources.iter().map(|resource| encoder.document_terms(resource_type, &extract(table, resource))).collect();
             for param in table.params(resource_type) {
-                if matches!(param.param_type, ParamType::Composite | ParamType::Quantity | ParamType::Number) {
+                if matches!(param.param_type, ParamType::Composite | ParamType::Number) {
                     continue;
                 }
                 let mut searches = vec![":missing=true".to_string(), ":missing=false".to_string()];
