@@ -70,10 +70,10 @@ pub struct Component {
     pub param_type: ParamType,
     /// Paths relative to each composite root element.
     pub paths: Vec<ElementPath>,
-    /// Derived at load: the parameters whose element paths include every path of this
-    /// component (from each root), so their index terms serve this component too
-    /// (`code-value-quantity`'s `code` is `code`; `combo-code-value-quantity`'s `code` is `code`
-    /// and `component-code`; the matcher checks the components co-occur). Empty: none does.
+    /// Derived at load: the parameters whose index terms hold this component's values, one for
+    /// each root and path (`code-value-quantity`'s `code` is `code`; `combo-code-value-quantity`'s
+    /// `code` is `code` and `component-code`); the matcher checks the components co-occur.
+    /// Empty: the component gets terms of its own.
     #[serde(skip)]
     pub index_as: Vec<String>,
 }
@@ -173,9 +173,7 @@ fn derive_term_sharing(list: &mut [SearchParam]) {
             })
             .collect();
         let union_of = if param.paths.iter().all(|path| parts.iter().any(|part| part.paths.contains(path))) {
-            let mut names: Vec<String> = parts.iter().map(|part| part.name.clone()).collect();
-            names.dedup();
-            names
+            parts.iter().map(|part| part.name.clone()).collect()
         } else {
             Vec::new()
         };

@@ -22,10 +22,10 @@
 //! another's. Fewer, shorter terms are most of the indexing cost (docs/BENCHMARKS.md), so:
 //! a parameter with the same element paths as another shares its terms
 //! ([`SearchParam::index_as`]: `phonetic` is `name`); one whose paths are the union of others'
-//! uses theirs ([`SearchParam::union_of`]: `combo-code` is `code` ∪ `component-code`); a string parameter on parts of another's
-//! elements (`family` of `name`) keeps its prefixes but leaves exact and trigram terms to that one
-//! ([`SearchParam::covered_by`]); code display texts (`code:text`) only get prefixes, all that
-//! `:text` searches.
+//! uses theirs ([`SearchParam::union_of`]: `combo-code` is `code` ∪ `component-code`); a string
+//! parameter on parts of another's elements (`family` of `name`) keeps its prefixes but leaves
+//! exact and trigram terms to that one ([`SearchParam::covered_by`]); code display texts
+//! (`code:text`) only get prefixes, all that `:text` searches.
 
 use std::ops::Bound;
 
