@@ -246,3 +246,36 @@ async fn sigterm_right_after_a_bundle_load_stops_promptly_and_search_catches_up(
     let high = json_body(gateway.get("Observation?value-quantity=gt499&_summary=count").await).await;
     assert_eq!(high["total"], BUNDLES, "one 499.5 per Bundle: {high}");
 }
+
+#[tokio::test]
+async fn search_after_kill_9_finds_updated_and_deleted_resources_as_they_are_now() {
+    let mut gateway = Gateway::start().await;
+    let patient = |family: &str| json!({"resourceType": "Patient", "name": [{"family": family}]});
+    let mut ids = Vec::new();
+    for index in 0..6 {
+        let created = json_body(gateway.post("Patient", &patient(&format!("Before{index}"))).await).await;
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    // A search publishes the index: the first versions are in it before they change.
+    assert_eq!(json_body(gateway.get("Patient?family=before&_summary=count").await).await["total"], 6);
+    for id in &ids[..3] {
+        assert_eq!(
+            gateway
+                .put(&format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id, "name": [{"family": "After"}]}))
+                .await
+                .status(),
+            200
+        );
+    }
+    for id in &ids[3..5] {
+        assert_eq!(gateway.http.delete(gateway.url(&format!("Patient/{id}"))).send().await.unwrap().status(), 204);
+    }
+    // Killed before the indexer publishes (it does so every second when nobody searches): the
+    // next start re-indexes these resources and must drop the documents of their old versions.
+    gateway.start_again_after_kill().await;
+    assert_eq!(json_body(gateway.get("Patient?family=before&_summary=count").await).await["total"], 1);
+    assert_eq!(json_body(gateway.get("Patient?family=after&_summary=count").await).await["total"], 3);
+    assert_eq!(json_body(gateway.get("Patient?_summary=count").await).await["total"], 4);
+    let found = json_body(gateway.get("Patient?family=after").await).await;
+    assert_eq!(entries(&found).len(), 3, "each resource once: {found}");
+}

@@ -5,6 +5,11 @@
 //! [`super::terms`]: keyed hashes, never readable text). The index proposes candidates; every
 //! result is then read from the sealed store and checked by the pure matcher.
 //!
+//! A document is replaced by its ledger leaf, not by its key: the key is stored but not
+//! indexed, because a term dictionary of random ids (one new term per create, rebuilt at every
+//! segment flush and merge) cost more than a create's search terms. Leaves are sequential, so
+//! their dictionary is cheap; the writer names the leaf of the version it replaces.
+//!
 //! Freshness: the last ledger leaf whose version is indexed is the commit payload. On open the
 //! index catches up from there; a search first waits until the index covers every version
 //! acknowledged before the search began (read-your-writes).
@@ -15,7 +20,7 @@ use std::sync::Mutex;
 
 use tantivy::collector::DocSetCollector;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
-use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, Value as _};
+use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextOptions, Value as _};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use super::terms::{DocumentTerms, LAYOUT_VERSION, TermCondition};
@@ -74,7 +79,7 @@ struct Fields {
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
     let fields = Fields {
-        key: builder.add_text_field("key", STRING | STORED),
+        key: builder.add_text_field("key", TextOptions::default().set_stored()),
         resource_type: builder.add_text_field("type", STRING),
         leaf_index: builder.add_u64_field("leaf", INDEXED | FAST | STORED),
         last_updated: builder.add_i64_field("last_updated", FAST | STORED),
@@ -137,10 +142,13 @@ impl TantivyIndex {
         metas.payload.as_deref().and_then(layout_leaf)
     }
 
-    /// Replaces the resource's document (`document: None` removes it: a deletion).
-    pub fn upsert(&self, key: &str, document: Option<&IndexDocument>) -> Result<(), IndexError> {
+    /// Removes the documents of the versions at `replaced_leaves` (the resource's earlier
+    /// versions that may be indexed) and adds `document` (`None`: a deletion).
+    pub fn replace(&self, replaced_leaves: &[u64], document: Option<&IndexDocument>) -> Result<(), IndexError> {
         let writer = self.writer.lock().expect("index writer lock");
-        writer.delete_term(Term::from_field_text(self.fields.key, key));
+        for leaf in replaced_leaves {
+            writer.delete_term(Term::from_field_u64(self.fields.leaf_index, *leaf));
+        }
         if let Some(document) = document {
             let mut tantivy_document = TantivyDocument::default();
             tantivy_document.add_text(self.fields.key, &document.key);
@@ -156,7 +164,7 @@ impl TantivyIndex {
         Ok(())
     }
 
-    /// Makes everything upserted so far durable and searchable, recording `indexed_leaf`.
+    /// Makes everything replaced so far durable and searchable, recording `indexed_leaf`.
     pub fn commit(&self, indexed_leaf: u64) -> Result<(), IndexError> {
         {
             let mut writer = self.writer.lock().expect("index writer lock");
@@ -278,12 +286,12 @@ mod tests {
     }
 
     #[test]
-    fn upsert_search_delete_and_payload() {
+    fn replace_search_delete_and_payload() {
         let index = TantivyIndex::in_memory().unwrap();
         assert_eq!(index.indexed_leaf(), None);
-        index.upsert("Patient/a", Some(&document("Patient/a", 0, &["g|f", "d|0010"]))).unwrap();
-        index.upsert("Patient/b", Some(&document("Patient/b", 1, &["g|m", "d|0020"]))).unwrap();
-        index.upsert("Observation/c", Some(&document("Observation/c", 2, &["g|f"]))).unwrap();
+        index.replace(&[], Some(&document("Patient/a", 0, &["g|f", "d|0010"]))).unwrap();
+        index.replace(&[], Some(&document("Patient/b", 1, &["g|m", "d|0020"]))).unwrap();
+        index.replace(&[], Some(&document("Observation/c", 2, &["g|f"]))).unwrap();
         index.commit(2).unwrap();
         assert_eq!(index.indexed_leaf(), Some(2));
 
@@ -298,8 +306,8 @@ mod tests {
         assert!(matches!(index.search(Some("Patient"), &TermCondition::Everything, 1), Err(IndexError::TooManyCandidates(1))));
 
         // An update replaces the document; a deletion removes it.
-        index.upsert("Patient/a", Some(&document("Patient/a", 3, &["g|m"]))).unwrap();
-        index.upsert("Patient/b", None).unwrap();
+        index.replace(&[0], Some(&document("Patient/a", 3, &["g|m"]))).unwrap();
+        index.replace(&[1], None).unwrap();
         index.commit(4).unwrap();
         assert!(index.search(Some("Patient"), &female, usize::MAX).unwrap().is_empty());
         assert_eq!(keys(index.search(Some("Patient"), &TermCondition::Term(b"g|m".to_vec()), usize::MAX).unwrap()), ["Patient/a"]);
@@ -312,7 +320,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&directory);
         {
             let index = TantivyIndex::open(&directory, 1).unwrap();
-            index.upsert("Patient/a", Some(&document("Patient/a", 0, &["x"]))).unwrap();
+            index.replace(&[], Some(&document("Patient/a", 0, &["x"]))).unwrap();
             index.commit(0).unwrap();
         }
         let index = TantivyIndex::open(&directory, 1).unwrap();
@@ -325,7 +333,7 @@ mod tests {
         let index = TantivyIndex::open(&directory, 1).unwrap();
         assert_eq!(index.indexed_leaf(), None, "an index of another layout starts over");
         assert_eq!(index.count(None, &TermCondition::Term(b"x".to_vec())).unwrap(), 0);
-        index.upsert("Patient/a", Some(&document("Patient/a", 0, &["x"]))).unwrap();
+        index.replace(&[], Some(&document("Patient/a", 0, &["x"]))).unwrap();
         index.commit(0).unwrap();
         drop(index);
         std::fs::write(directory.join("meta.json"), b"garbage").unwrap();

@@ -396,9 +396,13 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
         answer_refused(refused);
         return;
     }
+    // The version each write replaces in the search index: the current one before it.
+    let mut replaced_leaves: Vec<Option<u64>> = Vec::with_capacity(records.len());
     {
         let mut catalog = shared.catalog.write().expect("catalog lock");
         for record in records {
+            let current = catalog.get(&record.key).and_then(|history| history.current());
+            replaced_leaves.push(current.filter(|version| !version.is_deletion()).map(|version| version.leaf_index));
             catalog.apply(record);
         }
     }
@@ -408,12 +412,14 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     let jobs: Vec<IndexJob> = accepted
         .iter()
         .flat_map(|(writes, _)| writes.iter())
+        .zip(replaced_leaves)
         .enumerate()
-        .map(|(position, prepared)| IndexJob {
+        .map(|(position, (prepared, replaced))| IndexJob {
             key: prepared.key.clone(),
             leaf_index: first_leaf_index + position as u64,
             last_updated_ms: (prepared.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
             body: prepared.body.clone(),
+            replaced_leaves: replaced.into_iter().collect(),
         })
         .collect();
     // Cloned so that a full queue blocks only this thread, not searches waking the indexer.

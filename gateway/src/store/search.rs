@@ -37,6 +37,8 @@ pub(crate) struct IndexJob {
     pub leaf_index: u64,
     pub last_updated_ms: i64,
     pub body: Option<Vec<u8>>,
+    /// Leaves of the resource's earlier versions whose documents the index may hold.
+    pub replaced_leaves: Vec<u64>,
 }
 
 /// The index and how far it has got.
@@ -126,13 +128,12 @@ impl SearchIndex {
     /// Hands a batch of jobs to the index writer (searchable after the next [`Self::publish`]).
     fn add(&self, jobs: &[IndexJob]) -> Result<(), IndexError> {
         for job in jobs {
-            let key = format!("{}/{}", job.key.resource_type, job.key.id);
             let document = job
                 .body
                 .as_deref()
                 .and_then(|body| serde_json::from_slice::<Value>(body).ok())
                 .map(|resource| self.document(&job.key, job.leaf_index, job.last_updated_ms, &resource));
-            self.index.upsert(&key, document.as_ref())?;
+            self.index.replace(&job.replaced_leaves, document.as_ref())?;
         }
         Ok(())
     }
@@ -271,14 +272,17 @@ impl ResourceStore {
         };
         let mut jobs = Vec::with_capacity(keys.len());
         for key in keys {
+            // Any of its versions may be indexed already (the index lags by up to a commit).
+            let (leaf_index, replaced_leaves) = self.version_leaves(&key);
             let job = match self.read(&key) {
                 Ok(version) => IndexJob {
-                    leaf_index: self.current_leaf(&key),
+                    leaf_index,
                     last_updated_ms: (version.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
                     body: version.body,
                     key,
+                    replaced_leaves,
                 },
-                Err(StoreError::Gone(_)) => IndexJob { key, leaf_index: 0, last_updated_ms: 0, body: None },
+                Err(StoreError::Gone(_)) => IndexJob { key, leaf_index, last_updated_ms: 0, body: None, replaced_leaves },
                 Err(error) => return Err(error),
             };
             jobs.push(job);
@@ -292,9 +296,12 @@ impl ResourceStore {
         Ok(count)
     }
 
-    fn current_leaf(&self, key: &ResourceKey) -> u64 {
+    /// The leaf of the resource's current version, and those of all its versions that have content.
+    fn version_leaves(&self, key: &ResourceKey) -> (u64, Vec<u64>) {
         let catalog = self.shared.catalog.read().expect("catalog lock");
-        catalog.get(key).and_then(|history| history.current()).map_or(0, |version| version.leaf_index)
+        let versions = catalog.get(key).map_or(&[][..], |history| &history.versions[..]);
+        let current = versions.last().map_or(0, |version| version.leaf_index);
+        (current, versions.iter().filter(|version| !version.is_deletion()).map(|version| version.leaf_index).collect())
     }
 
     /// Drops the index and rebuilds it from the store (`fhir-gateway reindex`).
@@ -725,4 +732,39 @@ fn first_string(resource: &Value, resource_type: &str, param: &str) -> Option<St
         IndexValue::Token { code, .. } => Some(code),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{CreateOutcome, Leniency, Principal, StoreOptions};
+
+    /// Updates and deletions take the documents of the versions they replace out of the index:
+    /// search would drop them anyway (a hit must be the current version), but they would pile up.
+    #[tokio::test]
+    async fn the_index_holds_one_document_per_current_resource() {
+        let directory = std::env::temp_dir().join(format!("fg-store-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let store = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
+        let principal = Principal::operator("test", None);
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let created = store.create(json!({"resourceType": "Patient"}), &principal, Leniency::Strict, None).await.unwrap();
+            let CreateOutcome::Created(created) = created else { panic!("created") };
+            keys.push(created.version.key);
+        }
+        store.wait_for_index().unwrap();
+        for gender in ["female", "male"] {
+            let patient = json!({"resourceType": "Patient", "id": keys[0].id, "gender": gender});
+            store.update(&keys[0], patient, &principal, Leniency::Strict, None).await.unwrap();
+        }
+        store.delete(&keys[1], &principal).await.unwrap();
+        store.wait_for_index().unwrap();
+        assert_eq!(store.shared.search.index.count(None, &TermCondition::Everything).unwrap(), 2);
+        store.close().await;
+        drop(store);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
 }
