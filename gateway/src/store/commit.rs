@@ -26,6 +26,7 @@ use crate::blob::{self, Block};
 use crate::fhir::{self, canonical::to_canonical_bytes};
 use crate::ledger::{EntryKind, LedgerEntry};
 use crate::seal::{self, SealContext};
+use crate::search::{self, IndexEntry, SearchParamTable};
 
 pub(crate) enum CommitRequest {
     /// Writes committed all together or not at all: one write, or a transaction's.
@@ -73,6 +74,9 @@ pub(crate) struct PreparedWrite {
     identifier_hashes: Vec<KeyedHash>,
     leaf: Vec<u8>,
     author: Option<String>,
+    /// The search values of the content, for the indexer (extracted here from the parsed
+    /// resource, so that the indexer need not parse the stored bytes again).
+    index_entries: Option<Vec<IndexEntry>>,
 }
 
 /// Everything CPU-bound about a write, done in the caller's task: meta, canonical bytes, seal,
@@ -108,6 +112,7 @@ pub(crate) fn prepare(
         identifier_hashes: Vec::new(),
         leaf: Vec::new(),
         author: principal.organization.clone(),
+        index_entries: None,
     };
     let mut content_hash = None;
     if let Some(mut resource) = resource {
@@ -128,6 +133,7 @@ pub(crate) fn prepare(
         prepared.blocks = blocks;
         prepared.sealed = Some(SealedLocation { cid, wrapped_key });
         prepared.body = Some(canonical);
+        prepared.index_entries = Some(search::extract(SearchParamTable::r4(), &resource));
     }
     let entry = LedgerEntry {
         kind,
@@ -410,15 +416,15 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
         shared.consents.apply(&prepared.key.id, prepared.body.as_deref());
     }
     let jobs: Vec<IndexJob> = accepted
-        .iter()
-        .flat_map(|(writes, _)| writes.iter())
+        .iter_mut()
+        .flat_map(|(writes, _)| writes.iter_mut())
         .zip(replaced_leaves)
         .enumerate()
         .map(|(position, (prepared, replaced))| IndexJob {
             key: prepared.key.clone(),
             leaf_index: first_leaf_index + position as u64,
             last_updated_ms: (prepared.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
-            body: prepared.body.clone(),
+            entries: prepared.index_entries.take(),
             replaced_leaves: replaced.into_iter().collect(),
         })
         .collect();

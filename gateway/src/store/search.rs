@@ -19,7 +19,7 @@ use crate::consent::Interaction;
 use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
 use crate::search::terms::{TermCondition, TermEncoder};
 use crate::search::{
-    Chain, Filter, Include, IndexValue, ParamType, SearchParamTable, SearchQuery, TotalMode, extract, extract_param, matches,
+    Chain, Filter, Include, IndexEntry, IndexValue, ParamType, SearchParamTable, SearchQuery, TotalMode, extract, extract_param, matches,
 };
 
 /// Results of one search beyond this many candidates are not counted (`total` is omitted).
@@ -31,12 +31,13 @@ const PARALLEL_PAGE_READS: usize = 16;
 /// How long a search waits for the index to catch up before answering 503.
 const FRESHNESS_WAIT: Duration = Duration::from_secs(10);
 
-/// A version the indexer must apply (`body: None`: the resource is deleted).
+/// A version the indexer must apply: its search values, extracted where the resource was
+/// parsed anyway (`None`: the resource is deleted).
 pub(crate) struct IndexJob {
     pub key: ResourceKey,
     pub leaf_index: u64,
     pub last_updated_ms: i64,
-    pub body: Option<Vec<u8>>,
+    pub entries: Option<Vec<IndexEntry>>,
     /// Leaves of the resource's earlier versions whose documents the index may hold.
     pub replaced_leaves: Vec<u64>,
 }
@@ -103,9 +104,8 @@ impl SearchIndex {
         *covered >= tree_size
     }
 
-    /// The index document of one resource version.
-    pub fn document(&self, key: &ResourceKey, leaf_index: u64, last_updated_ms: i64, resource: &Value) -> IndexDocument {
-        let entries = extract(SearchParamTable::r4(), resource);
+    /// The index document of one resource version, from its search values ([`extract`]).
+    pub fn document(&self, key: &ResourceKey, leaf_index: u64, last_updated_ms: i64, entries: &[IndexEntry]) -> IndexDocument {
         let sort_date_ms = entries
             .iter()
             .filter(|entry| entry.param == "birthdate" || entry.param == "date")
@@ -114,7 +114,7 @@ impl SearchIndex {
                 _ => None,
             })
             .min();
-        let terms = self.encoder.document_terms(&key.resource_type, &entries);
+        let terms = self.encoder.document_terms(&key.resource_type, entries);
         IndexDocument {
             key: format!("{}/{}", key.resource_type, key.id),
             resource_type: key.resource_type.clone(),
@@ -128,11 +128,7 @@ impl SearchIndex {
     /// Hands a batch of jobs to the index writer (searchable after the next [`Self::publish`]).
     fn add(&self, jobs: &[IndexJob]) -> Result<(), IndexError> {
         for job in jobs {
-            let document = job
-                .body
-                .as_deref()
-                .and_then(|body| serde_json::from_slice::<Value>(body).ok())
-                .map(|resource| self.document(&job.key, job.leaf_index, job.last_updated_ms, &resource));
+            let document = job.entries.as_deref().map(|entries| self.document(&job.key, job.leaf_index, job.last_updated_ms, entries));
             self.index.replace(&job.replaced_leaves, document.as_ref())?;
         }
         Ok(())
@@ -161,6 +157,11 @@ impl SearchIndex {
             self.failed(&error);
         }
     }
+}
+
+/// The search values of a stored resource's bytes.
+fn index_entries(body: &[u8]) -> Option<Vec<IndexEntry>> {
+    serde_json::from_slice::<Value>(body).ok().map(|resource| extract(SearchParamTable::r4(), &resource))
 }
 
 /// What the commit thread (and a waiting search) sends the indexer.
@@ -278,11 +279,11 @@ impl ResourceStore {
                 Ok(version) => IndexJob {
                     leaf_index,
                     last_updated_ms: (version.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
-                    body: version.body,
+                    entries: version.body.as_deref().and_then(index_entries),
                     key,
                     replaced_leaves,
                 },
-                Err(StoreError::Gone(_)) => IndexJob { key, leaf_index, last_updated_ms: 0, body: None, replaced_leaves },
+                Err(StoreError::Gone(_)) => IndexJob { key, leaf_index, last_updated_ms: 0, entries: None, replaced_leaves },
                 Err(error) => return Err(error),
             };
             jobs.push(job);
