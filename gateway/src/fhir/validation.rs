@@ -42,7 +42,11 @@
 //! if needed). Numbers are read in their lexical form, so the crate's `serde_json` must
 //! have the `arbitrary_precision` feature for the integer checks to see fractions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// The model's tables are built once from `r4_model.json` and only looked up: a fast,
+// unkeyed hash is safe here (no request inserts into them).
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -143,7 +147,7 @@ impl R4Model {
     /// primitive regex this module has no matcher for (the table and the code drifted).
     pub fn from_json(text: &str) -> Result<Self, String> {
         let raw: RawModel = serde_json::from_str(text).map_err(|e| format!("r4 model: invalid JSON: {e}"))?;
-        let mut primitives = HashMap::new();
+        let mut primitives = HashMap::default();
         for (name, primitive) in raw.primitives {
             let lexical = Lexical::for_regex(primitive.regex.as_deref())
                 .ok_or_else(|| format!("r4 model: no matcher for the regex of primitive '{name}': {:?}", primitive.regex))?;
@@ -334,7 +338,7 @@ impl ElementDef {
 
 impl ComplexType {
     fn from_raw(raw: RawType) -> Result<Self, String> {
-        let mut children: HashMap<String, Vec<ElementDef>> = HashMap::new();
+        let mut children: HashMap<String, Vec<ElementDef>> = HashMap::default();
         for (path, element) in raw.elements {
             let (parent, last) = path.rsplit_once('.').ok_or_else(|| format!("r4 model: element path without parent: {path}"))?;
             let max = match element.max.as_str() {
@@ -779,7 +783,7 @@ enum Resolved {
 struct Form<'v> {
     element: usize,
     type_index: usize,
-    property: String,
+    property: &'v str,
     value: Option<&'v Value>,
     extension: Option<&'v Value>,
 }
@@ -922,7 +926,7 @@ impl<'m> Validator<'m> {
             }
             let existing = forms.iter().position(|f| f.element == element && f.type_index == type_index);
             let index = existing.unwrap_or_else(|| {
-                forms.push(Form { element, type_index, property: name.to_owned(), value: None, extension: None });
+                forms.push(Form { element, type_index, property: name, value: None, extension: None });
                 forms.len() - 1
             });
             let form = &mut forms[index];
@@ -946,7 +950,7 @@ impl<'m> Validator<'m> {
             let child =
                 if element.choice { Location::Choice(expression, &element.name) } else { Location::Property(expression, &element.name) };
             if forms_present > 1 {
-                let names: Vec<&str> = present().map(|f| f.property.as_str()).collect();
+                let names: Vec<&str> = present().map(|f| f.property).collect();
                 self.error(
                     IssueCode::Structure,
                     &child,
@@ -985,7 +989,7 @@ impl<'m> Validator<'m> {
     /// One element form: array or single value, aligned with its `_x` sibling.
     fn form(&mut self, element: &'m ElementDef, form: &Form, context: Context<'m>, expression: &Location) {
         let type_name = element.types[form.type_index].as_str();
-        let location = Location::Property(expression, &form.property);
+        let location = Location::Property(expression, form.property);
         if !element.is_repeating() {
             for (value, prefix) in [(form.value, ""), (form.extension, "_")] {
                 if let Some(Value::Array(_)) = value {
@@ -1002,12 +1006,12 @@ impl<'m> Validator<'m> {
             self.item(element, type_name, value, form.extension, context, &location);
             return;
         }
-        let values = match form.value.map(|v| self.array(v, element, &form.property, &location)) {
+        let values = match form.value.map(|v| self.array(v, element, form.property, &location)) {
             Some(None) => return,
             Some(Some(items)) => Some(items),
             None => None,
         };
-        let extensions = match form.extension.map(|v| self.array(v, element, &form.property, &location)) {
+        let extensions = match form.extension.map(|v| self.array(v, element, form.property, &location)) {
             Some(None) => return,
             Some(Some(items)) => Some(items),
             None => None,
