@@ -31,6 +31,7 @@ use std::ops::Bound;
 
 use std::hash::Hasher;
 
+use rustc_hash::FxHashSet;
 use siphasher::sip::SipHasher24;
 
 use super::extract::{IDENTIFIER_SUFFIX, IndexEntry, IndexValue, PRESENT_SUFFIX, TEXT_SUFFIX, composite_key};
@@ -239,21 +240,30 @@ impl TermEncoder {
         component.map(|component| component.index_as.as_slice()).unwrap_or_default()
     }
 
-    /// Every term of a resource's index entries (each presence term once; other terms may
-    /// repeat, the index ignores repeats).
+    /// Every term of a resource's index entries, each keyed-hash term once (the prefixes and
+    /// trigrams of a name's text repeat those of its parts, codings repeat systems: a quarter
+    /// of a Patient's terms, each costing the index writer as much as a new one).
+    /// Order-preserving date and number terms may repeat; the index ignores repeats.
     pub fn document_terms(&self, resource_type: &str, entries: &[IndexEntry]) -> DocumentTerms {
         let mut terms = DocumentTerms { bytes: Vec::with_capacity(256 * entries.len()), ends: Vec::with_capacity(8 * entries.len()) };
         let mut present: Vec<&str> = Vec::new();
-        // Entries come grouped by parameter: look each one up once.
-        let mut last: Option<(&str, Option<&SearchParam>)> = None;
+        // Hashed terms so far, by parameter (its position in `params`), kind and hash.
+        let mut params: Vec<&str> = Vec::new();
+        let mut seen: FxHashSet<(usize, u8, [u8; HASH_BYTES])> = FxHashSet::with_capacity_and_hasher(8 * entries.len(), Default::default());
+        // Consecutive entries mostly share a parameter: look it up once per run of them.
+        let mut last: Option<(&str, Option<&SearchParam>, usize)> = None;
         for entry in entries {
             let param = entry.param.as_str();
-            let declared = match last {
-                Some((name, declared)) if name == param => declared,
+            let (declared, param_number) = match last {
+                Some((name, declared, number)) if name == param => (declared, number),
                 _ => {
                     let declared = self.declared(resource_type, param);
-                    last = Some((param, declared));
-                    declared
+                    let number = params.iter().position(|known| *known == param).unwrap_or_else(|| {
+                        params.push(param);
+                        params.len() - 1
+                    });
+                    last = Some((param, declared, number));
+                    (declared, number)
                 }
             };
             if declared.is_some_and(|declared| declared.index_as.is_some() || !declared.union_of.is_empty())
@@ -269,7 +279,12 @@ impl TermEncoder {
             if base.len() != param.len() {
                 continue;
             }
-            let mut hashed = |kind: u8, parts: &[&str]| terms.push(param, kind, &self.hash(parts));
+            let mut hashed = |kind: u8, parts: &[&str]| {
+                let hash = self.hash(parts);
+                if seen.insert((param_number, kind, hash)) {
+                    terms.push(param, kind, &hash);
+                }
+            };
             match &entry.value {
                 IndexValue::Token { system, code } => {
                     let system = system.as_deref().unwrap_or("");
@@ -673,6 +688,32 @@ mod tests {
         assert!(!contains(&terms, &encoder.hashed("family", kind::STRING_TRIGRAM, &["alm"])));
         // Another key gives other terms.
         assert_ne!(TermEncoder::new([2u8; 32]).document_terms("Patient", &entries), terms);
+    }
+
+    #[test]
+    fn a_parameter_repeating_a_value_gets_its_terms_once() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        // A name's text repeats its parts, a given name may appear in two names, and entries
+        // of one parameter need not be consecutive (a code's codings and its text alternate).
+        let entries = [
+            text("name", "Peter James Chalmers"),
+            text("name", "Peter"),
+            text("address", "Chalmers Street"),
+            text("name", "Chalmers"),
+            text("name", "Peter"),
+        ];
+        let terms = encoder.document_terms("Patient", &entries);
+        let mut all: Vec<&[u8]> = terms.iter().collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count, "no term twice");
+        assert!(contains(&terms, &encoder.hashed("name", kind::STRING_PREFIX, &["pet"])));
+        assert!(contains(&terms, &encoder.hashed("name", kind::STRING_EXACT, &["Peter"])));
+        assert!(contains(&terms, &encoder.hashed("name", kind::STRING_TRIGRAM, &["ers"])));
+        // The same value under another parameter keeps its own terms.
+        let both = encoder.document_terms("Patient", &[text("name", "Peter"), text("address", "Peter")]);
+        assert!(contains(&both, &encoder.hashed("address", kind::STRING_PREFIX, &["pet"])));
     }
 
     #[test]
