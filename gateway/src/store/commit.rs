@@ -80,7 +80,7 @@ pub(crate) struct PreparedWrite {
 }
 
 /// Everything CPU-bound about a write, done in the caller's task: meta, canonical bytes, seal,
-/// CID, keyed hashes, the signed ledger entry.
+/// CID, keyed hashes, search values, the signed ledger entry.
 pub(crate) fn prepare(
     shared: &Shared,
     key: &ResourceKey,
