@@ -114,6 +114,12 @@ pub struct SearchParam {
     /// gets no index terms of its own. Empty: not such a union.
     #[serde(skip)]
     pub union_of: Vec<String>,
+    /// Derived at load: whether the string values this parameter's `:contains` searches have
+    /// trigram terms. Not those of an `Address` (nor of its parts): `address:contains` is rare,
+    /// and an address's trigrams were a fifth of a Patient's terms. Such a search selects by
+    /// presence, and the matcher decides.
+    #[serde(skip)]
+    pub trigrams: bool,
 }
 
 impl SearchParam {
@@ -177,12 +183,16 @@ fn derive_term_sharing(list: &mut [SearchParam]) {
         } else {
             Vec::new()
         };
-        derived.push((index_as, covered_by, union_of));
+        let addresses = |param: &SearchParam| !param.paths.is_empty() && param.paths.iter().all(|path| path.kind == "Address");
+        let whole_values = covered_by.as_ref().and_then(|name| list.iter().find(|other| other.name == *name)).unwrap_or(param);
+        let trigrams = param.param_type == ParamType::String && !addresses(whole_values);
+        derived.push((index_as, covered_by, union_of, trigrams));
     }
-    for (param, (index_as, covered_by, union_of)) in list.iter_mut().zip(derived) {
+    for (param, (index_as, covered_by, union_of, trigrams)) in list.iter_mut().zip(derived) {
         param.index_as = index_as;
         param.covered_by = covered_by;
         param.union_of = union_of;
+        param.trigrams = trigrams;
     }
     // The parameter whose terms hold a component's values at `path`: the component's own
     // parameter if it has terms of its own, else one that `own` is a union of.
@@ -316,6 +326,15 @@ mod tests {
 
     fn component_holders(param: &SearchParam) -> Vec<Vec<&str>> {
         param.components.iter().map(|component| component.index_as.iter().map(String::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn addresses_and_their_parts_have_no_trigrams() {
+        let table = SearchParamTable::r4();
+        let trigrams = |resource_type: &str, name: &str| table.param(resource_type, name).unwrap().trigrams;
+        assert!(trigrams("Patient", "name") && trigrams("Patient", "family") && trigrams("Organization", "name"));
+        assert!(!trigrams("Patient", "address") && !trigrams("Patient", "address-city") && !trigrams("Practitioner", "address"));
+        assert!(!trigrams("Patient", "gender"), "not a string");
     }
 
     #[test]

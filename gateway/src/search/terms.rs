@@ -6,7 +6,9 @@
 //! from the ledger secret; 64-bit output):
 //! strings as their normalised prefixes (up to [`MAX_PREFIX`] characters; a longer search selects
 //! by its first [`MAX_PREFIX`] and the matcher decides), their exact form and
-//! their trigrams (for `:contains`). Only dates, quantities and numbers are stored as
+//! their trigrams (for `:contains`; none for addresses, [`SearchParam::trigrams`]); code display
+//! texts (`code:text`) only as prefixes of [`TEXT_PREFIXES`] characters; a code without a system
+//! only as its code (`|code` selects by that too). Only dates, quantities and numbers are stored as
 //! order-preserving values, because range queries need the order.
 //!
 //! **Conditions are supersets.** A condition selects at least every resource the matcher would
@@ -25,7 +27,7 @@
 //! uses theirs ([`SearchParam::union_of`]: `combo-code` is `code` ∪ `component-code`); a string
 //! parameter on parts of another's elements (`family` of `name`) keeps its prefixes but leaves
 //! exact and trigram terms to that one ([`SearchParam::covered_by`]); code display texts
-//! (`code:text`) only get prefixes, all that `:text` searches.
+//! (`code:text`) only get prefixes, all that `:text` searches, and no presence term.
 
 use std::ops::Bound;
 
@@ -42,12 +44,18 @@ use super::search_params::{ParamType, SearchParam, SearchParamTable};
 /// Normalised string prefixes indexed (longer searches select by this prefix, then the matcher).
 pub const MAX_PREFIX: usize = 8;
 
+/// Lengths of the normalised prefixes of a code's display text (`code:text`): a `:text` search
+/// selects by the longest that fits its value (a shorter one by nothing: every resource of the
+/// type) and the matcher decides. Such searches are rare and the texts many (a display per
+/// coding): all [`MAX_PREFIX`] prefixes were a quarter of the terms of a Synthea import.
+const TEXT_PREFIXES: [usize; 3] = [3, 5, MAX_PREFIX];
+
 /// Bytes of a keyed hash kept in a term: a collision only adds a candidate the matcher drops.
 const HASH_BYTES: usize = 8;
 
 /// Version of the term layout, recorded with every index commit: an index written with another
 /// layout is rebuilt at open. Raise it whenever the terms of a resource change.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Coarser levels of date terms, as low bytes of the 8-byte value dropped: buckets of 2^24 ms
 /// (4.7 hours) and 2^32 ms (50 days). A date range selects whole buckets at the coarsest level
@@ -272,7 +280,8 @@ impl TermEncoder {
                 continue;
             }
             let base = param.strip_suffix(PRESENT_SUFFIX).unwrap_or(param);
-            if !present.contains(&base) {
+            let text = param.ends_with(TEXT_SUFFIX);
+            if !text && !present.contains(&base) {
                 present.push(base);
                 terms.push(base, kind::PRESENT, &[]);
             }
@@ -287,20 +296,31 @@ impl TermEncoder {
             };
             match &entry.value {
                 IndexValue::Token { system, code } => {
-                    let system = system.as_deref().unwrap_or("");
-                    hashed(kind::TOKEN, &[system, code]);
                     hashed(kind::TOKEN_CODE, &[code]);
-                    hashed(kind::TOKEN_SYSTEM, &[system]);
+                    // A code without a system (`status`, `gender`, `_id`) has its code term
+                    // only: `|code` selects by that too, and `system|` needs a system.
+                    if let Some(system) = system.as_deref().filter(|system| !system.is_empty()) {
+                        hashed(kind::TOKEN, &[system, code]);
+                        hashed(kind::TOKEN_SYSTEM, &[system]);
+                    }
+                }
+                IndexValue::Text { normalized, .. } if text => {
+                    for (length, prefix) in Self::prefixes(normalized).enumerate().map(|(position, prefix)| (position + 1, prefix)) {
+                        if TEXT_PREFIXES.contains(&length) {
+                            hashed(kind::STRING_PREFIX, &[prefix]);
+                        }
+                    }
                 }
                 IndexValue::Text { normalized, exact } => {
                     for prefix in Self::prefixes(normalized) {
                         hashed(kind::STRING_PREFIX, &[prefix]);
                     }
-                    let whole_values = !param.ends_with(TEXT_SUFFIX) && declared.is_none_or(|declared| declared.covered_by.is_none());
-                    if whole_values {
+                    if declared.is_none_or(|declared| declared.covered_by.is_none()) {
                         hashed(kind::STRING_EXACT, &[exact]);
-                        for trigram in Self::trigrams(normalized) {
-                            hashed(kind::STRING_TRIGRAM, &[trigram]);
+                        if declared.is_none_or(|declared| declared.trigrams) {
+                            for trigram in Self::trigrams(normalized) {
+                                hashed(kind::STRING_TRIGRAM, &[trigram]);
+                            }
                         }
                     }
                 }
@@ -444,9 +464,10 @@ impl TermEncoder {
 
     /// `param` names the terms; `whole_values` the parameter holding the exact and trigram
     /// terms of its values (itself, or the one covering it).
-    fn string_condition(&self, param: &str, whole_values: &str, value: &str, modifier: Option<&Modifier>) -> TermCondition {
+    fn string_condition(&self, param: &str, whole_values: &str, value: &str, modifier: Option<&Modifier>, trigrams: bool) -> TermCondition {
         match modifier {
             Some(Modifier::Exact) => TermCondition::Term(self.hashed(whole_values, kind::STRING_EXACT, &[value])),
+            Some(Modifier::Contains) if !trigrams => TermCondition::Term(Self::presence(param)),
             Some(Modifier::Contains) => {
                 let normalized = normalize_text(value);
                 let trigrams: Vec<TermCondition> = Self::trigrams(&normalized)
@@ -465,6 +486,19 @@ impl TermEncoder {
         }
     }
 
+    /// Token `:text` on `param`: the longest of [`TEXT_PREFIXES`] that fits the value.
+    fn text_condition(&self, param: &str, value: &str) -> TermCondition {
+        let normalized = normalize_text(value);
+        let length = normalized.chars().count();
+        match TEXT_PREFIXES.iter().rev().find(|prefix| **prefix <= length) {
+            Some(prefix) => {
+                let end = normalized.char_indices().nth(*prefix).map_or(normalized.len(), |(end, _)| end);
+                TermCondition::Term(self.hashed(&format!("{param}{TEXT_SUFFIX}"), kind::STRING_PREFIX, &[&normalized[..end]]))
+            }
+            None => TermCondition::Everything,
+        }
+    }
+
     fn value_condition(
         &self,
         param: &str,
@@ -477,12 +511,14 @@ impl TermEncoder {
         match value {
             FilterValue::Token { system, code } => match (system, code) {
                 (TokenSystem::Any, Some(code)) => hashed(kind::TOKEN_CODE, &[code]),
-                (TokenSystem::None, Some(code)) => hashed(kind::TOKEN, &["", code]),
+                (TokenSystem::None, Some(code)) => hashed(kind::TOKEN_CODE, &[code]),
                 (TokenSystem::Some(system), Some(code)) => hashed(kind::TOKEN, &[system, code]),
                 (TokenSystem::Some(system), None) => hashed(kind::TOKEN_SYSTEM, &[system]),
                 (_, None) => TermCondition::Term(Self::presence(param)),
             },
-            FilterValue::String(text) => self.string_condition(param, whole_values, text, modifier),
+            FilterValue::String(text) => {
+                self.string_condition(param, whole_values, text, modifier, declared.is_none_or(|declared| declared.trigrams))
+            }
             FilterValue::Uri(uri) => hashed(kind::TOKEN_CODE, &[uri]),
             FilterValue::Date { prefix, start_ms, end_ms } => Self::date_condition(param, *prefix, *start_ms, *end_ms),
             FilterValue::Reference { target } if target.contains('/') => hashed(kind::REFERENCE, &[target]),
@@ -551,10 +587,7 @@ impl TermEncoder {
                     .values
                     .iter()
                     .map(|value| match value {
-                        FilterValue::String(text) | FilterValue::Uri(text) => {
-                            let text_param = format!("{param}{TEXT_SUFFIX}");
-                            self.string_condition(&text_param, &text_param, text, None)
-                        }
+                        FilterValue::String(text) | FilterValue::Uri(text) => self.text_condition(param, text),
                         _ => TermCondition::Everything,
                     })
                     .collect(),
@@ -798,8 +831,46 @@ mod tests {
     fn code_texts_get_prefixes_only() {
         let encoder = TermEncoder::new([1u8; 32]);
         let terms = encoder.document_terms("Observation", &[text("code:text", "Body weight")]);
-        assert!(contains(&terms, &encoder.hashed("code:text", kind::STRING_PREFIX, &["body"])));
-        assert_eq!(terms.len(), 1 + MAX_PREFIX, "presence and prefixes: {terms:?}");
+        for prefix in ["bod", "body ", "body wei"] {
+            assert!(contains(&terms, &encoder.hashed("code:text", kind::STRING_PREFIX, &[prefix])), "{prefix}");
+        }
+        assert_eq!(terms.len(), TEXT_PREFIXES.len(), "those prefixes only, no presence: {terms:?}");
+        // A search selects by the longest indexed prefix its value has, or by nothing.
+        let condition = |value: &str| encoder.text_condition("code", value);
+        assert_eq!(condition("Body"), TermCondition::Term(encoder.hashed("code:text", kind::STRING_PREFIX, &["bod"])));
+        assert_eq!(condition("body weight"), TermCondition::Term(encoder.hashed("code:text", kind::STRING_PREFIX, &["body wei"])));
+        assert_eq!(condition("bo"), TermCondition::Everything);
+    }
+
+    #[test]
+    fn a_code_without_a_system_gets_its_code_term_only() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        let token = |param: &str, system: Option<&str>, code: &str| IndexEntry {
+            param: param.into(),
+            value: IndexValue::Token { system: system.map(Into::into), code: code.into() },
+            group: None,
+        };
+        let terms = encoder.document_terms("Patient", &[token("gender", None, "male")]);
+        assert_eq!(terms.len(), 2, "presence and code: {terms:?}");
+        assert!(contains(&terms, &encoder.hashed("gender", kind::TOKEN_CODE, &["male"])));
+        let terms = encoder.document_terms("Patient", &[token("identifier", Some("urn:oid:1.2.36"), "12345")]);
+        assert!(contains(&terms, &encoder.hashed("identifier", kind::TOKEN, &["urn:oid:1.2.36", "12345"])));
+        assert!(contains(&terms, &encoder.hashed("identifier", kind::TOKEN_SYSTEM, &["urn:oid:1.2.36"])));
+        assert_eq!(terms.len(), 4, "presence, code, system|code, system: {terms:?}");
+    }
+
+    #[test]
+    fn addresses_have_no_trigrams() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        let terms = encoder.document_terms("Patient", &[text("address", "Erewhon"), text("address-city", "Erewhon")]);
+        assert!(contains(&terms, &encoder.hashed("address", kind::STRING_PREFIX, &["erew"])));
+        assert!(contains(&terms, &encoder.hashed("address", kind::STRING_EXACT, &["Erewhon"])));
+        let kind_of = |term: &[u8]| term[term.iter().position(|byte| *byte == 0).expect("a separator") + 1];
+        assert!(!terms.iter().any(|term| kind_of(term) == kind::STRING_TRIGRAM), "{terms:?}");
+        let pairs = [("address-city:contains".to_string(), "rewh".to_string())];
+        let query = crate::search::parse_query(SearchParamTable::r4(), "Patient", &pairs, false).unwrap();
+        let presence = TermCondition::Term(TermEncoder::presence("address-city"));
+        assert_eq!(encoder.filter_condition("Patient", &query.filters[0]), TermCondition::Any(vec![presence]));
     }
 }
 
