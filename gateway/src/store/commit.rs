@@ -418,6 +418,7 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     for prepared in accepted.iter().flat_map(|(writes, _)| writes.iter()).filter(|prepared| prepared.key.resource_type == "Consent") {
         shared.consents.apply(&prepared.key.id, prepared.body.as_deref());
     }
+    let bytes = accepted.iter().flat_map(|(writes, _)| writes.iter()).map(|prepared| prepared.body.as_ref().map_or(0, Vec::len)).sum();
     let jobs: Vec<IndexJob> = accepted
         .iter_mut()
         .flat_map(|(writes, _)| writes.iter_mut())
@@ -434,7 +435,10 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     // Cloned so that a full queue blocks only this thread, not searches waking the indexer.
     let index_jobs = shared.indexer.lock().expect("indexer lock").as_ref().map(|(sender, _)| sender.clone());
     if let Some(index_jobs) = index_jobs {
-        let _ = index_jobs.send(IndexMessage::Jobs(jobs, shared.ledger.tree_size()));
+        shared.search.queue.take(bytes);
+        if index_jobs.send(IndexMessage::Jobs(jobs, shared.ledger.tree_size(), bytes)).is_err() {
+            shared.search.queue.give(bytes);
+        }
     }
     for (writes, reply) in accepted {
         let versions = writes
