@@ -75,8 +75,18 @@ impl fmt::Display for ImportSummary {
 
 /// One unit of import work: a Bundle file, or a chunk of an ndjson file.
 enum Work {
-    Bundle { path: PathBuf },
+    Bundle { path: PathBuf, bytes: u64 },
     Lines { path: PathBuf, first_line: usize, lines: Vec<String> },
+}
+
+impl Work {
+    /// How much there is to do, roughly.
+    fn bytes(&self) -> u64 {
+        match self {
+            Work::Bundle { bytes, .. } => *bytes,
+            Work::Lines { lines, .. } => lines.iter().map(|line| line.len() as u64).sum(),
+        }
+    }
 }
 
 fn describe(error: &StoreError) -> String {
@@ -204,9 +214,13 @@ async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Lenienc
                     work.push(Work::Lines { path: path.clone(), first_line, lines });
                 }
             } else {
-                work.push(Work::Bundle { path });
+                let bytes = std::fs::metadata(&path).map_err(|error| format!("{}: {error}", path.display()))?.len();
+                work.push(Work::Bundle { path, bytes });
             }
         }
+        // Largest first: a large Bundle started last would leave one core working alone at
+        // the end of the phase.
+        work.sort_by_key(|unit| std::cmp::Reverse(unit.bytes()));
         // Within a phase, units run concurrently (bounded) and share group commits.
         let permits = Arc::new(Semaphore::new(CONCURRENT_TRANSACTIONS));
         let mut tasks = JoinSet::new();
@@ -241,7 +255,7 @@ fn count(summary: &mut ImportSummary, outcomes: &[(usize, EntryOutcome)]) {
 async fn run_unit(store: &ResourceStore, unit: Work, leniency: Leniency, principal: &Principal) -> ImportSummary {
     let mut summary = ImportSummary::default();
     match unit {
-        Work::Bundle { path } => {
+        Work::Bundle { path, .. } => {
             let name = path.display().to_string();
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|error| error.to_string())
