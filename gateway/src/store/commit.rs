@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
-use super::search::{IndexJob, IndexMessage};
+use super::search::IndexJob;
 use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
 use crate::fhir::{self, canonical::to_canonical_bytes};
@@ -435,10 +435,7 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     // Cloned so that a full queue blocks only this thread, not searches waking the indexer.
     let index_jobs = shared.indexer.lock().expect("indexer lock").as_ref().map(|(sender, _)| sender.clone());
     if let Some(index_jobs) = index_jobs {
-        shared.search.queue.take(bytes);
-        if index_jobs.send(IndexMessage::Jobs(jobs, shared.ledger.tree_size(), bytes)).is_err() {
-            shared.search.queue.give(bytes);
-        }
+        shared.search.hand_over(&index_jobs, jobs, shared.ledger.tree_size(), bytes);
     }
     for (writes, reply) in accepted {
         let versions = writes

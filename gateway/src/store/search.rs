@@ -58,7 +58,7 @@ pub(crate) struct SearchIndex {
     stopping: AtomicBool,
     pub failures: AtomicU64,
     /// What the commit thread has handed the indexer and it has not applied yet.
-    pub(crate) queue: QueueBudget,
+    queue: QueueBudget,
 }
 
 impl SearchIndex {
@@ -72,7 +72,17 @@ impl SearchIndex {
             wanted: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             failures: AtomicU64::new(0),
-            queue: QueueBudget { used: Mutex::new(Some(0)), freed: Condvar::new() },
+            queue: QueueBudget::new(),
+        }
+    }
+
+    /// Hands the indexer a published group: waits for room in the queue's budget, then sends.
+    /// `bytes` are the group's stored bytes; the indexer gives them back once it has applied
+    /// the group (or here, if it is gone).
+    pub(crate) fn hand_over(&self, indexer: &std::sync::mpsc::SyncSender<IndexMessage>, jobs: Vec<IndexJob>, tree_size: u64, bytes: usize) {
+        self.queue.take(bytes);
+        if indexer.send(IndexMessage::Jobs(jobs, tree_size, bytes)).is_err() {
+            self.queue.give(bytes);
         }
     }
 
@@ -197,8 +207,12 @@ pub(crate) struct QueueBudget {
 }
 
 impl QueueBudget {
+    fn new() -> QueueBudget {
+        QueueBudget { used: Mutex::new(Some(0)), freed: Condvar::new() }
+    }
+
     /// Waits until `bytes` fit (a group larger than the whole budget waits for an empty queue).
-    pub(crate) fn take(&self, bytes: usize) {
+    fn take(&self, bytes: usize) {
         let used = self.used.lock().expect("index queue lock");
         let mut used = self
             .freed
@@ -209,7 +223,7 @@ impl QueueBudget {
         }
     }
 
-    pub(crate) fn give(&self, bytes: usize) {
+    fn give(&self, bytes: usize) {
         if let Some(used) = self.used.lock().expect("index queue lock").as_mut() {
             *used = used.saturating_sub(bytes);
         }
@@ -808,7 +822,7 @@ mod tests {
     /// queue, and not at all once the indexer has stopped.
     #[test]
     fn the_index_queue_is_bounded_by_bytes() {
-        let budget = std::sync::Arc::new(QueueBudget { used: Mutex::new(Some(0)), freed: Condvar::new() });
+        let budget = std::sync::Arc::new(QueueBudget::new());
         budget.take(INDEX_QUEUE_BYTES * 2); // larger than the budget, but the queue was empty
         let waiting = {
             let budget = budget.clone();
