@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
+pub const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
 const FRAME_OVERHEAD: u64 = 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +156,10 @@ impl Journal {
         let mut offsets = Vec::with_capacity(records.len());
         for record in records {
             let record = record.as_ref();
+            if record.len() > MAX_RECORD_LEN as usize {
+                let message = format!("a record of {} bytes is longer than the {MAX_RECORD_LEN} a frame holds", record.len());
+                return Err(self.io_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, message)));
+            }
             offsets.push(writer.end + buffer.len() as u64);
             buffer.extend_from_slice(&(record.len() as u32).to_le_bytes());
             buffer.extend_from_slice(record);
@@ -171,6 +175,11 @@ impl Journal {
     pub fn sync(&self) -> Result<(), JournalError> {
         let writer = self.writer.lock().expect("journal writer lock");
         writer.file.sync_data().map_err(|error| self.io_error(error))
+    }
+
+    /// The offset where the next record goes (the file's length).
+    pub fn end(&self) -> u64 {
+        self.writer.lock().expect("journal writer lock").end
     }
 
     /// Cuts the journal back to `offset` (a record boundary), durably.

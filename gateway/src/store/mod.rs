@@ -13,6 +13,7 @@ mod rotate;
 pub mod search;
 mod secrets;
 mod transaction;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +35,7 @@ use commit::{CommitRequest, Expectation, PreparedWrite, Refusal, UnitOutcome};
 pub use rotate::rotate_keys;
 pub use secrets::LedgerSecrets;
 pub use transaction::{EntryOutcome, TransactionError};
+pub(crate) use wal::unreplayed_groups;
 
 /// How many times a plain update re-prepares after losing a race before answering 409.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
@@ -255,6 +257,8 @@ pub(crate) struct Shared {
     ledger: LedgerLog,
     catalog: RwLock<Catalog>,
     catalog_journal: Journal,
+    /// The commit point of every group ([`wal`]).
+    wal: wal::WriteAheadLog,
     keyring: RwLock<Keyring>,
     secrets: LedgerSecrets,
     poisoned: AtomicBool,
@@ -320,6 +324,8 @@ pub enum OpenError {
     Index(String),
     #[error("the data directory {0} is in use by another fhir-gateway process")]
     Locked(PathBuf),
+    #[error("write-ahead log: {0}")]
+    WriteAheadLog(String),
     #[error("the catalog ({records} records) does not match the ledger ({tree_size} leaves) from record {position}; run verify")]
     CatalogMismatch { records: u64, tree_size: u64, position: u64 },
 }
@@ -344,6 +350,9 @@ impl DataLayout {
     }
     pub fn catalog(&self) -> PathBuf {
         self.root.join("records").join("catalog.log")
+    }
+    pub fn write_ahead_log(&self) -> PathBuf {
+        self.root.join("records").join("wal.log")
     }
     pub fn audit(&self) -> PathBuf {
         self.root.join("audit")
@@ -383,18 +392,24 @@ impl ResourceStore {
     /// Opens the data directory (creating it on first start) and starts the commit thread.
     /// Must be called inside a Tokio runtime.
     pub fn open(data_directory: &Path, options: StoreOptions) -> Result<ResourceStore, OpenError> {
-        let blobs = Arc::new(EmbeddedBlockstore::open(&DataLayout::new(data_directory).blocks())?);
-        ResourceStore::open_with_blob_store(data_directory, options, blobs)
+        ResourceStore::open_with_blob_store(data_directory, options, |layout| {
+            Ok(Arc::new(EmbeddedBlockstore::open(&layout.blocks())?) as Arc<dyn BlobStore>)
+        })
     }
 
-    /// Opens with another blob store (Kubo, or a failing one in tests).
+    /// Opens with another blob store (Kubo, or a failing one in tests), which `open_blobs` opens
+    /// once the directory is locked and crash recovery has cut the files back.
     pub fn open_with_blob_store(
         data_directory: &Path,
         options: StoreOptions,
-        blobs: Arc<dyn BlobStore>,
+        open_blobs: impl FnOnce(&DataLayout) -> Result<Arc<dyn BlobStore>, OpenError>,
     ) -> Result<ResourceStore, OpenError> {
         let layout = DataLayout::new(data_directory);
         let lock = lock_data_directory(&layout)?;
+        let (wal, recovery) = wal::WriteAheadLog::open(&layout.write_ahead_log())?;
+        recovery.cut_files(&layout)?;
+        let blobs = open_blobs(&layout)?;
+        recovery.replay(&layout, &*blobs)?;
         let keyring = Keyring::open_or_create(&layout.keys())?;
         let secrets = LedgerSecrets::open_or_create(&layout.keys())?;
         let origin = options.ledger_origin.clone().unwrap_or_else(|| secrets.default_origin());
@@ -459,6 +474,7 @@ impl ResourceStore {
             ledger,
             catalog: RwLock::new(catalog),
             catalog_journal,
+            wal,
             keyring: RwLock::new(keyring),
             secrets,
             poisoned: AtomicBool::new(false),
@@ -470,6 +486,7 @@ impl ResourceStore {
             _lock: lock,
         });
         load_consents(&shared).map_err(|error| OpenError::Index(format!("reading the current Consents: {error}")))?;
+        commit::restart_write_ahead_log(&shared).map_err(OpenError::WriteAheadLog)?;
         shared.ledger.checkpoint()?;
         *shared.indexer.lock().expect("indexer lock") = Some(search::start_indexer(Arc::downgrade(&shared)));
         let commits = commit::start(shared.clone());
@@ -995,7 +1012,7 @@ mod tests {
     use super::*;
     use crate::blob::{BlobError, Block, Cid};
 
-    /// An embedded blockstore whose `sync` fails once `failing` is set, like a disk gone bad.
+    /// An embedded blockstore whose writes and syncs fail once `failing` is set, like a disk gone bad.
     struct FailingBlobStore {
         inner: EmbeddedBlockstore,
         failing: AtomicBool,
@@ -1003,19 +1020,30 @@ mod tests {
 
     impl BlobStore for FailingBlobStore {
         fn put_blocks(&self, blocks: &[Block]) -> Result<(), BlobError> {
+            self.fail()?;
             self.inner.put_blocks(blocks)
         }
         fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, BlobError> {
             self.inner.get_block(cid)
         }
         fn sync(&self) -> Result<(), BlobError> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(BlobError::Io(std::io::Error::other("simulated fsync failure (EIO)")));
-            }
+            self.fail()?;
             self.inner.sync()
         }
         fn cids(&self) -> Result<Vec<Cid>, BlobError> {
             self.inner.cids()
+        }
+        fn file_len(&self) -> Option<u64> {
+            self.inner.file_len()
+        }
+    }
+
+    impl FailingBlobStore {
+        fn fail(&self) -> Result<(), BlobError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(BlobError::Io(std::io::Error::other("simulated I/O failure (EIO)")));
+            }
+            Ok(())
         }
     }
 
@@ -1024,14 +1052,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_fsync_failure_acknowledges_nothing_and_stops_writes() {
+    async fn a_storage_failure_acknowledges_nothing_and_stops_writes() {
         let directory = std::env::temp_dir().join(format!("fg-store-fsync-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         let blobs = Arc::new(FailingBlobStore {
             inner: EmbeddedBlockstore::open(&DataLayout::new(&directory).blocks()).unwrap(),
             failing: AtomicBool::new(false),
         });
-        let store = ResourceStore::open_with_blob_store(&directory, StoreOptions::default(), blobs.clone()).unwrap();
+        let opened = blobs.clone();
+        let store = ResourceStore::open_with_blob_store(&directory, StoreOptions::default(), |_| Ok(opened)).unwrap();
         let principal = Principal::operator("test", None);
         let CreateOutcome::Created(kept) = store.create(patient(), &principal, Leniency::Strict, None).await.unwrap() else {
             panic!("created")
@@ -1086,15 +1115,16 @@ mod tests {
         }
     }
 
-    /// A crash after some, not all, of a transaction's ledger entries reached the disk: at open the
-    /// whole transaction is gone, and nothing of it can be read.
-    #[tokio::test]
-    async fn a_partially_durable_transaction_is_rolled_back_whole() {
+    /// A store with one create and then a 3-entry transaction, and a copy of its files as a crash
+    /// (of the machine, not only the process) could leave them before anything was synced again.
+    async fn store_then_crash(name: &str) -> (ResourceStore, PathBuf, PathBuf, StoreOptions, StoredVersion, Vec<StoredVersion>) {
         use crate::fhir::bundle::parse_bundle;
-        let directory = std::env::temp_dir().join(format!("fg-store-tx-{}", std::process::id()));
+        let directory = std::env::temp_dir().join(format!("fg-store-{name}-{}", std::process::id()));
         let crashed = directory.with_extension("crashed");
         let _ = std::fs::remove_dir_all(&directory);
         let _ = std::fs::remove_dir_all(&crashed);
+        // No restart of the write-ahead log meanwhile: both groups live only in it and in the
+        // files' unsynced tails.
         let options = StoreOptions { checkpoint_interval: Duration::from_secs(3600), ..StoreOptions::default() };
         let store = ResourceStore::open(&directory, options.clone()).unwrap();
         let principal = Principal::operator("test", None);
@@ -1107,22 +1137,68 @@ mod tests {
         let bundle =
             parse_bundle(serde_json::json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }), "", 10).unwrap();
         let outcomes = store.transaction(bundle.entries, &principal, Leniency::Strict).await.unwrap();
-        assert_eq!(outcomes.len(), 3);
         assert_eq!(store.ledger().tree_size(), 4);
-
-        // The files as a crash could leave them: the last ledger frame never reached the disk.
+        let written = outcomes
+            .into_iter()
+            .map(|(_, outcome)| match outcome {
+                EntryOutcome::Written { version, .. } => version,
+                _ => panic!("written"),
+            })
+            .collect();
         copy_directory(&directory, &crashed);
+        std::fs::remove_file(crashed.join("LOCK")).unwrap();
+        (store, directory, crashed, options, before.version, written)
+    }
+
+    /// Overwrites the last `count` bytes of a file with zeros: a page of an unsynced tail that
+    /// never reached the disk.
+    fn zero_tail(path: &Path, count: u64) {
+        let length = std::fs::metadata(path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; count.min(length) as usize], length - count.min(length)).unwrap();
+    }
+
+    /// The write-ahead log holds every acknowledged group: holes a power loss leaves in the
+    /// unsynced tails of the pack, the catalog and the ledger are cut off and written again.
+    #[tokio::test]
+    async fn holes_in_unsynced_tails_are_filled_again_from_the_write_ahead_log() {
+        let (store, directory, crashed, options, before, written) = store_then_crash("holes").await;
+        for file in ["ledger/entries.log", "records/catalog.log", "blocks/blocks.pack"] {
+            zero_tail(&crashed.join(file), 200);
+        }
+        let recovered = ResourceStore::open(&crashed, options).unwrap();
+        assert_eq!(recovered.ledger().tree_size(), 4);
+        for version in std::iter::once(&before).chain(&written) {
+            assert_eq!(recovered.read(&version.key).unwrap().body, version.body);
+        }
+        recovered.close().await;
+        store.close().await;
+        drop((recovered, store));
+        let report = crate::verify::verify(&crashed, None).unwrap();
+        assert!(report.is_clean(), "{report}");
+        std::fs::remove_dir_all(&directory).unwrap();
+        std::fs::remove_dir_all(&crashed).unwrap();
+    }
+
+    /// A crash while the transaction's group was written to the write-ahead log (never
+    /// acknowledged), with some of its ledger entries already on disk: at open the whole
+    /// transaction is gone, and nothing of it can be read.
+    #[tokio::test]
+    async fn a_transaction_torn_in_the_write_ahead_log_is_rolled_back_whole() {
+        let (store, directory, crashed, options, before, written) = store_then_crash("tx").await;
+        let principal = Principal::operator("test", None);
+        let write_ahead_log = crashed.join("records/wal.log");
+        let length = std::fs::metadata(&write_ahead_log).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&write_ahead_log).unwrap().set_len(length - 3).unwrap();
         let entries_log = crashed.join("ledger/entries.log");
         let mut offsets = Vec::new();
         crate::journal::scan(&entries_log, |offset, _| offsets.push(offset)).unwrap();
         std::fs::OpenOptions::new().write(true).open(&entries_log).unwrap().set_len(offsets[3]).unwrap();
-        std::fs::remove_file(crashed.join("LOCK")).unwrap();
 
         let recovered = ResourceStore::open(&crashed, options).unwrap();
-        assert_eq!(recovered.ledger().tree_size(), 1, "the transaction's two durable entries were cut too");
-        assert!(recovered.read(&before.version.key).is_ok());
-        for (_, outcome) in outcomes {
-            let EntryOutcome::Written { version, .. } = outcome else { panic!("written") };
+        assert_eq!(recovered.ledger().tree_size(), 1, "the transaction's two entries on disk were cut too");
+        assert!(recovered.read(&before.key).is_ok());
+        for version in written {
             assert!(matches!(recovered.read(&version.key), Err(StoreError::NotFound)));
         }
         // And it keeps working.
