@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-pub const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
+const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
 const FRAME_OVERHEAD: u64 = 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -175,11 +175,6 @@ impl Journal {
     pub fn sync(&self) -> Result<(), JournalError> {
         let writer = self.writer.lock().expect("journal writer lock");
         writer.file.sync_data().map_err(|error| self.io_error(error))
-    }
-
-    /// The offset where the next record goes (the file's length).
-    pub fn end(&self) -> u64 {
-        self.writer.lock().expect("journal writer lock").end
     }
 
     /// Cuts the journal back to `offset` (a record boundary), durably.

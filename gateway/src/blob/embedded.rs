@@ -182,10 +182,6 @@ impl BlobStore for EmbeddedBlockstore {
     fn cids(&self) -> Result<Vec<Cid>, BlobError> {
         Ok(self.index.read().expect("index lock").keys().copied().collect())
     }
-
-    fn file_len(&self) -> Option<u64> {
-        Some(self.writer.lock().expect("pack writer lock").end)
-    }
 }
 
 #[cfg(test)]

@@ -33,12 +33,6 @@ pub trait BlobStore: Send + Sync {
     fn sync(&self) -> Result<(), BlobError>;
     /// Every stored CID (for `verify`).
     fn cids(&self) -> Result<Vec<Cid>, BlobError>;
-    /// The length of the store's local append-only file, if it keeps one: crash recovery cuts
-    /// the file back to the length it had when last synced, since a power loss can leave holes
-    /// in an unsynced tail. `None` (the default) for a store that keeps no such file.
-    fn file_len(&self) -> Option<u64> {
-        None
-    }
 }
 
 /// Chunks `content` the way Kubo does (CIDv1, raw leaves) and returns the root CID and its blocks.

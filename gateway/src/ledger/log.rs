@@ -1,9 +1,7 @@
 //! The ledger on disk: `<data>/ledger/entries.log` (one journal record per leaf, in leaf order)
 //! and `<data>/ledger/checkpoints.log` (every signed checkpoint note ever issued).
 //!
-//! Leaves become visible (counted in [`LedgerLog::tree_size`]) only after they are durable:
-//! synced here ([`LedgerLog::append_durably`]) or through the store's write-ahead log
-//! ([`LedgerLog::write`], then [`LedgerLog::publish`]).
+//! Leaves become visible (counted in [`LedgerLog::tree_size`]) only after they are durable.
 //! On open, the newest checkpoint must verify under the gateway key and match the recomputed
 //! root of the leaves it covers; otherwise the gateway refuses to start.
 
@@ -28,12 +26,6 @@ pub enum LedgerError {
     CheckpointMismatch { checkpoint_size: u64, tree_size: u64 },
     #[error("leaf {0} does not exist")]
     NoSuchLeaf(u64),
-}
-
-/// Leaves written to `entries.log`, not yet durable nor counted.
-#[must_use]
-pub struct WrittenLeaves {
-    offsets: Vec<u64>,
 }
 
 pub struct LedgerLog {
@@ -119,37 +111,20 @@ impl LedgerLog {
         self.signer.name()
     }
 
-    /// Appends leaves and makes them durable; returns the index of the first one.
-    pub fn append_durably<L: AsRef<[u8]>>(&self, leaves: &[L]) -> Result<u64, LedgerError> {
-        let written = self.write(leaves)?;
-        self.entries.sync()?;
-        self.publish(leaves, written)
-    }
-
-    /// Writes leaves to `entries.log` without syncing or counting them: the caller makes them
-    /// durable otherwise (the store's write-ahead log), then [`Self::publish`]es them. Only the
+    /// Appends leaves and makes them durable; returns the index of the first one. Only the
     /// commit pipeline calls this, from one thread.
-    pub fn write<L: AsRef<[u8]>>(&self, leaves: &[L]) -> Result<WrittenLeaves, LedgerError> {
-        Ok(WrittenLeaves { offsets: self.entries.append(leaves)? })
-    }
-
-    /// Counts leaves [`Self::write`] wrote, now durable; returns the index of the first one.
-    pub fn publish<L: AsRef<[u8]>>(&self, leaves: &[L], written: WrittenLeaves) -> Result<u64, LedgerError> {
+    pub fn append_durably<L: AsRef<[u8]>>(&self, leaves: &[L]) -> Result<u64, LedgerError> {
+        let offsets = self.entries.append(leaves)?;
+        self.entries.sync()?;
         let mut state = self.state.write().expect("ledger state");
         let first_leaf_index = state.leaf_hashes.len() as u64;
-        for (leaf, offset) in leaves.iter().zip(written.offsets) {
+        for (leaf, offset) in leaves.iter().zip(offsets) {
             let leaf_hash = merkle::leaf_hash(leaf.as_ref());
             state.frontier.append(leaf_hash)?;
             state.leaf_hashes.push(leaf_hash);
             state.offsets.push(offset);
         }
         Ok(first_leaf_index)
-    }
-
-    /// Syncs `entries.log`; returns its length (everything below it is durable).
-    pub fn sync_entries(&self) -> Result<u64, LedgerError> {
-        self.entries.sync()?;
-        Ok(self.entries.end())
     }
 
     /// Cuts the log back to `tree_size` leaves (recovery from a partially durable transaction).

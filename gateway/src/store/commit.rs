@@ -2,16 +2,12 @@
 //! state it was prepared on, makes the whole group durable with shared fsyncs, and only then
 //! publishes it to readers and answers.
 //!
-//! Order per group (the commit point is the write-ahead log's fsync):
-//! 1. blocks → blob store, catalog records → catalog journal, ledger entries → ledger: written,
-//!    not synced;
-//! 2. the same blocks, records and entries → the write-ahead log ([`super::wal`]); fsync;
-//! 3. count the entries in the ledger, apply to the in-memory catalog (now readers see it);
-//!    answer every writer.
+//! Order per group (the commit point is the ledger's fsync):
+//! 1. blocks → blob store, catalog records → catalog journal; fsync both;
+//! 2. ledger entries → ledger; fsync;
+//! 3. apply to the in-memory catalog (now readers see it); answer every writer.
 //!
-//! A crash before 2 completes leaves at most unsynced tails, which `open` cuts off; every group
-//! synced in 2 is replayed from the write-ahead log. About once a second the three files are
-//! synced and the write-ahead log starts again ([`restart_write_ahead_log`]).
+//! A crash before 2 completes leaves catalog records past the ledger's end; `open` drops them.
 //! If any step fails the store is poisoned: it answers the group with an error and refuses all
 //! later writes, so nothing that might not be durable is ever acknowledged.
 
@@ -25,7 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
 use super::search::IndexJob;
-use super::wal::{Base, RESTART_BYTES};
 use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
 use crate::fhir::{self, canonical::to_canonical_bytes};
@@ -279,14 +274,6 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
         if !units.is_empty() {
             commit_group(&shared, units);
         }
-        let restart_due = shared.wal.holds_groups() && (tick || shutdown.is_some() || shared.wal.len() >= RESTART_BYTES);
-        if restart_due
-            && !shared.poisoned.load(Ordering::SeqCst)
-            && let Err(error) = restart_write_ahead_log(&shared)
-        {
-            tracing::error!(%error, "syncing the store's files failed; refusing further writes");
-            shared.poisoned.store(true, Ordering::SeqCst);
-        }
         let checkpointed = shared.ledger.latest_checkpoint().map_or(0, |(tree_size, _)| tree_size);
         let uncovered = shared.ledger.tree_size() - checkpointed;
         let due = uncovered >= shared.options.checkpoint_every_entries || (uncovered > 0 && (tick || shutdown.is_some()));
@@ -476,23 +463,12 @@ fn make_durable(
     shared.blobs.put_blocks(blocks).map_err(|error| error.to_string())?;
     let encoded: Vec<Vec<u8>> = records.iter().map(CatalogRecord::encode).collect();
     shared.catalog_journal.append(&encoded).map_err(|error| error.to_string())?;
+    shared.blobs.sync().map_err(|error| error.to_string())?;
+    shared.catalog_journal.sync().map_err(|error| error.to_string())?;
     let leaves: Vec<&[u8]> = writes.iter().map(|prepared| prepared.leaf.as_slice()).collect();
-    let written = shared.ledger.write(&leaves).map_err(|error| error.to_string())?;
-    // The commit point: one sync for the group's blocks, records and leaves.
-    shared.wal.append_group(blocks, &encoded, &leaves).map_err(|error| error.to_string())?;
-    let leaf_index = shared.ledger.publish(&leaves, written).map_err(|error| error.to_string())?;
+    let leaf_index = shared.ledger.append_durably(&leaves).map_err(|error| error.to_string())?;
     if leaf_index != first_leaf_index {
         return Err(format!("ledger appended at {leaf_index}, expected {first_leaf_index}"));
     }
     Ok(())
-}
-
-/// Syncs the blob store, the catalog and the ledger's entries, then starts the write-ahead log
-/// again from their lengths. Only the commit thread (and `open`, before it starts) calls this.
-pub(crate) fn restart_write_ahead_log(shared: &Shared) -> Result<(), String> {
-    shared.blobs.sync().map_err(|error| error.to_string())?;
-    shared.catalog_journal.sync().map_err(|error| error.to_string())?;
-    let entries = shared.ledger.sync_entries().map_err(|error| error.to_string())?;
-    let base = Base { pack: shared.blobs.file_len(), catalog: shared.catalog_journal.end(), entries };
-    shared.wal.restart(base).map_err(|error| error.to_string())
 }

@@ -13,7 +13,6 @@ mod rotate;
 pub mod search;
 mod secrets;
 mod transaction;
-mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,7 +34,6 @@ use commit::{CommitRequest, Expectation, PreparedWrite, Refusal, UnitOutcome};
 pub use rotate::rotate_keys;
 pub use secrets::LedgerSecrets;
 pub use transaction::{EntryOutcome, TransactionError};
-pub(crate) use wal::unreplayed_groups;
 
 /// How many times a plain update re-prepares after losing a race before answering 409.
 const MAX_UPDATE_ATTEMPTS: usize = 8;
@@ -257,8 +255,6 @@ pub(crate) struct Shared {
     ledger: LedgerLog,
     catalog: RwLock<Catalog>,
     catalog_journal: Journal,
-    /// The commit point of every group ([`wal`]).
-    wal: wal::WriteAheadLog,
     keyring: RwLock<Keyring>,
     secrets: LedgerSecrets,
     poisoned: AtomicBool,
@@ -324,8 +320,6 @@ pub enum OpenError {
     Index(String),
     #[error("the data directory {0} is in use by another fhir-gateway process")]
     Locked(PathBuf),
-    #[error("write-ahead log: {0}")]
-    WriteAheadLog(String),
     #[error("the catalog ({records} records) does not match the ledger ({tree_size} leaves) from record {position}; run verify")]
     CatalogMismatch { records: u64, tree_size: u64, position: u64 },
 }
@@ -350,9 +344,6 @@ impl DataLayout {
     }
     pub fn catalog(&self) -> PathBuf {
         self.root.join("records").join("catalog.log")
-    }
-    pub fn write_ahead_log(&self) -> PathBuf {
-        self.root.join("records").join("wal.log")
     }
     pub fn audit(&self) -> PathBuf {
         self.root.join("audit")
@@ -398,7 +389,8 @@ impl ResourceStore {
     }
 
     /// Opens with another blob store (Kubo, or a failing one in tests), which `open_blobs` opens
-    /// once the directory is locked and crash recovery has cut the files back.
+    /// once the directory is locked (opening the pack may cut a crash tail: never under a
+    /// running gateway).
     pub fn open_with_blob_store(
         data_directory: &Path,
         options: StoreOptions,
@@ -406,10 +398,7 @@ impl ResourceStore {
     ) -> Result<ResourceStore, OpenError> {
         let layout = DataLayout::new(data_directory);
         let lock = lock_data_directory(&layout)?;
-        let (wal, recovery) = wal::WriteAheadLog::open(&layout.write_ahead_log())?;
-        recovery.cut_files(&layout)?;
         let blobs = open_blobs(&layout)?;
-        recovery.replay(&layout, &*blobs)?;
         let keyring = Keyring::open_or_create(&layout.keys())?;
         let secrets = LedgerSecrets::open_or_create(&layout.keys())?;
         let origin = options.ledger_origin.clone().unwrap_or_else(|| secrets.default_origin());
@@ -474,7 +463,6 @@ impl ResourceStore {
             ledger,
             catalog: RwLock::new(catalog),
             catalog_journal,
-            wal,
             keyring: RwLock::new(keyring),
             secrets,
             poisoned: AtomicBool::new(false),
@@ -486,7 +474,6 @@ impl ResourceStore {
             _lock: lock,
         });
         load_consents(&shared).map_err(|error| OpenError::Index(format!("reading the current Consents: {error}")))?;
-        commit::restart_write_ahead_log(&shared).map_err(OpenError::WriteAheadLog)?;
         shared.ledger.checkpoint()?;
         *shared.indexer.lock().expect("indexer lock") = Some(search::start_indexer(Arc::downgrade(&shared)));
         let commits = commit::start(shared.clone());
@@ -1012,7 +999,7 @@ mod tests {
     use super::*;
     use crate::blob::{BlobError, Block, Cid};
 
-    /// An embedded blockstore whose writes and syncs fail once `failing` is set, like a disk gone bad.
+    /// An embedded blockstore whose `sync` fails once `failing` is set, like a disk gone bad.
     struct FailingBlobStore {
         inner: EmbeddedBlockstore,
         failing: AtomicBool,
@@ -1020,31 +1007,44 @@ mod tests {
 
     impl BlobStore for FailingBlobStore {
         fn put_blocks(&self, blocks: &[Block]) -> Result<(), BlobError> {
-            self.fail()?;
             self.inner.put_blocks(blocks)
         }
         fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, BlobError> {
             self.inner.get_block(cid)
         }
         fn sync(&self) -> Result<(), BlobError> {
-            self.fail()?;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(BlobError::Io(std::io::Error::other("simulated fsync failure (EIO)")));
+            }
             self.inner.sync()
         }
         fn cids(&self) -> Result<Vec<Cid>, BlobError> {
             self.inner.cids()
         }
-        fn file_len(&self) -> Option<u64> {
-            self.inner.file_len()
-        }
     }
 
-    impl FailingBlobStore {
-        fn fail(&self) -> Result<(), BlobError> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(BlobError::Io(std::io::Error::other("simulated I/O failure (EIO)")));
-            }
-            Ok(())
-        }
+    /// A second process must not touch the files before it finds the directory locked: the
+    /// first may be in the middle of an append, which looks like a crash tail.
+    #[tokio::test]
+    async fn a_locked_directory_is_left_untouched() {
+        let directory = std::env::temp_dir().join(format!("fg-store-locked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let store = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
+        let principal = Principal::operator("test", None);
+        assert!(store.create(patient(), &principal, Leniency::Strict, None).await.is_ok());
+        let pack = DataLayout::new(&directory).blocks().join("blocks.pack");
+        let half_written = std::fs::metadata(&pack).unwrap().len() + 3;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&pack)
+            .map(|mut file| std::io::Write::write_all(&mut file, b"\x07\0\0"))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ResourceStore::open(&directory, StoreOptions::default()), Err(OpenError::Locked(_))));
+        assert_eq!(std::fs::metadata(&pack).unwrap().len(), half_written);
+        store.close().await;
+        drop(store);
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     fn patient() -> Value {
@@ -1052,7 +1052,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_storage_failure_acknowledges_nothing_and_stops_writes() {
+    async fn an_fsync_failure_acknowledges_nothing_and_stops_writes() {
         let directory = std::env::temp_dir().join(format!("fg-store-fsync-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         let blobs = Arc::new(FailingBlobStore {
@@ -1115,16 +1115,15 @@ mod tests {
         }
     }
 
-    /// A store with one create and then a 3-entry transaction, and a copy of its files as a crash
-    /// (of the machine, not only the process) could leave them before anything was synced again.
-    async fn store_then_crash(name: &str) -> (ResourceStore, PathBuf, PathBuf, StoreOptions, StoredVersion, Vec<StoredVersion>) {
+    /// A crash after some, not all, of a transaction's ledger entries reached the disk: at open the
+    /// whole transaction is gone, and nothing of it can be read.
+    #[tokio::test]
+    async fn a_partially_durable_transaction_is_rolled_back_whole() {
         use crate::fhir::bundle::parse_bundle;
-        let directory = std::env::temp_dir().join(format!("fg-store-{name}-{}", std::process::id()));
+        let directory = std::env::temp_dir().join(format!("fg-store-tx-{}", std::process::id()));
         let crashed = directory.with_extension("crashed");
         let _ = std::fs::remove_dir_all(&directory);
         let _ = std::fs::remove_dir_all(&crashed);
-        // No restart of the write-ahead log meanwhile: both groups live only in it and in the
-        // files' unsynced tails.
         let options = StoreOptions { checkpoint_interval: Duration::from_secs(3600), ..StoreOptions::default() };
         let store = ResourceStore::open(&directory, options.clone()).unwrap();
         let principal = Principal::operator("test", None);
@@ -1137,68 +1136,22 @@ mod tests {
         let bundle =
             parse_bundle(serde_json::json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }), "", 10).unwrap();
         let outcomes = store.transaction(bundle.entries, &principal, Leniency::Strict).await.unwrap();
+        assert_eq!(outcomes.len(), 3);
         assert_eq!(store.ledger().tree_size(), 4);
-        let written = outcomes
-            .into_iter()
-            .map(|(_, outcome)| match outcome {
-                EntryOutcome::Written { version, .. } => version,
-                _ => panic!("written"),
-            })
-            .collect();
+
+        // The files as a crash could leave them: the last ledger frame never reached the disk.
         copy_directory(&directory, &crashed);
-        std::fs::remove_file(crashed.join("LOCK")).unwrap();
-        (store, directory, crashed, options, before.version, written)
-    }
-
-    /// Overwrites the last `count` bytes of a file with zeros: a page of an unsynced tail that
-    /// never reached the disk.
-    fn zero_tail(path: &Path, count: u64) {
-        let length = std::fs::metadata(path).unwrap().len();
-        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; count.min(length) as usize], length - count.min(length)).unwrap();
-    }
-
-    /// The write-ahead log holds every acknowledged group: holes a power loss leaves in the
-    /// unsynced tails of the pack, the catalog and the ledger are cut off and written again.
-    #[tokio::test]
-    async fn holes_in_unsynced_tails_are_filled_again_from_the_write_ahead_log() {
-        let (store, directory, crashed, options, before, written) = store_then_crash("holes").await;
-        for file in ["ledger/entries.log", "records/catalog.log", "blocks/blocks.pack"] {
-            zero_tail(&crashed.join(file), 200);
-        }
-        let recovered = ResourceStore::open(&crashed, options).unwrap();
-        assert_eq!(recovered.ledger().tree_size(), 4);
-        for version in std::iter::once(&before).chain(&written) {
-            assert_eq!(recovered.read(&version.key).unwrap().body, version.body);
-        }
-        recovered.close().await;
-        store.close().await;
-        drop((recovered, store));
-        let report = crate::verify::verify(&crashed, None).unwrap();
-        assert!(report.is_clean(), "{report}");
-        std::fs::remove_dir_all(&directory).unwrap();
-        std::fs::remove_dir_all(&crashed).unwrap();
-    }
-
-    /// A crash while the transaction's group was written to the write-ahead log (never
-    /// acknowledged), with some of its ledger entries already on disk: at open the whole
-    /// transaction is gone, and nothing of it can be read.
-    #[tokio::test]
-    async fn a_transaction_torn_in_the_write_ahead_log_is_rolled_back_whole() {
-        let (store, directory, crashed, options, before, written) = store_then_crash("tx").await;
-        let principal = Principal::operator("test", None);
-        let write_ahead_log = crashed.join("records/wal.log");
-        let length = std::fs::metadata(&write_ahead_log).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&write_ahead_log).unwrap().set_len(length - 3).unwrap();
         let entries_log = crashed.join("ledger/entries.log");
         let mut offsets = Vec::new();
         crate::journal::scan(&entries_log, |offset, _| offsets.push(offset)).unwrap();
         std::fs::OpenOptions::new().write(true).open(&entries_log).unwrap().set_len(offsets[3]).unwrap();
+        std::fs::remove_file(crashed.join("LOCK")).unwrap();
 
         let recovered = ResourceStore::open(&crashed, options).unwrap();
-        assert_eq!(recovered.ledger().tree_size(), 1, "the transaction's two entries on disk were cut too");
-        assert!(recovered.read(&before.key).is_ok());
-        for version in written {
+        assert_eq!(recovered.ledger().tree_size(), 1, "the transaction's two durable entries were cut too");
+        assert!(recovered.read(&before.version.key).is_ok());
+        for (_, outcome) in outcomes {
+            let EntryOutcome::Written { version, .. } = outcome else { panic!("written") };
             assert!(matches!(recovered.read(&version.key), Err(StoreError::NotFound)));
         }
         // And it keeps working.

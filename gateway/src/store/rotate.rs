@@ -2,8 +2,7 @@
 //! so their CIDs and the ledger, are untouched. Runs with the gateway stopped (the data
 //! directory lock enforces it).
 //!
-//! Crash safety: it refuses unless the gateway closed cleanly, and first removes the write-ahead
-//! log (which then holds nothing to recover). The re-wrapped catalog is written to `catalog.log.rotating`, synced and renamed
+//! Crash safety: the re-wrapped catalog is written to `catalog.log.rotating`, synced and renamed
 //! over `catalog.log`; only then are the old KEK files deleted. A crash at any point leaves either
 //! the old catalog with the old KEKs, or the new catalog with (possibly still) the old KEK files.
 
@@ -17,11 +16,6 @@ use crate::seal::{Keyring, SealContext};
 pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     let layout = DataLayout::new(data_directory);
     let _lock = super::lock_data_directory(&layout).map_err(|error| error.to_string())?;
-    // Replaying the write-ahead log later would bring back records wrapped by a retired key,
-    // and its base names the catalog's old length: rotate only what a clean close left.
-    if !super::wal::remove_if_clean(&layout)? {
-        return Err("the gateway did not close cleanly (records/wal.log holds writes to recover); start and stop it, then rotate".into());
-    }
     let mut keyring = Keyring::open_or_create(&layout.keys()).map_err(|error| error.to_string())?;
     let old_kek_ids = keyring.kek_ids();
     let mut records = Vec::new();
