@@ -273,22 +273,28 @@ impl<'t> Extractor<'t> {
     }
 }
 
-/// The nodes reached by `path` from `start`, arrays flattened, `where` filter applied.
+/// The nodes reached by `path` from `start`, arrays flattened, `where` filter applied, in
+/// document order. Allocates only if something is found (most paths of a resource find nothing).
 fn select<'v>(start: &'v Value, path: &ElementPath) -> Vec<&'v Value> {
-    let mut current = vec![start];
-    for (index, step) in path.steps.iter().enumerate() {
-        let mut next = Vec::new();
-        for node in current {
-            next.extend(items(node.get(step)));
+    let mut found = Vec::new();
+    descend(start, path, 0, &mut found);
+    found
+}
+
+fn descend<'v>(node: &'v Value, path: &ElementPath, depth: usize, found: &mut Vec<&'v Value>) {
+    let Some(step) = path.steps.get(depth) else {
+        found.push(node);
+        return;
+    };
+    for child in items(node.get(step)) {
+        let kept = path
+            .filter
+            .as_ref()
+            .is_none_or(|filter| filter.at != depth || child.get(&filter.field).and_then(Value::as_str) == Some(filter.value.as_str()));
+        if kept {
+            descend(child, path, depth + 1, found);
         }
-        if let Some(filter) = &path.filter
-            && filter.at == index
-        {
-            next.retain(|node| node.get(&filter.field).and_then(Value::as_str) == Some(filter.value.as_str()));
-        }
-        current = next;
     }
-    current
 }
 
 /// The items of an optional JSON value: an array's elements, or the value itself; never `null`.
