@@ -6,7 +6,8 @@
 //!
 //! Durability is grouped: one writer thread appends whatever requests have submitted and syncs
 //! once for all of them. While no request waits for a sync, it syncs at most once per
-//! [`GROUP_WINDOW`], so an event is durable within about that plus a sync of its submission. [`Durability::BeforeResponse`] makes each request wait for that
+//! [`GROUP_WINDOW`] (sleeping out the window rather than waking for each submission), so an
+//! event is durable within about that plus a sync of its submission. [`Durability::BeforeResponse`] makes each request wait for that
 //! (a disclosure is never unrecorded, even across a crash; each read then costs a sync's
 //! latency); [`Durability::Grouped`] (the default) answers without waiting, so a crash can lose
 //! the events of the last few milliseconds. Either way, once the trail cannot be written every
@@ -210,25 +211,23 @@ fn write_loop(
         };
         let mut group = vec![first];
         let mut leaves = group[0].leaves.len();
-        while leaves < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(submission) => {
-                    leaves += submission.leaves.len();
-                    group.push(submission);
-                }
-                Err(_) => break,
+        let mut take_waiting = |group: &mut Vec<Submission>| {
+            while leaves < MAX_GROUP
+                && let Ok(submission) = receiver.try_recv()
+            {
+                leaves += submission.leaves.len();
+                group.push(submission);
             }
-        }
-        let deadline = last_sync + GROUP_WINDOW;
-        while leaves < MAX_GROUP && group.iter().all(|submission| submission.done.is_none()) {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-            match receiver.recv_timeout(left) {
-                Ok(submission) => {
-                    leaves += submission.leaves.len();
-                    group.push(submission);
-                }
-                Err(_) => break,
+        };
+        take_waiting(&mut group);
+        // Nobody waits for this group (grouped durability): sleep out the window, then take
+        // what arrived meanwhile. One wake-up per sync, not one per request, each of which
+        // also preempted a request's task (docs/BENCHMARKS.md, session 9).
+        if group.iter().all(|submission| submission.done.is_none()) {
+            if let Some(left) = (last_sync + GROUP_WINDOW).checked_duration_since(Instant::now()) {
+                std::thread::sleep(left);
             }
+            take_waiting(&mut group);
         }
         last_sync = Instant::now();
         if failed.load(std::sync::atomic::Ordering::SeqCst) {
