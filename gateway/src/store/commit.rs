@@ -217,6 +217,8 @@ struct PendingUnit {
 /// How long the commit thread waits for writes still being prepared before it syncs a group
 /// without them: one sync (three fdatasyncs) then serves several writes instead of one.
 const GROUP_WAIT: Duration = Duration::from_millis(1);
+/// How often it looks for them meanwhile.
+const GROUP_POLL: Duration = Duration::from_micros(200);
 
 /// What the commit thread has taken from its queue for one group.
 #[derive(Default)]
@@ -245,7 +247,6 @@ impl Collected {
 }
 
 fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
-    shared.writes_in_progress.wake_when_none(std::thread::current());
     let max_group = shared.options.max_group_commit;
     while let Some(first) = receiver.blocking_recv() {
         let mut collected = Collected::default();
@@ -256,16 +257,17 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
             collected.add(request);
         }
         // Writes started but not yet submitted will be ready within a moment: under load, wait
-        // for them (never when nothing else is on its way, so a lone write is not delayed),
-        // asleep until the last of them is submitted (it wakes this thread) or the wait ends.
+        // for them (never when nothing else is on its way, so a lone write is not delayed).
         let deadline = Instant::now() + GROUP_WAIT;
-        while !collected.units.is_empty() && collected.open(max_group) && shared.writes_in_progress.any() {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-            std::thread::park_timeout(left);
-            while collected.open(max_group)
-                && let Ok(request) = receiver.try_recv()
-            {
-                collected.add(request);
+        while !collected.units.is_empty()
+            && collected.open(max_group)
+            && shared.writes_in_progress.load(Ordering::SeqCst) > 0
+            && Instant::now() < deadline
+        {
+            match receiver.try_recv() {
+                Ok(request) => collected.add(request),
+                Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(GROUP_POLL),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
         }
         let Collected { units, tick, shutdown, .. } = collected;

@@ -266,52 +266,28 @@ pub(crate) struct Shared {
     indexer: std::sync::Mutex<Option<search::Indexer>>,
     /// Writes started (validating, preparing) and not yet submitted to the commit thread, which
     /// waits a moment for them so that one sync serves more writes ([`InProgress`]).
-    writes_in_progress: WritesInProgress,
+    writes_in_progress: AtomicUsize,
     /// Held while the store is open: one process per data directory.
     _lock: std::fs::File,
-}
-
-/// The count of writes started and not yet submitted, and the commit thread to wake when it
-/// falls to zero (the group it holds is then complete: nothing more is on its way).
-#[derive(Default)]
-pub(crate) struct WritesInProgress {
-    count: AtomicUsize,
-    commit_thread: std::sync::OnceLock<std::thread::Thread>,
-}
-
-impl WritesInProgress {
-    fn enter(&self) -> InProgress<'_> {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        InProgress { writes: self, held: AtomicBool::new(true) }
-    }
-
-    /// Whether some write is still on its way to the commit thread.
-    pub(crate) fn any(&self) -> bool {
-        self.count.load(Ordering::SeqCst) > 0
-    }
-
-    /// Called once by the commit thread: the last write submitted wakes it from here on.
-    pub(crate) fn wake_when_none(&self, commit_thread: std::thread::Thread) {
-        let _ = self.commit_thread.set(commit_thread);
-    }
 }
 
 /// Held by a write from its start until it is submitted to the commit thread (or fails), counted
 /// in [`Shared::writes_in_progress`].
 pub(crate) struct InProgress<'s> {
-    writes: &'s WritesInProgress,
+    count: &'s AtomicUsize,
     held: AtomicBool,
 }
 
-impl InProgress<'_> {
-    /// The write is submitted (a retry after a conflict no longer counts). The last one wakes
-    /// the commit thread, which may be waiting for it ([`commit`]).
+impl<'s> InProgress<'s> {
+    fn enter(count: &'s AtomicUsize) -> InProgress<'s> {
+        count.fetch_add(1, Ordering::SeqCst);
+        InProgress { count, held: AtomicBool::new(true) }
+    }
+
+    /// The write is submitted (a retry after a conflict no longer counts).
     fn release(&self) {
-        if self.held.swap(false, Ordering::SeqCst)
-            && self.writes.count.fetch_sub(1, Ordering::SeqCst) == 1
-            && let Some(commit_thread) = self.writes.commit_thread.get()
-        {
-            commit_thread.unpark();
+        if self.held.swap(false, Ordering::SeqCst) {
+            self.count.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -494,7 +470,7 @@ impl ResourceStore {
             search,
             consents: Arc::default(),
             indexer: std::sync::Mutex::new(None),
-            writes_in_progress: WritesInProgress::default(),
+            writes_in_progress: AtomicUsize::new(0),
             _lock: lock,
         });
         load_consents(&shared).map_err(|error| OpenError::Index(format!("reading the current Consents: {error}")))?;
@@ -666,7 +642,7 @@ impl ResourceStore {
 
     /// Counts a write as started until it is submitted (see [`Shared::writes_in_progress`]).
     pub(crate) fn in_progress(&self) -> InProgress<'_> {
-        self.shared.writes_in_progress.enter()
+        InProgress::enter(&self.shared.writes_in_progress)
     }
 
     /// Commits writes all together or not at all.
