@@ -281,10 +281,11 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
     }
     // What `write_response` sends back with the default `Prefer: return=representation`.
     stages.time("response body copy (return=representation)", || std::hint::black_box(canonical.clone()));
-    // What the indexer thread then does with the version (off the request path, same cores).
+    // Search values, extracted in `prepare` from the resource already parsed (since 746fb21 the
+    // indexer no longer parses the stored bytes); then what the indexer thread does with them
+    // (off the request path, on the same cores).
     let term_encoder = TermEncoder::new([7; 32]);
-    let parsed: Value = stages.time("indexer: parse canonical bytes", || serde_json::from_slice(&canonical).expect("canonical JSON"));
-    let entries = stages.time("indexer: extract search values", || search::extract(SearchParamTable::r4(), &parsed));
+    let entries = stages.time("search values (extract from the parsed resource)", || search::extract(SearchParamTable::r4(), &resource));
     let terms = stages.time("indexer: encode terms (keyed hashes)", || term_encoder.document_terms(&key.resource_type, &entries));
     stages.add("diag: index terms per resource (count, not ns)", terms.len() as u64);
     Prepared { key, blocks, sealed: SealedLocation { cid, wrapped_key }, identifier_hashes, leaf, last_updated }
