@@ -992,6 +992,14 @@ pub(crate) fn new_resource_id() -> Result<String, StoreError> {
     Ok(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
 }
 
+/// A fresh, empty directory for one store test (`<tmp>/fg-store-<name>-<pid>`).
+#[cfg(test)]
+pub(crate) fn fresh_test_directory(name: &str) -> PathBuf {
+    let directory = std::env::temp_dir().join(format!("fg-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    directory
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
@@ -1027,8 +1035,7 @@ mod tests {
     /// first may be in the middle of an append, which looks like a crash tail.
     #[tokio::test]
     async fn a_locked_directory_is_left_untouched() {
-        let directory = std::env::temp_dir().join(format!("fg-store-locked-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
+        let directory = fresh_test_directory("locked");
         let store = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
         let principal = Principal::operator("test", None);
         assert!(store.create(patient(), &principal, Leniency::Strict, None).await.is_ok());
@@ -1053,8 +1060,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_fsync_failure_acknowledges_nothing_and_stops_writes() {
-        let directory = std::env::temp_dir().join(format!("fg-store-fsync-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
+        let directory = fresh_test_directory("fsync");
         let blobs = Arc::new(FailingBlobStore {
             inner: EmbeddedBlockstore::open(&DataLayout::new(&directory).blocks()).unwrap(),
             failing: AtomicBool::new(false),
@@ -1120,9 +1126,8 @@ mod tests {
     #[tokio::test]
     async fn a_partially_durable_transaction_is_rolled_back_whole() {
         use crate::fhir::bundle::parse_bundle;
-        let directory = std::env::temp_dir().join(format!("fg-store-tx-{}", std::process::id()));
+        let directory = fresh_test_directory("tx");
         let crashed = directory.with_extension("crashed");
-        let _ = std::fs::remove_dir_all(&directory);
         let _ = std::fs::remove_dir_all(&crashed);
         let options = StoreOptions { checkpoint_interval: Duration::from_secs(3600), ..StoreOptions::default() };
         let store = ResourceStore::open(&directory, options.clone()).unwrap();

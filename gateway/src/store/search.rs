@@ -841,8 +841,7 @@ mod tests {
     /// search would drop them anyway (a hit must be the current version), but they would pile up.
     #[tokio::test]
     async fn the_index_holds_one_document_per_current_resource() {
-        let directory = std::env::temp_dir().join(format!("fg-store-index-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
+        let directory = crate::store::fresh_test_directory("index");
         let store = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
         let principal = Principal::operator("test", None);
         let mut keys = Vec::new();
