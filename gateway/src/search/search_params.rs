@@ -114,6 +114,13 @@ pub struct SearchParam {
     /// gets no index terms of its own. Empty: not such a union.
     #[serde(skip)]
     pub union_of: Vec<String>,
+    /// Derived at load: the string parameters this one covers (whose [`Self::covered_by`] is
+    /// this one, or the one this one is indexed as: `name` covers `family` and `given`). A value
+    /// of this parameter that one of them also holds in the same resource gets its prefix terms
+    /// only there, so a prefix search on this one is the union of its own prefix terms and
+    /// theirs. Empty for most.
+    #[serde(skip)]
+    pub covers: Vec<String>,
     /// Derived at load: whether the string values this parameter's `:contains` searches have
     /// trigram terms. Not those of an `Address` (nor of its parts): `address:contains` is rare,
     /// and an address's trigrams were a fifth of a Patient's terms. Such a search selects by
@@ -139,9 +146,10 @@ pub fn string_parts(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-/// Sets [`SearchParam::index_as`], [`SearchParam::covered_by`], [`SearchParam::union_of`] and
-/// [`Component::index_as`] on one type's parameters (sorted by name). All only ever widen what
-/// an index condition selects: the matcher still decides on the parameter itself.
+/// Sets [`SearchParam::index_as`], [`SearchParam::covered_by`], [`SearchParam::union_of`],
+/// [`SearchParam::covers`], [`SearchParam::trigrams`] and [`Component::index_as`] on one type's
+/// parameters (sorted by name). All only ever widen what an index condition selects: the
+/// matcher still decides on the parameter itself.
 fn derive_term_sharing(list: &mut [SearchParam]) {
     let indexable = |param: &SearchParam| param.is_supported() && param.param_type != ParamType::Composite && !param.paths.is_empty();
     let mut derived = Vec::with_capacity(list.len());
@@ -193,6 +201,16 @@ fn derive_term_sharing(list: &mut [SearchParam]) {
         param.covered_by = covered_by;
         param.union_of = union_of;
         param.trigrams = trigrams;
+    }
+    let covers: Vec<Vec<String>> = list
+        .iter()
+        .map(|param| {
+            let owner = param.index_as.as_deref().unwrap_or(&param.name);
+            list.iter().filter(|other| other.covered_by.as_deref() == Some(owner)).map(|other| other.name.clone()).collect()
+        })
+        .collect();
+    for (param, covers) in list.iter_mut().zip(covers) {
+        param.covers = covers;
     }
     // The parameter whose terms hold a component's values at `path`: the component's own
     // parameter if it has terms of its own, else one that `own` is a union of.
@@ -335,6 +353,17 @@ mod tests {
         assert!(trigrams("Patient", "name") && trigrams("Patient", "family") && trigrams("Organization", "name"));
         assert!(!trigrams("Patient", "address") && !trigrams("Patient", "address-city") && !trigrams("Practitioner", "address"));
         assert!(!trigrams("Patient", "gender"), "not a string");
+    }
+
+    #[test]
+    fn a_string_parameter_knows_the_parameters_on_parts_of_its_elements() {
+        let table = SearchParamTable::r4();
+        let covers = |resource_type: &str, name: &str| table.param(resource_type, name).unwrap().covers.clone();
+        assert_eq!(covers("Patient", "name"), ["family", "given"]);
+        assert_eq!(covers("Patient", "phonetic"), ["family", "given"], "phonetic is indexed as name");
+        assert_eq!(covers("Patient", "address"), ["address-city", "address-country", "address-postalcode", "address-state"]);
+        assert!(covers("Patient", "family").is_empty() && covers("Patient", "gender").is_empty());
+        assert_eq!(covers("Practitioner", "name"), ["family", "given"]);
     }
 
     #[test]

@@ -26,8 +26,10 @@
 //! ([`SearchParam::index_as`]: `phonetic` is `name`); one whose paths are the union of others'
 //! uses theirs ([`SearchParam::union_of`]: `combo-code` is `code` ∪ `component-code`); a string
 //! parameter on parts of another's elements (`family` of `name`) keeps its prefixes but leaves
-//! exact and trigram terms to that one ([`SearchParam::covered_by`]); code display texts
-//! (`code:text`) only get prefixes, all that `:text` searches, and no presence term.
+//! exact and trigram terms to that one ([`SearchParam::covered_by`]), and that one leaves the
+//! prefixes of those values to it: a `name` prefix search is the union of `name`'s, `family`'s
+//! and `given`'s prefix terms ([`SearchParam::covers`]; Patient-example 173 → 138 terms); code
+//! display texts (`code:text`) only get prefixes, all that `:text` searches, and no presence term.
 
 use std::ops::Bound;
 
@@ -55,7 +57,7 @@ const HASH_BYTES: usize = 8;
 
 /// Version of the term layout, recorded with every index commit: an index written with another
 /// layout is rebuilt at open. Raise it whenever the terms of a resource change.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Coarser levels of date terms, as low bytes of the 8-byte value dropped: buckets of 2^24 ms
 /// (4.7 hours) and 2^32 ms (50 days). A date range selects whole buckets at the coarsest level
@@ -258,6 +260,25 @@ impl TermEncoder {
         // Hashed terms so far, by parameter (its position in `params`), kind and hash.
         let mut params: Vec<&str> = Vec::new();
         let mut seen: FxHashSet<(usize, u8, [u8; HASH_BYTES])> = FxHashSet::with_capacity_and_hasher(8 * entries.len(), Default::default());
+        // Values of parameters on parts of another's elements (`family`, `given` of `name`), by
+        // the covering parameter: it leaves their prefix terms to them ([`SearchParam::covers`]).
+        let mut covered: Vec<(&str, &str)> = Vec::new();
+        let mut last_owner: Option<(&str, Option<&str>)> = None;
+        for entry in entries {
+            let IndexValue::Text { normalized, .. } = &entry.value else { continue };
+            let owner = match last_owner {
+                Some((name, owner)) if name == entry.param => owner,
+                _ => {
+                    let declared = self.declared(resource_type, &entry.param).filter(|declared| declared.name == entry.param);
+                    let owner = declared.and_then(|declared| declared.covered_by.as_deref());
+                    last_owner = Some((&entry.param, owner));
+                    owner
+                }
+            };
+            if let Some(owner) = owner {
+                covered.push((owner, normalized));
+            }
+        }
         // Consecutive entries mostly share a parameter: look it up once per run of them.
         let mut last: Option<(&str, Option<&SearchParam>, usize)> = None;
         for entry in entries {
@@ -312,8 +333,12 @@ impl TermEncoder {
                     }
                 }
                 IndexValue::Text { normalized, exact } => {
-                    for prefix in Self::prefixes(normalized) {
-                        hashed(kind::STRING_PREFIX, &[prefix]);
+                    let prefixes_elsewhere =
+                        declared.is_some_and(|declared| !declared.covers.is_empty()) && covered.contains(&(param, normalized.as_str()));
+                    if !prefixes_elsewhere {
+                        for prefix in Self::prefixes(normalized) {
+                            hashed(kind::STRING_PREFIX, &[prefix]);
+                        }
                     }
                     if declared.is_none_or(|declared| declared.covered_by.is_none()) {
                         hashed(kind::STRING_EXACT, &[exact]);
@@ -463,8 +488,18 @@ impl TermEncoder {
     }
 
     /// `param` names the terms; `whole_values` the parameter holding the exact and trigram
-    /// terms of its values (itself, or the one covering it).
-    fn string_condition(&self, param: &str, whole_values: &str, value: &str, modifier: Option<&Modifier>, trigrams: bool) -> TermCondition {
+    /// terms of its values (itself, or the one covering it); `declared` says whether its values
+    /// have trigrams and which parameters hold prefix terms of its values too
+    /// ([`SearchParam::covers`]).
+    fn string_condition(
+        &self,
+        param: &str,
+        whole_values: &str,
+        value: &str,
+        modifier: Option<&Modifier>,
+        declared: Option<&SearchParam>,
+    ) -> TermCondition {
+        let trigrams = declared.is_none_or(|declared| declared.trigrams);
         match modifier {
             Some(Modifier::Exact) => TermCondition::Term(self.hashed(whole_values, kind::STRING_EXACT, &[value])),
             Some(Modifier::Contains) if !trigrams => TermCondition::Term(Self::presence(param)),
@@ -477,11 +512,16 @@ impl TermEncoder {
             }
             _ => {
                 let normalized = normalize_text(value);
-                match normalized.char_indices().nth(MAX_PREFIX) {
-                    None if normalized.is_empty() => TermCondition::Term(Self::presence(param)),
-                    None => TermCondition::Term(self.hashed(param, kind::STRING_PREFIX, &[&normalized])),
-                    Some((end, _)) => TermCondition::Term(self.hashed(param, kind::STRING_PREFIX, &[&normalized[..end]])),
+                if normalized.is_empty() {
+                    return TermCondition::Term(Self::presence(param));
                 }
+                let prefix = normalized.char_indices().nth(MAX_PREFIX).map_or(normalized.as_str(), |(end, _)| &normalized[..end]);
+                let covers = declared.map(|declared| declared.covers.as_slice()).unwrap_or_default();
+                if covers.is_empty() {
+                    return TermCondition::Term(self.hashed(param, kind::STRING_PREFIX, &[prefix]));
+                }
+                let holders = std::iter::once(param).chain(covers.iter().map(String::as_str));
+                TermCondition::Any(holders.map(|holder| TermCondition::Term(self.hashed(holder, kind::STRING_PREFIX, &[prefix]))).collect())
             }
         }
     }
@@ -516,9 +556,7 @@ impl TermEncoder {
                 (TokenSystem::Some(system), None) => hashed(kind::TOKEN_SYSTEM, &[system]),
                 (_, None) => TermCondition::Term(Self::presence(param)),
             },
-            FilterValue::String(text) => {
-                self.string_condition(param, whole_values, text, modifier, declared.is_none_or(|declared| declared.trigrams))
-            }
+            FilterValue::String(text) => self.string_condition(param, whole_values, text, modifier, declared),
             FilterValue::Uri(uri) => hashed(kind::TOKEN_CODE, &[uri]),
             FilterValue::Date { prefix, start_ms, end_ms } => Self::date_condition(param, *prefix, *start_ms, *end_ms),
             FilterValue::Reference { target } if target.contains('/') => hashed(kind::REFERENCE, &[target]),
@@ -761,22 +799,45 @@ mod tests {
             let query = crate::search::parse_query(table, "Patient", &[(param.into(), value.into())], false).unwrap();
             encoder.filter_condition("Patient", &query.filters[0])
         };
-        let holds = |condition: &TermCondition| {
-            let TermCondition::Any(any) = condition else { panic!("{condition:?}") };
-            any.iter().all(|condition| match condition {
-                TermCondition::Term(term) => contains(&terms, term),
-                TermCondition::All(all) => all.iter().all(|c| matches!(c, TermCondition::Term(term) if contains(&terms, term))),
-                other => panic!("{other:?}"),
-            })
-        };
         for query in ["phonetic=chal", "family:exact=Chalmers", "family:contains=alme", "given:missing=false", "name:contains=lmer"] {
             let condition = condition(query);
             if query.contains(":missing") {
                 assert_eq!(condition, TermCondition::Term(TermEncoder::presence("given")));
             } else {
-                assert!(holds(&condition), "{query}: {condition:?}");
+                assert!(holds(&condition, &terms), "{query}: {condition:?}");
             }
         }
+        assert!(!holds(&condition("phonetic=chalk"), &terms) && !holds(&condition("family:exact=Chalmer"), &terms));
+    }
+
+    #[test]
+    fn a_covering_parameter_leaves_the_prefixes_of_its_parts_values_to_them() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        let table = SearchParamTable::r4();
+        // Patient-example's official name: `name` holds every part, `family` and `given` theirs.
+        let entries =
+            [text("family", "Chalmers"), text("given", "Peter"), text("name", "Chalmers"), text("name", "Peter"), text("name", "Dr")];
+        let terms = encoder.document_terms("Patient", &entries);
+        for prefix in ["c", "chalmers", "p", "pete"] {
+            assert!(!contains(&terms, &encoder.hashed("name", kind::STRING_PREFIX, &[prefix])), "{prefix}: family's or given's");
+        }
+        assert!(contains(&terms, &encoder.hashed("name", kind::STRING_PREFIX, &["dr"])), "a prefix part has no parameter of its own");
+        assert!(contains(&terms, &encoder.hashed("name", kind::STRING_EXACT, &["Peter"])), "exact terms stay with name");
+        let selects = |query: &str| {
+            let (param, value) = query.split_once('=').unwrap();
+            let query = crate::search::parse_query(table, "Patient", &[(param.into(), value.into())], false).unwrap();
+            holds(&encoder.filter_condition("Patient", &query.filters[0]), &terms)
+        };
+        for query in ["name=chal", "name=Peter", "name=d", "phonetic=pe", "given=pet", "family=chalmers", "name:exact=Chalmers"] {
+            assert!(selects(query), "{query}");
+        }
+        for query in ["name=chalk", "name=petra", "phonetic=x", "given=chal", "family=dr"] {
+            assert!(!selects(query), "{query}");
+        }
+        // The same value only in `name` (a `text`, say) keeps its prefixes there.
+        let alone = encoder.document_terms("Patient", &[text("name", "Chalmers")]);
+        assert!(contains(&alone, &encoder.hashed("name", kind::STRING_PREFIX, &["chal"])));
+        assert_eq!(terms.iter().filter(|term| term.starts_with(b"name\0p")).count(), 2, "only \"d\" and \"dr\"");
     }
 
     #[test]
@@ -863,7 +924,7 @@ mod tests {
     fn addresses_have_no_trigrams() {
         let encoder = TermEncoder::new([1u8; 32]);
         let terms = encoder.document_terms("Patient", &[text("address", "Erewhon"), text("address-city", "Erewhon")]);
-        assert!(contains(&terms, &encoder.hashed("address", kind::STRING_PREFIX, &["erew"])));
+        assert!(contains(&terms, &encoder.hashed("address-city", kind::STRING_PREFIX, &["erew"])));
         assert!(contains(&terms, &encoder.hashed("address", kind::STRING_EXACT, &["Erewhon"])));
         let kind_of = |term: &[u8]| term[term.iter().position(|byte| *byte == 0).expect("a separator") + 1];
         assert!(!terms.iter().any(|term| kind_of(term) == kind::STRING_TRIGRAM), "{terms:?}");
