@@ -79,6 +79,20 @@ pub fn extract(table: &SearchParamTable, resource: &Value) -> Vec<IndexEntry> {
     extractor.entries
 }
 
+/// The entries the search index makes terms of: those of the parameters with terms of their
+/// own ([`SearchParam::has_own_terms`]; `phonetic` repeats `name`'s values, Observation's
+/// `combo-` parameters those of others).
+pub fn extract_indexed(table: &SearchParamTable, resource: &Value) -> Vec<IndexEntry> {
+    let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let mut extractor = Extractor::new(table);
+    for param in table.params(resource_type).iter().filter(|param| param.has_own_terms()) {
+        extractor.param(resource, param);
+    }
+    extractor.entries
+}
+
 /// Extracts the entries of a single parameter (including its auxiliary entries).
 pub fn extract_param(table: &SearchParamTable, resource: &Value, param: &SearchParam) -> Vec<IndexEntry> {
     let mut extractor = Extractor::new(table);

@@ -22,7 +22,7 @@ pub mod reference;
 pub mod search_params;
 pub mod terms;
 
-pub use extract::{IndexEntry, IndexValue, extract, extract_param};
+pub use extract::{IndexEntry, IndexValue, extract, extract_indexed, extract_param};
 pub use matcher::{MatchContext, ResourceLookup, ResourceSet, matches, matches_with};
 pub use query::{
     Chain, Filter, FilterValue, Include, Modifier, Prefix, QueryError, SearchQuery, SortKey, Summary, TokenSystem, TotalMode, parse_query,

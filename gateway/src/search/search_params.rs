@@ -134,6 +134,15 @@ impl SearchParam {
     pub fn is_supported(&self) -> bool {
         self.unsupported.is_none()
     }
+
+    /// Whether the index holds terms under this parameter's own name: not when another's serve
+    /// it ([`Self::index_as`], [`Self::union_of`]), nor for a composite whose every component
+    /// is held by other parameters ([`Component::index_as`]).
+    pub fn has_own_terms(&self) -> bool {
+        self.index_as.is_none()
+            && self.union_of.is_empty()
+            && (self.param_type != ParamType::Composite || self.components.iter().any(|component| component.index_as.is_empty()))
+    }
 }
 
 /// The parts of a complex datatype that a string parameter on it searches (one index value per
@@ -382,5 +391,8 @@ mod tests {
         let unions =
             table.resource_types().flat_map(|resource_type| table.params(resource_type)).filter(|param| !param.union_of.is_empty());
         assert_eq!(unions.count(), 4, "R4 has four: Observation's combo- parameters");
+        assert!(!param("combo-code").has_own_terms() && !param("code-value-quantity").has_own_terms());
+        assert!(param("code").has_own_terms() && table.param("Patient", "name").unwrap().has_own_terms());
+        assert!(!table.param("Patient", "phonetic").unwrap().has_own_terms(), "indexed as name");
     }
 }

@@ -944,7 +944,7 @@ mod corpus_tests {
     use serde_json::Value;
 
     use super::{DocumentTerms, TermEncoder, holds};
-    use crate::search::extract::{IndexValue, extract, extract_param};
+    use crate::search::extract::{IndexValue, extract_indexed, extract_param};
     use crate::search::search_params::{ParamType, SearchParamTable};
     use crate::search::{matches, parse_query};
 
@@ -1040,7 +1040,7 @@ mod corpus_tests {
         let encoder = TermEncoder::new([7u8; 32]);
         let observations = resources().remove("Observation").unwrap();
         let documents: Vec<DocumentTerms> =
-            observations.iter().map(|resource| encoder.document_terms("Observation", &extract(table, resource))).collect();
+            observations.iter().map(|resource| encoder.document_terms("Observation", &extract_indexed(table, resource))).collect();
         let pairs = |element: &Value| -> Vec<String> {
             let quantity = element.get("valueQuantity");
             let value = quantity.and_then(|quantity| quantity.get("value")).map(Value::to_string);
@@ -1079,6 +1079,23 @@ mod corpus_tests {
         assert!(searches > 50 && accepted_total >= searches, "{searches} searches, {accepted_total} matches");
     }
 
+    /// The index extracts only the parameters with terms of their own: the others' entries
+    /// never became terms.
+    #[test]
+    fn extracting_only_indexed_parameters_loses_no_term() {
+        let table = SearchParamTable::r4();
+        let encoder = TermEncoder::new([7u8; 32]);
+        let mut skipped = 0;
+        for (resource_type, resources) in resources() {
+            for resource in &resources {
+                let (all, indexed) = (crate::search::extract(table, resource), extract_indexed(table, resource));
+                skipped += all.len() - indexed.len();
+                assert_eq!(encoder.document_terms(resource_type, &all), encoder.document_terms(resource_type, &indexed));
+            }
+        }
+        assert!(skipped > 1_000, "only {skipped} entries skipped");
+    }
+
     #[test]
     fn exact_conditions_select_what_the_matcher_accepts() {
         let table = SearchParamTable::r4();
@@ -1087,7 +1104,7 @@ mod corpus_tests {
         for (resource_type, resources) in resources() {
             assert!(!resources.is_empty(), "no {resource_type} in the corpora");
             let documents: Vec<DocumentTerms> =
-                resources.iter().map(|resource| encoder.document_terms(resource_type, &extract(table, resource))).collect();
+                resources.iter().map(|resource| encoder.document_terms(resource_type, &extract_indexed(table, resource))).collect();
             for param in table.params(resource_type) {
                 if matches!(param.param_type, ParamType::Composite | ParamType::Number) {
                     continue;

@@ -133,7 +133,7 @@ pub(crate) fn prepare(
         prepared.blocks = blocks;
         prepared.sealed = Some(SealedLocation { cid, wrapped_key });
         prepared.body = Some(canonical);
-        prepared.index_entries = Some(search::extract(SearchParamTable::r4(), &resource));
+        prepared.index_entries = Some(search::extract_indexed(SearchParamTable::r4(), &resource));
     }
     let entry = LedgerEntry {
         kind,

@@ -19,7 +19,8 @@ use crate::consent::Interaction;
 use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
 use crate::search::terms::{TermCondition, TermEncoder};
 use crate::search::{
-    Chain, Filter, Include, IndexEntry, IndexValue, ParamType, SearchParamTable, SearchQuery, TotalMode, extract, extract_param, matches,
+    Chain, Filter, Include, IndexEntry, IndexValue, ParamType, SearchParamTable, SearchQuery, TotalMode, extract_indexed, extract_param,
+    matches,
 };
 
 /// Results of one search beyond this many candidates are not counted (`total` is omitted).
@@ -174,7 +175,7 @@ impl SearchIndex {
 
 /// The search values of a stored resource's bytes.
 fn index_entries(body: &[u8]) -> Option<Vec<IndexEntry>> {
-    serde_json::from_slice::<Value>(body).ok().map(|resource| extract(SearchParamTable::r4(), &resource))
+    serde_json::from_slice::<Value>(body).ok().map(|resource| extract_indexed(SearchParamTable::r4(), &resource))
 }
 
 /// What the commit thread (and a waiting search) sends the indexer.
