@@ -69,25 +69,22 @@ pub struct IndexEntry {
 /// Extracts all index entries of `resource` (its `resourceType` selects the
 /// parameters; unknown types give nothing). Unsupported parameters are skipped.
 pub fn extract(table: &SearchParamTable, resource: &Value) -> Vec<IndexEntry> {
-    let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
-        return Vec::new();
-    };
-    let mut extractor = Extractor::new(table);
-    for param in table.params(resource_type) {
-        extractor.param(resource, param);
-    }
-    extractor.entries
+    extract_where(table, resource, |_| true)
 }
 
 /// The entries the search index makes terms of: those of the parameters with terms of their
 /// own ([`SearchParam::has_own_terms`]; `phonetic` repeats `name`'s values, Observation's
 /// `combo-` parameters those of others).
 pub fn extract_indexed(table: &SearchParamTable, resource: &Value) -> Vec<IndexEntry> {
+    extract_where(table, resource, SearchParam::has_own_terms)
+}
+
+fn extract_where(table: &SearchParamTable, resource: &Value, wanted: impl Fn(&SearchParam) -> bool) -> Vec<IndexEntry> {
     let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
         return Vec::new();
     };
     let mut extractor = Extractor::new(table);
-    for param in table.params(resource_type).iter().filter(|param| param.has_own_terms()) {
+    for param in table.params(resource_type).iter().filter(|param| wanted(param)) {
         extractor.param(resource, param);
     }
     extractor.entries

@@ -260,26 +260,12 @@ impl TermEncoder {
         // Hashed terms so far, by parameter (its position in `params`), kind and hash.
         let mut params: Vec<&str> = Vec::new();
         let mut seen: FxHashSet<(usize, u8, [u8; HASH_BYTES])> = FxHashSet::with_capacity_and_hasher(8 * entries.len(), Default::default());
-        // Values of parameters on parts of another's elements (`family`, `given` of `name`), by
-        // the covering parameter: it leaves their prefix terms to them ([`SearchParam::covers`]).
+        // Each entry's declared parameter and number, looked up once per run of entries of one
+        // parameter (consecutive entries mostly share it); and the values of parameters on parts
+        // of another's elements (`family`, `given` of `name`) by the covering parameter, which
+        // leaves their prefix terms to them ([`SearchParam::covers`]).
+        let mut resolved: Vec<(Option<&SearchParam>, usize)> = Vec::with_capacity(entries.len());
         let mut covered: Vec<(&str, &str)> = Vec::new();
-        let mut last_owner: Option<(&str, Option<&str>)> = None;
-        for entry in entries {
-            let IndexValue::Text { normalized, .. } = &entry.value else { continue };
-            let owner = match last_owner {
-                Some((name, owner)) if name == entry.param => owner,
-                _ => {
-                    let declared = self.declared(resource_type, &entry.param).filter(|declared| declared.name == entry.param);
-                    let owner = declared.and_then(|declared| declared.covered_by.as_deref());
-                    last_owner = Some((&entry.param, owner));
-                    owner
-                }
-            };
-            if let Some(owner) = owner {
-                covered.push((owner, normalized));
-            }
-        }
-        // Consecutive entries mostly share a parameter: look it up once per run of them.
         let mut last: Option<(&str, Option<&SearchParam>, usize)> = None;
         for entry in entries {
             let param = entry.param.as_str();
@@ -295,6 +281,16 @@ impl TermEncoder {
                     (declared, number)
                 }
             };
+            resolved.push((declared, param_number));
+            if let (IndexValue::Text { normalized, .. }, Some(declared)) = (&entry.value, declared)
+                && declared.name == param
+                && let Some(owner) = declared.covered_by.as_deref()
+            {
+                covered.push((owner, normalized));
+            }
+        }
+        for (entry, &(declared, param_number)) in entries.iter().zip(&resolved) {
+            let param = entry.param.as_str();
             if declared.is_some_and(|declared| declared.index_as.is_some() || !declared.union_of.is_empty())
                 || !Self::component_index_as(declared, param).is_empty()
             {

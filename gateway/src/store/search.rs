@@ -304,14 +304,12 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
                     last_publish = std::time::Instant::now();
                 }
             }
-            // Stopping: publish what was added (cheap), leave the queue to the next catch-up.
-            if let Some(shared) = shared.upgrade() {
-                shared.search.queue.close();
-                if let Some(tree_size) = added
-                    && let Err(error) = shared.search.publish(tree_size)
-                {
-                    shared.search.failed(&error);
-                }
+            // Stopping: publish what was added (cheap), leave the queue to the next catch-up
+            // (`_close` then releases the commit thread).
+            if let (Some(tree_size), Some(shared)) = (added, shared.upgrade())
+                && let Err(error) = shared.search.publish(tree_size)
+            {
+                shared.search.failed(&error);
             }
         })
         .expect("the indexer thread starts");
