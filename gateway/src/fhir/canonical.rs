@@ -79,7 +79,17 @@ pub fn write_string(text: &str, out: &mut Vec<u8>) {
     // Runs of bytes that need no escape are copied whole (all of UTF-8 above 0x7f is literal).
     let bytes = text.as_bytes();
     let mut run_start = 0;
-    for (position, &byte) in bytes.iter().enumerate() {
+    let mut position = 0;
+    while position < bytes.len() {
+        // Eight bytes at a time while none of them needs an escape (most strings need none).
+        if let Some(word) = bytes.get(position..position + 8)
+            && !needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes")))
+        {
+            position += 8;
+            continue;
+        }
+        let byte = bytes[position];
+        position += 1;
         let escape: &[u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -89,19 +99,29 @@ pub fn write_string(text: &str, out: &mut Vec<u8>) {
             b'\r' => b"\\r",
             b'\t' => b"\\t",
             control if control < 0x20 => {
-                out.extend_from_slice(&bytes[run_start..position]);
+                out.extend_from_slice(&bytes[run_start..position - 1]);
                 out.extend_from_slice(format!("\\u{control:04x}").as_bytes());
-                run_start = position + 1;
+                run_start = position;
                 continue;
             }
             _ => continue,
         };
-        out.extend_from_slice(&bytes[run_start..position]);
+        out.extend_from_slice(&bytes[run_start..position - 1]);
         out.extend_from_slice(escape);
-        run_start = position + 1;
+        run_start = position;
     }
     out.extend_from_slice(&bytes[run_start..]);
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes of `word` is a control character, `"` or `\\` (the classic
+/// "has a zero byte" test, applied to `word`, `word ^ '"'…` and `word ^ '\\'…`; it can report a
+/// byte that needs no escape, never miss one: the caller then looks byte by byte).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |word: u64, limit: u8| word.wrapping_sub(ONES * u64::from(limit)) & !word & HIGH;
+    below(word, 0x20) | below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) != 0
 }
 
 #[cfg(test)]
@@ -138,5 +158,38 @@ mod tests {
     fn escapes_strings_like_rfc8785() {
         assert_eq!(canonical(r#""\u0001\u000a\u001f\"\\/€""#), r#""\u0001\n\u001f\"\\/€""#);
         assert_eq!(canonical(r#""\u2028""#), "\"\u{2028}\"");
+    }
+
+    /// Every character that needs an escape, at every position of strings longer than the
+    /// eight-byte fast path, next to multi-byte UTF-8 and `0x7f`, escapes as serde_json does
+    /// (which for strings is RFC 8785's form).
+    #[test]
+    fn escapes_at_every_position_of_long_strings() {
+        let specials = ['"', '\\', '\u{0}', '\u{8}', '\t', '\n', '\u{c}', '\r', '\u{1f}'];
+        let plain = ['a', 'é', '\u{7f}', '€', ' ', '!', '#', '[', ']'];
+        for length in [1, 7, 8, 9, 16, 23] {
+            for position in 0..length {
+                for special in specials {
+                    for filler in plain {
+                        let text: String = (0..length).map(|at| if at == position { special } else { filler }).collect();
+                        let mut out = Vec::new();
+                        write_string(&text, &mut out);
+                        assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&text).unwrap(), "{text:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_word_test_never_misses_a_byte_to_escape() {
+        for byte in 0..=255u8 {
+            for lane in 0..8 {
+                let mut word = [b'a'; 8];
+                word[lane] = byte;
+                let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                assert_eq!(needs_escape(u64::from_le_bytes(word)), expected, "byte {byte:#x} in lane {lane}");
+            }
+        }
     }
 }
