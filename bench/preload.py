@@ -3,7 +3,8 @@
 connections) and writes the paths of the new resources (/fhir/Type/id), one per line.
 
 usage: preload.py BASE_URL RESOURCE_TYPE BODY_FILE COUNT OUT_FILE [CONCURRENCY]
-Sends `Authorization: Bearer $BENCH_TOKEN` when set. Fails (exit 1) on any answer other than 201
+Sends `Authorization: Bearer $BENCH_TOKEN` when set. $BASE_PATH is the FHIR base's path on the
+server (default /fhir; "" for a server whose base is its root, bench/vs_hfs.sh). Fails (exit 1) on any answer other than 201
 with a Location header. Standard library only.
 """
 import http.client
@@ -18,6 +19,7 @@ def main() -> int:
     concurrency = int(sys.argv[6]) if len(sys.argv) > 6 else 8
     count = int(count)
     url = urllib.parse.urlsplit(base_url)
+    base_path = os.environ.get("BASE_PATH", "/fhir")
     with open(body_file, "rb") as file:
         body = file.read()
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json", "Prefer": "return=minimal"}
@@ -32,18 +34,18 @@ def main() -> int:
             with lock:
                 if failures or next(remaining, None) is None:
                     break
-            connection.request("POST", f"/fhir/{resource_type}", body=body, headers=headers)
+            connection.request("POST", f"{base_path}/{resource_type}", body=body, headers=headers)
             response = connection.getresponse()
             response.read()
             location = response.getheader("Location", "")
             parts = urllib.parse.urlsplit(location).path.split("/")
             with lock:
-                if response.status != 201 or "_history" not in parts:
+                # .../fhir/Type/id/_history/1 (or .../Type/id) -> /fhir/Type/id
+                end = parts.index("_history") if "_history" in parts else len(parts)
+                if response.status != 201 or end < 2 or parts[end - 2] != resource_type:
                     failures.append(f"{response.status} Location={location!r}")
                     break
-                # .../fhir/Type/id/_history/1 -> /fhir/Type/id
-                index = parts.index("_history")
-                paths.append(f"/fhir/{parts[index - 2]}/{parts[index - 1]}")
+                paths.append(f"{base_path}/{parts[end - 2]}/{parts[end - 1]}")
         connection.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]

@@ -107,17 +107,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A fixed piece of CPU work (SHA-256 of 1 KiB, in Python): on a VM whose effective speed drifts,
-# compare this between runs before comparing their numbers.
-cpu_gauge() {
-  python3 -c 'import hashlib, time
-data = b"x" * 1024; best = 1e9
-for _ in range(5):
-    start = time.perf_counter()
-    for _ in range(20000): hashlib.sha256(data).digest()
-    best = min(best, (time.perf_counter() - start) / 20000 * 1e6)
-print("%.2f us per SHA-256 of 1 KiB (python, best of 5)" % best)'
-}
+# The VM's effective speed drifts: compare this fixed piece of CPU work between runs first.
+cpu_gauge() { python3 "$BENCH_DIR/cpu_gauge.py"; }
 
 # ---- the machine, for the record
 {
@@ -376,18 +367,7 @@ for name in $SCENARIOS; do
       # Issue #3 W1 (the Blaze load test shape): 1 Patient + 1 Observation whose subject is the
       # Patient's urn:uuid, one transaction per request.
       BODY_FILE="$OUT/transaction.json"
-      python3 - "$PATIENT_BODY" "$OBSERVATION_BODY" "$BODY_FILE" <<'PY'
-import json, sys
-patient, observation = (json.load(open(path)) for path in sys.argv[1:3])
-for resource in (patient, observation):
-    resource.pop("id", None)
-observation["subject"] = {"reference": "urn:uuid:6f1c2f0e-8a7b-4c1d-9a55-0e2d6b3f7a10"}
-bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-    {"fullUrl": "urn:uuid:6f1c2f0e-8a7b-4c1d-9a55-0e2d6b3f7a10", "resource": patient, "request": {"method": "POST", "url": "Patient"}},
-    {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
-]}
-json.dump(bundle, open(sys.argv[3], "w"))
-PY
+      python3 "$BENCH_DIR/w1_bundle.py" "$PATIENT_BODY" "$OBSERVATION_BODY" "$BODY_FILE"
       export RESOURCE_TYPE="" BODY_FILE
       for connections in $CONNECTIONS; do
         scenario "$name" "$connections" create.lua
