@@ -14,13 +14,16 @@
 # Each round starts each server afresh (new data directory, the order alternating from round to
 # round) and runs the scenarios on it, each after a $WARMUP warm-up and once the server is idle:
 #   create-Patient   POST Patient-example.json (or $PATIENT_BODY)
-#   transaction      issue #3 W1: a transaction of 1 Patient + 1 Observation linked by urn:uuid
+#   w1               issue #3 W1 as the Blaze load test shapes it (bench/w1.lua): a transaction
+#                    of a small Patient + an Observation linked by urn:uuid
+#   transaction      the same shape with Patient-example.json (or $PATIENT_BODY) and
+#                    Observation-example.json
 #   read-Patient     GET Patient/id, random among $PRELOAD created before
 # Prints one markdown row per round and scenario (requests/s, p99, server CPU in cores, the
 # gateway-to-HFS ratio) and the medians; every response must be a success, else FAIL (exit 1).
 #
 # Environment (all optional): ROUNDS=3 DURATION=10s WARMUP=3s CONNECTIONS=32 THREADS=2
-#   PRELOAD=2000 SCENARIOS="create-Patient transaction read-Patient" PATIENT_BODY=FILE.json
+#   PRELOAD=2000 SCENARIOS="create-Patient w1 transaction read-Patient" PATIENT_BODY=FILE.json
 #   (the Patient posted by all three scenarios; the transaction's Observation is always
 #   Observation-example.json)
 # Needs: wrk, curl, python3; ../shared/corpora/fhir-r4-examples beside the checkout.
@@ -42,7 +45,7 @@ WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 PRELOAD=${PRELOAD:-2000}
-SCENARIOS=${SCENARIOS:-create-Patient transaction read-Patient}
+SCENARIOS=${SCENARIOS:-create-Patient w1 transaction read-Patient}
 OUT=$(realpath "${3:-$(mktemp -d -t fhir-gateway-vs-hfs.XXXXXX)}")
 mkdir -p "$OUT"
 CLK_TCK=$(getconf CLK_TCK)
@@ -67,7 +70,7 @@ trap 'exit 130' INT TERM
 # The VM's effective speed drifts: compare this fixed piece of CPU work between runs first.
 cpu_gauge() { python3 "$BENCH_DIR/cpu_gauge.py"; }
 
-# The W1 body: the Observation's subject is the Patient's urn:uuid.
+# The "transaction" body: W1's shape with the example resources.
 TRANSACTION_BODY="$OUT/transaction.json"
 python3 "$BENCH_DIR/w1_bundle.py" "$PATIENT_BODY" "$OBSERVATION_BODY" "$TRANSACTION_BODY"
 
@@ -112,6 +115,7 @@ measure() { # server scenario round
   local server=$1 scenario=$2 round=$3 script=create.lua label="$3-$1-$2"
   case $scenario in
     create-Patient) export RESOURCE_TYPE=Patient BODY_FILE=$PATIENT_BODY ;;
+    w1) script=w1.lua ;;
     transaction) export RESOURCE_TYPE= BODY_FILE=$TRANSACTION_BODY ;;
     read-Patient)
       export IDS_FILE="$OUT/ids-$label.txt"; script=read.lua

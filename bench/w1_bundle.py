@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Writes issue #3's W1 request body (the Blaze load test shape): a transaction Bundle of one
-Patient and one Observation whose subject is the Patient's urn:uuid, both POSTed.
+"""Writes a transaction Bundle in issue #3's W1 shape from two given resources: one Patient and
+one Observation whose subject is the Patient's urn:uuid, both POSTed (the "transaction"
+scenario of bench/run.sh and bench/vs_hfs.sh; W1 itself, with the Blaze load test's small
+resources and fresh values per request, is bench/w1.lua).
 
 usage: w1_bundle.py PATIENT.json OBSERVATION.json OUT.json
 Ids are dropped (the server assigns them). Standard library only.
