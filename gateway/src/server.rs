@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Services};
 use crate::auth::TrustedIssuer;
 use crate::auth::dev_issuer::DevIssuer;
 use crate::auth::remote::RemoteKeys;
@@ -76,7 +76,7 @@ impl Server {
         let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{local}/fhir"));
         let (issuers, remote_keys) = trusted_issuers(config).map_err(ServeError::Auth)?;
         let audit = std::sync::Arc::new(store.open_audit_trail(&config.data_dir, config.audit_durability)?);
-        let mut state = AppState::new(store.clone(), audit, &base_url, config.limits.clone(), issuers, config.auth.anonymous);
+        let mut state = Services::new(store.clone(), audit, &base_url, config.limits.clone(), issuers, config.auth.anonymous);
         state.access.denied_reads = config.auth.denied_reads;
         state.access.consent_recorders = config.auth.consent_recorder_roles.iter().map(|role| crate::consent::Code::bare(role)).collect();
         state.access.options = std::sync::Arc::new(crate::consent::DecisionOptions {
@@ -100,7 +100,7 @@ impl Server {
                 .map_err(|error| ServeError::Auth(format!("{}: {error}", path.display())))?;
             state.smart_configuration = Some(std::sync::Arc::new(document));
         }
-        Ok(Server { listener, store, state })
+        Ok(Server { listener, store, state: AppState::from(state) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
