@@ -131,6 +131,17 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes [default: 16777216]
     #[arg(long, env = "FHIR_GATEWAY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Seconds a request body may take to arrive after its headers (then 408) [default: 30]
+    #[arg(long, env = "FHIR_GATEWAY_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
+    /// Seconds a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed [default: 10]
+    #[arg(long, env = "FHIR_GATEWAY_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Open connections at most; more wait in the listen backlog (also kept below half the
+    /// descriptor limit) [default: 4096]
+    #[arg(long, env = "FHIR_GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Issue a checkpoint at least every N ledger entries [default: 1000]
     #[arg(long, env = "FHIR_GATEWAY_CHECKPOINT_EVERY_ENTRIES")]
     pub checkpoint_every_entries: Option<u64>,
@@ -176,6 +187,14 @@ pub struct ServeArgs {
     /// comma separated [default: none]
     #[arg(long, env = "FHIR_GATEWAY_CONSENT_RECORDER_ROLES")]
     pub consent_recorder_roles: Option<String>,
+    /// Organisations whose backend services (`system/` tokens with this `organization` claim) may
+    /// record a Consent for a patient, comma separated; empty: none [default: Organization/local]
+    #[arg(long, env = "FHIR_GATEWAY_CONSENT_RECORDER_ORGANIZATIONS")]
+    pub consent_recorder_organizations: Option<String>,
+    /// An issuer whose tokens with only patient/ scopes and a `patient` claim are the patient's
+    /// own app even without a `fhirUser` claim (repeatable) [default: none]
+    #[arg(long = "patient-facing-issuer", value_name = "ISSUER")]
+    pub patient_facing_issuers: Vec<String>,
     /// Roles (token `subject_role` codes) that may break the glass, comma separated [default: none]
     #[arg(long, env = "FHIR_GATEWAY_EMERGENCY_ROLES")]
     pub emergency_roles: Option<String>,
@@ -192,6 +211,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub base_url: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub body_read_timeout_secs: Option<u64>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub audit_durability: Option<crate::audit::Durability>,
     #[serde(default)]
@@ -212,6 +234,8 @@ pub struct FileAuthConfig {
     pub author_org_treatment: Option<bool>,
     pub denied_reads: Option<crate::access::DeniedReads>,
     pub consent_recorder_roles: Option<Vec<String>>,
+    pub consent_recorder_organizations: Option<Vec<String>>,
+    pub patient_facing_issuers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +264,10 @@ pub struct AuthConfig {
     pub denied_reads: crate::access::DeniedReads,
     /// Roles that may record Consents on a patient's behalf (docs/CONSENT.md).
     pub consent_recorder_roles: Vec<String>,
+    /// Organisations whose backend services may record Consents (docs/CONSENT.md).
+    pub consent_recorder_organizations: Vec<String>,
+    /// Issuers whose patient-only tokens are the patient's own app (docs/CONSENT.md).
+    pub patient_facing_issuers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +311,8 @@ impl Default for Config {
                 author_org_treatment: true,
                 denied_reads: crate::access::DeniedReads::NotFound,
                 consent_recorder_roles: Vec::new(),
+                consent_recorder_organizations: vec!["Organization/local".to_string()],
+                patient_facing_issuers: Vec::new(),
             },
         }
     }
@@ -310,6 +340,15 @@ impl Config {
             base_url: args.base_url.or(file.base_url),
             limits: Limits {
                 max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(defaults.limits.max_body_bytes),
+                body_read_timeout: args
+                    .body_read_timeout_secs
+                    .or(file.body_read_timeout_secs)
+                    .map_or(defaults.limits.body_read_timeout, |seconds| Duration::from_secs(seconds.max(1))),
+                header_read_timeout: args
+                    .header_read_timeout_secs
+                    .or(file.header_read_timeout_secs)
+                    .map_or(defaults.limits.header_read_timeout, |seconds| Duration::from_secs(seconds.max(1))),
+                max_connections: args.max_connections.or(file.max_connections).unwrap_or(defaults.limits.max_connections).max(1),
                 ..defaults.limits
             },
             store: StoreOptions {
@@ -348,6 +387,14 @@ impl Config {
                 consent_recorder_roles: match args.consent_recorder_roles {
                     Some(roles) => comma_list(&roles),
                     None => file.auth.consent_recorder_roles.unwrap_or_default(),
+                },
+                consent_recorder_organizations: match args.consent_recorder_organizations {
+                    Some(organizations) => comma_list(&organizations),
+                    None => file.auth.consent_recorder_organizations.unwrap_or(defaults.auth.consent_recorder_organizations),
+                },
+                patient_facing_issuers: match args.patient_facing_issuers.as_slice() {
+                    [] => file.auth.patient_facing_issuers.unwrap_or_default(),
+                    issuers => issuers.to_vec(),
                 },
             },
         })

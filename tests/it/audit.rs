@@ -167,3 +167,37 @@ async fn with_before_response_durability_an_answered_read_is_in_the_trail_even_a
     let reads = trail.iter().filter(|event| event["subtype"][0]["code"] == "read" && names(event, "Observation/obs-pat-a")).count();
     assert_eq!(reads, 5, "{trail:#?}");
 }
+
+#[tokio::test]
+async fn refused_authentications_are_audited_once_per_reason_and_window() {
+    let gateway = Gateway::start().await;
+    for _ in 0..5 {
+        assert_eq!(get(&gateway, "Patient", "not-a-jwt").await.status(), 401);
+    }
+    assert_eq!(reqwest::get(gateway.url("Patient")).await.unwrap().status(), 401, "no token at all");
+    // The trail is read by id (sequence numbers); the EMR's own reads add events as it goes.
+    let mut logins: Vec<Value> = Vec::new();
+    for _ in 0..50 {
+        logins.clear();
+        for id in 0..20 {
+            let response = gateway.get(&format!("AuditEvent/{id}")).await;
+            if response.status() == 404 {
+                break;
+            }
+            let event = json_body(response).await;
+            if event["type"]["code"] == "110114" {
+                logins.push(event);
+            }
+        }
+        if logins.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let reasons: Vec<&str> = logins.iter().map(|event| event["outcomeDesc"].as_str().unwrap()).collect();
+    assert_eq!(reasons.len(), 2, "one event per reason in this window, the repeats counted later: {reasons:?}");
+    assert!(reasons.contains(&"authentication failed: no access token"), "{reasons:?}");
+    for event in &logins {
+        assert_eq!((event["subtype"][0]["code"].as_str(), event["outcome"].as_str()), (Some("110122"), Some("4")), "{event}");
+    }
+}

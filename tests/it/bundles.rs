@@ -232,3 +232,22 @@ async fn all_synthea_transaction_bundles_load_with_exact_counts() {
         assert_eq!(ids_of_type(&gateway, resource_type).await.len(), *count, "{resource_type}");
     }
 }
+
+#[tokio::test]
+async fn a_transaction_that_puts_and_deletes_the_same_new_id_is_refused() {
+    let gateway = Gateway::start().await;
+    let patient = json!({"resourceType": "Patient", "id": "twice", "gender": "male"});
+    let both = bundle(
+        "transaction",
+        vec![
+            json!({"resource": patient, "request": {"method": "PUT", "url": "Patient/twice"}}),
+            json!({"request": {"method": "DELETE", "url": "Patient/twice"}}),
+        ],
+    );
+    let text = expect_outcome(post_bundle(&gateway, &both).await, 400).await;
+    assert!(text.contains("more than one entry"), "{text}");
+    assert_eq!(gateway.get("Patient/twice").await.status(), 404, "nothing was stored");
+    // The same with an existing id, for comparison.
+    assert_eq!(gateway.put("Patient/twice", &json!({"resourceType": "Patient", "id": "twice"})).await.status(), 201);
+    expect_outcome(post_bundle(&gateway, &both).await, 400).await;
+}

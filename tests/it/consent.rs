@@ -29,13 +29,13 @@ const B_DATA: [&str; 5] = ["B-1", "Bravo", "1980-02-02", "Hemoglobin", "Body tem
 const B_IDS: [&str; 2] = ["pat-b", "obs-b"];
 
 /// What the gateway answered.
-struct Answer {
-    status: u16,
-    text: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) text: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text))
     }
 
@@ -57,14 +57,14 @@ impl Answer {
 }
 
 /// A client with its own token (the harness's default client sends the EMR's).
-struct Caller {
+pub(crate) struct Caller {
     http: reqwest::Client,
     base: String,
     authorization: String,
 }
 
 impl Caller {
-    fn new(gateway: &Gateway, flags: &[&str]) -> Caller {
+    pub(crate) fn new(gateway: &Gateway, flags: &[&str]) -> Caller {
         let token = gateway.token(flags);
         Caller { http: reqwest::Client::new(), base: gateway.base(), authorization: format!("Bearer {token}") }
     }
@@ -73,7 +73,7 @@ impl Caller {
         if path.starts_with("http") { path.to_string() } else { format!("{}/{}", self.base, path.trim_start_matches('/')) }
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+    pub(crate) async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
         let mut request = self.http.request(method, self.url(path)).header("authorization", &self.authorization);
         if let Some(body) = body {
             request = request.header("content-type", FHIR_JSON).body(body.to_string());
@@ -83,31 +83,31 @@ impl Caller {
         Answer { status, text: response.text().await.expect("body") }
     }
 
-    async fn get(&self, path: &str) -> Answer {
+    pub(crate) async fn get(&self, path: &str) -> Answer {
         self.send(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Answer {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Answer {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
-    async fn put(&self, path: &str, body: &Value) -> Answer {
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> Answer {
         self.send(reqwest::Method::PUT, path, Some(body)).await
     }
 
-    async fn delete(&self, path: &str) -> Answer {
+    pub(crate) async fn delete(&self, path: &str) -> Answer {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
     /// A GET that must succeed: its JSON body.
-    async fn read(&self, path: &str) -> Value {
+    pub(crate) async fn read(&self, path: &str) -> Value {
         let answer = self.get(path).await;
         assert_eq!(answer.status, 200, "GET {path}: {}", answer.text);
         answer.json()
     }
 
     /// A write that must answer `status`: its JSON body.
-    async fn expect_write(&self, method: reqwest::Method, path: &str, body: &Value, status: u16) -> Value {
+    pub(crate) async fn expect_write(&self, method: reqwest::Method, path: &str, body: &Value, status: u16) -> Value {
         let answer = self.send(method.clone(), path, Some(body)).await;
         assert_eq!(answer.status, status, "{method} {path}: {}", answer.text);
         answer.json()
@@ -115,18 +115,18 @@ impl Caller {
 }
 
 /// The EMR: what `gateway.http` sends, as a [`Caller`].
-fn emr(gateway: &Gateway) -> Caller {
+pub(crate) fn emr(gateway: &Gateway) -> Caller {
     Caller::new(gateway, &["--scope", "system/*.cruds"])
 }
 
 /// Patient `id`'s own app (no organisation).
-fn patient_app(gateway: &Gateway, id: &str, scope: &str) -> Caller {
+pub(crate) fn patient_app(gateway: &Gateway, id: &str, scope: &str) -> Caller {
     Caller::new(gateway, &["--scope", scope, "--patient", id, "--fhir-user", &format!("Patient/{id}"), "--organization", ""])
 }
 
 /// Practitioner `id` of no organisation (so only Consents, never the author-organisation
 /// default, let them read), with `user/*.rs` and purpose TREAT unless `extra` says otherwise.
-fn practitioner(gateway: &Gateway, id: &str, extra: &[&str]) -> Caller {
+pub(crate) fn practitioner(gateway: &Gateway, id: &str, extra: &[&str]) -> Caller {
     let user = format!("Practitioner/{id}");
     let mut flags = vec!["--scope", "user/*.rs", "--fhir-user", &user, "--organization", ""];
     flags.extend_from_slice(extra);
@@ -176,7 +176,7 @@ fn observation(
 /// - B: `obs-b-vital` (heart rate), `obs-b-vital2` (temperature, derived from `obs-b-lab`),
 ///   `obs-b-lab` (glucose), `obs-b-lab2` (haemoglobin, derived from `obs-b-vital` and A's
 ///   `obs-a-vital`).
-async fn seed(emr: &Caller) {
+pub(crate) async fn seed(emr: &Caller) {
     let resources = [
         patient_resource("pat-a", "A-1", "Alpha", "Ann", "female", "1970-01-01"),
         patient_resource("pat-b", "B-1", "Bravo", "Bob", "male", "1980-02-02"),
@@ -207,7 +207,7 @@ async fn seed(emr: &Caller) {
 }
 
 /// A patient-privacy Consent of `patient` with this root provision.
-fn consent(id: &str, patient: &str, provision: Value) -> Value {
+pub(crate) fn consent(id: &str, patient: &str, provision: Value) -> Value {
     json!({
         "resourceType": "Consent", "id": id, "status": "active",
         "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
@@ -220,7 +220,7 @@ fn consent(id: &str, patient: &str, provision: Value) -> Value {
 }
 
 /// An actor who receives the information (role IRCP).
-fn recipient(reference: &str) -> Value {
+pub(crate) fn recipient(reference: &str) -> Value {
     json!({ "role": { "coding": [{ "system": PARTICIPATION, "code": "IRCP" }] }, "reference": { "reference": reference } })
 }
 
@@ -312,7 +312,7 @@ async fn assert_same_as_unknown(caller: &Caller, hidden: &str, unknown: &str) {
 }
 
 /// An OperationOutcome with this status and issue code.
-fn assert_outcome(context: &str, answer: &Answer, status: u16, code: &str) {
+pub(crate) fn assert_outcome(context: &str, answer: &Answer, status: u16, code: &str) {
     assert_eq!(answer.status, status, "{context}: {}", answer.text);
     let body = answer.json();
     assert_eq!(body["resourceType"], "OperationOutcome", "{context}: {body}");
@@ -1048,15 +1048,16 @@ async fn apps_cannot_write_audit_events_or_another_patients_consent() {
     assert_eq!(created["patient"]["reference"], "Patient/pat-a");
     assert_eq!(practitioner(&gateway, "p1", &[]).read("Observation/obs-a-lab").await["id"], "obs-a-lab", "A's Consent applies");
 
-    // B's own Consent cannot be changed, moved or deleted by A.
+    // B's own Consent cannot be changed, moved or deleted by A, who cannot see it: refused as an
+    // unknown id would be.
     let mut b_consent = consent("consent-b", "pat-b", json!({ "type": "permit", "actor": [recipient("Practitioner/p2")] }));
     b.expect_write(reqwest::Method::PUT, "Consent/consent-b", &b_consent, 201).await;
     b_consent["status"] = json!("inactive");
-    assert_outcome("A revoking B's Consent", &a.put("Consent/consent-b", &b_consent).await, 403, "forbidden");
+    assert_outcome("A revoking B's Consent", &a.put("Consent/consent-b", &b_consent).await, 404, "not-found");
     b_consent["status"] = json!("active");
     b_consent["patient"]["reference"] = json!("Patient/pat-a");
-    assert_outcome("A taking over B's Consent", &a.put("Consent/consent-b", &b_consent).await, 403, "forbidden");
-    assert_outcome("A deleting B's Consent", &a.delete("Consent/consent-b").await, 403, "forbidden");
+    assert_outcome("A taking over B's Consent", &a.put("Consent/consent-b", &b_consent).await, 404, "not-found");
+    assert_outcome("A deleting B's Consent", &a.delete("Consent/consent-b").await, 404, "not-found");
     let kept = b.read("Consent/consent-b").await;
     assert_eq!((kept["status"].as_str(), kept["meta"]["versionId"].as_str()), (Some("active"), Some("1")));
     assert_eq!(practitioner(&gateway, "p2", &[]).read("Observation/obs-b-lab").await["id"], "obs-b-lab", "B's Consent still applies");

@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod availability;
 mod bundles;
 mod cli;
 mod consent;
@@ -15,3 +16,4 @@ mod roundtrip;
 mod search;
 mod search_core;
 mod validation;
+mod write_access;

@@ -487,3 +487,52 @@ async fn total_none_pages_like_a_counted_search_without_a_total() {
     }
     assert_eq!(seen, ids(&counted), "the same resources in the same (ledger) order");
 }
+
+#[tokio::test]
+async fn chains_have_at_most_three_links_as_documented() {
+    let gateway = Gateway::start().await;
+    let parent = json_body(gateway.post("Organization", &json!({"resourceType": "Organization", "name": "Parent"})).await).await;
+    let child = json!({"resourceType": "Organization", "name": "Child", "partOf": {"reference": format!("Organization/{}", parent["id"].as_str().unwrap())}});
+    let child = json_body(gateway.post("Organization", &child).await).await;
+    let patient = json!({"resourceType": "Patient", "managingOrganization": {"reference": format!("Organization/{}", child["id"].as_str().unwrap())}});
+    let patient = json_body(gateway.post("Patient", &patient).await).await;
+    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": format!("Patient/{}", patient["id"].as_str().unwrap())}});
+    assert_eq!(gateway.post("Observation", &observation).await.status(), 201);
+    let three = json_body(gateway.get("Observation?subject:Patient.organization.partof.name=parent").await).await;
+    assert_eq!(three["total"], 1, "three links: {three}");
+    for lenient in [false, true] {
+        let mut request = gateway.http.get(gateway.url("Observation?subject:Patient.organization.partof.partof.name=parent"));
+        if lenient {
+            request = request.header("prefer", "handling=lenient");
+        }
+        let text = expect_outcome(request.send().await.unwrap(), 400).await;
+        assert!(text.contains("at most 3 links"), "four links, lenient {lenient}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_system_search_returns_its_includes_and_bounds_them_per_page() {
+    let gateway = Gateway::start().await;
+    let patient = json_body(gateway.post("Patient", &json!({"resourceType": "Patient", "gender": "other"})).await).await;
+    let reference = format!("Patient/{}", patient["id"].as_str().unwrap());
+    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": reference}});
+    assert_eq!(gateway.post("Observation", &observation).await.status(), 201);
+    let found = json_body(gateway.get("?_type=Observation,Condition&_include=Observation:subject").await).await;
+    let modes: Vec<(&str, &str)> = entries(&found)
+        .iter()
+        .map(|entry| (entry["resource"]["resourceType"].as_str().unwrap(), entry["search"]["mode"].as_str().unwrap()))
+        .collect();
+    assert_eq!(modes, [("Observation", "match"), ("Patient", "include")], "{found}");
+    // More revincludes than a page carries: the first 1,000 and an OperationOutcome saying so.
+    let many: Vec<Value> =
+        (0..1_001).map(|_| json!({"resource": observation.clone(), "request": {"method": "POST", "url": "Observation"}})).collect();
+    let response = gateway.post("", &json!({"resourceType": "Bundle", "type": "batch", "entry": many})).await;
+    assert_eq!(response.status(), 200);
+    let page =
+        json_body(gateway.get(&format!("Patient?_id={}&_revinclude=Observation:subject", patient["id"].as_str().unwrap())).await).await;
+    let included = entries(&page).iter().filter(|entry| entry["search"]["mode"] == "include").count();
+    let outcome = entries(&page).iter().find(|entry| entry["search"]["mode"] == "outcome").expect("an OperationOutcome entry");
+    assert_eq!(included, 1_000);
+    assert_eq!(outcome["resource"]["issue"][0]["code"], "too-costly", "{outcome}");
+}

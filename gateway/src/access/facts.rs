@@ -42,12 +42,17 @@ pub fn compartment_patients(resource: &Value) -> Vec<String> {
 
 /// Whether resources of this type may hold a patient's data: the type is in the R4 Patient
 /// compartment, has a `patient` or `subject` parameter, or is a container whose content cannot
-/// be attributed (Binary, Bundle). Such a resource whose patient cannot be determined (a
+/// be attributed (Binary, Bundle); AuditEvents only when they name a patient. Such a resource whose patient cannot be determined (a
 /// contained or identifier-only subject) is judged as an unknown patient's: nobody's Consent can
 /// grant it, a `patient/` scope does not reach it.
 pub fn holds_patient_data(resource_type: &str) -> bool {
+    if resource_type == "AuditEvent" {
+        // Written by the gateway alone, naming the patient whose data was accessed; one that
+        // names none (a failed login, a search of no one's data) is nobody's data.
+        return false;
+    }
     let table = SearchParamTable::r4();
-    matches!(resource_type, "Patient" | "AuditEvent" | "Binary" | "Bundle")
+    matches!(resource_type, "Patient" | "Binary" | "Bundle")
         || !table.patient_compartment_params(resource_type).is_empty()
         || table.param(resource_type, "patient").is_some()
         || table.param(resource_type, "subject").is_some_and(|param| param.targets.iter().any(|target| target == "Patient"))

@@ -69,6 +69,8 @@ pub struct Access {
     shared: Shared,
     now_ms: i64,
     decided: Mutex<Vec<Decided>>,
+    /// No token: never reaches a patient's compartment, whatever a Consent says.
+    anonymous: bool,
 }
 
 /// What every request shares: the current Consents, the facts of recently judged versions, the
@@ -82,6 +84,12 @@ pub struct Shared {
     /// Roles (`subject_role`) with which a practitioner or related person may record a Consent
     /// on a patient's behalf (`--consent-recorder-roles`; default none).
     pub consent_recorders: Arc<[Code]>,
+    /// Organisations whose backend services may record a Consent on a patient's behalf
+    /// (`--consent-recorder-organizations`; default `Organization/local`, the local EMR).
+    pub consent_recorder_organizations: Arc<[String]>,
+    /// Issuers whose tokens with only `patient/` scopes are the patient's own app even without a
+    /// `fhirUser` (`--patient-facing-issuer`; default none).
+    pub patient_facing_issuers: Arc<[String]>,
 }
 
 /// How a read of one resource the caller may not see is answered (`--denied-reads`). Searches
@@ -104,17 +112,18 @@ impl Access {
         Access {
             principal_name: Some(format!("{}|{who}", token.issuer)),
             client_id: token.client_id.clone(),
-            requester: requester(token),
+            requester: requester(token, &shared.patient_facing_issuers),
             scopes: token.scopes.clone(),
             patient_context: token.patient.clone(),
             shared: shared.clone(),
             now_ms,
             decided: Mutex::new(Vec::new()),
+            anonymous: false,
         }
     }
 
     /// Anonymous access (where configured): may read and search what is in no patient's
-    /// compartment; patients' data needs a Consent naming nobody in particular, which cannot be.
+    /// compartment, never a patient's data (not even with a Consent that names no actor).
     pub fn anonymous(shared: &Shared, now_ms: i64) -> Access {
         let requester = Requester {
             kind: RequesterKind::System,
@@ -134,6 +143,7 @@ impl Access {
             shared: shared.clone(),
             now_ms,
             decided: Mutex::new(Vec::new()),
+            anonymous: true,
         }
     }
 
@@ -171,6 +181,11 @@ impl Access {
         Ok(())
     }
 
+    /// Whether the token grants anything at all (checked before a Bundle's body is read).
+    pub fn require_any(&self) -> Result<(), String> {
+        if self.scopes.grants_anything() { Ok(()) } else { Err("the access token grants no resource scope".into()) }
+    }
+
     /// Whether `resource` (a version written by `author`) may be disclosed by `interaction`.
     pub fn may_read(&self, interaction: Interaction, resource: &Value, author: Option<&str>) -> bool {
         self.judge(interaction, &VersionFacts::of(resource, author), || Some(resource.clone()))
@@ -198,7 +213,20 @@ impl Access {
     fn judge(&self, interaction: Interaction, facts: &VersionFacts, content: impl FnOnce() -> Option<Value>) -> bool {
         let permission = if interaction == Interaction::Search { Permission::Search } else { Permission::Read };
         let unknown = facts.unknown_patient.is_some();
-        if !self.scope_reaches(permission, &facts.resource_type, &facts.patients, unknown, content) {
+        if !self.scope_reaches(permission, Reach::Read, &facts.resource_type, &facts.patients, unknown, content) {
+            return false;
+        }
+        if self.anonymous && (unknown || !facts.patients.is_empty()) {
+            for (patient, facts) in facts.patients.iter().zip(&facts.per_patient) {
+                self.keep(Decided {
+                    patient: patient.clone(),
+                    resource: facts.reference.clone(),
+                    permit: false,
+                    reason: "denied: anonymous access never reaches a patient's record".into(),
+                    consent: None,
+                    emergency: false,
+                });
+            }
             return false;
         }
         let mut permitted = true;
@@ -257,6 +285,7 @@ impl Access {
     fn scope_reaches(
         &self,
         permission: Permission,
+        reach: Reach,
         resource_type: &str,
         patients: &[String],
         unknown: bool,
@@ -266,7 +295,9 @@ impl Access {
         let mut parsed: Option<Option<Value>> = None;
         self.scopes.granting(resource_type, permission).into_iter().any(|scope| {
             let in_context = scope.context != ScopeContext::Patient
-                || (!unknown && patients.iter().all(|patient| self.patient_context.as_deref() == Some(patient.as_str())));
+                || (!unknown
+                    && (reach == Reach::Read || !patients.is_empty())
+                    && patients.iter().all(|patient| self.patient_context.as_deref() == Some(patient.as_str())));
             if !in_context {
                 return false;
             }
@@ -312,18 +343,15 @@ impl Access {
         before: Option<&Value>,
         after: Option<&Value>,
     ) -> Result<(), String> {
-        if key.resource_type == "Consent"
-            && matches!(self.requester.kind, RequesterKind::Practitioner | RequesterKind::RelatedPerson)
-            && !self.requester.roles.iter().any(|role| self.shared.consent_recorders.iter().any(|allowed| allowed.matches(role)))
-        {
-            return Err("a Consent is written by the patient, a backend system, or a user with a consent-recorder role".into());
+        if key.resource_type == "Consent" && !self.may_record_consents() {
+            return Err("a Consent is written by the patient, a user with a consent-recorder role, or a backend service of a consent-recorder organisation".into());
         }
         for content in [before, after].into_iter().flatten() {
             let patients = facts::compartment_patients(content);
             let unknown = patients.is_empty() && facts::holds_patient_data(&key.resource_type);
-            if !self.scope_reaches(permission, &key.resource_type, &patients, unknown, || Some(content.clone())) {
+            if !self.scope_reaches(permission, Reach::Write, &key.resource_type, &patients, unknown, || Some(content.clone())) {
                 return Err(format!(
-                    "the access token's {} scopes do not reach this {} (another patient's compartment or a category the scope excludes)",
+                    "the access token's {} scopes do not reach this {} (patient/ scopes write only in their patient's compartment; a category the scope excludes)",
                     permission_name(permission),
                     key.resource_type
                 ));
@@ -336,6 +364,33 @@ impl Access {
         }
         Ok(())
     }
+}
+
+impl Access {
+    /// Whether this requester may record Consents: the patient (their own, checked with the
+    /// compartment), a practitioner or related person with a consent-recorder role, a backend
+    /// service of a consent-recorder organisation.
+    fn may_record_consents(&self) -> bool {
+        match self.requester.kind {
+            RequesterKind::Patient => true,
+            RequesterKind::Practitioner | RequesterKind::RelatedPerson => {
+                self.requester.roles.iter().any(|role| self.shared.consent_recorders.iter().any(|allowed| allowed.matches(role)))
+            }
+            RequesterKind::System => self
+                .requester
+                .organization
+                .as_deref()
+                .is_some_and(|organization| self.shared.consent_recorder_organizations.iter().any(|allowed| allowed == organization)),
+        }
+    }
+}
+
+/// What a `patient/` scope reaches: for reads, its patient's compartment and what is in no
+/// patient's compartment (Practitioners, Organizations…); for writes, its patient's compartment only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Read,
+    Write,
 }
 
 impl ReadGuard for Access {
@@ -365,6 +420,10 @@ impl WriteGuard for Access {
 
     fn sees(&self, version: &StoredVersion, content: &Value) -> bool {
         self.may_read_content(Interaction::Read, version, content)
+    }
+
+    fn hidden(&self) -> crate::store::StoreError {
+        self.refused_read()
     }
 }
 
@@ -409,19 +468,24 @@ fn permission_name(permission: Permission) -> &'static str {
     }
 }
 
-/// The requester a token describes. `fhirUser` says who the user is; without one, a token with
-/// only `patient/` scopes is the patient's own app, anything else a backend service.
-pub fn requester(token: &AccessToken) -> Requester {
-    let user = token.fhir_user.as_deref().map(relative_reference);
+/// The requester a token describes. `fhirUser` says who the user is: a caller is the patient
+/// only when it names a Patient, or when the token comes from an issuer configured as
+/// patient-facing (`--patient-facing-issuer`, whose tokens with only `patient/` scopes and a
+/// `patient` claim are the patient's own app). An app launched from an EHR gets `patient/`
+/// scopes and a patient context too; without a user it is a backend service, bound by the
+/// patient's Consents like any other reader.
+fn requester(token: &AccessToken, patient_facing_issuers: &[String]) -> Requester {
+    let user = token.fhir_user.clone();
     let user_type = user.as_deref().and_then(|user| user.split_once('/')).map(|(resource_type, _)| resource_type);
     let patient_only = token.scopes.has_context(ScopeContext::Patient)
         && !token.scopes.has_context(ScopeContext::User)
         && !token.scopes.has_context(ScopeContext::System);
+    let patient_facing = patient_facing_issuers.contains(&token.issuer);
     let kind = match user_type {
         Some("Patient") => RequesterKind::Patient,
         Some("Practitioner" | "PractitionerRole") => RequesterKind::Practitioner,
         Some("RelatedPerson") => RequesterKind::RelatedPerson,
-        _ if patient_only && token.patient.is_some() => RequesterKind::Patient,
+        None if patient_facing && patient_only && token.patient.is_some() => RequesterKind::Patient,
         _ => RequesterKind::System,
     };
     let patient = match (kind, user.as_deref().and_then(|user| user.strip_prefix("Patient/"))) {

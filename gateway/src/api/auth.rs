@@ -45,14 +45,14 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     let now_ms = (crate::fhir::now_instant().unix_timestamp_nanos() / 1_000_000) as i64;
     let access = match authorization {
         None if state.anonymous => Access::anonymous(&state.access, now_ms),
-        None => return ApiError::unauthorized(None).into_response(),
+        None => return refuse(&state, None),
         Some(value) => {
             let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
-                return ApiError::unauthorized(Some("the Authorization header is not a Bearer token")).into_response();
+                return refuse(&state, Some("the Authorization header is not a Bearer token"));
             };
             match verify(&state, token.trim(), (now_ms / 1000).max(0) as u64).await {
                 Ok(token) => Access::for_token(&token, &state.access, now_ms),
-                Err(error) => return ApiError::unauthorized(Some(&error.to_string())).into_response(),
+                Err(error) => return refuse(&state, Some(&error.to_string())),
             }
         }
     };
@@ -74,6 +74,28 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         Ok(()) => response,
         Err(reason) => super::audit::unavailable(&reason).into_response(),
     }
+}
+
+/// A `401`, recorded in the audit trail as a failed authentication (grouped per reason, see
+/// [`crate::audit::login`]; the answer does not wait for the trail).
+fn refuse(state: &AppState, invalid_token: Option<&str>) -> Response {
+    let reason = invalid_token.unwrap_or("no access token");
+    let records = state.login_failures.refused(reason, std::time::Instant::now(), &crate::fhir::format_instant(crate::fhir::now_instant()));
+    record_login_failures(state, records);
+    ApiError::unauthorized(invalid_token).into_response()
+}
+
+/// Records failed-authentication events without making anyone wait for them.
+pub fn record_login_failures(state: &AppState, records: Vec<crate::audit::AuditRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    let audit = Arc::clone(&state.audit);
+    tokio::spawn(async move {
+        if let Err(reason) = audit.record(&records).await {
+            tracing::error!(reason, "failed authentications could not be recorded");
+        }
+    });
 }
 
 /// A JWT is verified against the trusted issuers' keys (fetched again once if it names a key

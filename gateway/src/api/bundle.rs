@@ -1,9 +1,7 @@
 //! `POST [base]` with a transaction or batch Bundle (R4 §3.1.0.11).
 
-use std::sync::Arc;
-
-use axum::extract::{FromRequest, RawQuery, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -26,17 +24,10 @@ pub async fn transaction_or_batch(
 ) -> Result<Response, ApiError> {
     parameters(&headers, query.as_deref(), &[])?;
     let prefer = Prefer::from_headers(&headers);
-    // Bundles can be large: the bytes of Bundles in flight are bounded (the others wait before
-    // their bodies are read), so memory stays bounded; a body without a length counts as the
-    // largest allowed.
-    let budget_kib = (state.limits.bundle_bytes_in_flight / 1024).max(1);
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()).and_then(|value| value.parse::<usize>().ok());
-    let kib = declared.unwrap_or(state.limits.max_body_bytes).div_ceil(1024).max(16).min(budget_kib);
-    let _permit = Arc::clone(&state.bundle_permits)
-        .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the gateway is shutting down"))?;
-    let FhirJson(body) = FhirJson::from_request(request, &state).await?;
+    // Nothing is read, nor any of the Bundle budget taken, for a token that grants nothing.
+    access.0.require_any().map_err(ApiError::forbidden)?;
+    // Bundles can be large: the bytes of Bundles in flight are bounded (see FhirJson::read).
+    let (FhirJson(body), _permit) = FhirJson::read(request, &state, Some(&state.bundle_permits)).await?;
     let parsed = bundle::parse_bundle(body, &state.base_url, state.limits.max_bundle_entries).map_err(|error| {
         let api_error = ApiError::bad_request(error.message.clone());
         match error.position {

@@ -2,12 +2,17 @@
 //! `Prefer`, `If-Match`, `If-None-Exist` and `_format`/`Accept`. Every rejection is an
 //! [`ApiError`], so a malformed request gets the same OperationOutcome as everything else.
 
-use axum::body::Body;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use super::error::ApiError;
@@ -26,6 +31,22 @@ impl FromRequest<AppState> for FhirJson {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        FhirJson::read(request, state, None).await.map(|(json, _)| json)
+    }
+}
+
+impl FhirJson {
+    /// Reads and parses the body. It must be at most `max_body_bytes` (`413`, answered after the
+    /// body is read and dropped, so that the client sees it instead of a broken pipe), arrive
+    /// within `body_read_timeout` of the headers (`408`) and be well-formed HTTP (`400`).
+    /// With a `budget` (Bundles, in KiB permits), the body holds its share of it as its bytes
+    /// arrive (at least 16 KiB; see [`Reservation::grow`]), so a client that announces a large
+    /// body and sends little holds little; the permit lives as long as the caller keeps it.
+    pub async fn read(
+        request: Request,
+        state: &AppState,
+        budget: Option<&Arc<Semaphore>>,
+    ) -> Result<(FhirJson, Option<OwnedSemaphorePermit>), ApiError> {
         let limit = state.limits.max_body_bytes;
         let too_large = || {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-long", format!("the request body is larger than the limit of {limit} bytes"))
@@ -43,17 +64,109 @@ impl FromRequest<AppState> for FhirJson {
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<usize>().ok());
+        let deadline = tokio::time::Instant::now() + state.limits.body_read_timeout;
+        let mut body = request.into_body();
         if declared.is_some_and(|length| length > limit) {
+            drain(&mut body, declared.unwrap_or_default().min(limit.saturating_mul(2)), deadline).await;
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(Body::new(request.into_body()), limit).await.map_err(|_| too_large())?;
+        let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+        let mut reserved = Reservation { permit: None, kib: 0 };
+        while let Some(frame) = next_frame(&mut body, deadline).await? {
+            let Ok(data) = frame.into_data() else { continue };
+            if bytes.len() + data.len() > limit {
+                drain(&mut body, limit, deadline).await;
+                return Err(too_large());
+            }
+            if let Some(budget) = budget {
+                let budget_kib = (state.limits.bundle_bytes_in_flight / 1024).max(1);
+                let arrived_kib = (bytes.len() + data.len()).div_ceil(1024).max(16).min(budget_kib);
+                let expected_kib = declared.unwrap_or(limit).div_ceil(1024).max(arrived_kib).min(budget_kib);
+                reserved.grow(budget, arrived_kib, expected_kib, deadline).await?;
+            }
+            bytes.extend_from_slice(&data);
+        }
         let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
         let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
             .map_err(|error| ApiError::bad_request(format!("the body is not valid JSON: {error}")))?;
         if !value.is_object() {
             return Err(ApiError::bad_request("the body must be a JSON object (a FHIR resource)"));
         }
-        Ok(FhirJson(value))
+        Ok((FhirJson(value), reserved.permit))
+    }
+}
+
+/// What a body being read holds of the Bundle budget, in KiB.
+struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+    kib: usize,
+}
+
+impl Reservation {
+    /// Holds at least `arrived_kib`: taken as the bytes arrive while the budget has room. When
+    /// it has none, the body lets go of what it holds and waits for all it expects
+    /// (`expected_kib`) at once, so bodies half read never hold the budget against each other;
+    /// waiting past `deadline` is a `503`.
+    async fn grow(
+        &mut self,
+        budget: &Arc<Semaphore>,
+        arrived_kib: usize,
+        expected_kib: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
+        if arrived_kib <= self.kib {
+            return Ok(());
+        }
+        let permits = |kib: usize| u32::try_from(kib).unwrap_or(u32::MAX);
+        let shutting_down = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "the gateway is shutting down");
+        match Arc::clone(budget).try_acquire_many_owned(permits(arrived_kib - self.kib)) {
+            Ok(more) => match &mut self.permit {
+                Some(permit) => permit.merge(more),
+                None => self.permit = Some(more),
+            },
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(shutting_down()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                self.permit = None;
+                let all = tokio::time::timeout_at(deadline, Arc::clone(budget).acquire_many_owned(permits(expected_kib)))
+                    .await
+                    .map_err(|_| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "transient",
+                            "too many Bundles are being processed; try again shortly",
+                        )
+                    })?
+                    .map_err(|_| shutting_down())?;
+                self.permit = Some(all);
+                self.kib = expected_kib;
+                return Ok(());
+            }
+        }
+        self.kib = arrived_kib;
+        Ok(())
+    }
+}
+
+/// The body's next frame by `deadline`: `408` if it does not come, `400` if the body is not
+/// well-formed HTTP (a malformed chunk, a connection closed mid-body).
+async fn next_frame(body: &mut Body, deadline: tokio::time::Instant) -> Result<Option<Frame<Bytes>>, ApiError> {
+    match tokio::time::timeout_at(deadline, body.frame()).await {
+        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body did not arrive in time")),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(frame))) => Ok(Some(frame)),
+        Ok(Some(Err(_))) => Err(ApiError::bad_request("the request body could not be read: malformed (e.g. a bad chunk) or cut off")),
+    }
+}
+
+/// Reads and drops up to `at_most` more bytes of a body that will be refused, so that the
+/// client gets the answer rather than a connection reset while it is still sending.
+async fn drain(body: &mut Body, at_most: usize, deadline: tokio::time::Instant) {
+    let mut seen = 0usize;
+    while seen <= at_most {
+        match next_frame(body, deadline).await {
+            Ok(Some(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
     }
 }
 

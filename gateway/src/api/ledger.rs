@@ -22,11 +22,19 @@ pub async fn checkpoint(State(state): State<AppState>) -> Result<Response, ApiEr
     Ok(response)
 }
 
-/// `GET /healthz`: 200 while writes are accepted, 503 after a storage failure.
-pub async fn health(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.store.is_accepting_writes() {
-        Ok("ok\n")
-    } else {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", "writes are refused after a storage failure"))
+/// `GET /healthz`: 200 with `{"status": "ok", "components": {...}}` while every component works
+/// (store writes, search indexer, audit trail), else 503 naming each failing one and why.
+pub async fn health(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let audit = if state.audit.is_failed() { Err("the audit trail stopped after a storage failure".to_string()) } else { Ok(()) };
+    let components: Vec<(&str, Result<(), String>)> = state.store.health().into_iter().chain([("audit", audit)]).collect();
+    let failing: Vec<String> =
+        components.iter().filter_map(|(name, health)| health.as_ref().err().map(|why| format!("{name}: {why}"))).collect();
+    if !failing.is_empty() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", failing.join("; ")));
     }
+    let body = serde_json::json!({
+        "status": "ok",
+        "components": components.iter().map(|(name, _)| (name.to_string(), serde_json::json!("ok"))).collect::<serde_json::Map<_, _>>(),
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
 }

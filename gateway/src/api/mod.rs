@@ -40,6 +40,13 @@ pub struct Limits {
     pub bundle_bytes_in_flight: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
+    /// How long a request body may take to arrive, from the end of its headers (then `408`).
+    pub body_read_timeout: std::time::Duration,
+    /// How long a connection may take to send a request's headers, or sit idle between
+    /// requests, before it is closed.
+    pub header_read_timeout: std::time::Duration,
+    /// Open connections at most (the rest wait in the listen backlog).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +57,9 @@ impl Default for Limits {
             bundle_bytes_in_flight: 8 * 1024 * 1024,
             default_page_size: 50,
             max_page_size: 500,
+            body_read_timeout: std::time::Duration::from_secs(30),
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 4_096,
         }
     }
 }
@@ -93,6 +103,8 @@ pub struct Services {
     pub smart_configuration: Option<Arc<serde_json::Value>>,
     /// Where every request's AuditEvents go.
     pub audit: Arc<crate::audit::AuditTrail>,
+    /// Requests refused with `401`, grouped for the audit trail.
+    pub login_failures: Arc<crate::audit::login::LoginFailures>,
     /// What every request's access decisions share: current Consents, the facts cache, the
     /// gateway-wide consent options (author-organisation default, emergency roles).
     pub access: crate::access::Shared,
@@ -121,8 +133,11 @@ impl Services {
                 options: Arc::default(),
                 denied_reads: crate::access::DeniedReads::default(),
                 consent_recorders: Arc::from([]),
+                consent_recorder_organizations: Arc::from([]),
+                patient_facing_issuers: Arc::from([]),
             },
             audit,
+            login_failures: Arc::default(),
             store,
             base_url: Arc::from(base_url),
             bundle_permits: Arc::new(tokio::sync::Semaphore::new((limits.bundle_bytes_in_flight / 1024).max(1))),

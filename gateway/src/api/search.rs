@@ -23,7 +23,7 @@ use crate::fhir::{self, Leniency, format_instant, is_valid_id, resource_type::is
 use crate::search::{SearchParamTable, SearchQuery, Summary, TotalMode, parse_query};
 use crate::store::StoredVersion;
 use crate::store::catalog::ResourceKey;
-use crate::store::search::SearchPage;
+use crate::store::search::{MAX_INCLUDES_PER_PAGE, SearchPage};
 
 /// Parameters this server handles itself (paging), not FHIR search parameters.
 const PAGING: &str = "_offset";
@@ -128,6 +128,14 @@ fn searchset(state: &AppState, path: &str, request: &Request, query: &SearchQuer
     if !count_only {
         entries.extend(page.matches.into_iter().map(|version| entry(state, version, "match", &query.elements)));
         entries.extend(page.includes.into_iter().map(|version| entry(state, version, "include", &query.elements)));
+    }
+    if page.includes_truncated && !count_only {
+        let message = format!(
+            "this page has more _include/_revinclude resources than the {MAX_INCLUDES_PER_PAGE} a page carries; \
+             the first {MAX_INCLUDES_PER_PAGE} are included: ask for fewer matches per page (_count) to get them all"
+        );
+        let outcome = operation_outcome("warning", "too-costly", &message);
+        entries.push(Entry { fields: json!({ "search": { "mode": "outcome" } }), resource: Some(Resource::Value(outcome)) });
     }
     if !query.unknown.is_empty() {
         let message = format!("ignored unknown or unsupported parameters: {}", query.unknown.join(", "));
@@ -333,6 +341,7 @@ fn page_of(all: Vec<StoredVersion>, offset: usize, count: usize) -> SearchPage {
         next_offset: (count > 0 && offset.saturating_add(count) < total).then_some(offset.saturating_add(count)),
         matches: all.into_iter().skip(offset).take(count).collect(),
         includes: Vec::new(),
+        includes_truncated: false,
         total: Some(total),
     }
 }
@@ -373,17 +382,32 @@ pub async fn search_system(
     }
     let store = state.store.clone();
     let access_for_audit = Arc::clone(&access);
-    let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
+    let (offset, count) = (request.offset, request.count);
+    let page = tokio::task::spawn_blocking(move || -> Result<SearchPage, ApiError> {
         let mut all = Vec::new();
         for query in &queries {
             all.extend(store.search(query, None, 0, usize::MAX, access.as_ref())?.matches);
         }
-        Ok(all)
+        let mut page = page_of(all, offset, count);
+        for query in &queries {
+            let (includes, truncated) = store.includes_of(query, &page.matches, access.as_ref())?;
+            page.includes_truncated |= truncated;
+            for version in includes {
+                if page.includes.len() >= MAX_INCLUDES_PER_PAGE {
+                    page.includes_truncated = true;
+                    break;
+                }
+                if !page.includes.iter().chain(&page.matches).any(|known| known.key == version.key) {
+                    page.includes.push(version);
+                }
+            }
+        }
+        Ok(page)
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
-    let page = page_of(all, request.offset, request.count);
     access_for_audit.audit_disclosed(Interaction::Search, &page.matches);
+    access_for_audit.audit_also(Interaction::Read, &page.includes);
     let query = parse(&types[0], &request)?;
     let mut request = request;
     request.pairs.insert(0, ("_type".into(), types.join(",")));

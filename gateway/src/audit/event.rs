@@ -18,6 +18,7 @@ const SECURITY_SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/securi
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 const AGENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/extra-security-role-type";
 const CLIENT_ID_SYSTEM: &str = "urn:fhir-gateway:client-id";
+const DICOM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 
 /// What happened, as the audit trail records it: the leaf of the trail is this record (compact
 /// JSON, cheap to write on every request); [`audit_event`] renders it as a FHIR AuditEvent when
@@ -137,6 +138,10 @@ pub fn audit_event(id: &str, record: &AuditRecord, gateway: &str) -> Value {
         "agent": agents,
         "source": {"observer": {"display": gateway}, "type": [{"system": SECURITY_SOURCE_TYPE, "code": "4"}]},
     });
+    if record.interaction == super::login::LOGIN {
+        event["type"] = json!({"system": DICOM, "code": "110114", "display": "User Authentication"});
+        event["subtype"] = json!([{"system": DICOM, "code": "110122", "display": "Login"}]);
+    }
     if record.emergency {
         event["purposeOfEvent"] = json!(purposes(&["BTG".to_string()]));
     } else if !record.purpose_of_use.is_empty() {

@@ -14,6 +14,7 @@
 //! audited request fails with `503`: nothing is disclosed unrecorded for longer than that.
 
 pub mod event;
+pub mod login;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -147,6 +147,11 @@ impl Scopes {
         Scopes(text.split_ascii_whitespace().filter_map(Scope::parse).collect())
     }
 
+    /// Whether any scope grants any permission on any type.
+    pub fn grants_anything(&self) -> bool {
+        self.0.iter().any(|scope| scope.permissions.iter().any(|granted| *granted))
+    }
+
     pub fn has_context(&self, context: ScopeContext) -> bool {
         self.0.iter().any(|scope| scope.context == context)
     }

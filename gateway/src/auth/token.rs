@@ -19,6 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::scopes::{ScopeContext, Scopes};
+use crate::fhir::is_valid_id;
 
 /// Accepted signature algorithms (SMART: RS256 and ES384 at least).
 pub const ALGORITHMS: [Algorithm; 5] = [Algorithm::RS256, Algorithm::RS384, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
@@ -53,6 +54,10 @@ pub enum TokenError {
     MissingPatient,
     #[error("the access token has a user/ scope but no fhirUser claim")]
     MissingFhirUser,
+    #[error("the access token's patient claim is not a FHIR id")]
+    InvalidPatient,
+    #[error("the access token's fhirUser claim is not a reference to a Patient, Practitioner, PractitionerRole, RelatedPerson or Person")]
+    InvalidFhirUser,
     #[error("the authorisation server says the access token is not active")]
     Inactive,
     #[error("the authorisation server could not be asked about the access token")]
@@ -66,9 +71,10 @@ pub struct AccessToken {
     pub subject: Option<String>,
     pub client_id: Option<String>,
     pub scopes: Scopes,
-    /// The patient in context (`patient` claim): a Patient id.
+    /// The patient in context (`patient` claim): a Patient id (checked to be a FHIR id).
     pub patient: Option<String>,
-    /// The user (`fhirUser`): a reference such as `Practitioner/123`.
+    /// The user (`fhirUser`), as the relative reference it names: `Practitioner/123` (the claim
+    /// may be that or a resource URL ending in it; checked to be a user type and a FHIR id).
     pub fhir_user: Option<String>,
     /// Seconds since the epoch.
     pub expires_at: u64,
@@ -289,8 +295,10 @@ fn access_token(issuer: String, claims: &Value, now: u64) -> Result<AccessToken,
         issuer,
         subject: text("sub"),
         client_id: text("client_id"),
-        patient: text("patient"),
-        fhir_user: text("fhirUser"),
+        patient: text("patient")
+            .map(|patient| if is_valid_id(&patient) { Ok(patient) } else { Err(TokenError::InvalidPatient) })
+            .transpose()?,
+        fhir_user: text("fhirUser").map(|user| user_reference(&user).ok_or(TokenError::InvalidFhirUser)).transpose()?,
         scopes,
         expires_at,
         not_before: seconds("nbf"),
@@ -307,6 +315,20 @@ fn access_token(issuer: String, claims: &Value, now: u64) -> Result<AccessToken,
         return Err(TokenError::MissingFhirUser);
     }
     Ok(token)
+}
+
+/// The relative reference (`Practitioner/123`) a `fhirUser` claim names: the claim is that, or
+/// a resource URL ending in it (`https://ehr.example/fhir/Practitioner/123`). The type must be one
+/// SMART allows for a user, the id a FHIR id; anything else (`Patient/?`, `Patient/a/b`) is `None`.
+pub fn user_reference(claim: &str) -> Option<String> {
+    const USER_TYPES: [&str; 5] = ["Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Person"];
+    let mut parts = claim.rsplitn(3, '/');
+    let (id, resource_type) = (parts.next()?, parts.next()?);
+    let prefix_fits = match parts.next() {
+        None => true,
+        Some(base) => base.starts_with("https://") || base.starts_with("http://"),
+    };
+    (prefix_fits && USER_TYPES.contains(&resource_type) && is_valid_id(id)).then(|| format!("{resource_type}/{id}"))
 }
 
 /// A claim holding codes: a space-separated string, an array of strings, or an array of

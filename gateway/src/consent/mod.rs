@@ -201,7 +201,9 @@ pub fn decide(
     let Some(patient) = facts.patient.as_deref() else {
         return Decision::deny(Basis::NoPatientCompartment);
     };
-    if requester.kind == RequesterKind::Patient && requester.patient.as_deref() == Some(patient) {
+    // Only a real id is anybody's own compartment: markers such as the undeterminable patient's
+    // (not a FHIR id) match no requester, whatever its claims say.
+    if requester.kind == RequesterKind::Patient && requester.patient.as_deref() == Some(patient) && crate::fhir::is_valid_id(patient) {
         return Decision::permit(Basis::OwnCompartment);
     }
     if interaction.is_read() && requester.purpose_of_use.iter().any(terminology::is_break_the_glass_purpose) {

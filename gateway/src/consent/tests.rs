@@ -163,6 +163,13 @@ fn patient_is_denied_another_patients_compartment() {
 }
 
 #[test]
+fn a_patient_marker_that_is_not_an_id_is_nobodys_own_compartment() {
+    // The undeterminable patient's marker, even if a requester claimed it as its patient.
+    let unknown = observation("o1", "?");
+    assert_eq!(read(&patient("?"), &unknown, &[]), denied(Basis::NoConsent));
+}
+
+#[test]
 fn resources_outside_patient_compartments_are_not_decided_here() {
     let organization = ResourceFacts { patient: None, ..resource("Organization/hospital", "unused") };
     assert_eq!(read(&patient("p1"), &organization, &[]), denied(Basis::NoPatientCompartment));

@@ -180,7 +180,12 @@ pub fn parse_bundle(bundle: Value, base_url: &str, max_entries: usize) -> Result
             (Method::Delete, _, _) => return Err(entry_error(position, "a DELETE entry's url must be Type/id or Type?query")),
             (Method::Get, _, _) => {}
         }
-        if let (Some(resource), RequestTarget::Type(resource_type) | RequestTarget::Instance { resource_type, .. }) = (&resource, &target)
+        if let (
+            Some(resource),
+            RequestTarget::Type(resource_type)
+            | RequestTarget::Instance { resource_type, .. }
+            | RequestTarget::Conditional { resource_type, .. },
+        ) = (&resource, &target)
             && resource.get("resourceType").and_then(Value::as_str) != Some(resource_type.as_str())
         {
             return Err(entry_error(position, format!("the resource is not a {resource_type}")));

@@ -27,7 +27,7 @@ use crate::search::reference::normalize_reference;
 use crate::search::search_params::{ParamType, SearchParam, SearchParamTable};
 
 /// Maximum number of chain / `_has` links in one parameter name.
-pub const MAX_CHAIN_DEPTH: usize = 4;
+pub const MAX_CHAIN_DEPTH: usize = 3;
 
 /// A parsed search request.
 #[derive(Debug, Clone, PartialEq)]
@@ -400,7 +400,7 @@ fn parse_reverse_chain(
     depth: usize,
 ) -> Result<Filter, QueryError> {
     if depth >= MAX_CHAIN_DEPTH {
-        return Err(QueryError::Unsupported(name.to_string()));
+        return Err(invalid(name, format!("chained and _has parameters have at most {MAX_CHAIN_DEPTH} links")));
     }
     let mut parts = rest.splitn(3, ':');
     let (Some(source_type), Some(reference_param), Some(inner_name)) = (parts.next(), parts.next(), parts.next()) else {
@@ -434,7 +434,7 @@ fn parse_forward_chain(
     depth: usize,
 ) -> Result<Filter, QueryError> {
     if depth >= MAX_CHAIN_DEPTH {
-        return Err(QueryError::Unsupported(name.to_string()));
+        return Err(invalid(name, format!("chained and _has parameters have at most {MAX_CHAIN_DEPTH} links")));
     }
     let (code, explicit_type) = match head.split_once(':') {
         Some((code, target)) => (code, Some(target)),

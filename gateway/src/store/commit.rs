@@ -93,6 +93,19 @@ pub(crate) fn prepare(
         Some(prior) if prior > 0 => prior_content(shared, key, prior)?,
         _ => None,
     };
+    // What the principal may not read, it may not change either; refused as its read would be,
+    // so that the refusal does not reveal the resource.
+    if let Some((version, content)) = &before
+        && !principal.guard.sees(version, content)
+    {
+        return Err(principal.guard.hidden());
+    }
+    if let Some(found) = resource.as_ref().and_then(|resource| resource.get("resourceType")).and_then(Value::as_str)
+        && found != key.resource_type
+    {
+        return Err(StoreError::BadRequest(format!("the resource is a {found}, but the request is for a {}", key.resource_type)));
+    }
+    let before = before.map(|(_, content)| content);
     // The id first: the guard judges the resource as it will be stored (a new Patient is in its
     // own compartment, not in none).
     let mut resource = resource;
@@ -149,8 +162,8 @@ pub(crate) fn prepare(
     Ok(prepared)
 }
 
-/// The content of version `version_id` (`None` if it is a deletion or does not exist).
-fn prior_content(shared: &Shared, key: &ResourceKey, version_id: u64) -> Result<Option<Value>, StoreError> {
+/// Version `version_id` and its content (`None` if it is a deletion or does not exist).
+fn prior_content(shared: &Shared, key: &ResourceKey, version_id: u64) -> Result<Option<(StoredVersion, Value)>, StoreError> {
     let record = {
         let catalog = shared.catalog.read().expect("catalog lock");
         catalog.get(key).and_then(|history| history.versions.get(version_id as usize - 1)).cloned()
@@ -159,7 +172,8 @@ fn prior_content(shared: &Shared, key: &ResourceKey, version_id: u64) -> Result<
         return Ok(None);
     };
     let version = super::load(shared, key, &record)?;
-    Ok(version.body.as_deref().and_then(|body| serde_json::from_slice(body).ok()))
+    let content = version.body.as_deref().and_then(|body| serde_json::from_slice(body).ok());
+    Ok(content.map(|content| (version, content)))
 }
 
 fn identifier_hashes(shared: &Shared, resource_type: &str, resource: &Value) -> Vec<KeyedHash> {

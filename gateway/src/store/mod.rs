@@ -90,8 +90,14 @@ pub trait WriteGuard: Send + Sync {
     /// resource exists; `after`: the new content (`None` for a delete).
     fn check(&self, kind: EntryKind, key: &ResourceKey, before: Option<&Value>, after: Option<&Value>) -> Result<(), String>;
     /// Whether the principal may see `version` (content `content`): conditional matches,
-    /// conditional references and Bundle reads consider only what it may see.
+    /// conditional references and Bundle reads consider only what it may see, and a resource it
+    /// may not see it may not update or delete.
     fn sees(&self, version: &StoredVersion, content: &Value) -> bool;
+    /// How a write to a resource the principal may not see is refused: exactly as its read of
+    /// that resource would be (by default as an unknown id).
+    fn hidden(&self) -> StoreError {
+        StoreError::NotFound
+    }
 }
 
 /// Decides whether a principal may see one version. Search and history apply it before they
@@ -528,6 +534,12 @@ impl ResourceStore {
 
     pub fn is_accepting_writes(&self) -> bool {
         !self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// The health of each part of the store that can fail on its own: `(component, Err(why))`.
+    pub fn health(&self) -> [(&'static str, Result<(), String>); 2] {
+        let writes = if self.is_accepting_writes() { Ok(()) } else { Err("writes are refused after a storage failure".to_string()) };
+        [("store", writes), ("search", self.shared.search.health())]
     }
 
     // ---- writes ----

@@ -57,6 +57,8 @@ pub(crate) struct SearchIndex {
     /// Set by `close`: the indexer publishes what it has applied and stops without draining
     /// its queue (the next open catches up from the last commit).
     stopping: AtomicBool,
+    /// Cleared when the indexer thread ends (by `close`, or after a failure).
+    running: AtomicBool,
     pub failures: AtomicU64,
     /// What the commit thread has handed the indexer and it has not applied yet.
     queue: QueueBudget,
@@ -72,6 +74,7 @@ impl SearchIndex {
             covered_changed: Condvar::new(),
             wanted: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            running: AtomicBool::new(true),
             failures: AtomicU64::new(0),
             queue: QueueBudget::new(),
         }
@@ -84,6 +87,15 @@ impl SearchIndex {
         self.queue.take(bytes);
         if indexer.send(IndexMessage::Jobs(jobs, tree_size, bytes)).is_err() {
             self.queue.give(bytes);
+        }
+    }
+
+    /// `Err` naming the failure while the index is not being kept up to date.
+    pub fn health(&self) -> Result<(), String> {
+        if self.running.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("the search indexer stopped after a failure; searches answer 503 until restart".into())
         }
     }
 
@@ -244,6 +256,7 @@ struct CloseQueueOnExit(Weak<Shared>);
 impl Drop for CloseQueueOnExit {
     fn drop(&mut self) {
         if let Some(shared) = self.0.upgrade() {
+            shared.search.running.store(false, Ordering::SeqCst);
             shared.search.queue.close();
         }
     }
@@ -319,7 +332,10 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
 /// One page of search results.
 pub struct SearchPage {
     pub matches: Vec<StoredVersion>,
+    /// At most [`MAX_INCLUDES_PER_PAGE`].
     pub includes: Vec<StoredVersion>,
+    /// There were more includes than [`MAX_INCLUDES_PER_PAGE`] (the rest are left out).
+    pub includes_truncated: bool,
     /// Total matches, when counted (see [`MAX_COUNTED_CANDIDATES`]).
     pub total: Option<usize>,
     /// Offset of the next page, if there is one.
@@ -561,10 +577,10 @@ impl ResourceStore {
         // Changed since the index counted it (a concurrent write): no longer a match.
         total -= listed - page.len();
         let next_offset = (count > 0 && offset.saturating_add(count) < total).then_some(offset.saturating_add(count));
-        let includes = self.includes(query, &page, guard)?;
+        let (includes, includes_truncated) = self.includes(query, &page, guard)?;
         // A limited search counted only up to the page: it has no total to tell.
         let total = limit.is_none().then_some(total);
-        Ok(SearchPage { matches: page.into_iter().map(|(version, _)| version).collect(), includes, total, next_offset })
+        Ok(SearchPage { matches: page.into_iter().map(|(version, _)| version).collect(), includes, includes_truncated, total, next_offset })
     }
 
     /// Chained (`subject:Patient.name=x`) and reverse-chained (`_has:Observation:patient:code=y`)
@@ -661,16 +677,37 @@ impl ResourceStore {
         Ok(TermCondition::Any(any))
     }
 
-    /// `_include` and `_revinclude` (with `:iterate`, at most three rounds) for a page.
+    /// `_include` and `_revinclude` of `query` for `page`, a page of another search's matches
+    /// (a system search's, across types); see [`ResourceStore::includes`].
+    pub fn includes_of(
+        &self,
+        query: &SearchQuery,
+        page: &[StoredVersion],
+        guard: &dyn ReadGuard,
+    ) -> Result<(Vec<StoredVersion>, bool), StoreError> {
+        let page: Vec<(StoredVersion, Value)> = page
+            .iter()
+            .filter(|version| version.key.resource_type == query.resource_type)
+            .filter_map(|version| {
+                let value = version.body.as_deref().and_then(|body| serde_json::from_slice::<Value>(body).ok())?;
+                Some((version.clone(), value))
+            })
+            .collect();
+        self.includes(query, &page, guard)
+    }
+
+    /// `_include` and `_revinclude` (with `:iterate`, at most three rounds) for a page: at most
+    /// [`MAX_INCLUDES_PER_PAGE`], and whether there were more.
     fn includes(
         &self,
         query: &SearchQuery,
         page: &[(StoredVersion, Value)],
         guard: &dyn ReadGuard,
-    ) -> Result<Vec<StoredVersion>, StoreError> {
+    ) -> Result<(Vec<StoredVersion>, bool), StoreError> {
         if query.includes.is_empty() && query.revincludes.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
+        let mut truncated = false;
         let table = SearchParamTable::r4();
         let mut seen: BTreeSet<String> =
             page.iter().map(|(version, _)| format!("{}/{}", version.key.resource_type, version.key.id)).collect();
@@ -683,6 +720,10 @@ impl ResourceStore {
                 let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
                 for include in query.includes.iter().filter(|include| round == 0 || include.iterate) {
                     for target in include_targets(table, include, &resource_type, resource) {
+                        if included.len() >= MAX_INCLUDES_PER_PAGE {
+                            truncated |= !seen.contains(&target);
+                            continue;
+                        }
                         if seen.insert(target.clone())
                             && let Some(key) = ResourceKey::from_reference(&target)
                             && let Ok(version) = self.read(&key)
@@ -705,7 +746,12 @@ impl ResourceStore {
                     let condition = TermCondition::All(
                         reverse.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(source_type, filter)).collect(),
                     );
-                    let hits = self.candidates(source_type, &condition, usize::MAX, "_revinclude")?;
+                    let mut hits = self.candidates(source_type, &condition, usize::MAX, "_revinclude")?;
+                    let room = MAX_INCLUDES_PER_PAGE - included.len().min(MAX_INCLUDES_PER_PAGE);
+                    if hits.len() > room {
+                        truncated = true;
+                        hits.truncate(room);
+                    }
                     let confirmed = self.confirmed(hits, &reverse, guard, None, false)?;
                     for (version, value) in confirmed.into_iter().filter_map(|candidate| candidate.read) {
                         if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
@@ -720,7 +766,7 @@ impl ResourceStore {
             }
             frontier = next;
         }
-        Ok(included)
+        Ok((included, truncated))
     }
 }
 
@@ -768,6 +814,10 @@ fn on_every_core<I: Send, T: Send>(
 
 /// Most resources one chained or `_has` parameter may link through (400 above).
 pub const MAX_CHAIN_MATCHES: usize = 1_000;
+
+/// Most `_include`d and `_revinclude`d resources in one page; past it the page says so in an
+/// OperationOutcome (a smaller `_count` gets them all).
+pub const MAX_INCLUDES_PER_PAGE: usize = 1_000;
 
 /// The filter(s) of one `name=value` parameter on `resource_type`.
 fn single_filter(resource_type: &str, name: &str, value: &str) -> Result<Vec<Filter>, StoreError> {

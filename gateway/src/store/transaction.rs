@@ -110,6 +110,11 @@ impl ResourceStore {
                             if_match: None,
                         },
                         _ => {
+                            // A PUT of the same id later in the transaction conflicts with this
+                            // DELETE as it would if the resource existed.
+                            if let Some(key) = &key {
+                                written.insert(key.clone());
+                            }
                             let key = key.unwrap_or_else(|| ResourceKey {
                                 resource_type: entry.target.resource_type().to_string(),
                                 id: String::new(),
