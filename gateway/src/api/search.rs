@@ -310,24 +310,21 @@ async fn everything(
     }
     let store = state.store.clone();
     let access_for_audit = Arc::clone(&access);
-    let patient_id = id.clone();
     let since_pairs: Vec<(String, String)> = since.iter().map(|since| ("_lastUpdated".to_string(), format!("ge{since}"))).collect();
-    let all = tokio::task::spawn_blocking(move || -> Result<Vec<StoredVersion>, ApiError> {
-        let mut all = Vec::new();
+    let compartment = format!("Patient/{id}");
+    let page = tokio::task::spawn_blocking(move || -> Result<SearchPage, ApiError> {
+        let mut queries = Vec::new();
         for resource_type in compartment_types {
-            let query =
-                parse_query(table, &resource_type, &since_pairs, false).map_err(|error| ApiError::bad_request(error.to_string()))?;
             if access.require(&resource_type, Permission::Search).is_err() {
                 continue;
             }
-            let page = store.search(&query, Some(&format!("Patient/{patient_id}")), 0, usize::MAX, access.as_ref())?;
-            all.extend(page.matches);
+            queries
+                .push(parse_query(table, &resource_type, &since_pairs, false).map_err(|error| ApiError::bad_request(error.to_string()))?);
         }
-        Ok(all)
+        page_across(&store, &queries, Some(&compartment), offset, count, access.as_ref())
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", "search task failed"))??;
-    let page = page_of(all, offset, count);
     access_for_audit.audit_disclosed(Interaction::Search, &page.matches);
     let request = Request { pairs: pairs.into_iter().filter(|(name, _)| name != PAGING).collect(), offset, count, lenient: false };
     let query = parse_query(table, "Patient", &[], false).map_err(|error| ApiError::bad_request(error.to_string()))?;
@@ -344,6 +341,62 @@ fn page_of(all: Vec<StoredVersion>, offset: usize, count: usize) -> SearchPage {
         includes_truncated: false,
         total: Some(total),
     }
+}
+
+/// One page of the results of `queries` one after another (a system search's types,
+/// `$everything`'s compartment types): each is counted, and asked only for the part of the page
+/// it fills, so no more than a page is ever read and held.
+fn page_across(
+    store: &crate::store::ResourceStore,
+    queries: &[SearchQuery],
+    compartment: Option<&str>,
+    offset: usize,
+    count: usize,
+    guard: &dyn crate::store::ReadGuard,
+) -> Result<SearchPage, ApiError> {
+    let mut skip = offset;
+    let mut matches: Vec<StoredVersion> = Vec::new();
+    // `None` once a type has too many candidates to count (it is then read in ledger order only
+    // up to the page, see `ResourceStore::search`).
+    let mut total = Some(0usize);
+    let mut more = false;
+    for query in queries {
+        // Paging across types needs each type's count, whatever `_total` says for the answer.
+        let query = SearchQuery { total: None, ..query.clone() };
+        let wanted = count - matches.len();
+        let page = store.search(&query, compartment, skip, wanted, guard)?;
+        let found = page.matches.len();
+        match page.total {
+            Some(counted) => {
+                total = total.map(|total| total + counted);
+                skip = skip.saturating_sub(counted);
+            }
+            None if found == 0 && skip > 0 => {
+                return Err(ApiError::bad_request(format!(
+                    "{} has too many matches to count, so pages after it cannot be found across types; search it on its own",
+                    query.resource_type
+                )));
+            }
+            None => {
+                total = None;
+                more |= page.next_offset.is_some();
+                if found < wanted {
+                    skip = 0;
+                }
+            }
+        }
+        matches.extend(page.matches);
+        if matches.len() == count && total.is_none() {
+            more = true;
+            break;
+        }
+    }
+    let next = offset.saturating_add(count);
+    let next_offset = match total {
+        Some(total) => count > 0 && next < total,
+        None => count > 0 && more,
+    };
+    Ok(SearchPage { next_offset: next_offset.then_some(next), matches, includes: Vec::new(), includes_truncated: false, total })
 }
 
 /// An AuditEvent from the audit trail, shaped as a stored version for the searchset.
@@ -384,11 +437,7 @@ pub async fn search_system(
     let access_for_audit = Arc::clone(&access);
     let (offset, count) = (request.offset, request.count);
     let page = tokio::task::spawn_blocking(move || -> Result<SearchPage, ApiError> {
-        let mut all = Vec::new();
-        for query in &queries {
-            all.extend(store.search(query, None, 0, usize::MAX, access.as_ref())?.matches);
-        }
-        let mut page = page_of(all, offset, count);
+        let mut page = page_across(&store, &queries, None, offset, count, access.as_ref())?;
         for query in &queries {
             let (includes, truncated) = store.includes_of(query, &page.matches, access.as_ref())?;
             page.includes_truncated |= truncated;

@@ -444,6 +444,7 @@ impl ResourceStore {
         guard: &dyn ReadGuard,
         limit: Option<usize>,
         exact: bool,
+        content: Content,
     ) -> Result<Vec<Candidate>, StoreError> {
         if let Some(limit) = limit {
             hits.sort_by_key(|hit| hit.leaf_index);
@@ -452,7 +453,7 @@ impl ResourceStore {
                 if confirmed.len() >= limit {
                     break;
                 }
-                confirmed.extend(self.confirm(hit, query, guard)?);
+                confirmed.extend(self.confirm(hit, query, guard)?.map(|candidate| content.kept(candidate, query)));
             }
             return Ok(confirmed);
         }
@@ -460,7 +461,7 @@ impl ResourceStore {
             if exact && let Some(admitted) = self.admits_unread(&hit, guard) {
                 return Ok(admitted.then_some(Candidate { hit, read: None }));
             }
-            self.confirm(hit, query, guard)
+            Ok(self.confirm(hit, query, guard)?.map(|candidate| content.kept(candidate, query)))
         })
     }
 
@@ -548,7 +549,7 @@ impl ResourceStore {
         // Exact filters and no sort by content: the index counts, only the page is read.
         let exact = query.filters.iter().all(|filter| encoder.selects_exactly(&query.resource_type, filter))
             && query.sort.iter().all(|sort| sort.param_type != ParamType::String);
-        let mut confirmed = self.confirmed(hits, query, guard, limit, exact)?;
+        let mut confirmed = self.confirmed(hits, query, guard, limit, exact, Content::ForSorting)?;
         // Default order: ledger order (oldest first), which new writes only extend.
         confirmed.sort_by_key(|candidate| candidate.hit.leaf_index);
         for sort in query.sort.iter().rev() {
@@ -752,7 +753,7 @@ impl ResourceStore {
                         truncated = true;
                         hits.truncate(room);
                     }
-                    let confirmed = self.confirmed(hits, &reverse, guard, None, false)?;
+                    let confirmed = self.confirmed(hits, &reverse, guard, None, false, Content::All)?;
                     for (version, value) in confirmed.into_iter().filter_map(|candidate| candidate.read) {
                         if seen.insert(format!("{}/{}", version.key.resource_type, version.key.id)) {
                             next.push(value);
@@ -767,6 +768,28 @@ impl ResourceStore {
             frontier = next;
         }
         Ok((included, truncated))
+    }
+}
+
+/// What a confirmation keeps of what it read.
+#[derive(Clone, Copy)]
+enum Content {
+    /// Everything (the caller uses every candidate's content: `_revinclude`).
+    All,
+    /// Only what a sort by a string needs: otherwise what was read to confirm a candidate is
+    /// dropped at once and the page is read again, so a search's memory follows the number of
+    /// its candidates, not the size of their content.
+    ForSorting,
+}
+
+impl Content {
+    fn kept(self, candidate: Candidate, query: &SearchQuery) -> Candidate {
+        match self {
+            Content::ForSorting if !query.sort.iter().any(|sort| sort.param_type == ParamType::String) => {
+                Candidate { read: None, ..candidate }
+            }
+            _ => candidate,
+        }
     }
 }
 
