@@ -6,6 +6,7 @@ mod auth;
 mod bundles;
 mod cli;
 mod consent;
+mod damage;
 mod harness;
 mod import;
 mod openapi;
