@@ -230,9 +230,12 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
     let (cid, blocks) = stages.time("CID (UnixFS DAG, SHA-256)", || blob::file_blocks(&sealed_bytes));
     let content_hash = stages.time("HMAC content hash", || secrets.content_hash(&canonical));
     let writer = Principal::operator("bench", None);
-    let (pseudonym, principal) = stages.time("HMAC pseudonym + principal", || (secrets.pseudonym(&key), secrets.principal(&writer)));
+    let (pseudonym, principal, author) = stages.time("HMAC pseudonym + principal + author", || {
+        (secrets.pseudonym(&key), secrets.principal(&writer), secrets.author_hash(writer.organization.as_deref()))
+    });
     let leaf = stages.time("ledger entry sign (ed25519 + 2× canonical JSON)", || {
         LedgerEntry {
+            author: Some(author),
             kind: EntryKind::Create,
             resource_type: key.resource_type.clone(),
             pseudonym,
@@ -342,7 +345,7 @@ fn commit_group(stages: &mut Stages, store: &Store, group: &[Prepared]) {
 
 fn open_store(directory: &Path, signing_key: &SigningKey) -> Store {
     Store {
-        blobs: EmbeddedBlockstore::open(&directory.join("blocks")).expect("blockstore"),
+        blobs: EmbeddedBlockstore::open(&directory.join("blocks"), &[]).expect("blockstore"),
         catalog: Journal::open(&directory.join("records/catalog.log"), |_, _| {}).expect("catalog journal"),
         ledger: LedgerLog::open(&directory.join("ledger"), signing_key.clone(), "localhost/fhir-gateway/bench").expect("ledger"),
     }

@@ -1,15 +1,30 @@
 //! An append-only file of length-prefixed, checksummed records: the on-disk form of the ledger's
-//! entries and checkpoints and of the record catalog.
+//! entries and checkpoints, of the record catalog and of the audit trail.
 //!
 //! Frame (little-endian): `len: u32 | record (len bytes) | first 8 bytes of SHA-256(record)`.
 //!
-//! On open the file is scanned front to back ([`scan`], which never modifies anything). What can
-//! follow the last intact frame after a crash is a *torn tail*: a frame running past the end of
-//! the file, a last frame failing its checksum, or zeros. Appends only ever tear there, and
-//! nothing in a torn tail was acknowledged (acknowledgement waits for `sync`), so `open` cuts it
-//! off, up to [`MAX_TORN_TAIL`] bytes. Anything else (a bad frame followed by more data, or a
-//! longer tail) is corruption: `open` refuses, naming the file and offset, and `verify` reports
-//! it. Acknowledged records are never dropped silently.
+//! On open the file is scanned front to back ([`scan`], which never modifies anything). An
+//! append is one write of whole frames and nothing is acknowledged before `sync`, so a crash can
+//! leave exactly one thing after the last intact frame: a *crash tail*, the unsynced prefix of
+//! an append. The scan calls the bytes after the last intact frame a crash tail only when they
+//! are
+//!
+//! - fewer than a frame header, or all zeros (a file system may extend a file with zeros whose
+//!   data never reached the disk), or
+//! - one incomplete frame: its length runs past the end of the file (or beyond the largest
+//!   record), and no intact frame can be found anywhere in those bytes, neither by reading that
+//!   length as damaged ([`holds_an_intact_frame`]) nor at any later offset,
+//!
+//! and at most [`MAX_TORN_TAIL`] bytes long. Everything else is *damage*: a complete frame that
+//! fails its checksum (also the last one), or a length that points past the end while intact
+//! frames follow. Damage is never cut: `open` refuses, naming the file and offset, and `verify`
+//! reports it.
+//!
+//! A crash tail is cut only where nothing acknowledged can lie in it; the journal alone cannot
+//! know that for every file, so callers that can check against other files do so first
+//! ([`Journal::recover`] scans without cutting, [`Recovered::open`] cuts): the ledger refuses
+//! to cut leaves a signed checkpoint covers, and the store refuses to cut catalog records that
+//! a ledger leaf needs.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
@@ -51,12 +66,12 @@ fn checksum(record: &[u8]) -> [u8; 8] {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanEnd {
     Clean,
-    /// Bytes after `valid_end` that a crash during an append can leave.
+    /// A crash tail after `valid_end`: the unsynced prefix of an append (see the module doc).
     TornTail {
         valid_end: u64,
         file_len: u64,
     },
-    /// A damaged frame with more data after it: not a crash, a corruption (or an edit).
+    /// Damage at `offset`: not something a crash leaves.
     Corrupt {
         offset: u64,
     },
@@ -77,26 +92,23 @@ pub fn scan(path: &Path, mut on_record: impl FnMut(u64, &[u8])) -> Result<ScanEn
     let file_len = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
     let mut offset = 0u64;
-    let torn = |offset: u64| -> Result<ScanEnd, JournalError> { Ok(ScanEnd::TornTail { valid_end: offset, file_len }) };
     while offset < file_len {
-        let mut len_bytes = [0u8; 4];
-        if reader.read_exact(&mut len_bytes).is_err() {
-            return torn(offset);
+        if file_len - offset < 4 {
+            return end_after_intact_frames(&file, offset, file_len).map_err(io);
         }
+        let mut len_bytes = [0u8; 4];
+        reader.read_exact(&mut len_bytes).map_err(io)?;
         let len = u32::from_le_bytes(len_bytes);
         let frame_end = offset + FRAME_OVERHEAD + len as u64;
         if len > MAX_RECORD_LEN || frame_end > file_len {
-            return torn(offset);
+            return end_after_intact_frames(&file, offset, file_len).map_err(io);
         }
         let mut record = vec![0u8; len as usize];
         let mut stored_checksum = [0u8; 8];
         reader.read_exact(&mut record).map_err(io)?;
         reader.read_exact(&mut stored_checksum).map_err(io)?;
         if stored_checksum != checksum(&record) {
-            if frame_end == file_len || rest_is_zeros(&file, offset, file_len).map_err(io)? {
-                return torn(offset);
-            }
-            return Ok(ScanEnd::Corrupt { offset });
+            return end_after_intact_frames(&file, offset, file_len).map_err(io);
         }
         on_record(offset, &record);
         offset = frame_end;
@@ -104,38 +116,99 @@ pub fn scan(path: &Path, mut on_record: impl FnMut(u64, &[u8])) -> Result<ScanEn
     Ok(ScanEnd::Clean)
 }
 
-/// A file system may extend a file with zeros whose data never reached the disk.
-fn rest_is_zeros(file: &File, offset: u64, file_len: u64) -> std::io::Result<bool> {
+/// Classifies the bytes from `offset` (the first one not part of an intact frame) to the end.
+fn end_after_intact_frames(file: &File, offset: u64, file_len: u64) -> std::io::Result<ScanEnd> {
     if file_len - offset > MAX_TORN_TAIL {
-        return Ok(false);
+        return Ok(ScanEnd::Corrupt { offset });
     }
-    let mut rest = vec![0u8; (file_len - offset) as usize];
-    file.read_exact_at(&mut rest, offset)?;
-    Ok(rest.iter().all(|byte| *byte == 0))
+    let mut tail = vec![0u8; (file_len - offset) as usize];
+    file.read_exact_at(&mut tail, offset)?;
+    Ok(if is_crash_tail(&tail, FRAME_OVERHEAD, MAX_RECORD_LEN, journal_frame_is_intact) {
+        ScanEnd::TornTail { valid_end: offset, file_len }
+    } else {
+        ScanEnd::Corrupt { offset }
+    })
 }
 
-impl Journal {
-    /// Opens (creating if absent) the journal after [`scan`]ning it, cutting off a torn tail.
-    pub fn open(path: &Path, on_record: impl FnMut(u64, &[u8])) -> Result<Journal, JournalError> {
+/// Whether `frame` (from its length field) holds an intact journal frame if its record is
+/// `len` bytes long.
+fn journal_frame_is_intact(frame: &[u8], len: u32) -> bool {
+    let len = len as usize;
+    frame.len() >= 12 + len && frame[4 + len..12 + len] == checksum(&frame[4..4 + len])
+}
+
+/// Whether `tail`, the bytes after the last intact frame of a file of frames `len: u32 LE | …`
+/// (`overhead` bytes besides a `len`-byte body, at most `max_len`), can be what a crash during
+/// an append left (see the module doc). `intact(frame, len)` checks a frame that starts at the
+/// start of `frame`, read with body length `len`. Shared by the journal and the pack file.
+pub(crate) fn is_crash_tail(tail: &[u8], overhead: u64, max_len: u32, intact: impl Fn(&[u8], u32) -> bool) -> bool {
+    let zeros_from = tail.len() - tail.iter().rev().take_while(|byte| **byte == 0).count();
+    if tail.len() < 4 || zeros_from == 0 {
+        return true;
+    }
+    let declared = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes"));
+    let frame_len = overhead + declared as u64;
+    if declared <= max_len && frame_len <= tail.len() as u64 {
+        // A complete frame failing its check is damage, unless its last bytes and everything
+        // after them are zeros: the end of an append whose data never reached the disk (a bit
+        // flip cannot zero eight bytes of a checksum or of an AEAD tag).
+        return tail.len() - zeros_from >= 8 && zeros_from as u64 <= frame_len - 8;
+    }
+    !holds_an_intact_frame(tail, overhead, max_len, intact)
+}
+
+/// Whether an intact frame lies anywhere in `tail`: at its start with a length other than the
+/// one written there (a damaged length field: every single-bit change, and the length that ends
+/// the frame at the end of the file), or at any later offset. A crash tail holds none: it is a
+/// prefix of one append, and it begins with a frame that is incomplete.
+pub(crate) fn holds_an_intact_frame(tail: &[u8], overhead: u64, max_len: u32, intact: impl Fn(&[u8], u32) -> bool) -> bool {
+    let fits = |start: usize, len: u32| len <= max_len && start as u64 + overhead + len as u64 <= tail.len() as u64;
+    if tail.len() >= 4 {
+        let declared = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes"));
+        let to_the_end = (tail.len() as u64).checked_sub(overhead).and_then(|len| u32::try_from(len).ok());
+        let other_lengths = to_the_end.into_iter().chain((0..32).map(|bit| declared ^ (1 << bit)));
+        if other_lengths.into_iter().any(|len| fits(0, len) && intact(tail, len)) {
+            return true;
+        }
+    }
+    (1..tail.len().saturating_sub(3)).any(|start| {
+        let len = u32::from_le_bytes(tail[start..start + 4].try_into().expect("4 bytes"));
+        fits(start, len) && intact(&tail[start..], len)
+    })
+}
+
+/// A journal that has been scanned and found free of damage, not yet opened for appends:
+/// nothing has been cut yet, so a caller can check the other files first.
+pub struct Recovered {
+    path: PathBuf,
+    crash_tail: Option<(u64, u64)>,
+}
+
+impl Recovered {
+    /// Where the crash tail begins, if there is one.
+    pub fn crash_tail(&self) -> Option<u64> {
+        self.crash_tail.map(|(valid_end, _)| valid_end)
+    }
+
+    /// Opens the journal for appends, cutting off the crash tail.
+    pub fn open(self) -> Result<Journal, JournalError> {
+        let path = self.path.as_path();
         let io = |source| JournalError::Io { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let end = match scan(path, on_record)? {
-            ScanEnd::Clean => None,
-            ScanEnd::TornTail { valid_end, file_len } if file_len - valid_end <= MAX_TORN_TAIL => Some(valid_end),
-            ScanEnd::TornTail { valid_end: offset, .. } | ScanEnd::Corrupt { offset } => {
-                return Err(JournalError::Corrupt { path: path.to_path_buf(), offset });
-            }
-        };
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
         if let Some(parent) = path.parent() {
             File::open(parent).and_then(|directory| directory.sync_all()).map_err(io)?;
         }
         let file_len = file.metadata().map_err(io)?.len();
-        let end = match end {
-            Some(valid_end) => {
-                tracing::warn!(journal = %path.display(), valid_end, file_len, "cutting off a torn tail left by a crash");
+        let end = match self.crash_tail {
+            Some((valid_end, scanned_len)) => {
+                if scanned_len != file_len {
+                    let message = format!("changed from {scanned_len} to {file_len} bytes while being opened");
+                    return Err(io(std::io::Error::other(message)));
+                }
+                tracing::warn!(journal = %path.display(), valid_end, file_len, "cutting off an incomplete last frame left by a crash");
                 file.set_len(valid_end).map_err(io)?;
                 file.sync_all().map_err(io)?;
                 valid_end
@@ -143,6 +216,24 @@ impl Journal {
             None => file_len,
         };
         Ok(Journal { path: path.to_path_buf(), reader: File::open(path).map_err(io)?, writer: Mutex::new(JournalWriter { file, end }) })
+    }
+}
+
+impl Journal {
+    /// Scans the journal ([`scan`]) and refuses damage, without changing anything.
+    pub fn recover(path: &Path, on_record: impl FnMut(u64, &[u8])) -> Result<Recovered, JournalError> {
+        let crash_tail = match scan(path, on_record)? {
+            ScanEnd::Clean => None,
+            ScanEnd::TornTail { valid_end, file_len } => Some((valid_end, file_len)),
+            ScanEnd::Corrupt { offset } => return Err(JournalError::Corrupt { path: path.to_path_buf(), offset }),
+        };
+        Ok(Recovered { path: path.to_path_buf(), crash_tail })
+    }
+
+    /// Opens (creating if absent) the journal after [`scan`]ning it, cutting off a crash tail.
+    /// Only for journals whose crash tail no other file can need.
+    pub fn open(path: &Path, on_record: impl FnMut(u64, &[u8])) -> Result<Journal, JournalError> {
+        Journal::recover(path, on_record)?.open()
     }
 
     fn io_error(&self, source: std::io::Error) -> JournalError {
@@ -263,6 +354,78 @@ mod tests {
         assert_eq!(scan(&path, |_, record| records.push(record.to_vec())).unwrap(), ScanEnd::Corrupt { offset: offsets[1] });
         assert_eq!(records, vec![b"one".to_vec()]);
         assert!(matches!(Journal::open(&path, |_, _| {}), Err(JournalError::Corrupt { .. })));
+        std::fs::remove_file(&path).unwrap();
+    }
+    /// Three records, synced; returns the journal's path and the records' offsets.
+    fn three_records(name: &str) -> (PathBuf, Vec<u64>) {
+        let path = std::env::temp_dir().join(format!("fg-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let (journal, _) = reopen(&path);
+        let offsets = journal.append(&[b"first record".as_slice(), b"second record", b"third record"]).unwrap();
+        journal.sync().unwrap();
+        (path, offsets)
+    }
+
+    fn flip_bit(path: &Path, offset: u64, bit: u8) {
+        let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset).unwrap();
+        file.write_all_at(&[byte[0] ^ (1 << bit)], offset).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_last_frame_is_damage_not_a_crash_tail() {
+        let (path, offsets) = three_records("last-frame");
+        let length = std::fs::metadata(&path).unwrap().len();
+        for offset in [offsets[2] + 4, length - 1] {
+            flip_bit(&path, offset, 0);
+            assert_eq!(scan(&path, |_, _| {}).unwrap(), ScanEnd::Corrupt { offset: offsets[2] }, "flipped at {offset}");
+            let error = Journal::open(&path, |_, _| {}).err().expect("refused");
+            assert!(error.to_string().contains(&format!("damaged at offset {}", offsets[2])), "{error}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), length, "nothing was cut");
+            flip_bit(&path, offset, 0);
+        }
+        assert_eq!(reopen(&path).1.len(), 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_length_pointing_past_the_end_is_damage_wherever_intact_frames_follow_or_it_is_complete() {
+        let (path, offsets) = three_records("length");
+        let length = std::fs::metadata(&path).unwrap().len();
+        // The middle frame's length: intact frames follow. The last frame's length: the frame
+        // is whole if read with the length changed back.
+        for frame in [offsets[1], offsets[2]] {
+            for bit in [3, 20, 31] {
+                flip_bit(&path, frame + (bit / 8) as u64, bit % 8);
+                assert_eq!(scan(&path, |_, _| {}).unwrap(), ScanEnd::Corrupt { offset: frame }, "bit {bit} of the length at {frame}");
+                assert!(Journal::open(&path, |_, _| {}).is_err());
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), length, "nothing was cut");
+                flip_bit(&path, frame + (bit / 8) as u64, bit % 8);
+            }
+        }
+        // Two bits at once in the last frame's length: found by the length that ends at the end.
+        flip_bit(&path, offsets[2] + 1, 1);
+        flip_bit(&path, offsets[2] + 2, 5);
+        assert_eq!(scan(&path, |_, _| {}).unwrap(), ScanEnd::Corrupt { offset: offsets[2] });
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_incomplete_last_frame_and_a_zeroed_append_are_crash_tails() {
+        let (path, offsets) = three_records("incomplete");
+        let length = std::fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        for cut in [length - 1, offsets[2] + 9, offsets[2] + 2] {
+            file.set_len(cut).unwrap();
+            assert_eq!(scan(&path, |_, _| {}).unwrap(), ScanEnd::TornTail { valid_end: offsets[2], file_len: cut }, "cut at {cut}");
+        }
+        // The whole append was sized but only its start reached the disk.
+        file.set_len(offsets[2]).unwrap();
+        let frame = [&12u32.to_le_bytes()[..], b"third ", &[0u8; 14]].concat();
+        file.write_all_at(&frame, offsets[2]).unwrap();
+        assert_eq!(scan(&path, |_, _| {}).unwrap(), ScanEnd::TornTail { valid_end: offsets[2], file_len: length });
+        assert_eq!(reopen(&path).1.len(), 2);
         std::fs::remove_file(&path).unwrap();
     }
 }

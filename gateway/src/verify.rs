@@ -3,9 +3,14 @@
 //! 1. Every ledger entry is canonical JSON with a valid Ed25519 signature.
 //! 2. Every checkpoint verifies under the gateway key, and its root equals the RFC 9162 root
 //!    recomputed from the leaves it covers; sizes never shrink.
-//! 3. Every catalog record points at a ledger entry that names the same pseudonym, version and
-//!    CID; every blob's blocks match their CIDs; every sealed blob opens; every plaintext matches
-//!    the entry's keyed hash.
+//! 3. The catalog agrees with the ledger as a start would see it (`store::recovery`, the same
+//!    decision): every ledger entry has exactly one catalog record, in order. Every catalog
+//!    record points at a ledger entry that names the same pseudonym, version, author and CID;
+//!    every blob's blocks match their CIDs; every sealed blob opens; every plaintext matches the
+//!    entry's keyed hash.
+//!
+//! Every file is scanned as a start scans it (`journal`, `blob::embedded`): damage is named with
+//! its file and offset, and so is a crash tail (which a start cuts off).
 //! 4. The audit trail (`audit/`): every leaf is an audit record; its checkpoints verify under the
 //!    same key (origin `<ledger origin>/audit`) and match the leaves.
 
@@ -19,7 +24,7 @@ use crate::ledger::note::{self, NoteSigner};
 use crate::ledger::{EntryKind, LedgerEntry};
 use crate::seal::{self, Keyring, SealContext};
 use crate::store::catalog::CatalogRecord;
-use crate::store::{DataLayout, LedgerSecrets};
+use crate::store::{DataLayout, LedgerSecrets, recovery};
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
@@ -61,10 +66,13 @@ impl fmt::Display for VerifyReport {
 fn describe_scan_end(what: &str, end: ScanEnd, problems: &mut Vec<String>) {
     match end {
         ScanEnd::Clean => {}
-        ScanEnd::TornTail { valid_end, file_len } => {
-            problems.push(format!("{what}: {} unreadable bytes after offset {valid_end} (crash tail or truncation)", file_len - valid_end))
+        ScanEnd::TornTail { valid_end, file_len } => problems.push(format!(
+            "{what}: {} bytes after offset {valid_end} are an incomplete last frame (a crash tail, cut at the next start, or a truncation)",
+            file_len - valid_end
+        )),
+        ScanEnd::Corrupt { offset } => {
+            problems.push(format!("{what}: damaged record at offset {offset} (not a crash tail: the gateway will not start)"))
         }
-        ScanEnd::Corrupt { offset } => problems.push(format!("{what}: damaged record at offset {offset}")),
     }
 }
 
@@ -100,7 +108,8 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
     report.ledger_entries = leaf_hashes.len() as u64;
 
     // 2. Checkpoints. The origin is read from the first note if not given.
-    let (checkpoints, newest) = check_checkpoints(&layout.ledger(), "ledger", &leaf_hashes, &origin, &secrets, &mut report.problems)?;
+    let (checkpoints, newest, checkpointed) =
+        check_checkpoints(&layout.ledger(), "ledger", &leaf_hashes, &origin, &secrets, &mut report.problems)?;
     report.checkpoints = checkpoints;
     report.newest_checkpoint_size = newest;
 
@@ -120,23 +129,55 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
         describe_scan_end("audit/entries.log", end, &mut report.problems);
         report.audit_events = audit_hashes.len() as u64;
         let audit_origin = format!("{origin}/audit");
-        let (_, newest) = check_checkpoints(&audit, "audit", &audit_hashes, &audit_origin, &secrets, &mut report.problems)?;
+        let (_, newest, _) = check_checkpoints(&audit, "audit", &audit_hashes, &audit_origin, &secrets, &mut report.problems)?;
         report.newest_audit_checkpoint_size = newest;
     }
 
     // 3. Catalog and blobs.
     let (blobs, pack_scan) = EmbeddedBlockstore::open_read_only(&layout.blocks()).map_err(|error| error.to_string())?;
     for offset in &pack_scan.damaged_offsets {
-        report.problems.push(format!("blocks/blocks.pack: block at offset {offset} does not match its CID"));
+        report.problems.push(format!(
+            "blocks/blocks.pack: damaged record at offset {offset} (a block does not match its CID, or its length is wrong; the gateway will not start)"
+        ));
     }
+    if let Some(valid_end) = pack_scan.crash_tail {
+        report.problems.push(format!(
+            "blocks/blocks.pack: {} bytes after offset {valid_end} are an incomplete last record (a crash tail, or a truncation)",
+            pack_scan.file_len - valid_end
+        ));
+    }
+    let catalog_path = layout.catalog();
     let mut records = Vec::new();
-    let end = journal::scan(&layout.catalog(), |offset, bytes| match CatalogRecord::decode(bytes) {
-        Ok(record) => records.push(record),
-        Err(reason) => report.problems.push(format!("catalog record at offset {offset}: {reason}")),
+    let end = journal::scan(&catalog_path, |offset, bytes| match CatalogRecord::decode(bytes) {
+        Ok(record) => records.push((offset, record)),
+        Err(reason) => report.problems.push(format!("records/catalog.log: record at offset {offset} is unreadable: {reason}")),
     })
     .map_err(|error| error.to_string())?;
     describe_scan_end("records/catalog.log", end, &mut report.problems);
-    for record in records {
+    let readable_end = match end {
+        ScanEnd::Clean => std::fs::metadata(&catalog_path).map_or(0, |metadata| metadata.len()),
+        ScanEnd::TornTail { valid_end: offset, .. } | ScanEnd::Corrupt { offset } => offset,
+    };
+    let scanned = recovery::Scanned {
+        catalog_path: Path::new("records/catalog.log"),
+        records: &records,
+        readable_end,
+        tree_size: leaf_hashes.len() as u64,
+        checkpointed,
+    };
+    if let Err(damage) = recovery::plan(&scanned) {
+        report.problems.push(damage.to_string());
+    }
+    let acknowledged = records.iter().filter(|(_, record)| record.version.leaf_index < leaf_hashes.len() as u64);
+    let missing = acknowledged.filter_map(|(_, record)| record.version.sealed.as_ref()).filter(|sealed| !blobs.holds(&sealed.cid)).count();
+    if missing > 0 {
+        let readable_end = pack_scan.crash_tail.or(pack_scan.damaged_offsets.first().copied()).unwrap_or(pack_scan.file_len);
+        report.problems.push(format!(
+            "blocks/blocks.pack: {missing} blob(s) of acknowledged writes are missing (its readable part ends at offset {readable_end} of {} bytes)",
+            pack_scan.file_len
+        ));
+    }
+    for (_, record) in records {
         report.records += 1;
         let name = format!("version {} of {}", record.version.version_id, secrets.pseudonym(&record.key));
         let Some(Some(entry)) = entries.get(record.version.leaf_index as usize) else {
@@ -148,6 +189,12 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
         if entry.pseudonym != secrets.pseudonym(&record.key) || entry.version_id != record.version.version_id {
             report.problems.push(format!("{name}: ledger entry {} names another record", record.version.leaf_index));
             continue;
+        }
+        if entry.author.as_deref() != Some(secrets.author_hash(record.version.author.as_deref()).as_str()) {
+            report.problems.push(format!(
+                "{name}: records/catalog.log names an author that ledger entry {} does not (or the entry binds none)",
+                record.version.leaf_index
+            ));
         }
         let Some(sealed) = &record.version.sealed else {
             if entry.kind != EntryKind::Delete {
@@ -182,7 +229,7 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
 
 /// Checks `<directory>/checkpoints.log` against the leaves: every note verifies under the
 /// gateway key (origin from the first note, else `default_origin`), sizes never shrink, roots
-/// match. Returns (checkpoints, newest size).
+/// match. Returns (checkpoints, newest size, newest size that verifies).
 fn check_checkpoints(
     directory: &Path,
     name: &str,
@@ -190,7 +237,7 @@ fn check_checkpoints(
     default_origin: &str,
     secrets: &LedgerSecrets,
     problems: &mut Vec<String>,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64, u64), String> {
     let mut notes = Vec::new();
     let end = journal::scan(&directory.join("checkpoints.log"), |_, record| {
         notes.push(String::from_utf8_lossy(record).into_owned());
@@ -199,7 +246,7 @@ fn check_checkpoints(
     describe_scan_end(&format!("{name}/checkpoints.log"), end, problems);
     let origin = notes.first().and_then(|text| text.lines().next()).map_or_else(|| default_origin.to_string(), str::to_string);
     let verifier = NoteSigner::new(origin.clone(), secrets.signing_key.clone()).map_err(|error| error.to_string())?.verifier();
-    let (mut count, mut newest, mut previous_size) = (0, 0, 0);
+    let (mut count, mut newest, mut previous_size, mut verified) = (0, 0, 0, 0);
     let what = if name == "ledger" { "checkpoint".to_string() } else { format!("{name} checkpoint") };
     for (position, text) in notes.iter().enumerate() {
         count += 1;
@@ -213,12 +260,17 @@ fn check_checkpoints(
                 previous_size = previous_size.max(size);
                 newest = size;
                 if size > leaf_hashes.len() as u64 {
-                    problems.push(format!("{what} {position}: covers {size} entries but only {} exist", leaf_hashes.len()));
+                    problems.push(format!(
+                        "{what} {position}: covers {size} entries but only {} are intact in {name}/entries.log",
+                        leaf_hashes.len()
+                    ));
                 } else if merkle::root_from_leaf_hashes(&leaf_hashes[..size as usize]) != *checkpoint.root_hash() {
                     problems.push(format!("{what} {position}: root hash does not match the entries (size {size})"));
+                } else {
+                    verified = verified.max(size);
                 }
             }
         }
     }
-    Ok((count, newest))
+    Ok((count, newest, verified))
 }

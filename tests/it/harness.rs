@@ -32,6 +32,13 @@ impl Drop for TempDir {
     }
 }
 
+/// A path beside `directory` (not inside it: the data directory holds only the gateway's files).
+fn tempfile_beside(directory: &Path, suffix: &str) -> PathBuf {
+    let mut name = directory.file_name().expect("a named directory").to_os_string();
+    name.push(format!(".{suffix}"));
+    directory.with_file_name(name)
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_fhir-gateway")
 }
@@ -101,18 +108,54 @@ impl Gateway {
                 .expect("spawn fhir-gateway");
             self.child = Some(child);
             if self.wait_ready().await {
-                // Every request of the tests carries a token from the development issuer (a
-                // backend-service token: the tests act as an EMR); tests of authentication and
-                // consent send their own.
-                let token = self.token(&["--scope", "system/*.cruds"]);
-                let mut headers = reqwest::header::HeaderMap::new();
-                headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header value"));
-                self.http = reqwest::Client::builder().pool_max_idle_per_host(64).default_headers(headers).build().expect("client");
+                self.authorize();
                 return;
             }
             self.kill9();
         }
         panic!("the gateway did not become ready");
+    }
+
+    /// Every request of the tests carries a token from the development issuer (a
+    /// backend-service token: the tests act as an EMR); tests of authentication and consent
+    /// send their own.
+    fn authorize(&mut self) {
+        let token = self.token(&["--scope", "system/*.cruds"]);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header value"));
+        self.http = reqwest::Client::builder().pool_max_idle_per_host(64).default_headers(headers).build().expect("client");
+    }
+
+    /// Starts the gateway again on its data directory, once: `Err(stderr)` if the process exits
+    /// instead of becoming ready (it refused to start).
+    pub async fn try_start_again(&mut self) -> Result<(), String> {
+        self.kill9();
+        self.port = self.fixed_port.unwrap_or_else(free_port);
+        let log = tempfile_beside(self.data.path(), "stderr");
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(&self.extra_args)
+            .env("FHIR_GATEWAY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("stderr file"))
+            .spawn()
+            .expect("spawn fhir-gateway");
+        self.child = Some(child);
+        let ready = self.wait_ready().await;
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        if ready {
+            self.authorize();
+            return Ok(());
+        }
+        let exited = self.child.as_mut().is_some_and(|child| child.try_wait().expect("try_wait").is_some());
+        self.kill9();
+        assert!(exited, "the gateway neither became ready nor exited; stderr:\n{stderr}");
+        Err(stderr)
     }
 
     async fn wait_ready(&mut self) -> bool {

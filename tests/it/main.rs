@@ -7,6 +7,7 @@ mod availability;
 mod bundles;
 mod cli;
 mod consent;
+mod damage;
 mod harness;
 mod import;
 mod openapi;

@@ -7,9 +7,13 @@
 //! ```
 //!
 //! There is no separate checksum: the CID is one. On open the file is scanned, every record is
-//! checked against its CID, and the index (CID → offset) is rebuilt in memory. A record that is
-//! cut short or does not match its CID can only be the unsynced tail of a crash (blocks are
-//! synced before any ledger entry names them), so the file is truncated there.
+//! checked against its CID, and the index (CID → offset) is rebuilt in memory. The rule is the
+//! journal's (`crate::journal`, with [`crate::journal::is_crash_tail`]): only an incomplete last
+//! record, past the last intact one, with no intact record in or after it, is a crash tail; a
+//! whole record that does not match its CID, or a length that points past the end while intact
+//! records follow, is damage and the store refuses to open, naming the offset. Blocks are
+//! synced before any ledger entry names them, so even a crash tail is cut only if every blob an
+//! acknowledged write needs lies before it ([`EmbeddedBlockstore::open`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -43,24 +47,53 @@ struct BlockLocation {
 /// What opening found in the pack file.
 #[derive(Debug, Default)]
 pub struct PackScan {
-    /// Records whose bytes do not match their CID, with more data after them: damage, not a crash.
+    /// Records that do not match their CID, and a length that points past the end while intact
+    /// records follow (the scan stops there): damage, never a crash.
     pub damaged_offsets: Vec<u64>,
-    /// Bytes after the last whole record (a crash tail).
-    pub torn_tail_bytes: u64,
+    /// Where a crash tail (the unsynced part of an append) begins, if there is one.
+    pub crash_tail: Option<u64>,
+    pub file_len: u64,
 }
 
-/// A crash tail is at most one group commit; a longer unreadable tail is damage.
-const MAX_TORN_TAIL: u64 = 1024 * 1024 * 1024;
+/// The longest unreadable end of the pack that is examined as a possible crash tail; a longer
+/// one is damage (a group commit appends far less).
+const MAX_TORN_TAIL: u64 = 64 * 1024 * 1024;
 
 impl EmbeddedBlockstore {
-    /// Opens the pack file, cutting off a crash tail. Damaged records are skipped (reads of those
-    /// blocks fail their integrity check) and logged; `verify` names them.
-    pub fn open(directory: &Path) -> Result<Self, BlobError> {
+    /// Opens the pack file for a store whose acknowledged writes name `acknowledged_roots`.
+    /// Refuses damage, and a pack that lacks any of those blobs (naming the file and where its
+    /// readable part ends); only then cuts off a crash tail.
+    pub fn open(directory: &Path, acknowledged_roots: &[Cid]) -> Result<Self, BlobError> {
+        let path = directory.join("blocks.pack");
         let (store, scan) = Self::open_with(directory, true)?;
-        for offset in &scan.damaged_offsets {
-            tracing::error!(offset, "blockstore: a block does not match its CID (damaged); run verify");
+        if let Some(offset) = scan.damaged_offsets.first() {
+            let what = format!("{} damaged record(s); a block does not match its CID or its length is wrong", scan.damaged_offsets.len());
+            return Err(BlobError::Damaged { path, offset: *offset, what });
+        }
+        let index = store.index.read().expect("index lock");
+        let missing = acknowledged_roots.iter().filter(|cid| !index.contains_key(cid)).count();
+        if let Some(first) = acknowledged_roots.iter().find(|cid| !index.contains_key(cid)) {
+            let readable_end = scan.crash_tail.unwrap_or(scan.file_len);
+            let what = format!(
+                "{missing} blob(s) of acknowledged writes are missing, the first {first}; the readable part ends here, the file is {} bytes",
+                scan.file_len
+            );
+            return Err(BlobError::Damaged { path, offset: readable_end, what });
+        }
+        drop(index);
+        if let Some(valid_end) = scan.crash_tail {
+            let mut writer = store.writer.lock().map_err(|_| BlobError::Corrupt("writer lock poisoned".into()))?;
+            tracing::warn!(valid_end, file_len = scan.file_len, "blockstore: cutting off an incomplete last record left by a crash");
+            writer.file.set_len(valid_end)?;
+            writer.file.sync_all()?;
+            writer.end = valid_end;
         }
         Ok(store)
+    }
+
+    /// Whether a block with this CID was found intact.
+    pub fn holds(&self, cid: &Cid) -> bool {
+        self.index.read().expect("index lock").contains_key(cid)
     }
 
     /// Opens without changing anything on disk (for `verify`).
@@ -77,48 +110,74 @@ impl EmbeddedBlockstore {
         if writable {
             File::open(directory)?.sync_all()?;
         }
-        let (index, valid_end, damaged_offsets) = scan(&file)?;
-        let file_len = file.metadata()?.len();
-        let scan = PackScan { damaged_offsets, torn_tail_bytes: file_len - valid_end };
-        if writable && valid_end < file_len {
-            if scan.torn_tail_bytes > MAX_TORN_TAIL {
-                return Err(BlobError::Corrupt(format!(
-                    "{}: {} unreadable bytes after offset {valid_end}",
-                    path.display(),
-                    scan.torn_tail_bytes
-                )));
-            }
-            tracing::warn!(valid_end, "blockstore: cutting off an unsynced tail left by a crash");
-            file.set_len(valid_end)?;
-            file.sync_all()?;
-        }
-        let store = EmbeddedBlockstore {
-            reader: File::open(&path)?,
-            writer: Mutex::new(PackWriter { file, end: valid_end }),
-            index: RwLock::new(index),
-        };
+        let (index, scan) = scan(&file)?;
+        // Appends go after the crash tail until `open` has cut it (refused opens never append).
+        let end = scan.file_len;
+        let store =
+            EmbeddedBlockstore { reader: File::open(&path)?, writer: Mutex::new(PackWriter { file, end }), index: RwLock::new(index) };
         Ok((store, scan))
     }
 }
 
-type ScanResult = (HashMap<Cid, BlockLocation>, u64, Vec<u64>);
+/// Whether `frame` (from its length field) is an intact pack record if `record_len` is its length.
+fn record_is_intact(frame: &[u8], record_len: u32) -> bool {
+    let record_len = record_len as usize;
+    if frame.len() < 4 + record_len || record_len < 4 {
+        return false;
+    }
+    let cid_len = u16::from_le_bytes([frame[4], frame[5]]) as usize;
+    if cid_len < 2 || cid_len + 2 > record_len {
+        return false;
+    }
+    Cid::from_bytes(&frame[6..6 + cid_len]).is_ok_and(|cid| block_matches(&cid, &frame[6 + cid_len..4 + record_len]))
+}
 
-fn scan(file: &File) -> Result<ScanResult, BlobError> {
+/// Whether an intact record starts at `offset`, or the file ends there.
+fn starts_a_record(file: &File, offset: u64, file_len: u64) -> std::io::Result<bool> {
+    let mut header = [0u8; 4];
+    if offset == file_len {
+        return Ok(true);
+    }
+    if file_len - offset < 4 {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut header, offset)?;
+    let record_len = u32::from_le_bytes(header);
+    if record_len > MAX_RECORD_LEN || offset + 4 + record_len as u64 > file_len {
+        return Ok(false);
+    }
+    let mut frame = vec![0u8; 4 + record_len as usize];
+    file.read_exact_at(&mut frame, offset)?;
+    Ok(record_is_intact(&frame, record_len))
+}
+
+/// Whether the bytes from `offset` to the end can be a crash tail (see the module doc).
+fn is_crash_tail_at(file: &File, offset: u64, file_len: u64) -> std::io::Result<bool> {
+    if file_len - offset > MAX_TORN_TAIL {
+        return Ok(false);
+    }
+    let mut tail = vec![0u8; (file_len - offset) as usize];
+    file.read_exact_at(&mut tail, offset)?;
+    Ok(crate::journal::is_crash_tail(&tail, 4, MAX_RECORD_LEN, record_is_intact))
+}
+
+fn scan(file: &File) -> Result<(HashMap<Cid, BlockLocation>, PackScan), BlobError> {
     let file_len = file.metadata()?.len();
     let mut index = HashMap::new();
-    let mut damaged = Vec::new();
+    let mut found = PackScan { file_len, ..PackScan::default() };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
-    loop {
+    while offset < file_len {
         let mut header = [0u8; 6];
-        if reader.read_exact(&mut header).is_err() {
-            return Ok((index, offset, damaged));
+        if file_len - offset < 6 {
+            return unreadable_from(file, offset, index, found);
         }
+        reader.read_exact(&mut header)?;
         let record_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         let cid_len = u16::from_le_bytes(header[4..].try_into().expect("2 bytes")) as u32;
         let record_end = offset + 4 + record_len as u64;
         if record_len > MAX_RECORD_LEN || cid_len < 2 || cid_len + 2 > record_len || record_end > file_len {
-            return Ok((index, offset, damaged));
+            return unreadable_from(file, offset, index, found);
         }
         let mut body = vec![0u8; (record_len - 2) as usize];
         reader.read_exact(&mut body)?;
@@ -128,11 +187,36 @@ fn scan(file: &File) -> Result<ScanResult, BlobError> {
                 let data_offset = offset + 6 + cid_len as u64;
                 index.insert(cid, BlockLocation { data_offset, data_len: data.len() as u32 });
             }
-            _ if record_end == file_len => return Ok((index, offset, damaged)),
-            _ => damaged.push(offset),
+            _ if is_crash_tail_at(file, offset, file_len)? => {
+                found.crash_tail = Some(offset);
+                return Ok((index, found));
+            }
+            _ => {
+                found.damaged_offsets.push(offset);
+                // Its length may be the damaged part: read on only if a whole record follows.
+                if !starts_a_record(file, record_end, file_len)? {
+                    return Ok((index, found));
+                }
+            }
         }
         offset = record_end;
     }
+    Ok((index, found))
+}
+
+/// The scan's end at a record whose header cannot be read as a whole record.
+fn unreadable_from(
+    file: &File,
+    offset: u64,
+    index: HashMap<Cid, BlockLocation>,
+    mut found: PackScan,
+) -> Result<(HashMap<Cid, BlockLocation>, PackScan), BlobError> {
+    if is_crash_tail_at(file, offset, found.file_len)? {
+        found.crash_tail = Some(offset);
+    } else {
+        found.damaged_offsets.push(offset);
+    }
+    Ok((index, found))
 }
 
 impl BlobStore for EmbeddedBlockstore {
@@ -200,7 +284,7 @@ mod tests {
         let directory = temporary_directory("contract");
         check_blob_store_contract_here(&directory);
         // And again after reopening: the index is rebuilt from the pack file.
-        let store = EmbeddedBlockstore::open(&directory).unwrap();
+        let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
         let (root, _) = file_blocks(b"sealed bytes");
         assert_eq!(crate::blob::read_file(&store, &root).unwrap(), b"sealed bytes");
         drop(store);
@@ -208,7 +292,7 @@ mod tests {
     }
 
     fn check_blob_store_contract_here(directory: &Path) {
-        let store = EmbeddedBlockstore::open(directory).unwrap();
+        let store = EmbeddedBlockstore::open(directory, &[]).unwrap();
         crate::blob::check_blob_store_contract(&store);
     }
 
@@ -218,7 +302,7 @@ mod tests {
         let (kept_root, kept_blocks) = file_blocks(b"kept");
         let (_, lost_blocks) = file_blocks(b"lost in the crash");
         {
-            let store = EmbeddedBlockstore::open(&directory).unwrap();
+            let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
             store.put_blocks(&kept_blocks).unwrap();
             store.put_blocks(&lost_blocks).unwrap();
             store.sync().unwrap();
@@ -227,13 +311,64 @@ mod tests {
         let length = std::fs::metadata(&path).unwrap().len();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(length - 3).unwrap();
-        let store = EmbeddedBlockstore::open(&directory).unwrap();
+        let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
         assert_eq!(store.cids().unwrap(), vec![kept_root]);
         // Appending after the truncation works and survives another reopen.
         store.put_blocks(&lost_blocks).unwrap();
         store.sync().unwrap();
         drop(store);
-        assert_eq!(EmbeddedBlockstore::open(&directory).unwrap().cids().unwrap().len(), 2);
+        assert_eq!(EmbeddedBlockstore::open(&directory, &[]).unwrap().cids().unwrap().len(), 2);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_crash_tail_holding_an_acknowledged_blob_is_not_cut() {
+        let directory = temporary_directory("acknowledged-tail");
+        let (kept_root, kept_blocks) = file_blocks(b"kept");
+        let (last_root, last_blocks) = file_blocks(b"acknowledged, then cut by someone");
+        {
+            let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
+            store.put_blocks(&kept_blocks).unwrap();
+            store.put_blocks(&last_blocks).unwrap();
+            store.sync().unwrap();
+        }
+        let path = directory.join("blocks.pack");
+        let length = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(length - 3).unwrap();
+        let error = EmbeddedBlockstore::open(&directory, &[kept_root, last_root]).err().expect("refused");
+        assert!(matches!(error, BlobError::Damaged { .. }), "{error}");
+        assert!(error.to_string().contains("blocks.pack is damaged at offset"), "{error}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), length - 3, "nothing was cut");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_length_in_the_pack_is_named_not_truncated() {
+        let directory = temporary_directory("flipped-length");
+        let contents: Vec<Vec<u8>> = (0..5).map(|index| format!("sealed blob number {index}").into_bytes()).collect();
+        {
+            let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
+            for content in &contents {
+                store.put_blocks(&file_blocks(content).1).unwrap();
+            }
+            store.sync().unwrap();
+        }
+        let path = directory.join("blocks.pack");
+        let original = std::fs::read(&path).unwrap();
+        let record_len = u32::from_le_bytes(original[..4].try_into().unwrap()) as usize;
+        let second = 4 + record_len;
+        for (offset, bit) in [(second, 6), (second + 2, 0), (second + 3, 7)] {
+            let mut damaged = original.clone();
+            damaged[offset] ^= 1 << bit;
+            std::fs::write(&path, &damaged).unwrap();
+            let error = EmbeddedBlockstore::open(&directory, &[]).err().expect("refused");
+            assert!(error.to_string().contains(&format!("damaged at offset {second}")), "{error}");
+            assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing was cut");
+            let (_, scan) = EmbeddedBlockstore::open_read_only(&directory).unwrap();
+            assert_eq!(scan.damaged_offsets, vec![second as u64]);
+        }
+        std::fs::write(&path, &original).unwrap();
+        assert_eq!(EmbeddedBlockstore::open(&directory, &[]).unwrap().cids().unwrap().len(), 5);
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

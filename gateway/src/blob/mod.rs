@@ -21,6 +21,8 @@ pub enum BlobError {
     Dag { cid: Cid, source: DagError },
     #[error("blob store corrupt: {0}")]
     Corrupt(String),
+    #[error("{path} is damaged at offset {offset} ({what}); run `fhir-gateway verify`")]
+    Damaged { path: std::path::PathBuf, offset: u64, what: String },
 }
 
 /// Where blocks live. Implementations must make every block put before a successful `sync` durable.

@@ -7,13 +7,17 @@
 //! Encoding (the leaf bytes): the canonical JSON ([`crate::fhir::canonical`]) of
 //!
 //! ```json
-//! {"cid":"bafk…","contentHash":"<hex>","kind":"create","principal":"<pseudonym>",
-//!  "pseudonym":"<hex>","recorded":"2026-11-21T15:20:12.123Z","resourceType":"Patient",
-//!  "signature":"<base64 ed25519>","versionId":1}
+//! {"author":"<hex>","cid":"bafk…","contentHash":"<hex>","kind":"create",
+//!  "principal":"<pseudonym>","pseudonym":"<hex>","recorded":"2026-11-21T15:20:12.123Z",
+//!  "resourceType":"Patient","signature":"<base64 ed25519>","versionId":1}
 //! ```
 //!
 //! `signature` is Ed25519 over `"fhir-gateway ledger entry v1\n"` followed by the canonical JSON
 //! of the same object without `signature`. `cid` and `contentHash` are absent for deletions.
+//! `author` binds the organisation that wrote the version (the catalog's `author`, which the
+//! consent decision's author-organisation rule compares with): a keyed hash of the
+//! organisation reference, or of the empty string when the writer has none. Entries written
+//! before it existed lack it; the store refuses such a ledger.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -35,6 +39,9 @@ pub enum EntryKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LedgerEntry {
+    /// The keyed hash of the writing organisation (`None` only in entries of older ledgers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
     pub kind: EntryKind,
     pub resource_type: String,
     pub pseudonym: String,
@@ -71,6 +78,9 @@ impl LedgerEntry {
             out.push(b':');
             write_string(value, out);
         };
+        if let Some(author) = &self.author {
+            member("author", author, &mut out);
+        }
         if let Some(cid) = &self.cid {
             member("cid", cid, &mut out);
         }
@@ -112,6 +122,8 @@ impl LedgerEntry {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         struct Signed {
+            #[serde(default)]
+            author: Option<String>,
             kind: EntryKind,
             resource_type: String,
             pseudonym: String,
@@ -125,9 +137,9 @@ impl LedgerEntry {
             #[allow(dead_code)]
             signature: String,
         }
-        let Signed { kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded, .. } =
+        let Signed { author, kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded, .. } =
             serde_json::from_slice(leaf).map_err(|_| EntryError::Malformed)?;
-        Ok(LedgerEntry { kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded })
+        Ok(LedgerEntry { author, kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded })
     }
 
     /// Parses leaf bytes and checks canonical form and signature.
@@ -153,6 +165,7 @@ mod tests {
 
     fn sample() -> LedgerEntry {
         LedgerEntry {
+            author: Some("ef".repeat(32)),
             kind: EntryKind::Create,
             resource_type: "Patient".into(),
             pseudonym: "ab".repeat(32),
@@ -170,7 +183,8 @@ mod tests {
     fn entry_bytes_are_the_canonical_json_of_the_entry() {
         let deletion = LedgerEntry { kind: EntryKind::Delete, content_hash: None, cid: None, version_id: 12_345, ..sample() };
         let escaped = LedgerEntry { principal: "org \"A\"\\\n\u{1}é".into(), kind: EntryKind::Update, ..sample() };
-        for entry in [sample(), deletion, escaped] {
+        let older = LedgerEntry { author: None, ..sample() };
+        for entry in [sample(), deletion, escaped, older] {
             let value = serde_json::to_value(&entry).unwrap();
             assert_eq!(entry.unsigned_bytes(), to_canonical_bytes(&value));
             let mut signed = value;
@@ -184,11 +198,13 @@ mod tests {
         let key = SigningKey::from_bytes(&[3u8; 32]);
         let leaf = sample().sign(&key);
         let text = std::str::from_utf8(&leaf).unwrap();
-        assert!(text.starts_with(r#"{"cid":"bafk"#) && text.contains(r#""kind":"create""#));
+        assert!(text.starts_with(r#"{"author":"efef"#) && text.contains(r#""cid":"bafk"#) && text.contains(r#""kind":"create""#));
         assert_eq!(LedgerEntry::parse_verified(&leaf, &key.verifying_key()).unwrap(), sample());
 
         let tampered = text.replace(r#""versionId":1"#, r#""versionId":2"#);
         assert_eq!(LedgerEntry::parse_verified(tampered.as_bytes(), &key.verifying_key()), Err(EntryError::BadSignature));
+        let other_author = text.replacen("efef", "efee", 1);
+        assert_eq!(LedgerEntry::parse_verified(other_author.as_bytes(), &key.verifying_key()), Err(EntryError::BadSignature));
         let reordered = text.replacen('{', "{ ", 1);
         assert_eq!(LedgerEntry::parse_verified(reordered.as_bytes(), &key.verifying_key()), Err(EntryError::NotCanonical));
         let other_key = SigningKey::from_bytes(&[4u8; 32]).verifying_key();

@@ -2,8 +2,11 @@
 //! and `<data>/ledger/checkpoints.log` (every signed checkpoint note ever issued).
 //!
 //! Leaves become visible (counted in [`LedgerLog::tree_size`]) only after they are durable.
-//! On open, the newest checkpoint must verify under the gateway key and match the recomputed
-//! root of the leaves it covers; otherwise the gateway refuses to start.
+//! On open, both journals must be free of damage (see [`crate::journal`]), and the newest
+//! checkpoint must verify under the gateway key and match the recomputed root of the leaves it
+//! covers; otherwise the gateway refuses to start. A signed checkpoint proves the leaves it
+//! covers were durable, so they can never be a crash tail. [`LedgerLog::recover`] checks all of
+//! this without changing anything; [`RecoveredLedger::open`] then cuts the crash tails.
 
 use std::path::Path;
 use std::sync::RwLock;
@@ -24,6 +27,11 @@ pub enum LedgerError {
     Merkle(#[from] merkle::ProofError),
     #[error("the newest checkpoint (tree size {checkpoint_size}) does not match the {tree_size} leaves on disk")]
     CheckpointMismatch { checkpoint_size: u64, tree_size: u64 },
+    #[error(
+        "{path}: the newest signed checkpoint covers {checkpoint_size} entries but only {tree_size} are intact, \
+         ending at offset {offset}; run `fhir-gateway verify`"
+    )]
+    CheckpointedEntriesMissing { path: std::path::PathBuf, offset: u64, checkpoint_size: u64, tree_size: u64 },
     #[error("leaf {0} does not exist")]
     NoSuchLeaf(u64),
 }
@@ -42,56 +50,92 @@ struct LedgerState {
     latest_checkpoint: Option<(Checkpoint, String)>,
 }
 
+/// The ledger as found on disk and checked, not yet opened for appends: nothing has been cut.
+pub struct RecoveredLedger {
+    entries: journal::Recovered,
+    checkpoints: journal::Recovered,
+    signer: NoteSigner,
+    offsets: Vec<u64>,
+    leaf_hashes: Vec<Hash>,
+    first_leaf: Option<Vec<u8>>,
+    latest_checkpoint: Option<(Checkpoint, String)>,
+}
+
+impl RecoveredLedger {
+    /// The number of intact leaves.
+    pub fn tree_size(&self) -> u64 {
+        self.leaf_hashes.len() as u64
+    }
+
+    /// The number of leaves the newest signed checkpoint covers.
+    pub fn checkpointed(&self) -> u64 {
+        self.latest_checkpoint.as_ref().map_or(0, |(checkpoint, _)| checkpoint.tree_size())
+    }
+
+    /// The bytes of leaf 0, if there is one.
+    pub fn first_leaf(&self) -> Option<&[u8]> {
+        self.first_leaf.as_deref()
+    }
+
+    /// Opens both journals for appends, cutting off their crash tails.
+    pub fn open(self) -> Result<LedgerLog, LedgerError> {
+        let RecoveredLedger { entries, checkpoints, signer, offsets, leaf_hashes, latest_checkpoint, .. } = self;
+        let mut frontier = CompactRange::new();
+        for leaf_hash in &leaf_hashes {
+            frontier.append(*leaf_hash)?;
+        }
+        Ok(LedgerLog {
+            entries: entries.open()?,
+            checkpoints: checkpoints.open()?,
+            signer,
+            state: RwLock::new(LedgerState { offsets, leaf_hashes, frontier, latest_checkpoint }),
+        })
+    }
+}
+
 impl LedgerLog {
     pub fn open(directory: &Path, signing_key: SigningKey, origin: &str) -> Result<LedgerLog, LedgerError> {
+        LedgerLog::recover(directory, signing_key, origin)?.open()
+    }
+
+    /// Scans and checks the ledger without changing anything.
+    pub fn recover(directory: &Path, signing_key: SigningKey, origin: &str) -> Result<RecoveredLedger, LedgerError> {
         let signer = NoteSigner::new(origin, signing_key)?;
         let mut notes = Vec::new();
-        let checkpoints = Journal::open(&directory.join("checkpoints.log"), |_, record| {
+        let checkpoints = Journal::recover(&directory.join("checkpoints.log"), |_, record| {
             notes.push(String::from_utf8_lossy(record).into_owned());
         })?;
         let newest = match notes.pop() {
             None => None,
             Some(text) => Some((note::open_checkpoint(&text, origin, &[signer.verifier()])?.0, text)),
         };
-        // A signed checkpoint proves its entries were durable: they can never be a crash tail,
-        // so check before `Journal::open` may cut one off.
         let entries_path = directory.join("entries.log");
-        let mut intact = 0u64;
-        if let journal::ScanEnd::Corrupt { offset } = journal::scan(&entries_path, |_, _| intact += 1)? {
-            return Err(JournalError::Corrupt { path: entries_path, offset }.into());
-        }
-        if let Some((checkpoint, _)) = &newest
-            && checkpoint.tree_size() > intact
-        {
-            return Err(LedgerError::CheckpointMismatch { checkpoint_size: checkpoint.tree_size(), tree_size: intact });
-        }
         let mut offsets = Vec::new();
         let mut leaf_hashes = Vec::new();
-        let entries = Journal::open(&entries_path, |offset, leaf| {
+        let mut first_leaf = None;
+        let entries = Journal::recover(&entries_path, |offset, leaf| {
+            if offsets.is_empty() {
+                first_leaf = Some(leaf.to_vec());
+            }
             offsets.push(offset);
             leaf_hashes.push(merkle::leaf_hash(leaf));
         })?;
-        let mut frontier = CompactRange::new();
-        for leaf_hash in &leaf_hashes {
-            frontier.append(*leaf_hash)?;
-        }
-        let latest_checkpoint = match newest {
-            None => None,
-            Some((checkpoint, text)) => {
-                let tree_size = leaf_hashes.len() as u64;
-                let covered = usize::try_from(checkpoint.tree_size()).unwrap_or(usize::MAX);
-                if covered > leaf_hashes.len() || merkle::root_from_leaf_hashes(&leaf_hashes[..covered]) != *checkpoint.root_hash() {
-                    return Err(LedgerError::CheckpointMismatch { checkpoint_size: checkpoint.tree_size(), tree_size });
-                }
-                Some((checkpoint, text))
+        let tree_size = leaf_hashes.len() as u64;
+        if let Some((checkpoint, _)) = &newest {
+            if checkpoint.tree_size() > tree_size {
+                let offset = entries.crash_tail().unwrap_or_else(|| std::fs::metadata(&entries_path).map_or(0, |metadata| metadata.len()));
+                return Err(LedgerError::CheckpointedEntriesMissing {
+                    path: entries_path,
+                    offset,
+                    checkpoint_size: checkpoint.tree_size(),
+                    tree_size,
+                });
             }
-        };
-        Ok(LedgerLog {
-            entries,
-            checkpoints,
-            signer,
-            state: RwLock::new(LedgerState { offsets, leaf_hashes, frontier, latest_checkpoint }),
-        })
+            if merkle::root_from_leaf_hashes(&leaf_hashes[..checkpoint.tree_size() as usize]) != *checkpoint.root_hash() {
+                return Err(LedgerError::CheckpointMismatch { checkpoint_size: checkpoint.tree_size(), tree_size });
+            }
+        }
+        Ok(RecoveredLedger { entries, checkpoints, signer, offsets, leaf_hashes, first_leaf, latest_checkpoint: newest })
     }
 
     pub fn tree_size(&self) -> u64 {

@@ -8,4 +8,4 @@ pub mod merkle;
 pub mod note;
 
 pub use entry::{EntryKind, LedgerEntry};
-pub use log::{LedgerError, LedgerLog};
+pub use log::{LedgerError, LedgerLog, RecoveredLedger};

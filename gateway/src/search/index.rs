@@ -13,6 +13,11 @@
 //! Freshness: the last ledger leaf whose version is indexed is the commit payload. On open the
 //! index catches up from there; a search first waits until the index covers every version
 //! acknowledged before the search began (read-your-writes).
+//!
+//! Damage: on open every file of the index is checked against its checksum (tantivy's footers)
+//! and the index must load; a damaged, foreign or older index is deleted and rebuilt from the
+//! store. A query that fails (or panics) while running is reported as
+//! [`IndexError::Damaged`], and the store has the indexer rebuild the index.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -65,8 +70,11 @@ pub enum IndexError {
     Io(#[from] std::io::Error),
     #[error("more than {0} candidates")]
     TooManyCandidates(usize),
+    #[error("search index damaged: {0}")]
+    Damaged(String),
 }
 
+#[derive(Clone, Copy)]
 struct Fields {
     key: Field,
     resource_type: Field,
@@ -110,18 +118,31 @@ impl TantivyIndex {
             let payload = index.load_metas().ok().and_then(|metas| metas.payload);
             payload.as_deref().is_none_or(|payload| payload.is_empty() || layout_leaf(payload).is_some())
         };
-        let index = match Index::open_in_dir(directory) {
-            Ok(index) if index.schema() == schema && current_layout(&index) => index,
-            Ok(_) | Err(_) => {
-                // Derived state: an unreadable, foreign or older index is rebuilt from the store.
-                for entry in std::fs::read_dir(directory)? {
-                    let path = entry?.path();
-                    if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
-                }
-                Index::create_in_dir(directory, schema)?
+        let existing = Index::open_in_dir(directory).map_err(|error| error.to_string()).and_then(|index| {
+            if index.schema() != schema || !current_layout(&index) {
+                return Err("another schema or term layout".to_string());
             }
+            let damaged = index.validate_checksum().map_err(|error| error.to_string())?;
+            if !damaged.is_empty() {
+                let mut names: Vec<String> = damaged.iter().map(|path| path.display().to_string()).collect();
+                names.sort();
+                return Err(format!("files failing their checksum: {}", names.join(", ")));
+            }
+            Self::from_index(index, fields, indexing_threads).map_err(|error| error.to_string())
+        });
+        let reason = match existing {
+            Ok(index) => return Ok(index),
+            Err(reason) => reason,
         };
-        Self::from_index(index, fields, indexing_threads)
+        // Derived state: an unreadable, damaged, foreign or older index is rebuilt from the store.
+        if directory.join("meta.json").exists() {
+            tracing::warn!(index = %directory.display(), %reason, "search index unusable; deleting it and rebuilding it from the store");
+        }
+        for entry in std::fs::read_dir(directory)? {
+            let path = entry?.path();
+            if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+        }
+        Self::from_index(Index::create_in_dir(directory, schema)?, fields, indexing_threads)
     }
 
     /// An index in memory (tests).
@@ -232,6 +253,17 @@ impl TantivyIndex {
     /// Every document of `resource_type` (all types if `None`) matching the condition; more
     /// than `max` is an error (found before any document is loaded).
     pub fn search(&self, resource_type: Option<&str>, condition: &TermCondition, max: usize) -> Result<Vec<Hit>, IndexError> {
+        // Damaged files can make tantivy panic rather than fail: either way the index is damaged.
+        let search = std::panic::AssertUnwindSafe(|| self.search_unguarded(resource_type, condition, max));
+        match std::panic::catch_unwind(search) {
+            Ok(Err(IndexError::TooManyCandidates(max))) => Err(IndexError::TooManyCandidates(max)),
+            Ok(Err(error)) => Err(IndexError::Damaged(error.to_string())),
+            Ok(Ok(hits)) => Ok(hits),
+            Err(_) => Err(IndexError::Damaged("a query panicked".into())),
+        }
+    }
+
+    fn search_unguarded(&self, resource_type: Option<&str>, condition: &TermCondition, max: usize) -> Result<Vec<Hit>, IndexError> {
         let searcher = self.reader.searcher();
         let query = self.query(resource_type, condition);
         let addresses = searcher.search(&query, &DocSetCollector)?;
@@ -339,6 +371,29 @@ mod tests {
         std::fs::write(directory.join("meta.json"), b"garbage").unwrap();
         let index = TantivyIndex::open(&directory, 1).unwrap();
         assert_eq!(index.indexed_leaf(), None, "an unreadable index starts over");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_segment_failing_its_checksum_is_deleted_and_the_index_starts_over() {
+        let directory = std::env::temp_dir().join(format!("fg-index-damaged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        {
+            let index = TantivyIndex::open(&directory, 1).unwrap();
+            index.replace(&[], Some(&document("Patient/a", 0, &["x"]))).unwrap();
+            index.commit(0).unwrap();
+        }
+        let segment_file = std::fs::read_dir(&directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.extension().is_some_and(|extension| extension == "idx"))
+            .expect("a segment's postings");
+        let mut bytes = std::fs::read(&segment_file).unwrap();
+        bytes[0] ^= 0x10;
+        std::fs::write(&segment_file, &bytes).unwrap();
+        let index = TantivyIndex::open(&directory, 1).unwrap();
+        assert_eq!(index.indexed_leaf(), None, "a damaged index starts over (and is caught up from the store)");
+        assert_eq!(index.count(None, &TermCondition::Everything).unwrap(), 0);
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

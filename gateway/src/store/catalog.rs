@@ -221,6 +221,11 @@ impl Catalog {
             .filter_map(|(key, history)| history.current().map(|version| (key, version)))
     }
 
+    /// The current version of every resource.
+    pub fn current_versions(&self) -> impl Iterator<Item = (&ResourceKey, &VersionRecord)> {
+        self.resources.iter().filter_map(|(key, history)| history.current().map(|version| (key, version)))
+    }
+
     pub fn all_records(&self) -> impl Iterator<Item = (&ResourceKey, &VersionRecord)> {
         self.resources.iter().flat_map(|(key, history)| history.versions.iter().map(move |version| (key, version)))
     }

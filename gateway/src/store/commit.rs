@@ -149,6 +149,7 @@ pub(crate) fn prepare(
         prepared.index_entries = Some(search::extract_indexed(SearchParamTable::r4(), &resource));
     }
     let entry = LedgerEntry {
+        author: Some(shared.secrets.author_hash(principal.organization.as_deref())),
         kind,
         resource_type: key.resource_type.clone(),
         pseudonym: shared.secrets.pseudonym(key),

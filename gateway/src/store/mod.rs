@@ -9,6 +9,7 @@
 pub mod catalog;
 mod commit;
 pub mod consents;
+pub(crate) mod recovery;
 mod rotate;
 pub mod search;
 mod secrets;
@@ -23,7 +24,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::blob::{self, BlobStore, EmbeddedBlockstore};
+use crate::blob::{self, BlobStore, Cid, EmbeddedBlockstore};
 use crate::consent::Interaction;
 use crate::fhir::{self, Issue, Leniency};
 use crate::journal::{Journal, JournalError};
@@ -320,14 +321,14 @@ pub enum OpenError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("catalog record at offset {offset} is unreadable: {reason}")]
-    Catalog { offset: u64, reason: String },
+    #[error(transparent)]
+    Catalog(#[from] recovery::CatalogDamage),
+    #[error("{0}")]
+    Format(String),
     #[error("search index: {0}")]
     Index(String),
     #[error("the data directory {0} is in use by another fhir-gateway process")]
     Locked(PathBuf),
-    #[error("the catalog ({records} records) does not match the ledger ({tree_size} leaves) from record {position}; run verify")]
-    CatalogMismatch { records: u64, tree_size: u64, position: u64 },
 }
 
 /// The files of a data directory.
@@ -371,6 +372,19 @@ pub fn reindex(data_directory: &Path) -> Result<u64, String> {
     })
 }
 
+/// Refuses a ledger written before entries bound the author (`author`, see `ledger::entry`):
+/// its versions' authors, which the consent decision relies on, cannot be checked.
+fn check_entry_format(layout: &DataLayout, first_leaf: &[u8]) -> Result<(), OpenError> {
+    match LedgerEntry::parse(first_leaf) {
+        Ok(entry) if entry.author.is_none() => Err(OpenError::Format(format!(
+            "{}: the ledger was written by an older fhir-gateway (entries without an author binding); \
+             this version cannot check who wrote its versions and does not open it",
+            layout.ledger().join("entries.log").display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Takes the exclusive lock on `<data>/LOCK` (released when the file is dropped or the process dies).
 pub(crate) fn lock_data_directory(layout: &DataLayout) -> Result<std::fs::File, OpenError> {
     std::fs::create_dir_all(&layout.root).map_err(|source| OpenError::Journal(JournalError::Io { path: layout.root.clone(), source }))?;
@@ -389,72 +403,67 @@ impl ResourceStore {
     /// Opens the data directory (creating it on first start) and starts the commit thread.
     /// Must be called inside a Tokio runtime.
     pub fn open(data_directory: &Path, options: StoreOptions) -> Result<ResourceStore, OpenError> {
-        ResourceStore::open_with_blob_store(data_directory, options, |layout| {
-            Ok(Arc::new(EmbeddedBlockstore::open(&layout.blocks())?) as Arc<dyn BlobStore>)
+        ResourceStore::open_with_blob_store(data_directory, options, |layout, acknowledged_roots| {
+            Ok(Arc::new(EmbeddedBlockstore::open(&layout.blocks(), acknowledged_roots)?) as Arc<dyn BlobStore>)
         })
     }
 
     /// Opens with another blob store (Kubo, or a failing one in tests), which `open_blobs` opens
-    /// once the directory is locked (opening the pack may cut a crash tail: never under a
-    /// running gateway).
+    /// once the directory is locked, given the root CIDs of every acknowledged write (opening
+    /// the pack may cut a crash tail that none of them needs: never under a running gateway).
+    ///
+    /// Every file is checked before anything is cut, so a refusal leaves the directory as it was.
     pub fn open_with_blob_store(
         data_directory: &Path,
         options: StoreOptions,
-        open_blobs: impl FnOnce(&DataLayout) -> Result<Arc<dyn BlobStore>, OpenError>,
+        open_blobs: impl FnOnce(&DataLayout, &[Cid]) -> Result<Arc<dyn BlobStore>, OpenError>,
     ) -> Result<ResourceStore, OpenError> {
         let layout = DataLayout::new(data_directory);
         let lock = lock_data_directory(&layout)?;
-        let blobs = open_blobs(&layout)?;
         let keyring = Keyring::open_or_create(&layout.keys())?;
         let secrets = LedgerSecrets::open_or_create(&layout.keys())?;
         let origin = options.ledger_origin.clone().unwrap_or_else(|| secrets.default_origin());
-        let ledger = LedgerLog::open(&layout.ledger(), secrets.signing_key.clone(), &origin)?;
-
+        let ledger = LedgerLog::recover(&layout.ledger(), secrets.signing_key.clone(), &origin)?;
+        if let Some(first_leaf) = ledger.first_leaf() {
+            check_entry_format(&layout, first_leaf)?;
+        }
+        let catalog_path = layout.catalog();
         let mut records: Vec<(u64, CatalogRecord)> = Vec::new();
-        let mut first_error = None;
-        let catalog_journal = Journal::open(&layout.catalog(), |offset, bytes| match CatalogRecord::decode(bytes) {
+        let mut undecodable = None;
+        let catalog_journal = Journal::recover(&catalog_path, |offset, bytes| match CatalogRecord::decode(bytes) {
             Ok(record) => records.push((offset, record)),
             Err(reason) => {
-                first_error.get_or_insert(OpenError::Catalog { offset, reason });
+                undecodable.get_or_insert(recovery::CatalogDamage { path: catalog_path.clone(), offset, reason });
             }
         })?;
-        if let Some(error) = first_error {
-            return Err(error);
+        if let Some(damage) = undecodable {
+            return Err(damage.into());
         }
-        // Versions whose ledger entries never became durable were never acknowledged; neither
-        // was a transaction of which only some entries became durable. Both are cut off.
-        let durable_leaves = ledger.tree_size();
-        let cut_leaf = records
-            .iter()
-            .filter(|(_, record)| {
-                record.version.leaf_index >= durable_leaves || record.transaction_end_leaf.is_some_and(|end| end > durable_leaves)
-            })
-            .map(|(_, record)| record.version.leaf_index)
-            .min();
-        if let Some(cut_leaf) = cut_leaf {
-            let position = records.partition_point(|(_, record)| record.version.leaf_index < cut_leaf);
-            if records[position..].iter().any(|(_, record)| record.version.leaf_index < cut_leaf) {
-                return Err(OpenError::Catalog { offset: records[position].0, reason: "records out of leaf order".into() });
-            }
-            tracing::warn!(cut_leaf, durable_leaves, "dropping writes (and partial transactions) that never became durable");
-            if cut_leaf < durable_leaves {
-                ledger.truncate(cut_leaf)?;
-            }
-            catalog_journal.truncate(records[position].0)?;
-            records.truncate(position);
+        let readable_end =
+            catalog_journal.crash_tail().unwrap_or_else(|| std::fs::metadata(&catalog_path).map_or(0, |metadata| metadata.len()));
+        let plan = recovery::plan(&recovery::Scanned {
+            catalog_path: &catalog_path,
+            records: &records,
+            readable_end,
+            tree_size: ledger.tree_size(),
+            checkpointed: ledger.checkpointed(),
+        })?;
+        records.truncate(plan.kept_records);
+        let acknowledged_roots: Vec<Cid> =
+            records.iter().filter_map(|(_, record)| record.version.sealed.as_ref().map(|sealed| sealed.cid)).collect();
+        let blobs = open_blobs(&layout, &acknowledged_roots)?;
+        drop(acknowledged_roots);
+
+        // Checked: now cut what was never acknowledged.
+        let ledger = ledger.open()?;
+        let catalog_journal = catalog_journal.open()?;
+        if let Some(cut_leaf) = plan.ledger_cut {
+            tracing::warn!(cut_leaf, "dropping a transaction only partly in the ledger: it was never acknowledged");
+            ledger.truncate(cut_leaf)?;
         }
-        // Every leaf is one version, in order: a missing or extra record is damage, not a crash.
-        if let Some(position) = records
-            .iter()
-            .enumerate()
-            .position(|(position, (_, record))| record.version.leaf_index != position as u64)
-            .or((records.len() as u64 != ledger.tree_size()).then_some(records.len()))
-        {
-            return Err(OpenError::CatalogMismatch {
-                records: records.len() as u64,
-                tree_size: ledger.tree_size(),
-                position: position as u64,
-            });
+        if let Some(offset) = plan.catalog_cut {
+            tracing::warn!(offset, "dropping catalog records of writes the ledger never acknowledged");
+            catalog_journal.truncate(offset)?;
         }
         let mut catalog = Catalog::default();
         for (_, record) in records {
@@ -923,6 +932,9 @@ fn load(shared: &Shared, key: &ResourceKey, version: &VersionRecord) -> Result<S
     if entry.pseudonym != pseudonym || entry.version_id != version.version_id || entry.resource_type != key.resource_type {
         return Err(integrity("ledger entry names another record"));
     }
+    if entry.author.as_deref() != Some(shared.secrets.author_hash(version.author.as_deref()).as_str()) {
+        return Err(integrity("ledger entry names another author"));
+    }
     let body = match &version.sealed {
         None => {
             if entry.kind != EntryKind::Delete {
@@ -1074,11 +1086,11 @@ mod tests {
     async fn an_fsync_failure_acknowledges_nothing_and_stops_writes() {
         let directory = fresh_test_directory("fsync");
         let blobs = Arc::new(FailingBlobStore {
-            inner: EmbeddedBlockstore::open(&DataLayout::new(&directory).blocks()).unwrap(),
+            inner: EmbeddedBlockstore::open(&DataLayout::new(&directory).blocks(), &[]).unwrap(),
             failing: AtomicBool::new(false),
         });
         let opened = blobs.clone();
-        let store = ResourceStore::open_with_blob_store(&directory, StoreOptions::default(), |_| Ok(opened)).unwrap();
+        let store = ResourceStore::open_with_blob_store(&directory, StoreOptions::default(), |_, _| Ok(opened)).unwrap();
         let principal = Principal::operator("test", None);
         let CreateOutcome::Created(kept) = store.create(patient(), &principal, Leniency::Strict, None).await.unwrap() else {
             panic!("created")

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::catalog::ResourceKey;
+use super::catalog::{ResourceKey, VersionRecord};
 use super::{ReadGuard, ResourceStore, Shared, StoreError, StoredVersion};
 use crate::consent::Interaction;
 use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
@@ -60,6 +60,8 @@ pub(crate) struct SearchIndex {
     /// Cleared when the indexer thread ends (by `close`, or after a failure).
     running: AtomicBool,
     pub failures: AtomicU64,
+    /// A rebuild has been asked for and not finished.
+    rebuilding: AtomicBool,
     /// What the commit thread has handed the indexer and it has not applied yet.
     queue: QueueBudget,
 }
@@ -76,6 +78,7 @@ impl SearchIndex {
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(true),
             failures: AtomicU64::new(0),
+            rebuilding: AtomicBool::new(false),
             queue: QueueBudget::new(),
         }
     }
@@ -197,6 +200,8 @@ pub(crate) enum IndexMessage {
     Jobs(Vec<IndexJob>, u64, usize),
     /// A search is waiting: publish what has been added.
     Publish,
+    /// A query found the index damaged: rebuild it from the store ([`rebuild`]).
+    Rebuild,
 }
 
 /// The commit thread's handle on the indexer: where to send published versions, and the thread.
@@ -276,6 +281,8 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
             let _close = CloseQueueOnExit(shared.clone());
             // Tree size reached by the jobs added but not yet published.
             let mut added: Option<u64> = None;
+            // Leaves below this are in the index since a rebuild (0: none).
+            let mut rebuilt_below = 0u64;
             let mut last_publish = std::time::Instant::now();
             loop {
                 let timeout = PUBLISH_INTERVAL.saturating_sub(last_publish.elapsed());
@@ -291,7 +298,22 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
                 if search.stopping.load(Ordering::SeqCst) {
                     break;
                 }
-                if let Some(IndexMessage::Jobs(jobs, tree_size, bytes)) = message {
+                if let Some(IndexMessage::Rebuild) = message {
+                    match rebuild(&shared) {
+                        Ok(through) => {
+                            rebuilt_below = through;
+                            added = None;
+                            last_publish = std::time::Instant::now();
+                        }
+                        Err(error) => {
+                            search.failed(&error);
+                            break;
+                        }
+                    }
+                }
+                if let Some(IndexMessage::Jobs(mut jobs, tree_size, bytes)) = message {
+                    // Versions the rebuild read from the catalog (or newer ones) are indexed.
+                    jobs.retain(|job| job.leaf_index >= rebuilt_below);
                     let added_jobs = search.add(&jobs);
                     drop(jobs);
                     search.queue.give(bytes);
@@ -327,6 +349,48 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
         })
         .expect("the indexer thread starts");
     (sender, thread)
+}
+
+/// Rebuilds a damaged index from the store, on the indexer thread, so that no job is applied
+/// meanwhile: clears it, then indexes the current version of every resource as the catalog has
+/// it now. Returns the leaf below which every version is covered: jobs of those versions (queued
+/// before the catalog was read) are then skipped, later ones apply as usual. Searches wait, then
+/// answer 503, until it is done.
+fn rebuild(shared: &Shared) -> Result<u64, IndexError> {
+    let search = &shared.search;
+    tracing::warn!("rebuilding the search index from the store");
+    *search.covered.lock().expect("covered lock") = 0;
+    search.index.clear()?;
+    let current: Vec<(ResourceKey, VersionRecord)> = {
+        let catalog = shared.catalog.read().expect("catalog lock");
+        catalog.current_versions().map(|(key, version)| (key.clone(), version.clone())).collect()
+    };
+    // The newest version of all is the current one of its resource.
+    let through = current.iter().map(|(_, version)| version.leaf_index + 1).max().unwrap_or(0);
+    let mut indexed = 0u64;
+    for chunk in current.chunks(5_000) {
+        let jobs: Vec<IndexJob> = chunk
+            .iter()
+            .filter(|(_, version)| !version.is_deletion())
+            .filter_map(|(key, version)| match super::load(shared, key, version) {
+                Ok(stored) => Some(IndexJob {
+                    key: key.clone(),
+                    leaf_index: version.leaf_index,
+                    last_updated_ms: (version.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
+                    entries: stored.body.as_deref().and_then(index_entries),
+                    replaced_leaves: Vec::new(),
+                }),
+                // Logged by `load`; a version that cannot be read cannot be served either.
+                Err(_) => None,
+            })
+            .collect();
+        indexed += jobs.len() as u64;
+        search.add(&jobs)?;
+    }
+    search.publish(through)?;
+    search.rebuilding.store(false, Ordering::SeqCst);
+    tracing::warn!(resources = indexed, "search index rebuilt from the store");
+    Ok(through)
 }
 
 /// One page of search results.
@@ -426,8 +490,29 @@ impl ResourceStore {
             IndexError::TooManyCandidates(max) => {
                 StoreError::BadRequest(format!("{what} may consider at most {max} candidates and this one has more; narrow the search"))
             }
-            error => StoreError::Internal(error.to_string()),
+            error => self.index_damaged(&error),
         })
+    }
+
+    /// A query the index could not answer: its files are damaged. The index is derived state:
+    /// the indexer rebuilds it from the store, and searches answer 503 until it is done.
+    fn index_damaged(&self, error: &IndexError) -> StoreError {
+        tracing::error!(%error, "a search index query failed");
+        let search = &self.shared.search;
+        if !search.rebuilding.swap(true, Ordering::SeqCst) {
+            let asked = self
+                .shared
+                .indexer
+                .lock()
+                .expect("indexer lock")
+                .as_ref()
+                .is_some_and(|(sender, _)| sender.try_send(IndexMessage::Rebuild).is_ok());
+            if !asked {
+                // The queue is full or the indexer is gone: the next failing query asks again.
+                search.rebuilding.store(false, Ordering::SeqCst);
+            }
+        }
+        StoreError::Unavailable("the search index is damaged and is being rebuilt from the store; try again shortly".into())
     }
 
     /// The `hits` confirmed by the matcher, in index order (not sorted);

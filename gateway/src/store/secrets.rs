@@ -77,6 +77,12 @@ impl LedgerSecrets {
         }
     }
 
+    /// The ledger's keyed hash of the organisation that wrote a version (of the empty string
+    /// when there is none): binds the catalog's `author` to the signed entry.
+    pub fn author_hash(&self, organization: Option<&str>) -> String {
+        hex(&self.keyed_hash("author", &[organization.unwrap_or("").as_bytes()]))
+    }
+
     /// The key of the search index's term hashes (no readable values in the index).
     pub fn search_key(&self) -> [u8; 32] {
         self.keyed_hash("search-index", &[])
