@@ -215,7 +215,7 @@ fn connections_within_descriptor_limit() -> usize {
             }
         }
     }
-    usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX).max(64)
+    usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX).max(16)
 }
 
 /// How long a stop waits for requests in progress.

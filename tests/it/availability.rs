@@ -139,3 +139,40 @@ async fn healthz_names_every_component() {
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body, json!({"status": "ok", "components": {"store": "ok", "search": "ok", "audit": "ok"}}));
 }
+
+#[tokio::test]
+async fn the_indexer_recovers_from_a_failing_index_directory_and_healthz_says_so_meanwhile() {
+    let mut gateway = Gateway::start().await;
+    let patient = |family: &str| json!({"resourceType": "Patient", "name": [{"family": family}]});
+    assert_eq!(gateway.post("Patient", &patient("Before")).await.status(), 201);
+    assert_eq!(gateway.get("Patient?family=before").await.status(), 200, "searchable, so the index is committed");
+    // The index directory disappears under the indexer (root ignores permissions, so a file
+    // stands in its place): its next commit fails.
+    let index = gateway.data.path().join("index");
+    let away = gateway.data.path().join("index.away");
+    std::fs::rename(&index, &away).unwrap();
+    std::fs::write(&index, b"not a directory").unwrap();
+    assert_eq!(gateway.post("Patient", &patient("During")).await.status(), 201, "writes go on");
+    let health = |gateway: &Gateway| {
+        let url = format!("{}/healthz", gateway.root());
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&gateway).await == 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(health(&gateway).await, 503, "/healthz names the failing index");
+    std::fs::remove_file(&index).unwrap();
+    std::fs::rename(&away, &index).unwrap();
+    assert_eq!(gateway.post("Patient", &patient("After")).await.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health(&gateway).await != 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health(&gateway).await, 200, "recovered without a restart");
+    for family in ["before", "during", "after"] {
+        let found: Value = gateway.get(&format!("Patient?family={family}")).await.json().await.unwrap();
+        assert_eq!(found["total"], 1, "{family}: {found}");
+    }
+    gateway.stop();
+}

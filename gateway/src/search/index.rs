@@ -200,6 +200,9 @@ impl TantivyIndex {
     /// Removes every document (before a rebuild).
     pub fn clear(&self) -> Result<(), IndexError> {
         let mut writer = self.writer.lock().expect("index writer lock");
+        // A failed commit can leave the writer between two states: start again from the last
+        // commit that worked.
+        writer.rollback()?;
         writer.delete_all_documents()?;
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload("");

@@ -95,10 +95,12 @@ impl SearchIndex {
 
     /// `Err` naming the failure while the index is not being kept up to date.
     pub fn health(&self) -> Result<(), String> {
-        if self.running.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
-            Ok(())
+        if !(self.running.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst)) {
+            Err("the search indexer stopped; searches answer 503 until restart".into())
+        } else if self.rebuilding.load(Ordering::SeqCst) {
+            Err("the search index is being rebuilt from the store (after damage or a failure); searches answer 503 until it is done".into())
         } else {
-            Err("the search indexer stopped after a failure; searches answer 503 until restart".into())
+            Ok(())
         }
     }
 
@@ -298,6 +300,9 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
                 if search.stopping.load(Ordering::SeqCst) {
                     break;
                 }
+                // After a failure the index is rebuilt from the store (the failed batch is lost to
+                // it, and a later commit must not claim it), retrying until it works.
+                let mut failure = None;
                 if let Some(IndexMessage::Rebuild) = message {
                     match rebuild(&shared) {
                         Ok(through) => {
@@ -305,10 +310,7 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
                             added = None;
                             last_publish = std::time::Instant::now();
                         }
-                        Err(error) => {
-                            search.failed(&error);
-                            break;
-                        }
+                        Err(error) => failure = Some(error),
                     }
                 }
                 if let Some(IndexMessage::Jobs(mut jobs, tree_size, bytes)) = message {
@@ -319,24 +321,29 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
                     search.queue.give(bytes);
                     match added_jobs {
                         Ok(()) => added = Some(tree_size),
-                        Err(error) => {
-                            // A later commit must not claim these versions: stop here. Searches
-                            // then answer 503; the next open catches up from the last commit.
-                            search.failed(&error);
-                            break;
-                        }
+                        Err(error) => failure = Some(error),
                     }
                 }
                 let due = last_publish.elapsed() >= PUBLISH_INTERVAL || search.publish_wanted();
-                if let (true, Some(tree_size)) = (due, added) {
+                if let (true, Some(tree_size), None) = (due, added, &failure) {
                     added = None;
                     if let Err(error) = search.publish(tree_size) {
-                        search.failed(&error);
-                        break;
+                        failure = Some(error);
                     }
                     last_publish = std::time::Instant::now();
                 } else if due {
                     last_publish = std::time::Instant::now();
+                }
+                if let Some(error) = failure {
+                    search.failed(&error);
+                    match recover(&shared, &receiver) {
+                        Some(through) => {
+                            rebuilt_below = through;
+                            added = None;
+                            last_publish = std::time::Instant::now();
+                        }
+                        None => break,
+                    }
                 }
             }
             // Stopping: publish what was added (cheap), leave the queue to the next catch-up
@@ -349,6 +356,38 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
         })
         .expect("the indexer thread starts");
     (sender, thread)
+}
+
+/// After the index failed (a full disk, no file descriptors left, damage): rebuilds it from the
+/// store, waiting longer after each failed attempt (0.1 s doubling up to 30 s). Meanwhile the
+/// published groups that arrive are let go (the rebuild reads their versions from the catalog),
+/// so writers never wait for the index; searches answer 503 and `/healthz` names the index until
+/// it is back. `Some(leaf)`: rebuilt, every version below `leaf` is in it; `None`: stopping.
+fn recover(shared: &Shared, receiver: &std::sync::mpsc::Receiver<IndexMessage>) -> Option<u64> {
+    let search = &shared.search;
+    search.rebuilding.store(true, Ordering::SeqCst);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let until = std::time::Instant::now() + backoff;
+        loop {
+            match receiver.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                Ok(IndexMessage::Jobs(_, _, bytes)) => search.queue.give(bytes),
+                Ok(IndexMessage::Publish | IndexMessage::Rebuild) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        if search.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        match rebuild(shared) {
+            Ok(through) => return Some(through),
+            Err(error) => {
+                search.failed(&error);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// Rebuilds a damaged index from the store, on the indexer thread, so that no job is applied
