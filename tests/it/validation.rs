@@ -537,3 +537,26 @@ fn mutated_examples_never_panic() {
     }
     assert_eq!(validated, 98 * 12);
 }
+
+#[tokio::test]
+async fn strings_longer_than_r4_allows_are_refused_but_long_base64_data_is_not() {
+    let gateway = crate::harness::Gateway::start().await;
+    let long = "a".repeat(1024 * 1024 + 1);
+    for resource in
+        [json!({"resourceType": "Patient", "name": [{"family": long}]}), json!({"resourceType": "Basic", "code": {"text": long}})]
+    {
+        let text = crate::harness::expect_outcome(gateway.post(resource["resourceType"].as_str().unwrap(), &resource).await, 422).await;
+        assert!(text.contains("at most 1048576 characters"), "{}", &text[..text.len().min(300)]);
+    }
+    let data = "QUJD".repeat(300_000);
+    let binary = json!({"resourceType": "Binary", "contentType": "text/plain", "data": data});
+    assert_eq!(gateway.post("Binary", &binary).await.status(), 201, "1.2 MB of base64Binary");
+    // A value just below the limit is stored and found by :contains (it has no trigram terms).
+    let near = format!("{}needle", "b".repeat(1024 * 1024 - 10));
+    let basic = json!({"resourceType": "Basic", "code": {"text": "long"}, "subject": {"display": near}});
+    assert_eq!(gateway.post("Basic", &basic).await.status(), 201);
+    let patient = json!({"resourceType": "Patient", "name": [{"family": format!("{}needle", "c".repeat(2000))}]});
+    assert_eq!(gateway.post("Patient", &patient).await.status(), 201);
+    let found = crate::harness::json_body(gateway.get("Patient?family:contains=needle").await).await;
+    assert_eq!(found["total"], 1, "a long family name is found by :contains");
+}

@@ -51,10 +51,12 @@ pub fn validate_resource(resource: &Value, leniency: Leniency) -> Vec<Issue> {
     if !resource_type::is_resource_type(resource_type) {
         return vec![structure_issue("resourceType", format!("'{resource_type}' is not an R4 resource type"))];
     }
-    if r4_model().is_strictly_validated(resource_type) {
-        return validation::validate(r4_model(), resource, leniency);
-    }
     let mut issues = Vec::new();
+    long_strings(resource, resource_type, &mut issues);
+    if r4_model().is_strictly_validated(resource_type) {
+        issues.extend(validation::validate(r4_model(), resource, leniency));
+        return issues;
+    }
     if let Some(id) = object.get("id")
         && !id.as_str().is_some_and(is_valid_id)
     {
@@ -66,6 +68,49 @@ pub fn validate_resource(resource: &Value, leniency: Leniency) -> Vec<Issue> {
         issues.push(structure_issue(&format!("{resource_type}.meta"), "meta must be a non-empty JSON object".into()));
     }
     issues
+}
+
+/// R4: "strings SHALL NOT exceed 1MB" (1024 × 1024 characters); base64Binary values (the
+/// `data` of an Attachment, Binary or Signature, a UDI carrier) are not strings and may be longer.
+pub const MAX_STRING_CHARS: usize = 1024 * 1024;
+
+/// An issue for every string longer than [`MAX_STRING_CHARS`], at its path (paths are only
+/// built when there is one: this runs on every write).
+fn long_strings(value: &Value, path: &str, issues: &mut Vec<Issue>) {
+    fn is_long(text: &str) -> bool {
+        text.len() > MAX_STRING_CHARS && text.chars().count() > MAX_STRING_CHARS
+    }
+    fn holds_one(value: &Value) -> bool {
+        match value {
+            Value::String(text) => is_long(text),
+            Value::Array(items) => items.iter().any(holds_one),
+            Value::Object(members) => members.iter().any(|(name, member)| !is_base64(name) && holds_one(member)),
+            _ => false,
+        }
+    }
+    fn is_base64(name: &str) -> bool {
+        matches!(name, "data" | "carrierAIDC")
+    }
+    if !holds_one(value) {
+        return;
+    }
+    match value {
+        Value::String(text) => issues.push(structure_issue(
+            path,
+            format!("a string of {} characters; R4 strings are at most {MAX_STRING_CHARS} characters", text.chars().count()),
+        )),
+        Value::Array(items) => {
+            for (position, item) in items.iter().enumerate() {
+                long_strings(item, &format!("{path}[{position}]"), issues);
+            }
+        }
+        Value::Object(members) => {
+            for (name, member) in members.iter().filter(|(name, _)| !is_base64(name)) {
+                long_strings(member, &format!("{path}.{name}"), issues);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// FHIR `id`: `[A-Za-z0-9\-\.]{1,64}`.

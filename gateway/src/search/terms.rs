@@ -55,9 +55,15 @@ const TEXT_PREFIXES: [usize; 3] = [3, 5, MAX_PREFIX];
 /// Bytes of a keyed hash kept in a term: a collision only adds a candidate the matcher drops.
 const HASH_BYTES: usize = 8;
 
+/// Values longer than this (in characters) get no trigram terms, only a [`kind::STRING_LONG`]
+/// term: a value's trigrams would cost the index writer about 16 bytes per character (a 12 MiB
+/// narrative took 190 MiB to index), while a `:contains` search reads and checks the few
+/// resources with such long values anyway.
+pub const MAX_TRIGRAM_CHARS: usize = 1024;
+
 /// Version of the term layout, recorded with every index commit: an index written with another
 /// layout is rebuilt at open. Raise it whenever the terms of a resource change.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Coarser levels of date terms, as low bytes of the 8-byte value dropped: buckets of 2^24 ms
 /// (4.7 hours) and 2^32 ms (50 days). A date range selects whole buckets at the coarsest level
@@ -93,6 +99,9 @@ mod kind {
     pub const STRING_PREFIX: u8 = b'p';
     pub const STRING_EXACT: u8 = b'x';
     pub const STRING_TRIGRAM: u8 = b'g';
+    /// A value too long for trigram terms ([`super::MAX_TRIGRAM_CHARS`]): `:contains` considers
+    /// every resource with one.
+    pub const STRING_LONG: u8 = b'l';
     /// Reference `Type/id` or absolute URL.
     pub const REFERENCE: u8 = b'r';
     /// Reference id alone.
@@ -339,8 +348,12 @@ impl TermEncoder {
                     if declared.is_none_or(|declared| declared.covered_by.is_none()) {
                         hashed(kind::STRING_EXACT, &[exact]);
                         if declared.is_none_or(|declared| declared.trigrams) {
-                            for trigram in Self::trigrams(normalized) {
-                                hashed(kind::STRING_TRIGRAM, &[trigram]);
+                            if normalized.len() > MAX_TRIGRAM_CHARS && normalized.chars().count() > MAX_TRIGRAM_CHARS {
+                                hashed(kind::STRING_LONG, &[]);
+                            } else {
+                                for trigram in Self::trigrams(normalized) {
+                                    hashed(kind::STRING_TRIGRAM, &[trigram]);
+                                }
                             }
                         }
                     }
@@ -504,7 +517,12 @@ impl TermEncoder {
                 let trigrams: Vec<TermCondition> = Self::trigrams(&normalized)
                     .map(|trigram| TermCondition::Term(self.hashed(whole_values, kind::STRING_TRIGRAM, &[trigram])))
                     .collect();
-                if trigrams.is_empty() { TermCondition::Term(Self::presence(param)) } else { TermCondition::All(trigrams) }
+                if trigrams.is_empty() {
+                    TermCondition::Term(Self::presence(param))
+                } else {
+                    let long = TermCondition::Term(self.hashed(whole_values, kind::STRING_LONG, &[]));
+                    TermCondition::Any(vec![TermCondition::All(trigrams), long])
+                }
             }
             _ => {
                 let normalized = normalize_text(value);
@@ -928,6 +946,21 @@ mod tests {
         let query = crate::search::parse_query(SearchParamTable::r4(), "Patient", &pairs, false).unwrap();
         let presence = TermCondition::Term(TermEncoder::presence("address-city"));
         assert_eq!(encoder.filter_condition("Patient", &query.filters[0]), TermCondition::Any(vec![presence]));
+    }
+
+    #[test]
+    fn values_too_long_for_trigrams_are_still_candidates_of_contains() {
+        let encoder = TermEncoder::new([1u8; 32]);
+        let long = format!("{}needle", "x".repeat(MAX_TRIGRAM_CHARS));
+        let terms = encoder.document_terms("Patient", &[text("name", &long), text("family", &long)]);
+        let kind_of = |term: &[u8]| term[term.iter().position(|byte| *byte == 0).expect("a separator") + 1];
+        assert!(!terms.iter().any(|term| kind_of(term) == kind::STRING_TRIGRAM), "no trigrams for a long value");
+        let pairs = [("family:contains".to_string(), "needle".to_string())];
+        let query = crate::search::parse_query(SearchParamTable::r4(), "Patient", &pairs, false).unwrap();
+        let condition = encoder.filter_condition("Patient", &query.filters[0]);
+        assert!(super::holds(&condition, &terms), "{condition:?}");
+        let short = encoder.document_terms("Patient", &[text("name", "haystack"), text("family", "haystack")]);
+        assert!(!super::holds(&condition, &short), "a short value without the trigrams is no candidate");
     }
 }
 
