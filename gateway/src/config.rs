@@ -142,6 +142,9 @@ pub struct ServeArgs {
     /// descriptor limit) [default: 4096]
     #[arg(long, env = "FHIR_GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Bytes of single-resource request bodies read and processed at once; more wait [default: 33554432]
+    #[arg(long, env = "FHIR_GATEWAY_BODY_BYTES_IN_FLIGHT")]
+    pub body_bytes_in_flight: Option<usize>,
     /// Issue a checkpoint at least every N ledger entries [default: 1000]
     #[arg(long, env = "FHIR_GATEWAY_CHECKPOINT_EVERY_ENTRIES")]
     pub checkpoint_every_entries: Option<u64>,
@@ -214,6 +217,7 @@ pub struct FileConfig {
     pub body_read_timeout_secs: Option<u64>,
     pub header_read_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
+    pub body_bytes_in_flight: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub audit_durability: Option<crate::audit::Durability>,
     #[serde(default)]
@@ -349,6 +353,11 @@ impl Config {
                     .or(file.header_read_timeout_secs)
                     .map_or(defaults.limits.header_read_timeout, |seconds| Duration::from_secs(seconds.max(1))),
                 max_connections: args.max_connections.or(file.max_connections).unwrap_or(defaults.limits.max_connections).max(1),
+                body_bytes_in_flight: args
+                    .body_bytes_in_flight
+                    .or(file.body_bytes_in_flight)
+                    .unwrap_or(defaults.limits.body_bytes_in_flight)
+                    .max(16 * 1024),
                 ..defaults.limits
             },
             store: StoreOptions {

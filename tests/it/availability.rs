@@ -176,3 +176,30 @@ async fn the_indexer_recovers_from_a_failing_index_directory_and_healthz_says_so
     }
     gateway.stop();
 }
+
+#[tokio::test]
+async fn single_resource_bodies_share_a_bounded_budget_and_a_stalled_one_holds_only_what_arrived() {
+    let gateway = Gateway::start_with(&["--body-bytes-in-flight", "65536", "--body-read-timeout-secs", "2"]).await;
+    let token = gateway.token(&[]);
+    let head = |length: usize| {
+        format!(
+            "POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: {FHIR_JSON}\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    // A stalled body that has sent one byte holds 16 KiB of the 64 KiB: others go on at once.
+    let mut stalled = raw(&gateway, &head(1_000_000), b"{").await;
+    let started = Instant::now();
+    let small = json!({"resourceType": "Patient", "gender": "female"});
+    assert_eq!(gateway.post("Patient", &small).await.status(), 201);
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+    // One that has sent 60 KB holds nearly all of it: the next body waits until it times out.
+    let mut large = raw(&gateway, &head(1_000_000), &[b' '; 60_000]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let padded = json!({"resourceType": "Patient", "gender": "male", "name": [{"text": "p".repeat(20_000)}]});
+    assert_eq!(gateway.post("Patient", &padded).await.status(), 201);
+    assert!(started.elapsed() >= Duration::from_millis(500), "served at once ({:?}) with the budget taken", started.elapsed());
+    for stream in [&mut stalled, &mut large] {
+        assert_eq!(status_of(stream, Duration::from_secs(10)).await, 408);
+    }
+}

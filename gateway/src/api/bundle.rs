@@ -9,7 +9,7 @@ use super::AppState;
 use super::auth::Authorized;
 use super::bundle_body::{Entry, Resource, bundle_response};
 use super::error::{ApiError, operation_outcome};
-use super::extract::{FhirJson, Prefer, ReturnPreference};
+use super::extract::{Budget, FhirJson, Prefer, ReturnPreference};
 use super::resource::parameters;
 use crate::fhir::bundle::{self, BundleKind};
 use crate::fhir::{self, format_instant};
@@ -27,7 +27,7 @@ pub async fn transaction_or_batch(
     // Nothing is read, nor any of the Bundle budget taken, for a token that grants nothing.
     access.0.require_any().map_err(ApiError::forbidden)?;
     // Bundles can be large: the bytes of Bundles in flight are bounded (see FhirJson::read).
-    let (FhirJson(body), _permit) = FhirJson::read(request, &state, Some(&state.bundle_permits)).await?;
+    let FhirJson(body, _held) = FhirJson::read(request, &state, Budget::Bundle).await?;
     let parsed = bundle::parse_bundle(body, &state.base_url, state.limits.max_bundle_entries).map_err(|error| {
         let api_error = ApiError::bad_request(error.message.clone());
         match error.position {

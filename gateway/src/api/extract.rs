@@ -19,8 +19,21 @@ use super::error::ApiError;
 use crate::fhir::Leniency;
 use crate::store::CreateCondition;
 
-/// A request body that is a JSON object sent as `application/fhir+json` or `application/json`.
-pub struct FhirJson(pub Value);
+/// A request body that is a JSON object sent as `application/fhir+json` or `application/json`,
+/// and its share of the memory budget for bodies in flight ([`Budget`]), held as long as the
+/// handler keeps it (bind it: `FhirJson(body, _held)`).
+pub struct FhirJson(pub Value, pub Option<OwnedSemaphorePermit>);
+
+/// Which budget a body is read under: every request body counts against one, so the memory of
+/// requests in flight is bounded by configuration, not by how many clients send at once.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    /// A single resource: [`super::Limits::body_bytes_in_flight`].
+    Resource,
+    /// A transaction or batch Bundle (processing one costs many times its bytes):
+    /// [`super::Limits::bundle_bytes_in_flight`].
+    Bundle,
+}
 
 fn is_json_media_type(value: &str) -> bool {
     let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -31,7 +44,7 @@ impl FromRequest<AppState> for FhirJson {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        FhirJson::read(request, state, None).await.map(|(json, _)| json)
+        FhirJson::read(request, state, Budget::Resource).await
     }
 }
 
@@ -39,14 +52,14 @@ impl FhirJson {
     /// Reads and parses the body. It must be at most `max_body_bytes` (`413`, answered after the
     /// body is read and dropped, so that the client sees it instead of a broken pipe), arrive
     /// within `body_read_timeout` of the headers (`408`) and be well-formed HTTP (`400`).
-    /// With a `budget` (Bundles, in KiB permits), the body holds its share of it as its bytes
-    /// arrive (at least 16 KiB; see [`Reservation::grow`]), so a client that announces a large
-    /// body and sends little holds little; the permit lives as long as the caller keeps it.
-    pub async fn read(
-        request: Request,
-        state: &AppState,
-        budget: Option<&Arc<Semaphore>>,
-    ) -> Result<(FhirJson, Option<OwnedSemaphorePermit>), ApiError> {
+    /// The body holds its share of its `budget` (KiB permits) as its bytes arrive (at least
+    /// 16 KiB; see [`Reservation::grow`]), so a client that announces a large body and sends
+    /// little holds little.
+    pub async fn read(request: Request, state: &AppState, budget: Budget) -> Result<FhirJson, ApiError> {
+        let (budget, budget_bytes) = match budget {
+            Budget::Resource => (&state.body_permits, state.limits.body_bytes_in_flight),
+            Budget::Bundle => (&state.bundle_permits, state.limits.bundle_bytes_in_flight),
+        };
         let limit = state.limits.max_body_bytes;
         let too_large = || {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-long", format!("the request body is larger than the limit of {limit} bytes"))
@@ -78,12 +91,10 @@ impl FhirJson {
                 drain(&mut body, limit, deadline).await;
                 return Err(too_large());
             }
-            if let Some(budget) = budget {
-                let budget_kib = (state.limits.bundle_bytes_in_flight / 1024).max(1);
-                let arrived_kib = (bytes.len() + data.len()).div_ceil(1024).max(16).min(budget_kib);
-                let expected_kib = declared.unwrap_or(limit).div_ceil(1024).max(arrived_kib).min(budget_kib);
-                reserved.grow(budget, arrived_kib, expected_kib, deadline).await?;
-            }
+            let budget_kib = (budget_bytes / 1024).max(1);
+            let arrived_kib = (bytes.len() + data.len()).div_ceil(1024).max(16).min(budget_kib);
+            let expected_kib = declared.unwrap_or(limit).div_ceil(1024).max(arrived_kib).min(budget_kib);
+            reserved.grow(budget, arrived_kib, expected_kib, deadline).await?;
             bytes.extend_from_slice(&data);
         }
         let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
@@ -92,11 +103,11 @@ impl FhirJson {
         if !value.is_object() {
             return Err(ApiError::bad_request("the body must be a JSON object (a FHIR resource)"));
         }
-        Ok((FhirJson(value), reserved.permit))
+        Ok(FhirJson(value, reserved.permit))
     }
 }
 
-/// What a body being read holds of the Bundle budget, in KiB.
+/// What a body being read holds of its budget, in KiB.
 struct Reservation {
     permit: Option<OwnedSemaphorePermit>,
     kib: usize,
@@ -133,7 +144,7 @@ impl Reservation {
                         ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "transient",
-                            "too many Bundles are being processed; try again shortly",
+                            "too many request bodies are being processed; try again shortly",
                         )
                     })?
                     .map_err(|_| shutting_down())?;

@@ -38,6 +38,9 @@ pub struct Limits {
     /// Request bytes of Bundles processed at the same time (the others wait before their
     /// bodies are read): bounds memory, while many small transactions still run side by side.
     pub bundle_bytes_in_flight: usize,
+    /// Request bytes of single-resource bodies read and processed at the same time (each holds
+    /// what has arrived of it, at least 16 KiB): bounds their memory under many clients.
+    pub body_bytes_in_flight: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
     /// How long a request body may take to arrive, from the end of its headers (then `408`).
@@ -55,6 +58,7 @@ impl Default for Limits {
             max_body_bytes: 16 * 1024 * 1024,
             max_bundle_entries: 10_000,
             bundle_bytes_in_flight: 8 * 1024 * 1024,
+            body_bytes_in_flight: 32 * 1024 * 1024,
             default_page_size: 50,
             max_page_size: 500,
             body_read_timeout: std::time::Duration::from_secs(30),
@@ -91,6 +95,8 @@ pub struct Services {
     pub limits: Limits,
     /// [`Limits::bundle_bytes_in_flight`] in KiB permits.
     pub bundle_permits: Arc<tokio::sync::Semaphore>,
+    /// [`Limits::body_bytes_in_flight`] in KiB permits.
+    pub body_permits: Arc<tokio::sync::Semaphore>,
     /// Verifies bearer tokens (trusted issuers, `aud` = this base).
     pub tokens: Arc<TokenVerifier>,
     /// Issuers whose JWKS is fetched by URL (again on an unknown key id).
@@ -141,6 +147,7 @@ impl Services {
             store,
             base_url: Arc::from(base_url),
             bundle_permits: Arc::new(tokio::sync::Semaphore::new((limits.bundle_bytes_in_flight / 1024).max(1))),
+            body_permits: Arc::new(tokio::sync::Semaphore::new((limits.body_bytes_in_flight / 1024).max(1))),
             limits,
         }
     }

@@ -106,7 +106,7 @@ pub async fn create(
     FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    FhirJson(body): FhirJson,
+    FhirJson(body, _held): FhirJson,
 ) -> Result<Response, ApiError> {
     let resource_type = resource_type(&type_name)?;
     parameters(&headers, query.as_deref(), &[])?;
@@ -189,7 +189,7 @@ pub async fn update(
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    FhirJson(body): FhirJson,
+    FhirJson(body, _held): FhirJson,
 ) -> Result<Response, ApiError> {
     let resource_type = resource_type(&type_name)?;
     if !is_valid_id(&id) {
