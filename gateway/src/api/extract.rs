@@ -83,7 +83,8 @@ impl FhirJson {
             drain(&mut body, declared.unwrap_or_default().min(limit.saturating_mul(2)), deadline).await;
             return Err(too_large());
         }
-        let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+        // Grown as bytes arrive, not sized by what the client announces.
+        let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(64 * 1024));
         let mut reserved = Reservation { permit: None, kib: 0 };
         while let Some(frame) = next_frame(&mut body, deadline).await? {
             let Ok(data) = frame.into_data() else { continue };
