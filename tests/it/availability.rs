@@ -162,6 +162,9 @@ async fn the_indexer_recovers_from_a_failing_index_directory_and_healthz_says_so
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(health(&gateway).await, 503, "/healthz names the failing index");
+    // Still failing (the rebuild cannot write while the directory is away), and saying when to retry.
+    let answer = reqwest::get(format!("{}/healthz", gateway.root())).await.unwrap();
+    assert_eq!((answer.status().as_u16(), answer.headers()["retry-after"].to_str().unwrap()), (503, "1"));
     std::fs::remove_file(&index).unwrap();
     std::fs::rename(&away, &index).unwrap();
     assert_eq!(gateway.post("Patient", &patient("After")).await.status(), 201);

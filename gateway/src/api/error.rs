@@ -17,7 +17,7 @@
 //! | 415 | `not-supported` | body media type is not FHIR JSON |
 //! | 422 | validation issue codes | the resource is not valid R4 |
 //! | 500 | `exception` | integrity failure or internal error (details only in the log) |
-//! | 503 | `transient` | writes refused after a storage failure, or shutting down |
+//! | 503 | `transient` | writes refused after a storage failure, a component failing (`/healthz`), a full body budget, or shutting down; always with `Retry-After: 1` |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -140,6 +140,9 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` of every `503`.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.to_outcome();
@@ -147,6 +150,10 @@ impl IntoResponse for ApiError {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         if let Some(challenge) = self.challenge.and_then(|challenge| HeaderValue::from_str(&challenge).ok()) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here is transient or needs an operator; either way, not a retry storm.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }
         response
     }
