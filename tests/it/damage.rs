@@ -235,11 +235,23 @@ async fn stopped_with(count: usize, extra: &[&str]) -> (Gateway, Vec<(String, Va
     (gateway, written, snapshot)
 }
 
-/// The start is refused naming `needle`; the file is as damaged; restoring it brings all back.
-async fn assert_refused_then_restored(gateway: &mut Gateway, snapshot: &Snapshot, written: &[(String, Value)], file: &str, needle: &str) {
+/// Damage at `offset` of `file`: `verify` fails naming `reported`, the start is refused naming
+/// the file and offset, the file is as damaged, and restoring it brings everything back.
+async fn assert_named_refused_then_restored(
+    gateway: &mut Gateway,
+    snapshot: &Snapshot,
+    written: &[(String, Value)],
+    file: &str,
+    offset: usize,
+    reported: &str,
+) {
+    let (clean, report) = gateway.verify();
+    assert!(!clean, "{report}");
+    assert!(report.contains(reported), "expected {reported:?} in:\n{report}");
+    let needle = format!("{} is damaged at offset {offset}", file.rsplit('/').next().unwrap());
     let damaged = std::fs::read(gateway.data.path().join(file)).unwrap();
     let stderr = gateway.try_start_again().await.expect_err("the start is refused");
-    assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+    assert!(stderr.contains(&needle), "expected {needle:?} in:\n{stderr}");
     assert_eq!(std::fs::read(gateway.data.path().join(file)).unwrap(), damaged, "nothing was cut");
     snapshot.restore(gateway.data.path());
     gateway.try_start_again().await.expect("the restored directory opens");
@@ -247,28 +259,25 @@ async fn assert_refused_then_restored(gateway: &mut Gateway, snapshot: &Snapshot
     gateway.stop();
 }
 
+/// Flips bit `bit` of byte `byte` of the 11th frame's length in `file` (of `resources`
+/// written, frames with `overhead` bytes besides the record), then: `verify` and the refused
+/// start both name the frame's offset, and nothing is cut.
+async fn a_flipped_length_is_named(resources: usize, file: &str, overhead: usize, byte: usize, bit: u8) {
+    let (mut gateway, written, snapshot) = stopped_with(resources, &[]).await;
+    let frame = frame_offsets(snapshot.bytes(file), overhead)[10];
+    std::fs::write(gateway.data.path().join(file), Damage::Flip { offset: frame + byte, bit }.apply(snapshot.bytes(file))).unwrap();
+    let reported = format!("{file}: damaged record at offset {frame}");
+    assert_named_refused_then_restored(&mut gateway, &snapshot, &written, file, frame, &reported).await;
+}
+
 #[tokio::test]
 async fn a_flipped_length_in_the_pack_is_named_not_truncated() {
-    let (mut gateway, written, snapshot) = stopped_with(40, &[]).await;
-    let pack = gateway.data.path().join(PACK);
-    let frame = frame_offsets(snapshot.bytes(PACK), PACK_OVERHEAD)[10];
-    std::fs::write(&pack, Damage::Flip { offset: frame + 1, bit: 5 }.apply(snapshot.bytes(PACK))).unwrap();
-    let (clean, report) = gateway.verify();
-    assert!(!clean, "{report}");
-    assert!(report.contains(&format!("blocks/blocks.pack: damaged record at offset {frame}")), "{report}");
-    assert_refused_then_restored(&mut gateway, &snapshot, &written, PACK, &format!("blocks.pack is damaged at offset {frame}")).await;
+    a_flipped_length_is_named(40, PACK, PACK_OVERHEAD, 1, 5).await;
 }
 
 #[tokio::test]
 async fn a_flipped_length_in_the_catalog_refuses_to_start_and_cuts_nothing() {
-    let (mut gateway, written, snapshot) = stopped_with(20, &[]).await;
-    let catalog = gateway.data.path().join(CATALOG);
-    let frame = frame_offsets(snapshot.bytes(CATALOG), JOURNAL_OVERHEAD)[10];
-    std::fs::write(&catalog, Damage::Flip { offset: frame + 2, bit: 0 }.apply(snapshot.bytes(CATALOG))).unwrap();
-    let (clean, report) = gateway.verify();
-    assert!(!clean, "{report}");
-    assert!(report.contains(&format!("records/catalog.log: damaged record at offset {frame}")), "{report}");
-    assert_refused_then_restored(&mut gateway, &snapshot, &written, CATALOG, &format!("catalog.log is damaged at offset {frame}")).await;
+    a_flipped_length_is_named(20, CATALOG, JOURNAL_OVERHEAD, 2, 0).await;
 }
 
 #[tokio::test]
@@ -276,10 +285,8 @@ async fn a_catalog_without_its_last_frame_is_named_by_verify_and_refused() {
     let (mut gateway, written, snapshot) = stopped_with(5, &[]).await;
     let last = *frame_offsets(snapshot.bytes(CATALOG), JOURNAL_OVERHEAD).last().unwrap();
     std::fs::write(gateway.data.path().join(CATALOG), &snapshot.bytes(CATALOG)[..last]).unwrap();
-    let (clean, report) = gateway.verify();
-    assert!(!clean, "{report}");
-    assert!(report.contains(&format!("records/catalog.log is damaged at offset {last}: ledger entries 4..5")), "{report}");
-    assert_refused_then_restored(&mut gateway, &snapshot, &written, CATALOG, &format!("catalog.log is damaged at offset {last}")).await;
+    let reported = format!("records/catalog.log is damaged at offset {last}: ledger entries 4..5");
+    assert_named_refused_then_restored(&mut gateway, &snapshot, &written, CATALOG, last, &reported).await;
 }
 
 #[tokio::test]
@@ -290,10 +297,8 @@ async fn a_flipped_bit_in_the_last_ledger_frame_after_kill_9_is_damage_not_a_cra
     let snapshot = Snapshot::take(gateway.data.path());
     let last = *frame_offsets(snapshot.bytes(ENTRIES), JOURNAL_OVERHEAD).last().unwrap();
     std::fs::write(gateway.data.path().join(ENTRIES), Damage::Flip { offset: last + 30, bit: 1 }.apply(snapshot.bytes(ENTRIES))).unwrap();
-    let (clean, report) = gateway.verify();
-    assert!(!clean, "{report}");
-    assert!(report.contains(&format!("ledger/entries.log: damaged record at offset {last}")), "{report}");
-    assert_refused_then_restored(&mut gateway, &snapshot, &written, ENTRIES, &format!("entries.log is damaged at offset {last}")).await;
+    let reported = format!("ledger/entries.log: damaged record at offset {last}");
+    assert_named_refused_then_restored(&mut gateway, &snapshot, &written, ENTRIES, last, &reported).await;
 }
 
 #[tokio::test]
@@ -302,11 +307,8 @@ async fn a_flipped_byte_in_the_newest_checkpoint_refuses_to_start() {
     let bytes = snapshot.bytes(CHECKPOINTS);
     let last = *frame_offsets(bytes, JOURNAL_OVERHEAD).last().unwrap();
     std::fs::write(gateway.data.path().join(CHECKPOINTS), Damage::Flip { offset: bytes.len() - 20, bit: 0 }.apply(bytes)).unwrap();
-    let (clean, report) = gateway.verify();
-    assert!(!clean, "{report}");
-    assert!(report.contains(&format!("ledger/checkpoints.log: damaged record at offset {last}")), "{report}");
-    assert_refused_then_restored(&mut gateway, &snapshot, &written, CHECKPOINTS, &format!("checkpoints.log is damaged at offset {last}"))
-        .await;
+    let reported = format!("ledger/checkpoints.log: damaged record at offset {last}");
+    assert_named_refused_then_restored(&mut gateway, &snapshot, &written, CHECKPOINTS, last, &reported).await;
 }
 
 /// Rewrites record `index` of a journal, fixing its frame (length and checksum) as a forger would.

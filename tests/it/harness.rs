@@ -94,18 +94,7 @@ impl Gateway {
     async fn spawn(&mut self) {
         for _attempt in 0..5 {
             self.port = self.fixed_port.unwrap_or_else(free_port);
-            let child = Command::new(binary())
-                .arg("serve")
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", self.port))
-                .arg("--data-dir")
-                .arg(self.data.path())
-                .args(&self.extra_args)
-                .env("FHIR_GATEWAY_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn fhir-gateway");
+            let child = self.serve_command().stderr(Stdio::inherit()).spawn().expect("spawn fhir-gateway");
             self.child = Some(child);
             if self.wait_ready().await {
                 self.authorize();
@@ -114,6 +103,21 @@ impl Gateway {
             self.kill9();
         }
         panic!("the gateway did not become ready");
+    }
+
+    /// `fhir-gateway serve` on this gateway's port and data directory (stderr is the caller's).
+    fn serve_command(&self) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(&self.extra_args)
+            .env("FHIR_GATEWAY_LOG", "warn")
+            .stdout(Stdio::null());
+        command
     }
 
     /// Every request of the tests carries a token from the development issuer (a
@@ -132,18 +136,7 @@ impl Gateway {
         self.kill9();
         self.port = self.fixed_port.unwrap_or_else(free_port);
         let log = tempfile_beside(self.data.path(), "stderr");
-        let child = Command::new(binary())
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .args(&self.extra_args)
-            .env("FHIR_GATEWAY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("stderr file"))
-            .spawn()
-            .expect("spawn fhir-gateway");
+        let child = self.serve_command().stderr(std::fs::File::create(&log).expect("stderr file")).spawn().expect("spawn fhir-gateway");
         self.child = Some(child);
         let ready = self.wait_ready().await;
         let stderr = std::fs::read_to_string(&log).unwrap_or_default();

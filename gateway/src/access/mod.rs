@@ -364,9 +364,7 @@ impl Access {
         }
         Ok(())
     }
-}
 
-impl Access {
     /// Whether this requester may record Consents: the patient (their own, checked with the
     /// compartment), a practitioner or related person with a consent-recorder role, a backend
     /// service of a consent-recorder organisation.

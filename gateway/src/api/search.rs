@@ -438,6 +438,7 @@ pub async fn search_system(
     let (offset, count) = (request.offset, request.count);
     let page = tokio::task::spawn_blocking(move || -> Result<SearchPage, ApiError> {
         let mut page = page_across(&store, &queries, None, offset, count, access.as_ref())?;
+        let mut listed: std::collections::HashSet<ResourceKey> = page.matches.iter().map(|version| version.key.clone()).collect();
         for query in &queries {
             let (includes, truncated) = store.includes_of(query, &page.matches, access.as_ref())?;
             page.includes_truncated |= truncated;
@@ -446,7 +447,7 @@ pub async fn search_system(
                     page.includes_truncated = true;
                     break;
                 }
-                if !page.includes.iter().chain(&page.matches).any(|known| known.key == version.key) {
+                if listed.insert(version.key.clone()) {
                     page.includes.push(version);
                 }
             }

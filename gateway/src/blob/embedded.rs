@@ -296,21 +296,27 @@ mod tests {
         crate::blob::check_blob_store_contract(&store);
     }
 
-    #[test]
-    fn a_torn_tail_is_truncated_on_open() {
-        let directory = temporary_directory("torn");
+    /// A pack holding the blob `kept` and then `last`, synced, with its last 3 bytes cut off:
+    /// the roots of both, the blocks of `last`, and the pack's length after the cut.
+    fn two_blobs_with_the_last_cut(directory: &Path, last: &[u8]) -> (Cid, Cid, Vec<Block>, u64) {
         let (kept_root, kept_blocks) = file_blocks(b"kept");
-        let (_, lost_blocks) = file_blocks(b"lost in the crash");
+        let (last_root, last_blocks) = file_blocks(last);
         {
-            let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
+            let store = EmbeddedBlockstore::open(directory, &[]).unwrap();
             store.put_blocks(&kept_blocks).unwrap();
-            store.put_blocks(&lost_blocks).unwrap();
+            store.put_blocks(&last_blocks).unwrap();
             store.sync().unwrap();
         }
         let path = directory.join("blocks.pack");
         let length = std::fs::metadata(&path).unwrap().len();
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.set_len(length - 3).unwrap();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(length - 3).unwrap();
+        (kept_root, last_root, last_blocks, length - 3)
+    }
+
+    #[test]
+    fn a_torn_tail_is_truncated_on_open() {
+        let directory = temporary_directory("torn");
+        let (kept_root, _, lost_blocks, _) = two_blobs_with_the_last_cut(&directory, b"lost in the crash");
         let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
         assert_eq!(store.cids().unwrap(), vec![kept_root]);
         // Appending after the truncation works and survives another reopen.
@@ -324,21 +330,11 @@ mod tests {
     #[test]
     fn a_crash_tail_holding_an_acknowledged_blob_is_not_cut() {
         let directory = temporary_directory("acknowledged-tail");
-        let (kept_root, kept_blocks) = file_blocks(b"kept");
-        let (last_root, last_blocks) = file_blocks(b"acknowledged, then cut by someone");
-        {
-            let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
-            store.put_blocks(&kept_blocks).unwrap();
-            store.put_blocks(&last_blocks).unwrap();
-            store.sync().unwrap();
-        }
-        let path = directory.join("blocks.pack");
-        let length = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(length - 3).unwrap();
+        let (kept_root, last_root, _, cut_length) = two_blobs_with_the_last_cut(&directory, b"acknowledged, then cut by someone");
         let error = EmbeddedBlockstore::open(&directory, &[kept_root, last_root]).err().expect("refused");
         assert!(matches!(error, BlobError::Damaged { .. }), "{error}");
         assert!(error.to_string().contains("blocks.pack is damaged at offset"), "{error}");
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), length - 3, "nothing was cut");
+        assert_eq!(std::fs::metadata(directory.join("blocks.pack")).unwrap().len(), cut_length, "nothing was cut");
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

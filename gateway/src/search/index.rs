@@ -349,15 +349,20 @@ mod tests {
         assert_eq!(index.indexed_leaf(), Some(4));
     }
 
+    /// A fresh index directory (`{label}-{pid}` under the temp dir) holding `Patient/a` with
+    /// term `x`, committed at leaf 0.
+    fn index_with_one_document(label: &str) -> std::path::PathBuf {
+        let directory = std::env::temp_dir().join(format!("{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let index = TantivyIndex::open(&directory, 1).unwrap();
+        index.replace(&[], Some(&document("Patient/a", 0, &["x"]))).unwrap();
+        index.commit(0).unwrap();
+        directory
+    }
+
     #[test]
     fn survives_reopen_and_rebuilds_a_foreign_directory() {
-        let directory = std::env::temp_dir().join(format!("fg-index-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        {
-            let index = TantivyIndex::open(&directory, 1).unwrap();
-            index.replace(&[], Some(&document("Patient/a", 0, &["x"]))).unwrap();
-            index.commit(0).unwrap();
-        }
+        let directory = index_with_one_document("fg-index");
         let index = TantivyIndex::open(&directory, 1).unwrap();
         assert_eq!(index.indexed_leaf(), Some(0));
         assert_eq!(index.count(None, &TermCondition::Term(b"x".to_vec())).unwrap(), 1);
@@ -379,13 +384,7 @@ mod tests {
 
     #[test]
     fn a_segment_failing_its_checksum_is_deleted_and_the_index_starts_over() {
-        let directory = std::env::temp_dir().join(format!("fg-index-damaged-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        {
-            let index = TantivyIndex::open(&directory, 1).unwrap();
-            index.replace(&[], Some(&document("Patient/a", 0, &["x"]))).unwrap();
-            index.commit(0).unwrap();
-        }
+        let directory = index_with_one_document("fg-index-damaged");
         let segment_file = std::fs::read_dir(&directory)
             .unwrap()
             .map(|entry| entry.unwrap().path())
