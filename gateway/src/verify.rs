@@ -11,6 +11,10 @@
 //!
 //! Every file is scanned as a start scans it (`journal`, `blob::embedded`): damage is named with
 //! its file and offset, and so is a crash tail (which a start cuts off).
+//!
+//! Versions erased by `Patient/$purge` are counted as erased, not as missing or tampered: their
+//! erasure has its catalog record and its signed `erase` ledger entry, and verify checks they
+//! are really gone (no sealed block left, the patient key destroyed).
 //! 4. The audit trail (`audit/`): every leaf is an audit record; its checkpoints verify under the
 //!    same key (origin `<ledger origin>/audit`) and match the leaves.
 
@@ -22,8 +26,8 @@ use crate::journal::{self, ScanEnd};
 use crate::ledger::merkle::{self, Hash};
 use crate::ledger::note::{self, NoteSigner};
 use crate::ledger::{EntryKind, LedgerEntry};
-use crate::seal::{self, Keyring, SealContext};
-use crate::store::catalog::CatalogRecord;
+use crate::seal::{self, KeyHolder, Keyring, SealContext};
+use crate::store::catalog::{CatalogRecord, ResourceKey};
 use crate::store::{DataLayout, LedgerSecrets, recovery};
 
 #[derive(Debug, Default)]
@@ -33,6 +37,9 @@ pub struct VerifyReport {
     pub newest_checkpoint_size: u64,
     pub records: u64,
     pub blobs_checked: u64,
+    /// Erasures (`Patient/$purge`) and the versions they erased.
+    pub erasures: u64,
+    pub erased_versions: u64,
     pub audit_events: u64,
     pub newest_audit_checkpoint_size: u64,
     pub problems: Vec<String>,
@@ -50,6 +57,7 @@ impl fmt::Display for VerifyReport {
         writeln!(formatter, "checkpoints:        {} (newest covers {} entries)", self.checkpoints, self.newest_checkpoint_size)?;
         writeln!(formatter, "record versions:    {}", self.records)?;
         writeln!(formatter, "sealed blobs:       {} checked", self.blobs_checked)?;
+        writeln!(formatter, "erased versions:    {} (by {} erasure(s))", self.erased_versions, self.erasures)?;
         writeln!(formatter, "audit events:       {} (newest checkpoint covers {})", self.audit_events, self.newest_audit_checkpoint_size)?;
         if self.problems.is_empty() {
             writeln!(formatter, "result:             OK, no mismatch")
@@ -168,7 +176,12 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
     if let Err(damage) = recovery::plan(&scanned) {
         report.problems.push(damage.to_string());
     }
-    let acknowledged = records.iter().filter(|(_, record)| record.version.leaf_index < leaf_hashes.len() as u64);
+    let erased: std::collections::HashSet<ResourceKey> =
+        records.iter().filter_map(|(_, record)| record.erasure.as_ref()).flat_map(|erasure| erasure.resources.iter().cloned()).collect();
+    let acknowledged = records
+        .iter()
+        .filter(|(_, record)| record.version.leaf_index < leaf_hashes.len() as u64)
+        .filter(|(_, record)| !erased.contains(&record.key));
     let missing = acknowledged.filter_map(|(_, record)| record.version.sealed.as_ref()).filter(|sealed| !blobs.holds(&sealed.cid)).count();
     if missing > 0 {
         let readable_end = pack_scan.crash_tail.or(pack_scan.damaged_offsets.first().copied()).unwrap_or(pack_scan.file_len);
@@ -195,6 +208,27 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
                 "{name}: records/catalog.log names an author that ledger entry {} does not (or the entry binds none)",
                 record.version.leaf_index
             ));
+        }
+        if record.erasure.is_some() {
+            report.erasures += 1;
+            if entry.kind != EntryKind::Erase {
+                report.problems.push(format!("{name}: catalog records an erasure, ledger entry says {:?}", entry.kind));
+            }
+            continue;
+        }
+        if erased.contains(&record.key) {
+            report.erased_versions += 1;
+            if let Some(sealed) = &record.version.sealed {
+                let context =
+                    SealContext { resource_type: &record.key.resource_type, id: &record.key.id, version_id: record.version.version_id };
+                if blobs.holds(&sealed.cid) {
+                    report.problems.push(format!("{name}: erased, but its sealed blob is still stored (start the gateway to finish the erasure)"));
+                }
+                if let (KeyHolder::Patient(_), Ok(_)) = (sealed.wrapped_key.holder, keyring.unwrap(&sealed.wrapped_key, context)) {
+                    report.problems.push(format!("{name}: erased, but its patient key still unwraps it"));
+                }
+            }
+            continue;
         }
         let Some(sealed) = &record.version.sealed else {
             if entry.kind != EntryKind::Delete {

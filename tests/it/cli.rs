@@ -21,6 +21,7 @@ async fn keys_rotate_rewraps_without_touching_blobs() {
     let mut gateway = Gateway::start().await;
     let created = json_body(gateway.post("Patient", &json!({"resourceType": "Patient", "gender": "female"})).await).await;
     let id = created["id"].as_str().unwrap().to_string();
+    let organization = json_body(gateway.post("Organization", &json!({"resourceType": "Organization", "name": "North"})).await).await;
 
     // Refused while the gateway holds the data directory.
     let refused = Command::new(binary()).args(["keys", "rotate", "--data-dir"]).arg(gateway.data.path()).output().unwrap();
@@ -31,10 +32,13 @@ async fn keys_rotate_rewraps_without_touching_blobs() {
     let pack = gateway.data.path().join("blocks/blocks.pack");
     let blocks_before = std::fs::read(&pack).unwrap();
     let ledger_before = std::fs::read(gateway.data.path().join("ledger/entries.log")).unwrap();
+    let patient_keys_before = std::fs::read(gateway.data.path().join("keys/patients.keys")).unwrap();
     assert_eq!(kek_files(&gateway), ["kek-00000001.key"]);
     let rotated = Command::new(binary()).args(["keys", "rotate", "--data-dir"]).arg(gateway.data.path()).output().unwrap();
     assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
-    assert!(String::from_utf8_lossy(&rotated.stdout).contains("1 data keys re-wrapped"));
+    let said = String::from_utf8_lossy(&rotated.stdout);
+    assert!(said.contains("1 patient keys and 1 other data keys re-wrapped"), "{said}");
+    assert_ne!(std::fs::read(gateway.data.path().join("keys/patients.keys")).unwrap(), patient_keys_before, "the patient key is re-wrapped");
     assert_eq!(kek_files(&gateway), ["kek-00000002.key"], "the old KEK is retired");
     assert_eq!(std::fs::read(&pack).unwrap(), blocks_before, "no blob changed");
     assert_eq!(std::fs::read(gateway.data.path().join("ledger/entries.log")).unwrap(), ledger_before);
@@ -43,6 +47,8 @@ async fn keys_rotate_rewraps_without_touching_blobs() {
     assert!(clean, "{report}");
     gateway.restart().await;
     assert_eq!(json_body(gateway.get(&format!("Patient/{id}")).await).await, created);
+    let organization_id = organization["id"].as_str().unwrap();
+    assert_eq!(json_body(gateway.get(&format!("Organization/{organization_id}")).await).await, organization);
 }
 
 #[tokio::test]

@@ -313,7 +313,7 @@ impl Access {
         let permission = match kind {
             EntryKind::Create => Permission::Create,
             EntryKind::Update => Permission::Update,
-            EntryKind::Delete => Permission::Delete,
+            EntryKind::Delete | EntryKind::Erase => Permission::Delete,
         };
         self.require(&key.resource_type, permission)?;
         let verdict = self.write_verdict(permission, key, before, after);

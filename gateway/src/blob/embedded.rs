@@ -6,7 +6,9 @@
 //! record_len: u32 (= 2 + cid_len + data_len) | cid_len: u16 | cid (binary CID) | data
 //! ```
 //!
-//! There is no separate checksum: the CID is one. On open the file is scanned, every record is
+//! There is no separate checksum: the CID is one. A removed block (`Patient/$purge`) keeps its
+//! `record_len`; everything after it is overwritten with zeros (`cid_len` 0), so the bytes are
+//! gone while the records after it stay where they are. On open the file is scanned, every record is
 //! checked against its CID, and the index (CID → offset) is rebuilt in memory. The rule is the
 //! journal's (`crate::journal`, with [`crate::journal::is_crash_tail`]): only an incomplete last
 //! record, past the last intact one, with no intact record in or after it, is a crash tail; a
@@ -119,10 +121,21 @@ impl EmbeddedBlockstore {
     }
 }
 
+/// Whether the body of a record (after `record_len`) is that of a removed block: all zeros.
+fn is_removed(body: &[u8]) -> bool {
+    body.len() >= 2 && body.iter().all(|byte| *byte == 0)
+}
+
 /// Whether `frame` (from its length field) is an intact pack record if `record_len` is its length.
 fn record_is_intact(frame: &[u8], record_len: u32) -> bool {
     let record_len = record_len as usize;
-    if frame.len() < 4 + record_len || record_len < 4 {
+    if frame.len() < 4 + record_len || record_len < 2 {
+        return false;
+    }
+    if is_removed(&frame[4..4 + record_len]) {
+        return true;
+    }
+    if record_len < 4 {
         return false;
     }
     let cid_len = u16::from_le_bytes([frame[4], frame[5]]) as usize;
@@ -176,13 +189,14 @@ fn scan(file: &File) -> Result<(HashMap<Cid, BlockLocation>, PackScan), BlobErro
         let record_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         let cid_len = u16::from_le_bytes(header[4..].try_into().expect("2 bytes")) as u32;
         let record_end = offset + 4 + record_len as u64;
-        if record_len > MAX_RECORD_LEN || cid_len < 2 || cid_len + 2 > record_len || record_end > file_len {
+        if record_len > MAX_RECORD_LEN || cid_len == 1 || cid_len + 2 > record_len || record_end > file_len {
             return unreadable_from(file, offset, index, found);
         }
         let mut body = vec![0u8; (record_len - 2) as usize];
         reader.read_exact(&mut body)?;
         let (cid_bytes, data) = body.split_at(cid_len as usize);
         match Cid::from_bytes(cid_bytes) {
+            _ if cid_len == 0 && body.iter().all(|byte| *byte == 0) => {}
             Ok(cid) if block_matches(&cid, data) => {
                 let data_offset = offset + 6 + cid_len as u64;
                 index.insert(cid, BlockLocation { data_offset, data_len: data.len() as u32 });
@@ -266,6 +280,21 @@ impl BlobStore for EmbeddedBlockstore {
     fn cids(&self) -> Result<Vec<Cid>, BlobError> {
         Ok(self.index.read().expect("index lock").keys().copied().collect())
     }
+
+    fn remove_blocks(&self, cids: &[Cid]) -> Result<(), BlobError> {
+        let writer = self.writer.lock().map_err(|_| BlobError::Corrupt("writer lock poisoned".into()))?;
+        for cid in cids {
+            let Some(location) = self.index.write().expect("index lock").remove(cid) else {
+                continue;
+            };
+            let cid_len = cid.to_bytes().len() as u64;
+            // Everything after `record_len`: `cid_len`, the CID and the data.
+            let zeros = vec![0u8; 2 + cid_len as usize + location.data_len as usize];
+            writer.file.write_all_at(&zeros, location.data_offset - cid_len - 2)?;
+        }
+        writer.file.sync_data()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +317,37 @@ mod tests {
         let (root, _) = file_blocks(b"sealed bytes");
         assert_eq!(crate::blob::read_file(&store, &root).unwrap(), b"sealed bytes");
         drop(store);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn removed_blocks_leave_no_bytes_and_stay_removed_after_reopening() {
+        let directory = temporary_directory("removed");
+        let removed: Vec<u8> = b"erased patient record ".iter().copied().cycle().take(400_000).collect();
+        let (kept_root, kept_blocks) = file_blocks(b"another patient");
+        let (removed_root, removed_blocks) = file_blocks(&removed);
+        {
+            let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
+            store.put_blocks(&removed_blocks).unwrap();
+            store.put_blocks(&kept_blocks).unwrap();
+            store.sync().unwrap();
+            store.remove_blocks(&crate::blob::dag_cids(&store, &removed_root).unwrap()).unwrap();
+        }
+        let pack = std::fs::read(directory.join("blocks.pack")).unwrap();
+        assert!(!pack.windows(14).any(|window| window == b"erased patient"), "the removed bytes are gone");
+        for block in &removed_blocks {
+            let cid = block.cid.to_bytes();
+            assert!(!pack.windows(cid.len()).any(|window| window == cid.as_slice()));
+        }
+        let store = EmbeddedBlockstore::open(&directory, &[kept_root]).unwrap();
+        assert_eq!(store.cids().unwrap(), vec![kept_root]);
+        assert_eq!(crate::blob::read_file(&store, &kept_root).unwrap(), b"another patient");
+        // Appends go on after the removed records.
+        let (later_root, later_blocks) = file_blocks(b"later");
+        store.put_blocks(&later_blocks).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        assert_eq!(EmbeddedBlockstore::open(&directory, &[kept_root, later_root]).unwrap().cids().unwrap().len(), 2);
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

@@ -2,15 +2,18 @@
 //!
 //! A sealed blob is chunked into a UnixFS file DAG exactly as Kubo's
 //! `ipfs add --cid-version=1` does it ([`unixfs`]), and its blocks are kept by a [`BlobStore`]:
-//! the embedded pack file by default ([`EmbeddedBlockstore`]), Kubo later. The store only ever
+//! the embedded pack file by default ([`EmbeddedBlockstore`]), in memory for tests
+//! ([`MemoryBlockstore`]), Kubo later. [`check_blob_store_contract`] is the behaviour all share. The store only ever
 //! sees sealed bytes (ARCHITECTURE.md, invariant 1).
 
 pub mod cid;
 mod embedded;
+mod memory;
 pub mod unixfs;
 
 pub use cid::{Cid, CidVersion};
 pub use embedded::{EmbeddedBlockstore, PackScan};
+pub use memory::MemoryBlockstore;
 pub use unixfs::{Block, DagError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,33 @@ pub trait BlobStore: Send + Sync {
     fn sync(&self) -> Result<(), BlobError>;
     /// Every stored CID (for `verify`).
     fn cids(&self) -> Result<Vec<Cid>, BlobError>;
+    /// Removes blocks for good (erasure): their bytes are gone from the store once this
+    /// returns, durably. Absent CIDs are skipped.
+    fn remove_blocks(&self, cids: &[Cid]) -> Result<(), BlobError>;
+}
+
+/// The CIDs of every block of the file DAG under `root` that the store holds (root first).
+pub fn dag_cids(store: &dyn BlobStore, root: &Cid) -> Result<Vec<Cid>, BlobError> {
+    let mut cids = Vec::new();
+    let mut io_error = None;
+    let mut get_block = |cid: &Cid| match store.get_block(cid) {
+        Ok(block) => {
+            if block.is_some() {
+                cids.push(*cid);
+            }
+            block
+        }
+        Err(error) => {
+            io_error = Some(error);
+            None
+        }
+    };
+    // A missing or damaged block ends the walk; what was found is still removed.
+    let _ = unixfs::read_file_dag(root, &mut get_block);
+    match io_error {
+        Some(error) => Err(error),
+        None => Ok(cids),
+    }
 }
 
 /// Chunks `content` the way Kubo does (CIDv1, raw leaves) and returns the root CID and its blocks.
@@ -75,4 +105,22 @@ pub(crate) fn check_blob_store_contract(store: &dyn BlobStore) {
     let (absent, _) = file_blocks(b"never stored");
     assert!(store.get_block(&absent).unwrap().is_none());
     assert!(matches!(read_file(store, &absent), Err(BlobError::Dag { .. })));
+
+    // Removal takes every block of a DAG and nothing else; removing again is harmless.
+    let kept: Vec<u8> = (0..300_000u32).map(|i| (i * 11 + 1) as u8).collect();
+    let removed: Vec<u8> = (0..300_000u32).map(|i| (i * 13 + 5) as u8).collect();
+    let (kept_root, kept_blocks) = file_blocks(&kept);
+    let (removed_root, removed_blocks) = file_blocks(&removed);
+    store.put_blocks(&kept_blocks).unwrap();
+    store.put_blocks(&removed_blocks).unwrap();
+    store.sync().unwrap();
+    let dag = dag_cids(store, &removed_root).unwrap();
+    assert_eq!(dag.len(), removed_blocks.len());
+    store.remove_blocks(&dag).unwrap();
+    store.remove_blocks(&dag).unwrap();
+    for block in &removed_blocks {
+        assert!(store.get_block(&block.cid).unwrap().is_none());
+        assert!(!store.cids().unwrap().contains(&block.cid));
+    }
+    assert_eq!(read_file(store, &kept_root).unwrap(), kept);
 }

@@ -14,6 +14,11 @@
 //!
 //! `signature` is Ed25519 over `"fhir-gateway ledger entry v1\n"` followed by the canonical JSON
 //! of the same object without `signature`. `cid` and `contentHash` are absent for deletions.
+//!
+//! An erasure (`Patient/$purge`) is one entry of kind `erase`: the patient's pseudonym, its last
+//! version id and `erased`, how many versions of how many resources were erased (as
+//! `"<versions>/<resources>"`), never what they were. The entries of the erased versions stay:
+//! they name pseudonyms and keyed hashes only, and the log must keep proving what it held.
 //! `author` binds the organisation that wrote the version (the catalog's `author`, which the
 //! consent decision's author-organisation rule compares with): a keyed hash of the
 //! organisation reference, or of the empty string when the writer has none. Entries written
@@ -34,6 +39,8 @@ pub enum EntryKind {
     Create,
     Update,
     Delete,
+    /// A patient's records were erased (crypto-shredded and removed).
+    Erase,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +57,9 @@ pub struct LedgerEntry {
     pub content_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+    /// For an erasure: `"<versions>/<resources>"` erased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<String>,
     pub principal: String,
     pub recorded: String,
 }
@@ -87,10 +97,14 @@ impl LedgerEntry {
         if let Some(content_hash) = &self.content_hash {
             member("contentHash", content_hash, &mut out);
         }
+        if let Some(erased) = &self.erased {
+            member("erased", erased, &mut out);
+        }
         let kind = match self.kind {
             EntryKind::Create => "create",
             EntryKind::Update => "update",
             EntryKind::Delete => "delete",
+            EntryKind::Erase => "erase",
         };
         member("kind", kind, &mut out);
         member("principal", &self.principal, &mut out);
@@ -132,14 +146,16 @@ impl LedgerEntry {
             content_hash: Option<String>,
             #[serde(default)]
             cid: Option<String>,
+            #[serde(default)]
+            erased: Option<String>,
             principal: String,
             recorded: String,
             #[allow(dead_code)]
             signature: String,
         }
-        let Signed { author, kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded, .. } =
+        let Signed { author, kind, resource_type, pseudonym, version_id, content_hash, cid, erased, principal, recorded, .. } =
             serde_json::from_slice(leaf).map_err(|_| EntryError::Malformed)?;
-        Ok(LedgerEntry { author, kind, resource_type, pseudonym, version_id, content_hash, cid, principal, recorded })
+        Ok(LedgerEntry { author, kind, resource_type, pseudonym, version_id, content_hash, cid, erased, principal, recorded })
     }
 
     /// Parses leaf bytes and checks canonical form and signature.
@@ -172,6 +188,7 @@ mod tests {
             version_id: 1,
             content_hash: Some("cd".repeat(32)),
             cid: Some("bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4".into()),
+            erased: None,
             principal: "unauthenticated".into(),
             recorded: "2026-11-21T15:20:12.123Z".into(),
         }
@@ -184,7 +201,9 @@ mod tests {
         let deletion = LedgerEntry { kind: EntryKind::Delete, content_hash: None, cid: None, version_id: 12_345, ..sample() };
         let escaped = LedgerEntry { principal: "org \"A\"\\\n\u{1}é".into(), kind: EntryKind::Update, ..sample() };
         let older = LedgerEntry { author: None, ..sample() };
-        for entry in [sample(), deletion, escaped, older] {
+        let erasure =
+            LedgerEntry { kind: EntryKind::Erase, content_hash: None, cid: None, erased: Some("120/37".into()), version_id: 3, ..sample() };
+        for entry in [sample(), deletion, escaped, older, erasure] {
             let value = serde_json::to_value(&entry).unwrap();
             assert_eq!(entry.unsigned_bytes(), to_canonical_bytes(&value));
             let mut signed = value;

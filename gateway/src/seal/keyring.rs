@@ -1,7 +1,9 @@
-//! Key-encryption keys on disk: `<data>/keys/kek-<id>.key`, 32 random bytes, mode 0600.
+//! Key-encryption keys on disk: `<data>/keys/kek-<id>.key`, 32 random bytes, mode 0600, and
+//! the patient keys they wrap (`<data>/keys/patients.keys`, [`super::patient_keys`]).
 //!
-//! The highest id is the active KEK (used to wrap new data keys); older ones stay readable until
-//! `keys rotate` has re-wrapped every data key and retired them. Key bytes are never logged.
+//! The highest id is the active KEK (used to wrap new data and patient keys); older ones stay
+//! readable until `keys rotate` has re-wrapped every key they hold and retired them. Key bytes
+//! are never logged.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,7 +11,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{DataKey, SealContext, SealError, WrappedKey};
+use super::patient_keys::{PatientHash, PatientKeys, PatientSlot};
+use super::{DataKey, KeyHolder, SealContext, SealError, WrappedKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -59,10 +62,11 @@ fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), KeyringError> {
     Ok(())
 }
 
-/// The KEKs known to this gateway.
+/// The KEKs known to this gateway, and the patient keys.
 pub struct Keyring {
     directory: PathBuf,
     keks: BTreeMap<u32, [u8; 32]>,
+    patients: PatientKeys,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -72,7 +76,8 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
-    /// Loads every `kek-<id>.key` in `directory`, creating KEK 1 on first start.
+    /// Loads every `kek-<id>.key` in `directory`, creating KEK 1 on first start, and the patient
+    /// key slots.
     pub fn open_or_create(directory: &Path) -> Result<Self, KeyringError> {
         fs::create_dir_all(directory).map_err(io_error(directory))?;
         let mut keks = BTreeMap::new();
@@ -84,7 +89,8 @@ impl Keyring {
                 keks.insert(kek_id, read_or_create_secret(&path)?);
             }
         }
-        let mut keyring = Keyring { directory: directory.to_path_buf(), keks };
+        let patients = PatientKeys::open(&directory.join("patients.keys"))?;
+        let mut keyring = Keyring { directory: directory.to_path_buf(), keks, patients };
         if keyring.keks.is_empty() {
             keyring.add_kek()?;
         }
@@ -120,19 +126,58 @@ impl Keyring {
         self.keks.keys().copied().collect()
     }
 
-    pub fn wrap(&self, data_key: &DataKey, context: SealContext<'_>) -> Result<WrappedKey, SealError> {
+    fn active_kek(&self) -> Result<(u32, &[u8; 32]), SealError> {
         let kek_id = self.active_kek_id().ok_or(SealError::UnknownKek(0))?;
-        super::wrap_key(kek_id, &self.keks[&kek_id], data_key, context)
+        Ok((kek_id, &self.keks[&kek_id]))
+    }
+
+    /// Wraps a data key: under the key of `patient` (created on first use) when the version is
+    /// in that one patient's compartment, otherwise under the active KEK.
+    pub fn wrap(&self, data_key: &DataKey, patient: Option<&PatientHash>, context: SealContext<'_>) -> Result<WrappedKey, SealError> {
+        let active = self.active_kek()?;
+        match patient {
+            Some(patient) => {
+                let (slot, patient_key) = self.patients.key_for(patient, active, &self.keks)?;
+                super::wrap_key(KeyHolder::Patient(slot), &patient_key.0, data_key, context)
+            }
+            None => super::wrap_key(KeyHolder::Kek(active.0), active.1, data_key, context),
+        }
     }
 
     pub fn unwrap(&self, wrapped: &WrappedKey, context: SealContext<'_>) -> Result<DataKey, SealError> {
-        let kek = self.keks.get(&wrapped.kek_id).ok_or(SealError::UnknownKek(wrapped.kek_id))?;
-        super::unwrap_key(kek, wrapped, context)
+        match wrapped.holder {
+            KeyHolder::Kek(kek_id) => {
+                let kek = self.keks.get(&kek_id).ok_or(SealError::UnknownKek(kek_id))?;
+                super::unwrap_key(kek, wrapped, context)
+            }
+            KeyHolder::Patient(slot) => super::unwrap_key(&self.patients.key(slot, &self.keks)?.0, wrapped, context),
+        }
     }
 
-    /// Re-wraps a data key under the active KEK (for rotation); the sealed blob is untouched.
+    /// Re-wraps a KEK-held data key under the active KEK (for rotation); the sealed blob is
+    /// untouched. A patient-held one is unchanged: its patient key is re-wrapped instead
+    /// ([`Keyring::rewrap_patient_keys`]).
     pub fn rewrap(&self, wrapped: &WrappedKey, context: SealContext<'_>) -> Result<WrappedKey, SealError> {
+        if let KeyHolder::Patient(_) = wrapped.holder {
+            return Ok(wrapped.clone());
+        }
         let data_key = self.unwrap(wrapped, context)?;
-        self.wrap(&data_key, context)
+        self.wrap(&data_key, None, context)
+    }
+
+    /// Re-wraps every patient key under the active KEK; returns how many.
+    pub fn rewrap_patient_keys(&self) -> Result<u64, KeyringError> {
+        let active = self.active_kek().map_err(|error| KeyringError::Io { path: self.directory.clone(), source: std::io::Error::other(error) })?;
+        self.patients.rewrap_all(&self.keks, active)
+    }
+
+    /// The patient key store (sync before the catalog, destroy on erasure).
+    pub fn patients(&self) -> &PatientKeys {
+        &self.patients
+    }
+
+    /// The slot of a patient's key, if it has one.
+    pub fn patient_slot(&self, patient: &PatientHash) -> Option<PatientSlot> {
+        self.patients.slot_of(patient)
     }
 }

@@ -3,8 +3,12 @@
 //! Every record version is sealed under its own fresh 256-bit data key with AES-256-GCM; the
 //! associated data binds the ciphertext to `resourceType`, `id` and `versionId`, so a sealed blob
 //! cannot be replayed as another resource or another version. The data key is stored only
-//! wrapped (AES-256-GCM again) by a key-encryption key (KEK) from the [`Keyring`]. Rotating the
-//! KEK re-wraps data keys; sealed blobs (and so their CIDs) never change.
+//! wrapped (AES-256-GCM again): by the key of the patient whose compartment holds the version
+//! ([`patient_keys`]), or, for a version in no single patient's compartment, by a
+//! key-encryption key (KEK) from the [`Keyring`]. Patient keys are wrapped by the KEK in turn.
+//! Rotating the KEK re-wraps patient keys and KEK-held data keys; sealed blobs (and so their
+//! CIDs) never change. Destroying a patient key makes every version it holds unreadable
+//! (crypto-shredding, `Patient/$purge`).
 //!
 //! Sealed blob layout (what the blob store holds), all lengths fixed:
 //!
@@ -12,7 +16,7 @@
 //! "FGS1" (4 bytes) | nonce (12 bytes) | AES-256-GCM ciphertext || tag (16 bytes)
 //! ```
 //!
-//! Wrapped key layout (what the record catalog holds next to the KEK id):
+//! Wrapped key layout (what the record catalog holds next to the holder: KEK id or patient slot):
 //!
 //! ```text
 //! nonce (12 bytes) | AES-256-GCM(data key, 32 bytes) || tag (16 bytes)   = 60 bytes
@@ -21,8 +25,10 @@
 //! This module does no I/O except [`Keyring::open_or_create`], which reads and creates KEK files.
 
 pub(crate) mod keyring;
+pub(crate) mod patient_keys;
 
 pub use keyring::{Keyring, KeyringError};
+pub use patient_keys::{PatientHash, PatientSlot};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -58,10 +64,19 @@ impl Drop for DataKey {
     }
 }
 
-/// A data key wrapped by the KEK `kek_id`.
+/// Which key wraps a data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHolder {
+    /// The gateway's key-encryption key with this id.
+    Kek(u32),
+    /// The key of one patient, in its slot of the patient key store.
+    Patient(PatientSlot),
+}
+
+/// A data key wrapped by its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrappedKey {
-    pub kek_id: u32,
+    pub holder: KeyHolder,
     pub bytes: [u8; WRAPPED_KEY_LEN],
 }
 
@@ -73,6 +88,10 @@ pub enum SealError {
     AuthenticationFailed,
     #[error("key-encryption key {0} is not in the keyring")]
     UnknownKek(u32),
+    #[error("the patient key in slot {0} was destroyed (the patient's records were erased)")]
+    Erased(u64),
+    #[error("patient key slot {0} does not exist")]
+    UnknownPatientSlot(u64),
     #[error("the operating system's random source failed")]
     Random,
 }
@@ -114,33 +133,46 @@ pub fn unseal(sealed: &[u8], data_key: &DataKey, context: SealContext<'_>) -> Re
         .map_err(|_| SealError::AuthenticationFailed)
 }
 
-/// Wraps a data key under a KEK, bound to the same context as the sealed blob.
-pub(crate) fn wrap_key(kek_id: u32, kek: &[u8; 32], data_key: &DataKey, context: SealContext<'_>) -> Result<WrappedKey, SealError> {
+/// Wraps a data key under its holder's key, bound to the same context as the sealed blob.
+pub(crate) fn wrap_key(holder: KeyHolder, holder_key: &[u8; 32], data_key: &DataKey, context: SealContext<'_>) -> Result<WrappedKey, SealError> {
+    let bytes = aead_wrap(holder_key, &data_key.0, &wrap_associated_data(holder, context))?;
+    Ok(WrappedKey { holder, bytes })
+}
+
+pub(crate) fn unwrap_key(holder_key: &[u8; 32], wrapped: &WrappedKey, context: SealContext<'_>) -> Result<DataKey, SealError> {
+    aead_unwrap(holder_key, &wrapped.bytes, &wrap_associated_data(wrapped.holder, context)).map(DataKey)
+}
+
+fn wrap_associated_data(holder: KeyHolder, context: SealContext<'_>) -> Vec<u8> {
+    let mut associated_data = context.associated_data("wrap");
+    match holder {
+        KeyHolder::Kek(kek_id) => associated_data.extend_from_slice(&kek_id.to_be_bytes()),
+        KeyHolder::Patient(slot) => {
+            associated_data.extend_from_slice(b"\0patient\0");
+            associated_data.extend_from_slice(&slot.0.to_be_bytes());
+        }
+    }
+    associated_data
+}
+
+/// AES-256-GCM of a 32-byte key under `wrapping_key`: nonce | ciphertext | tag.
+fn aead_wrap(wrapping_key: &[u8; 32], secret: &[u8; 32], associated_data: &[u8]) -> Result<[u8; WRAPPED_KEY_LEN], SealError> {
     let nonce_bytes = random_bytes::<NONCE_LEN>()?;
-    let associated_data = wrap_associated_data(kek_id, context);
-    let ciphertext = cipher(kek)
-        .encrypt(&Nonce::from(nonce_bytes), Payload { msg: &data_key.0, aad: &associated_data })
+    let ciphertext = cipher(wrapping_key)
+        .encrypt(&Nonce::from(nonce_bytes), Payload { msg: secret, aad: associated_data })
         .map_err(|_| SealError::AuthenticationFailed)?;
     let mut bytes = [0u8; WRAPPED_KEY_LEN];
     bytes[..NONCE_LEN].copy_from_slice(&nonce_bytes);
     bytes[NONCE_LEN..].copy_from_slice(&ciphertext);
-    Ok(WrappedKey { kek_id, bytes })
+    Ok(bytes)
 }
 
-pub(crate) fn unwrap_key(kek: &[u8; 32], wrapped: &WrappedKey, context: SealContext<'_>) -> Result<DataKey, SealError> {
-    let nonce_bytes: [u8; NONCE_LEN] = wrapped.bytes[..NONCE_LEN].try_into().map_err(|_| SealError::Malformed)?;
-    let associated_data = wrap_associated_data(wrapped.kek_id, context);
-    let plaintext = cipher(kek)
-        .decrypt(&Nonce::from(nonce_bytes), Payload { msg: &wrapped.bytes[NONCE_LEN..], aad: &associated_data })
+fn aead_unwrap(wrapping_key: &[u8; 32], wrapped: &[u8; WRAPPED_KEY_LEN], associated_data: &[u8]) -> Result<[u8; 32], SealError> {
+    let nonce_bytes: [u8; NONCE_LEN] = wrapped[..NONCE_LEN].try_into().map_err(|_| SealError::Malformed)?;
+    let plaintext = cipher(wrapping_key)
+        .decrypt(&Nonce::from(nonce_bytes), Payload { msg: &wrapped[NONCE_LEN..], aad: associated_data })
         .map_err(|_| SealError::AuthenticationFailed)?;
-    let key: [u8; 32] = plaintext.as_slice().try_into().map_err(|_| SealError::Malformed)?;
-    Ok(DataKey(key))
-}
-
-fn wrap_associated_data(kek_id: u32, context: SealContext<'_>) -> Vec<u8> {
-    let mut associated_data = context.associated_data("wrap");
-    associated_data.extend_from_slice(&kek_id.to_be_bytes());
-    associated_data
+    plaintext.as_slice().try_into().map_err(|_| SealError::Malformed)
 }
 
 #[cfg(test)]
@@ -190,11 +222,13 @@ mod tests {
     fn wrapped_keys_are_bound_to_kek_and_context() {
         let kek = [7u8; 32];
         let (sealed, key) = seal(b"secret", CONTEXT).unwrap();
-        let wrapped = wrap_key(1, &kek, &key, CONTEXT).unwrap();
+        let wrapped = wrap_key(KeyHolder::Kek(1), &kek, &key, CONTEXT).unwrap();
         let unwrapped = unwrap_key(&kek, &wrapped, CONTEXT).unwrap();
         assert_eq!(unseal(&sealed, &unwrapped, CONTEXT).unwrap(), b"secret");
         assert!(unwrap_key(&[8u8; 32], &wrapped, CONTEXT).is_err());
-        assert!(unwrap_key(&kek, &WrappedKey { kek_id: 2, ..wrapped.clone() }, CONTEXT).is_err());
+        for other_holder in [KeyHolder::Kek(2), KeyHolder::Patient(PatientSlot(1))] {
+            assert!(unwrap_key(&kek, &WrappedKey { holder: other_holder, ..wrapped.clone() }, CONTEXT).is_err());
+        }
         assert!(unwrap_key(&kek, &wrapped, SealContext { version_id: 9, ..CONTEXT }).is_err());
     }
 

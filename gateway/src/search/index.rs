@@ -197,6 +197,35 @@ impl TantivyIndex {
         Ok(())
     }
 
+    /// Rewrites every segment holding deleted documents without them and deletes the files no
+    /// longer used, so that no file of the index keeps the terms of a deleted document (after
+    /// an erasure). Deleted documents are otherwise only marked until a merge happens to take
+    /// their segment.
+    pub fn purge_deleted(&self) -> Result<(), IndexError> {
+        const ATTEMPTS: usize = 50;
+        for attempt in 1..=ATTEMPTS {
+            let mut writer = self.writer.lock().expect("index writer lock");
+            let holding: Vec<_> =
+                self.index.searchable_segment_metas()?.iter().filter(|meta| meta.has_deletes()).map(|meta| meta.id()).collect();
+            if holding.is_empty() {
+                writer.garbage_collect_files().wait()?;
+                drop(writer);
+                self.reader.reload()?;
+                return Ok(());
+            }
+            match writer.merge(&holding).wait() {
+                Ok(_) => {}
+                // A segment the background merge policy is merging right now: wait for it.
+                Err(_) if attempt < ATTEMPTS => {
+                    drop(writer);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every document (before a rebuild).
     pub fn clear(&self) -> Result<(), IndexError> {
         let mut writer = self.writer.lock().expect("index writer lock");

@@ -25,7 +25,7 @@ use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
 use crate::fhir::{self, canonical::to_canonical_bytes};
 use crate::ledger::{EntryKind, LedgerEntry};
-use crate::seal::{self, SealContext};
+use crate::seal::{self, KeyHolder, SealContext};
 use crate::search::{self, IndexEntry, SearchParamTable};
 
 pub(crate) enum CommitRequest {
@@ -34,6 +34,8 @@ pub(crate) enum CommitRequest {
         writes: Vec<(PreparedWrite, Expectation)>,
         reply: Reply,
     },
+    /// A patient's erasure (`Patient/$purge`), committed on its own after the group.
+    Erase(super::erasure::ErasureRequest),
     Tick,
     Shutdown(oneshot::Sender<()>),
 }
@@ -140,7 +142,15 @@ pub(crate) fn prepare(
         let canonical = to_canonical_bytes(&resource);
         let context = SealContext { resource_type: &key.resource_type, id: &key.id, version_id };
         let (sealed_bytes, data_key) = seal::seal(&canonical, context)?;
-        let wrapped_key = shared.keyring.read().expect("keyring lock").wrap(&data_key, context)?;
+        let holder = key_holder(&resource);
+        if let Some(patient_id) = &holder {
+            let patient = ResourceKey { resource_type: "Patient".into(), id: patient_id.clone() };
+            if shared.catalog.read().expect("catalog lock").is_erased(&patient) {
+                return Err(StoreError::Erased(patient));
+            }
+        }
+        let patient = holder.map(|patient_id| shared.secrets.patient_hash(&patient_id));
+        let wrapped_key = shared.keyring.read().expect("keyring lock").wrap(&data_key, patient.as_ref(), context)?;
         let (cid, blocks) = blob::file_blocks(&sealed_bytes);
         content_hash = Some(shared.secrets.content_hash(&canonical));
         prepared.blocks = blocks;
@@ -156,11 +166,19 @@ pub(crate) fn prepare(
         version_id,
         content_hash,
         cid: prepared.sealed.as_ref().map(|sealed| sealed.cid.to_string()),
+        erased: None,
         principal: shared.secrets.principal(principal),
         recorded,
     };
     prepared.leaf = entry.sign(&shared.secrets.signing_key);
     Ok(prepared)
+}
+
+/// The patient whose key holds a version's data key: the one patient whose compartment holds it.
+/// A version in several patients' compartments (a Group, say) or in none is held by the KEK.
+fn key_holder(resource: &Value) -> Option<String> {
+    let mut patients = crate::access::facts::compartment_patients(resource);
+    (patients.len() == 1).then(|| patients.remove(0))
 }
 
 /// Version `version_id` and its content (`None` if it is a deletion or does not exist).
@@ -240,6 +258,7 @@ const GROUP_POLL: Duration = Duration::from_micros(200);
 struct Collected {
     units: Vec<PendingUnit>,
     write_count: usize,
+    erasures: Vec<super::erasure::ErasureRequest>,
     tick: bool,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -251,6 +270,7 @@ impl Collected {
                 self.write_count += writes.len();
                 self.units.push(PendingUnit { writes, reply });
             }
+            CommitRequest::Erase(request) => self.erasures.push(request),
             CommitRequest::Tick => self.tick = true,
             CommitRequest::Shutdown(reply) => self.shutdown = Some(reply),
         }
@@ -285,9 +305,12 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
         }
-        let Collected { units, tick, shutdown, .. } = collected;
+        let Collected { units, erasures, tick, shutdown, .. } = collected;
         if !units.is_empty() {
             commit_group(&shared, units);
+        }
+        for request in erasures {
+            super::erasure::commit(&shared, request);
         }
         let checkpointed = shared.ledger.latest_checkpoint().map_or(0, |(tree_size, _)| tree_size);
         let uncovered = shared.ledger.tree_size() - checkpointed;
@@ -316,6 +339,14 @@ struct GroupWrite {
 /// Checks one write against the catalog and the writes before it (earlier units of the group,
 /// earlier writes of its own unit).
 fn check(catalog: &Catalog, earlier: &[GroupWrite], prepared: &PreparedWrite, expectation: &Expectation) -> Option<Refusal> {
+    // Erased since it was prepared: its id, or the patient key it was sealed for.
+    let erased_holder = match prepared.sealed.as_ref().map(|sealed| sealed.wrapped_key.holder) {
+        Some(KeyHolder::Patient(slot)) => catalog.is_erased_holder(slot),
+        _ => false,
+    };
+    if erased_holder || catalog.is_erased(&prepared.key) {
+        return Some(Refusal::Conflict);
+    }
     let current = earlier
         .iter()
         .rev()
@@ -404,6 +435,7 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
                 },
                 identifier_hashes: prepared.identifier_hashes.clone(),
                 transaction_end_leaf,
+                erasure: None,
             });
         }
     }
@@ -479,6 +511,7 @@ fn make_durable(
     let encoded: Vec<Vec<u8>> = records.iter().map(CatalogRecord::encode).collect();
     shared.catalog_journal.append(&encoded).map_err(|error| error.to_string())?;
     shared.blobs.sync().map_err(|error| error.to_string())?;
+    shared.keyring.read().expect("keyring lock").patients().sync().map_err(|error| format!("patient keys: {error}"))?;
     shared.catalog_journal.sync().map_err(|error| error.to_string())?;
     let leaves: Vec<&[u8]> = writes.iter().map(|prepared| prepared.leaf.as_slice()).collect();
     let leaf_index = shared.ledger.append_durably(&leaves).map_err(|error| error.to_string())?;

@@ -9,6 +9,7 @@
 pub mod catalog;
 mod commit;
 pub mod consents;
+mod erasure;
 pub(crate) mod recovery;
 mod rotate;
 pub mod search;
@@ -32,6 +33,7 @@ use crate::ledger::{EntryKind, LedgerEntry, LedgerError, LedgerLog};
 use crate::seal::{self, Keyring, SealContext};
 use catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, VersionRecord};
 use commit::{CommitRequest, Expectation, PreparedWrite, Refusal, UnitOutcome};
+pub use erasure::PurgeOutcome;
 pub use rotate::rotate_keys;
 pub use secrets::LedgerSecrets;
 pub use transaction::{EntryOutcome, TransactionError};
@@ -153,6 +155,8 @@ pub enum StoreError {
     NotFound,
     #[error("resource deleted (version {0})")]
     Gone(u64),
+    #[error("{}/{} was erased", .0.resource_type, .0.id)]
+    Erased(ResourceKey),
     #[error("version conflict: the resource was changed concurrently")]
     VersionConflict,
     #[error("{0}")]
@@ -327,6 +331,8 @@ pub enum OpenError {
     Format(String),
     #[error("search index: {0}")]
     Index(String),
+    #[error("finishing an interrupted erasure: {0}")]
+    Erasure(String),
     #[error("the data directory {0} is in use by another fhir-gateway process")]
     Locked(PathBuf),
 }
@@ -449,8 +455,15 @@ impl ResourceStore {
             checkpointed: ledger.checkpointed(),
         })?;
         records.truncate(plan.kept_records);
-        let acknowledged_roots: Vec<Cid> =
-            records.iter().filter_map(|(_, record)| record.version.sealed.as_ref().map(|sealed| sealed.cid)).collect();
+        let erasures: Vec<catalog::Erasure> = records.iter().filter_map(|(_, record)| record.erasure.clone()).collect();
+        // Erased blobs are removed (or about to be, if a crash interrupted the erasure).
+        let erased: std::collections::HashSet<&ResourceKey> = erasures.iter().flat_map(|erasure| &erasure.resources).collect();
+        let acknowledged_roots: Vec<Cid> = records
+            .iter()
+            .filter(|(_, record)| !erased.contains(&record.key))
+            .filter_map(|(_, record)| record.version.sealed.as_ref().map(|sealed| sealed.cid))
+            .collect();
+        drop(erased);
         let blobs = open_blobs(&layout, &acknowledged_roots)?;
         drop(acknowledged_roots);
 
@@ -496,6 +509,10 @@ impl ResourceStore {
         let caught_up = store.catch_up_index().map_err(|error| OpenError::Index(error.to_string()))?;
         if caught_up > 0 {
             tracing::info!(resources = caught_up, "search index caught up with the ledger");
+        }
+        let resumed = erasure::resume(&store.shared, &erasures).map_err(|error| OpenError::Erasure(error.to_string()))?;
+        if resumed > 0 {
+            tracing::warn!(erasures = resumed, "finished erasures a crash had interrupted");
         }
         Ok(store)
     }
@@ -622,6 +639,7 @@ impl ResourceStore {
             }
         }
         for _ in 0..MAX_UPDATE_ATTEMPTS {
+            self.refuse_erased(key)?;
             let current = self.current_state(key);
             check_if_match(if_match, current)?;
             let version_id = current.map_or(1, |(version_id, _)| version_id + 1);
@@ -646,6 +664,7 @@ impl ResourceStore {
     pub async fn delete(&self, key: &ResourceKey, principal: &Principal) -> Result<Option<u64>, StoreError> {
         let in_progress = self.in_progress();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
+            self.refuse_erased(key)?;
             let Some((version_id, deleted)) = self.current_state(key) else {
                 return Err(StoreError::NotFound);
             };
@@ -659,6 +678,32 @@ impl ResourceStore {
             }
         }
         Err(StoreError::VersionConflict)
+    }
+
+    /// Erases a patient's records (`Patient/$purge`, see [`erasure`]): every version of the
+    /// Patient and of every resource its key holds. Returns once nothing of them is readable
+    /// and their key, index documents and sealed blocks are gone.
+    pub async fn purge(&self, patient: &ResourceKey, principal: &Principal) -> Result<PurgeOutcome, StoreError> {
+        if patient.resource_type != "Patient" {
+            return Err(StoreError::BadRequest("$purge erases a Patient's records".into()));
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = erasure::ErasureRequest {
+            patient: patient.clone(),
+            principal: self.shared.secrets.principal(principal),
+            author: principal.organization.clone(),
+            reply,
+        };
+        let shutting_down = || StoreError::Unavailable("the gateway is shutting down".into());
+        self.commits.send(CommitRequest::Erase(request)).await.map_err(|_| shutting_down())?;
+        let (recorded, outcome) = answer.await.map_err(|_| shutting_down())??;
+        // The indexer applies the erasure's deletions before the segments holding them are merged.
+        self.wait_for_index()?;
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || erasure::finish(&shared, &recorded))
+            .await
+            .map_err(|error| StoreError::Internal(error.to_string()))??;
+        Ok(outcome)
     }
 
     /// Counts a write as started until it is submitted (see [`Shared::writes_in_progress`]).
@@ -692,6 +737,14 @@ impl ResourceStore {
         match self.submit_unit(vec![(prepared, expectation)], in_progress).await? {
             UnitOutcome::Committed(mut versions) => Ok(Ok(versions.pop().expect("one version per write"))),
             UnitOutcome::Refused { refusal, .. } => Ok(Err(refusal)),
+        }
+    }
+
+    /// `Erased` for an erased resource: its id is never used again.
+    pub(crate) fn refuse_erased(&self, key: &ResourceKey) -> Result<(), StoreError> {
+        match self.shared.catalog.read().expect("catalog lock").is_erased(key) {
+            true => Err(StoreError::Erased(key.clone())),
+            false => Ok(()),
         }
     }
 
@@ -740,7 +793,7 @@ impl ResourceStore {
     pub fn read(&self, key: &ResourceKey) -> Result<StoredVersion, StoreError> {
         let version = {
             let catalog = self.shared.catalog.read().expect("catalog lock");
-            catalog.get(key).and_then(|history| history.current()).cloned().ok_or(StoreError::NotFound)?
+            history_of(&catalog, key)?.current().cloned().ok_or(StoreError::NotFound)?
         };
         if version.is_deletion() {
             return Err(StoreError::Gone(version.version_id));
@@ -752,7 +805,7 @@ impl ResourceStore {
     pub fn vread(&self, key: &ResourceKey, version_id: u64) -> Result<StoredVersion, StoreError> {
         let version = {
             let catalog = self.shared.catalog.read().expect("catalog lock");
-            let history = catalog.get(key).ok_or(StoreError::NotFound)?;
+            let history = history_of(&catalog, key)?;
             let index = version_id.checked_sub(1).ok_or(StoreError::NotFound)? as usize;
             history.versions.get(index).cloned().ok_or(StoreError::NotFound)?
         };
@@ -773,7 +826,7 @@ impl ResourceStore {
     ) -> Result<HistoryPage, StoreError> {
         let candidates: Vec<(ResourceKey, VersionRecord)> = {
             let catalog = self.shared.catalog.read().expect("catalog lock");
-            let history = catalog.get(key).ok_or(StoreError::NotFound)?;
+            let history = history_of(&catalog, key)?;
             history
                 .versions
                 .iter()
@@ -971,6 +1024,15 @@ fn load(shared: &Shared, key: &ResourceKey, version: &VersionRecord) -> Result<S
     })
 }
 
+/// A resource's versions: `NotFound` if it has none, `Erased` if it was erased.
+fn history_of<'c>(catalog: &'c Catalog, key: &ResourceKey) -> Result<&'c catalog::ResourceHistory, StoreError> {
+    match catalog.get(key) {
+        Some(history) => Ok(history),
+        None if catalog.is_erased(key) => Err(StoreError::Erased(key.clone())),
+        None => Err(StoreError::NotFound),
+    }
+}
+
 /// At most one match: `None`, the one, or `412` naming how many the caller can see.
 pub(crate) fn single(condition: &str, mut visible: Vec<StoredVersion>) -> Result<Option<StoredVersion>, StoreError> {
     match visible.len() {
@@ -1052,6 +1114,9 @@ mod tests {
         }
         fn cids(&self) -> Result<Vec<Cid>, BlobError> {
             self.inner.cids()
+        }
+        fn remove_blocks(&self, cids: &[Cid]) -> Result<(), BlobError> {
+            self.inner.remove_blocks(cids)
         }
     }
 

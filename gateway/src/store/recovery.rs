@@ -95,7 +95,7 @@ mod tests {
         let version =
             VersionRecord { version_id: 1, leaf_index, last_updated: time::OffsetDateTime::UNIX_EPOCH, sealed: None, author: None };
         let key = ResourceKey { resource_type: "Patient".into(), id: format!("p{leaf_index}") };
-        (100 * leaf_index, CatalogRecord { key, version, identifier_hashes: Vec::new(), transaction_end_leaf })
+        (100 * leaf_index, CatalogRecord { key, version, identifier_hashes: Vec::new(), transaction_end_leaf, erasure: None })
     }
 
     fn check(

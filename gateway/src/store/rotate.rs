@@ -1,9 +1,10 @@
-//! `fhir-gateway keys rotate`: a new key-encryption key wraps every data key; sealed blobs, and
-//! so their CIDs and the ledger, are untouched. Runs with the gateway stopped (the data
+//! `fhir-gateway keys rotate`: a new key-encryption key wraps every patient key and every data
+//! key no patient key holds; sealed blobs, and so their CIDs and the ledger, are untouched. Runs with the gateway stopped (the data
 //! directory lock enforces it).
 //!
 //! Crash safety: the re-wrapped catalog is written to `catalog.log.rotating`, synced and renamed
-//! over `catalog.log`; only then are the old KEK files deleted. A crash at any point leaves either
+//! over `catalog.log`; the patient keys likewise (`patients.keys.rotating`); only then are the
+//! old KEK files deleted. A crash at any point leaves either
 //! the old catalog with the old KEKs, or the new catalog with (possibly still) the old KEK files.
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::path::Path;
 use super::DataLayout;
 use super::catalog::{CatalogRecord, SealedLocation};
 use crate::journal::{self, Journal, ScanEnd};
-use crate::seal::{Keyring, SealContext};
+use crate::seal::{KeyHolder, Keyring, SealContext};
 
 pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     let layout = DataLayout::new(data_directory);
@@ -36,7 +37,7 @@ pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     let new_kek_id = keyring.add_kek().map_err(|error| error.to_string())?;
     let mut rewrapped = 0u64;
     for record in &mut records {
-        if let Some(sealed) = &record.version.sealed {
+        if let Some(sealed) = record.version.sealed.as_ref().filter(|sealed| matches!(sealed.wrapped_key.holder, KeyHolder::Kek(_))) {
             let context =
                 SealContext { resource_type: &record.key.resource_type, id: &record.key.id, version_id: record.version.version_id };
             let wrapped_key = keyring.rewrap(&sealed.wrapped_key, context).map_err(|error| error.to_string())?;
@@ -55,8 +56,9 @@ pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     if let Some(directory) = layout.catalog().parent() {
         std::fs::File::open(directory).and_then(|directory| directory.sync_all()).map_err(|error| error.to_string())?;
     }
+    let patient_keys = keyring.rewrap_patient_keys().map_err(|error| error.to_string())?;
     for kek_id in &old_kek_ids {
         keyring.retire_kek(*kek_id).map_err(|error| error.to_string())?;
     }
-    Ok(format!("KEK {new_kek_id} is active; {rewrapped} data keys re-wrapped; retired KEK(s) {old_kek_ids:?}; no blob changed"))
+    Ok(format!("KEK {new_kek_id} is active; {patient_keys} patient keys and {rewrapped} other data keys re-wrapped; retired KEK(s) {old_kek_ids:?}; no blob changed"))
 }

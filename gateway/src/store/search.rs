@@ -506,7 +506,7 @@ impl ResourceStore {
         self.catch_up_index()
     }
 
-    fn wait_for_index(&self) -> Result<(), StoreError> {
+    pub(super) fn wait_for_index(&self) -> Result<(), StoreError> {
         let tree_size = self.shared.ledger.tree_size();
         let wake = || {
             if let Some((sender, _)) = self.shared.indexer.lock().expect("indexer lock").as_ref() {

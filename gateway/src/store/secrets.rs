@@ -56,6 +56,11 @@ impl LedgerSecrets {
         hex(&self.keyed_hash("pseudonym", &[key.resource_type.as_bytes(), key.id.as_bytes()]))
     }
 
+    /// The name of a patient's key in the patient key store (`seal::patient_keys`).
+    pub fn patient_hash(&self, patient_id: &str) -> crate::seal::PatientHash {
+        self.keyed_hash("patient-key", &[patient_id.as_bytes()])
+    }
+
     /// The ledger's keyed hash of a version's canonical plaintext.
     pub fn content_hash(&self, plaintext: &[u8]) -> String {
         hex(&self.keyed_hash("content", &[plaintext]))

@@ -275,7 +275,7 @@ impl ResourceStore {
                 Plan::Write { position, kind, .. } => {
                     let version = committed.next().expect("one version per write");
                     let outcome = match kind {
-                        EntryKind::Delete => EntryOutcome::Deleted { version_id: Some(version.version_id) },
+                        EntryKind::Delete | EntryKind::Erase => EntryOutcome::Deleted { version_id: Some(version.version_id) },
                         EntryKind::Create => EntryOutcome::Written { version, created: true },
                         EntryKind::Update => EntryOutcome::Written { version, created: false },
                     };

@@ -1,0 +1,327 @@
+//! Patient keys: `<data>/keys/patients.keys`, one fixed-size slot per patient, holding that
+//! patient's 256-bit key wrapped by a KEK. A patient key wraps the data key of every version in
+//! the patient's compartment (`seal::KeyHolder::Patient`); destroying it (overwriting its slot
+//! with zeros and syncing) makes all of them unreadable at once, wherever copies of the sealed
+//! blocks went. The file is part of the key store, kept apart from the data it protects: a copy
+//! of everything else taken before an erasure and restored after it stays unreadable.
+//!
+//! Slot layout (`SLOT_LEN` bytes, slot *n* at offset `n * SLOT_LEN`):
+//!
+//! ```text
+//! "FGPK" | kek_id: u32 LE | patient hash (32) | AES-256-GCM(patient key) (60) | zeros
+//! ```
+//!
+//! The wrap's associated data binds the key to its slot number, the patient hash and the KEK id,
+//! so a slot copied elsewhere, or given to another patient, does not unwrap. A destroyed slot is
+//! all zeros. The patient hash is a keyed hash of the patient's id (`LedgerSecrets`): the file
+//! names no patient.
+//!
+//! New slots are created in memory by the write that first needs them and written by
+//! [`PatientKeys::sync`], which the commit thread calls before it syncs the catalog: no durable
+//! version ever names a slot that is not on disk. A slot written but never synced (a crash) is
+//! at worst a key no record uses; the next new slot overwrites it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{DataKey, SealError, WRAPPED_KEY_LEN, aead_unwrap, aead_wrap, random_bytes};
+
+pub const SLOT_LEN: usize = 128;
+const MAGIC: &[u8; 4] = b"FGPK";
+const HASH_AT: usize = 8;
+const WRAPPED_AT: usize = HASH_AT + 32;
+
+/// A keyed hash naming a patient (never the id itself).
+pub type PatientHash = [u8; 32];
+
+/// Where a patient's key is in the patient key store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PatientSlot(pub u64);
+
+type Slot = [u8; SLOT_LEN];
+
+pub struct PatientKeys {
+    path: PathBuf,
+    file: File,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<PatientHash, PatientSlot>,
+    next: u64,
+    /// Created since the last [`PatientKeys::sync`]: not on disk yet.
+    pending: BTreeMap<PatientSlot, Slot>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> super::KeyringError + '_ {
+    move |source| super::KeyringError::Io { path: path.to_path_buf(), source }
+}
+
+fn associated_data(slot: PatientSlot, patient: &PatientHash, kek_id: u32) -> Vec<u8> {
+    let mut data = b"fhir-gateway/patient-key/v1\0".to_vec();
+    data.extend_from_slice(&slot.0.to_be_bytes());
+    data.extend_from_slice(patient);
+    data.extend_from_slice(&kek_id.to_be_bytes());
+    data
+}
+
+/// What a slot says, if it holds a key.
+struct Parsed {
+    kek_id: u32,
+    patient: PatientHash,
+    wrapped: [u8; WRAPPED_KEY_LEN],
+}
+
+fn parse(slot: &Slot) -> Option<Parsed> {
+    if &slot[..4] != MAGIC {
+        return None;
+    }
+    Some(Parsed {
+        kek_id: u32::from_le_bytes(slot[4..8].try_into().ok()?),
+        patient: slot[HASH_AT..WRAPPED_AT].try_into().ok()?,
+        wrapped: slot[WRAPPED_AT..WRAPPED_AT + WRAPPED_KEY_LEN].try_into().ok()?,
+    })
+}
+
+fn encode(slot: PatientSlot, patient: &PatientHash, kek: (u32, &[u8; 32]), key: &DataKey) -> Result<Slot, SealError> {
+    let (kek_id, kek_bytes) = kek;
+    let wrapped = aead_wrap(kek_bytes, &key.0, &associated_data(slot, patient, kek_id))?;
+    let mut bytes = [0u8; SLOT_LEN];
+    bytes[..4].copy_from_slice(MAGIC);
+    bytes[4..8].copy_from_slice(&kek_id.to_le_bytes());
+    bytes[HASH_AT..WRAPPED_AT].copy_from_slice(patient);
+    bytes[WRAPPED_AT..WRAPPED_AT + WRAPPED_KEY_LEN].copy_from_slice(&wrapped);
+    Ok(bytes)
+}
+
+impl PatientKeys {
+    /// Reads every slot of `path` (created empty, mode 0600, if absent). Changes nothing on disk.
+    pub fn open(path: &Path) -> Result<PatientKeys, super::KeyringError> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io(path))?;
+        let mut state = State::default();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        let mut slot = [0u8; SLOT_LEN];
+        loop {
+            match reader.read_exact(&mut slot) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(error) => return Err(io(path)(error)),
+            }
+            if let Some(parsed) = parse(&slot) {
+                state.slots.insert(parsed.patient, PatientSlot(state.next));
+            }
+            state.next += 1;
+        }
+        Ok(PatientKeys { path: path.to_path_buf(), file, state: Mutex::new(state) })
+    }
+
+    /// The slot of a patient's key, if the patient has one.
+    pub fn slot_of(&self, patient: &PatientHash) -> Option<PatientSlot> {
+        self.state.lock().expect("patient keys").slots.get(patient).copied()
+    }
+
+    /// The patient's key and its slot, creating them (in memory until the next sync) for a
+    /// patient seen for the first time.
+    pub(crate) fn key_for(
+        &self,
+        patient: &PatientHash,
+        active_kek: (u32, &[u8; 32]),
+        keks: &BTreeMap<u32, [u8; 32]>,
+    ) -> Result<(PatientSlot, DataKey), SealError> {
+        let mut state = self.state.lock().expect("patient keys");
+        if let Some(slot) = state.slots.get(patient).copied() {
+            drop(state);
+            return Ok((slot, self.key(slot, keks)?));
+        }
+        let slot = PatientSlot(state.next);
+        let key = DataKey(random_bytes::<32>()?);
+        let bytes = encode(slot, patient, active_kek, &key)?;
+        state.next += 1;
+        state.slots.insert(*patient, slot);
+        state.pending.insert(slot, bytes);
+        Ok((slot, key))
+    }
+
+    fn read_slot(&self, slot: PatientSlot) -> Result<Slot, SealError> {
+        if let Some(bytes) = self.state.lock().expect("patient keys").pending.get(&slot) {
+            return Ok(*bytes);
+        }
+        let mut bytes = [0u8; SLOT_LEN];
+        self.file.read_exact_at(&mut bytes, slot.0 * SLOT_LEN as u64).map_err(|_| SealError::UnknownPatientSlot(slot.0))?;
+        Ok(bytes)
+    }
+
+    /// The key in `slot`; [`SealError::Erased`] once it was destroyed.
+    pub(crate) fn key(&self, slot: PatientSlot, keks: &BTreeMap<u32, [u8; 32]>) -> Result<DataKey, SealError> {
+        let bytes = self.read_slot(slot)?;
+        let Some(parsed) = parse(&bytes) else {
+            return Err(if bytes.iter().all(|byte| *byte == 0) { SealError::Erased(slot.0) } else { SealError::Malformed });
+        };
+        let kek = keks.get(&parsed.kek_id).ok_or(SealError::UnknownKek(parsed.kek_id))?;
+        aead_unwrap(kek, &parsed.wrapped, &associated_data(slot, &parsed.patient, parsed.kek_id)).map(DataKey)
+    }
+
+    /// Writes the slots created since the last sync and makes them durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        let pending: Vec<(PatientSlot, Slot)> =
+            self.state.lock().expect("patient keys").pending.iter().map(|(slot, bytes)| (*slot, *bytes)).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for (slot, bytes) in &pending {
+            self.file.write_all_at(bytes, slot.0 * SLOT_LEN as u64)?;
+        }
+        self.file.sync_data()?;
+        let mut state = self.state.lock().expect("patient keys");
+        for (slot, _) in pending {
+            state.pending.remove(&slot);
+        }
+        Ok(())
+    }
+
+    /// Destroys a patient's key: its slot is overwritten with zeros and synced. Idempotent.
+    /// On a copy-on-write file system or flash, the old bytes may survive on the device until
+    /// reused; they are wrapped by the KEK, so the next `keys rotate` finishes the job.
+    pub fn destroy(&self, slot: PatientSlot) -> std::io::Result<()> {
+        self.sync()?;
+        {
+            let mut state = self.state.lock().expect("patient keys");
+            state.slots.retain(|_, held| *held != slot);
+        }
+        self.file.write_all_at(&[0u8; SLOT_LEN], slot.0 * SLOT_LEN as u64)?;
+        self.file.sync_data()
+    }
+
+    /// Whether `slot` was destroyed (all zeros on disk).
+    pub fn is_destroyed(&self, slot: PatientSlot) -> bool {
+        matches!(self.read_slot(slot), Ok(bytes) if bytes.iter().all(|byte| *byte == 0))
+    }
+
+    /// Re-wraps every live slot under `new_kek` into a new file and renames it over this one
+    /// (`keys rotate`, gateway stopped). Returns how many keys were re-wrapped.
+    pub(crate) fn rewrap_all(&self, keks: &BTreeMap<u32, [u8; 32]>, new_kek: (u32, &[u8; 32])) -> Result<u64, super::KeyringError> {
+        self.sync().map_err(io(&self.path))?;
+        let next = self.state.lock().expect("patient keys").next;
+        let rotating_path = self.path.with_extension("keys.rotating");
+        let rotating = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&rotating_path)
+            .map_err(io(&rotating_path))?;
+        let mut rewrapped = 0;
+        for index in 0..next {
+            let slot = PatientSlot(index);
+            let bytes = self.read_slot(slot).map_err(|error| io(&self.path)(std::io::Error::other(error)))?;
+            let new_bytes = match parse(&bytes) {
+                None => [0u8; SLOT_LEN],
+                Some(parsed) => {
+                    let key = self.key(slot, keks).map_err(|error| io(&self.path)(std::io::Error::other(error)))?;
+                    rewrapped += 1;
+                    encode(slot, &parsed.patient, new_kek, &key).map_err(|error| io(&self.path)(std::io::Error::other(error)))?
+                }
+            };
+            rotating.write_all_at(&new_bytes, index * SLOT_LEN as u64).map_err(io(&rotating_path))?;
+        }
+        rotating.sync_all().map_err(io(&rotating_path))?;
+        std::fs::rename(&rotating_path, &self.path).map_err(io(&self.path))?;
+        if let Some(directory) = self.path.parent() {
+            File::open(directory).and_then(|directory| directory.sync_all()).map_err(io(directory))?;
+        }
+        Ok(rewrapped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keks() -> BTreeMap<u32, [u8; 32]> {
+        BTreeMap::from([(1, [1u8; 32]), (2, [2u8; 32])])
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let directory = std::env::temp_dir().join(format!("fg-patient-keys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).unwrap();
+        directory.join("patients.keys")
+    }
+
+    #[test]
+    fn a_patient_keeps_one_key_across_syncs_and_reopens() {
+        let path = scratch("reopen");
+        let keks = keks();
+        let store = PatientKeys::open(&path).unwrap();
+        let (slot_a, key_a) = store.key_for(&[0xa; 32], (1, &keks[&1]), &keks).unwrap();
+        let (slot_b, _) = store.key_for(&[0xb; 32], (1, &keks[&1]), &keks).unwrap();
+        assert_ne!(slot_a, slot_b);
+        let (again, key_again) = store.key_for(&[0xa; 32], (1, &keks[&1]), &keks).unwrap();
+        assert_eq!((again, key_again.0), (slot_a, key_a.0), "before the sync the pending slot is used");
+        store.sync().unwrap();
+        drop(store);
+        let store = PatientKeys::open(&path).unwrap();
+        assert_eq!(store.slot_of(&[0xa; 32]), Some(slot_a));
+        assert_eq!(store.key(slot_a, &keks).unwrap().0, key_a.0);
+        assert!(!std::fs::read(&path).unwrap().windows(32).any(|window| window == key_a.0), "the key is stored only wrapped");
+    }
+
+    #[test]
+    fn a_destroyed_key_is_gone_from_the_file_and_reads_as_erased() {
+        let path = scratch("destroy");
+        let keks = keks();
+        let store = PatientKeys::open(&path).unwrap();
+        let (slot, _) = store.key_for(&[0xa; 32], (1, &keks[&1]), &keks).unwrap();
+        let (kept, kept_key) = store.key_for(&[0xb; 32], (1, &keks[&1]), &keks).unwrap();
+        store.sync().unwrap();
+        let before = std::fs::read(&path).unwrap();
+        store.destroy(slot).unwrap();
+        store.destroy(slot).unwrap();
+        assert_eq!(store.key(slot, &keks).err(), Some(SealError::Erased(slot.0)));
+        assert!(store.is_destroyed(slot));
+        let after = std::fs::read(&path).unwrap();
+        let at = slot.0 as usize * SLOT_LEN;
+        assert!(after[at..at + SLOT_LEN].iter().all(|byte| *byte == 0));
+        assert_ne!(before[at..at + SLOT_LEN], after[at..at + SLOT_LEN]);
+        let reopened = PatientKeys::open(&path).unwrap();
+        assert_eq!(reopened.slot_of(&[0xa; 32]), None);
+        assert_eq!(reopened.key(kept, &keks).unwrap().0, kept_key.0, "other patients keep their keys");
+    }
+
+    #[test]
+    fn a_slot_moved_to_another_place_or_patient_does_not_unwrap() {
+        let path = scratch("moved");
+        let keks = keks();
+        let store = PatientKeys::open(&path).unwrap();
+        let (first, _) = store.key_for(&[0xa; 32], (1, &keks[&1]), &keks).unwrap();
+        let (second, _) = store.key_for(&[0xb; 32], (1, &keks[&1]), &keks).unwrap();
+        store.sync().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let copy: Vec<u8> = bytes[..SLOT_LEN].to_vec();
+        bytes[SLOT_LEN..2 * SLOT_LEN].copy_from_slice(&copy);
+        std::fs::write(&path, &bytes).unwrap();
+        let store = PatientKeys::open(&path).unwrap();
+        assert!(store.key(first, &keks).is_ok());
+        assert_eq!(store.key(second, &keks).err(), Some(SealError::AuthenticationFailed));
+    }
+
+    #[test]
+    fn rewrapping_keeps_keys_and_destroyed_slots() {
+        let path = scratch("rewrap");
+        let keks = keks();
+        let store = PatientKeys::open(&path).unwrap();
+        let (live, live_key) = store.key_for(&[0xa; 32], (1, &keks[&1]), &keks).unwrap();
+        let (gone, _) = store.key_for(&[0xb; 32], (1, &keks[&1]), &keks).unwrap();
+        store.destroy(gone).unwrap();
+        assert_eq!(store.rewrap_all(&keks, (2, &keks[&2])).unwrap(), 1);
+        let store = PatientKeys::open(&path).unwrap();
+        let only_new = BTreeMap::from([(2, keks[&2])]);
+        assert_eq!(store.key(live, &only_new).unwrap().0, live_key.0);
+        assert_eq!(store.key(gone, &only_new).err(), Some(SealError::Erased(gone.0)));
+    }
+}
