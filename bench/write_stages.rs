@@ -226,7 +226,8 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
     let canonical = stages.time("canonicalise", || to_canonical_bytes(&resource));
     let context = SealContext { resource_type: &key.resource_type, id: &key.id, version_id: 1 };
     let (sealed_bytes, data_key) = stages.time("seal (fresh key, AES-256-GCM)", || seal::seal(&canonical, context).expect("seal"));
-    let wrapped_key = stages.time("wrap data key", || keyring.wrap(&data_key, context).expect("wrap"));
+    let patient = secrets.patient_hash("bench-patient");
+    let wrapped_key = stages.time("wrap data key (patient key)", || keyring.wrap(&data_key, Some(&patient), context).expect("wrap"));
     let (cid, blocks) = stages.time("CID (UnixFS DAG, SHA-256)", || blob::file_blocks(&sealed_bytes));
     let content_hash = stages.time("HMAC content hash", || secrets.content_hash(&canonical));
     let writer = Principal::operator("bench", None);
@@ -242,6 +243,7 @@ fn prepare(stages: &mut Stages, input: &Input, keyring: &Keyring, secrets: &Ledg
             version_id: 1,
             content_hash: Some(content_hash),
             cid: Some(cid.to_string()),
+            erased: None,
             principal,
             recorded,
         }
@@ -325,6 +327,7 @@ fn commit_group(stages: &mut Stages, store: &Store, group: &[Prepared]) {
                     },
                     identifier_hashes: prepared.identifier_hashes.clone(),
                     transaction_end_leaf: None,
+                    erasure: None,
                 }
                 .encode()
             })

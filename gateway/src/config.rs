@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::api::Limits;
 use crate::store::StoreOptions;
 
+
+/// The token scope `Patient/$purge` needs unless `--purge-scope` names another.
+pub const DEFAULT_PURGE_SCOPE: &str = "system/Patient.$purge";
 #[derive(Debug, Parser)]
 #[command(
     name = "fhir-gateway",
@@ -194,6 +197,10 @@ pub struct ServeArgs {
     /// record a Consent for a patient, comma separated; empty: none [default: Organization/local]
     #[arg(long, env = "FHIR_GATEWAY_CONSENT_RECORDER_ORGANIZATIONS")]
     pub consent_recorder_organizations: Option<String>,
+    /// The token scope that allows `POST Patient/[id]/$purge` (erasing a patient's records); no
+    /// resource scope implies it [default: system/Patient.$purge]
+    #[arg(long, env = "FHIR_GATEWAY_PURGE_SCOPE")]
+    pub purge_scope: Option<String>,
     /// An issuer whose tokens with only patient/ scopes and a `patient` claim are the patient's
     /// own app even without a `fhirUser` claim (repeatable) [default: none]
     #[arg(long = "patient-facing-issuer", value_name = "ISSUER")]
@@ -240,6 +247,7 @@ pub struct FileAuthConfig {
     pub consent_recorder_roles: Option<Vec<String>>,
     pub consent_recorder_organizations: Option<Vec<String>>,
     pub patient_facing_issuers: Option<Vec<String>>,
+    pub purge_scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +280,8 @@ pub struct AuthConfig {
     pub consent_recorder_organizations: Vec<String>,
     /// Issuers whose patient-only tokens are the patient's own app (docs/CONSENT.md).
     pub patient_facing_issuers: Vec<String>,
+    /// The scope `Patient/$purge` needs (docs/ERASURE.md).
+    pub purge_scope: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,6 +327,7 @@ impl Default for Config {
                 consent_recorder_roles: Vec::new(),
                 consent_recorder_organizations: vec!["Organization/local".to_string()],
                 patient_facing_issuers: Vec::new(),
+                purge_scope: DEFAULT_PURGE_SCOPE.to_string(),
             },
         }
     }
@@ -405,6 +416,7 @@ impl Config {
                     [] => file.auth.patient_facing_issuers.unwrap_or_default(),
                     issuers => issuers.to_vec(),
                 },
+                purge_scope: args.purge_scope.or(file.auth.purge_scope).unwrap_or(defaults.auth.purge_scope),
             },
         })
     }

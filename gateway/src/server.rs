@@ -82,6 +82,7 @@ impl Server {
         state.access.consent_recorders = config.auth.consent_recorder_roles.iter().map(|role| crate::consent::Code::bare(role)).collect();
         state.access.consent_recorder_organizations = config.auth.consent_recorder_organizations.iter().cloned().collect();
         state.access.patient_facing_issuers = config.auth.patient_facing_issuers.iter().cloned().collect();
+        state.access.purge_scope = std::sync::Arc::from(config.auth.purge_scope.as_str());
         state.access.options = std::sync::Arc::new(crate::consent::DecisionOptions {
             author_org_treatment: config.auth.author_org_treatment,
             emergency_roles: config.auth.emergency_roles.iter().map(|role| crate::consent::Code::bare(role)).collect(),

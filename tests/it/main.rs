@@ -8,6 +8,7 @@ mod bundles;
 mod cli;
 mod consent;
 mod damage;
+mod erasure;
 mod harness;
 mod import;
 mod openapi;

@@ -188,6 +188,12 @@ impl FactsCache {
         format!("{}/{}/{version_id}", key.resource_type, key.id)
     }
 
+    /// Forgets everything (after an erasure: no fact of an erased version may stay).
+    pub fn clear(&self) {
+        let dropped = std::mem::take(&mut *self.generations.write().expect("facts cache lock"));
+        drop(dropped);
+    }
+
     /// The facts of one version, if known.
     pub fn get(&self, key: &ResourceKey, version_id: u64) -> Option<Arc<VersionFacts>> {
         self.find(&Self::key(key, version_id))

@@ -64,6 +64,7 @@ pub struct Access {
     client_id: Option<String>,
     requester: Requester,
     scopes: Scopes,
+    scope_names: Vec<String>,
     /// The token's `patient` claim: the compartment its `patient/` scopes reach.
     patient_context: Option<String>,
     shared: Shared,
@@ -90,6 +91,8 @@ pub struct Shared {
     /// Issuers whose tokens with only `patient/` scopes are the patient's own app even without a
     /// `fhirUser` (`--patient-facing-issuer`; default none).
     pub patient_facing_issuers: Arc<[String]>,
+    /// The scope a token needs for `Patient/$purge` (`--purge-scope`).
+    pub purge_scope: Arc<str>,
 }
 
 /// How a read of one resource the caller may not see is answered (`--denied-reads`). Searches
@@ -114,6 +117,7 @@ impl Access {
             client_id: token.client_id.clone(),
             requester: requester(token, &shared.patient_facing_issuers),
             scopes: token.scopes.clone(),
+            scope_names: token.scope_names.clone(),
             patient_context: token.patient.clone(),
             shared: shared.clone(),
             now_ms,
@@ -139,6 +143,7 @@ impl Access {
             client_id: None,
             requester,
             scopes: Scopes::parse("system/*.rs"),
+            scope_names: Vec::new(),
             patient_context: None,
             shared: shared.clone(),
             now_ms,
@@ -182,6 +187,15 @@ impl Access {
     }
 
     /// Whether the token grants anything at all (checked before a Bundle's body is read).
+    /// `Patient/$purge` needs the configured purge scope, which no resource scope implies
+    /// (not even `system/*.cruds`).
+    pub fn require_purge(&self) -> Result<(), String> {
+        match self.scope_names.iter().any(|name| **name == *self.shared.purge_scope) {
+            true => Ok(()),
+            false => Err(format!("erasing a patient's records needs the scope {}", self.shared.purge_scope)),
+        }
+    }
+
     pub fn require_any(&self) -> Result<(), String> {
         if self.scopes.grants_anything() { Ok(()) } else { Err("the access token grants no resource scope".into()) }
     }

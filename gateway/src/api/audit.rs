@@ -42,6 +42,7 @@ fn interaction(method: &Method, path: &str, query: Option<&str>) -> Option<(&'st
         ("DELETE", [resource_type, id]) => ("delete", "D", instance(resource_type, id), None),
         ("GET", [resource_type, id, "_history"]) => ("history-instance", "R", instance(resource_type, id), None),
         ("GET", [resource_type, id, "_history", _]) => ("vread", "R", instance(resource_type, id), None),
+        ("POST", ["Patient", id, "$purge"]) => ("operation", "D", instance("Patient", id), None),
         ("GET", ["Patient", id, "$everything"]) => ("operation", "E", instance("Patient", id), search("Patient/$everything")),
         ("GET", ["Patient", id, compartment]) => ("search-type", "E", instance("Patient", id), search(compartment)),
         _ => return None,

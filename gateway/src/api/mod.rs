@@ -141,6 +141,7 @@ impl Services {
                 consent_recorders: Arc::from([]),
                 consent_recorder_organizations: Arc::from([]),
                 patient_facing_issuers: Arc::from([]),
+                purge_scope: Arc::from(crate::config::DEFAULT_PURGE_SCOPE),
             },
             audit,
             login_failures: Arc::default(),
@@ -184,7 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/{type}/{id}", get(resource::read).put(resource::update).delete(resource::delete))
         .route("/fhir/{type}/{id}/_history", get(resource::instance_history))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))
-        .route("/fhir/{type}/{id}/{compartment}", get(search::compartment))
+        .route("/fhir/{type}/{id}/{compartment}", get(search::compartment).post(resource::instance_operation))
         .route("/ledger/checkpoint", get(ledger::checkpoint))
         .route("/healthz", get(ledger::health))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

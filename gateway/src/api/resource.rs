@@ -226,6 +226,31 @@ pub async fn delete(
     Ok(response)
 }
 
+/// `POST [base]/Patient/[id]/$purge` (the R6 operation): erases every version of the Patient
+/// and of every resource in its compartment that its key holds, synchronously (docs/ERASURE.md).
+/// Needs the configured purge scope; answers `200` with an OperationOutcome counting what went.
+pub async fn instance_operation(
+    State(state): State<AppState>,
+    access: Authorized,
+    FhirPath((type_name, id, operation)): FhirPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let key = resource_key(&type_name, &id)?;
+    if (key.resource_type.as_str(), operation.as_str()) != ("Patient", "$purge") {
+        return Err(ApiError::not_found(format!("no operation {operation} on {}", key.resource_type)));
+    }
+    query_parameters(query.as_deref(), &[])?;
+    access.0.require_purge().map_err(ApiError::forbidden)?;
+    let outcome = state.store.purge(&key, &access.principal()).await?;
+    // Derived from versions that no longer exist.
+    state.access.facts.clear();
+    let message = format!(
+        "{}/{} erased: {} version(s) of {} resource(s); their key, index entries and sealed blocks are gone",
+        key.resource_type, key.id, outcome.versions, outcome.resources
+    );
+    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&operation_outcome("information", "informational", &message)).expect("JSON serialises")))
+}
+
 struct HistoryParameters {
     count: usize,
     cursor: Option<u64>,

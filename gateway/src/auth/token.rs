@@ -71,6 +71,9 @@ pub struct AccessToken {
     pub subject: Option<String>,
     pub client_id: Option<String>,
     pub scopes: Scopes,
+    /// Every scope of the token as written, also those granting no resource permission (an
+    /// operation scope such as the one `Patient/$purge` asks for).
+    pub scope_names: Vec<String>,
     /// The patient in context (`patient` claim): a Patient id (checked to be a FHIR id).
     pub patient: Option<String>,
     /// The user (`fhirUser`), as the relative reference it names: `Practitioner/123` (the claim
@@ -290,7 +293,8 @@ fn access_token(issuer: String, claims: &Value, now: u64) -> Result<AccessToken,
     let seconds = |name: &str| claims.get(name).and_then(|value| value.as_u64().or_else(|| value.as_f64().map(|value| value as u64)));
     let expires_at = seconds("exp").ok_or(TokenError::NoExpiry)?;
     let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|text| !text.is_empty()).map(str::to_string);
-    let scopes = Scopes::parse(claims.get("scope").and_then(Value::as_str).unwrap_or_default());
+    let scope_text = claims.get("scope").and_then(Value::as_str).unwrap_or_default();
+    let scopes = Scopes::parse(scope_text);
     let token = AccessToken {
         issuer,
         subject: text("sub"),
@@ -300,6 +304,7 @@ fn access_token(issuer: String, claims: &Value, now: u64) -> Result<AccessToken,
             .transpose()?,
         fhir_user: text("fhirUser").map(|user| user_reference(&user).ok_or(TokenError::InvalidFhirUser)).transpose()?,
         scopes,
+        scope_names: scope_text.split_ascii_whitespace().map(str::to_string).collect(),
         expires_at,
         not_before: seconds("nbf"),
         organization: text("organization"),
