@@ -12,7 +12,6 @@ use serde::Deserialize;
 use crate::api::Limits;
 use crate::store::StoreOptions;
 
-
 /// The token scope `Patient/$purge` needs unless `--purge-scope` names another.
 pub const DEFAULT_PURGE_SCOPE: &str = "system/Patient.$purge";
 #[derive(Debug, Parser)]
@@ -32,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (HTTP on the listen address).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check the whole data directory offline: Merkle tree, signatures, checkpoints, every blob.
     Verify(DataArgs),
     /// Load Bundles, resources and bulk-data ndjson (files or directories) through the write path

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            let config = match Config::resolve(args, file_config) {
+            let config = match Config::resolve(*args, file_config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("fhir-gateway: configuration: {error}");

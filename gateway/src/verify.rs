@@ -222,7 +222,9 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
                 let context =
                     SealContext { resource_type: &record.key.resource_type, id: &record.key.id, version_id: record.version.version_id };
                 if blobs.holds(&sealed.cid) {
-                    report.problems.push(format!("{name}: erased, but its sealed blob is still stored (start the gateway to finish the erasure)"));
+                    report
+                        .problems
+                        .push(format!("{name}: erased, but its sealed blob is still stored (start the gateway to finish the erasure)"));
                 }
                 if let (KeyHolder::Patient(_), Ok(_)) = (sealed.wrapped_key.holder, keyring.unwrap(&sealed.wrapped_key, context)) {
                     report.problems.push(format!("{name}: erased, but its patient key still unwraps it"));

@@ -38,7 +38,11 @@ async fn keys_rotate_rewraps_without_touching_blobs() {
     assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
     let said = String::from_utf8_lossy(&rotated.stdout);
     assert!(said.contains("1 patient keys and 1 other data keys re-wrapped"), "{said}");
-    assert_ne!(std::fs::read(gateway.data.path().join("keys/patients.keys")).unwrap(), patient_keys_before, "the patient key is re-wrapped");
+    assert_ne!(
+        std::fs::read(gateway.data.path().join("keys/patients.keys")).unwrap(),
+        patient_keys_before,
+        "the patient key is re-wrapped"
+    );
     assert_eq!(kek_files(&gateway), ["kek-00000002.key"], "the old KEK is retired");
     assert_eq!(std::fs::read(&pack).unwrap(), blocks_before, "no blob changed");
     assert_eq!(std::fs::read(gateway.data.path().join("ledger/entries.log")).unwrap(), ledger_before);

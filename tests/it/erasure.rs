@@ -85,7 +85,8 @@ fn replace_tree(target: &Path, source: &Path, except: Option<&str>) {
 }
 
 async fn assert_erased(emr: &Caller) {
-    for path in ["Patient/erase-me", "Patient/erase-me/_history/1", "Patient/erase-me/_history", "Observation/erase-hb", "Condition/erase-cond"]
+    for path in
+        ["Patient/erase-me", "Patient/erase-me/_history/1", "Patient/erase-me/_history", "Observation/erase-hb", "Condition/erase-cond"]
     {
         let answer = emr.get(path).await;
         assert_outcome(path, &answer, 410, "deleted");
@@ -136,7 +137,8 @@ async fn a_purge_erases_the_patients_compartment_and_nothing_else() {
     // The id is never used again, and nothing more is filed under the erased patient.
     assert_outcome("PUT", &emr.put("Patient/erase-me", &patient("erase-me", "New", "Body", "MRN-NEW")).await, 410, "deleted");
     assert_outcome("DELETE", &emr.delete("Observation/erase-hb").await, 410, "deleted");
-    let late = json!({"resourceType": "Observation", "status": "final", "code": {"text": "late"}, "subject": {"reference": "Patient/erase-me"}});
+    let late =
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "late"}, "subject": {"reference": "Patient/erase-me"}});
     assert_outcome("a late result", &emr.post("Observation", &late).await, 410, "deleted");
 
     // The other patient is untouched.

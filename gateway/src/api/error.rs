@@ -172,7 +172,10 @@ impl From<StoreError> for ApiError {
             StoreError::Erased(key) => ApiError::new(
                 StatusCode::GONE,
                 "deleted",
-                format!("{}/{} was erased at the patient's request (Patient/$purge); its records no longer exist", key.resource_type, key.id),
+                format!(
+                    "{}/{} was erased at the patient's request (Patient/$purge); its records no longer exist",
+                    key.resource_type, key.id
+                ),
             ),
             StoreError::VersionConflict => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "the resource was changed concurrently; read it again and retry")

@@ -52,7 +52,11 @@ pub async fn capability_statement(
             });
             if *resource_type == "Patient" {
                 resource["operation"] =
-                    json!([{ "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" }]);
+                    json!([
+                        { "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" },
+                        { "name": "purge", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-purge",
+                          "documentation": "Erases every version of the patient and of its compartment (docs/ERASURE.md); needs the configured purge scope." }
+                    ]);
             }
             resource
         })

@@ -170,6 +170,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/fhir/{type}/{id}/_history"),
     ("get", "/fhir/{type}/{id}/_history/{vid}"),
     ("get", "/fhir/{type}/{id}/{compartment}"),
+    ("post", "/fhir/{type}/{id}/{compartment}"),
     ("get", "/ledger/checkpoint"),
     ("get", "/healthz"),
 ];

@@ -248,7 +248,10 @@ pub async fn instance_operation(
         "{}/{} erased: {} version(s) of {} resource(s); their key, index entries and sealed blocks are gone",
         key.resource_type, key.id, outcome.versions, outcome.resources
     );
-    Ok(fhir_response(StatusCode::OK, serde_json::to_vec(&operation_outcome("information", "informational", &message)).expect("JSON serialises")))
+    Ok(fhir_response(
+        StatusCode::OK,
+        serde_json::to_vec(&operation_outcome("information", "informational", &message)).expect("JSON serialises"),
+    ))
 }
 
 struct HistoryParameters {

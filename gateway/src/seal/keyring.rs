@@ -167,7 +167,8 @@ impl Keyring {
 
     /// Re-wraps every patient key under the active KEK; returns how many.
     pub fn rewrap_patient_keys(&self) -> Result<u64, KeyringError> {
-        let active = self.active_kek().map_err(|error| KeyringError::Io { path: self.directory.clone(), source: std::io::Error::other(error) })?;
+        let active =
+            self.active_kek().map_err(|error| KeyringError::Io { path: self.directory.clone(), source: std::io::Error::other(error) })?;
         self.patients.rewrap_all(&self.keks, active)
     }
 

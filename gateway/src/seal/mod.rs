@@ -134,7 +134,12 @@ pub fn unseal(sealed: &[u8], data_key: &DataKey, context: SealContext<'_>) -> Re
 }
 
 /// Wraps a data key under its holder's key, bound to the same context as the sealed blob.
-pub(crate) fn wrap_key(holder: KeyHolder, holder_key: &[u8; 32], data_key: &DataKey, context: SealContext<'_>) -> Result<WrappedKey, SealError> {
+pub(crate) fn wrap_key(
+    holder: KeyHolder,
+    holder_key: &[u8; 32],
+    data_key: &DataKey,
+    context: SealContext<'_>,
+) -> Result<WrappedKey, SealError> {
     let bytes = aead_wrap(holder_key, &data_key.0, &wrap_associated_data(holder, context))?;
     Ok(WrappedKey { holder, bytes })
 }

@@ -208,13 +208,8 @@ impl PatientKeys {
         self.sync().map_err(io(&self.path))?;
         let next = self.state.lock().expect("patient keys").next;
         let rotating_path = self.path.with_extension("keys.rotating");
-        let rotating = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&rotating_path)
-            .map_err(io(&rotating_path))?;
+        let rotating =
+            OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&rotating_path).map_err(io(&rotating_path))?;
         let mut rewrapped = 0;
         for index in 0..next {
             let slot = PatientSlot(index);

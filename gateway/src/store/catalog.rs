@@ -142,9 +142,10 @@ impl CatalogRecord {
             identifier_hashes: self.identifier_hashes.iter().map(|hash| BASE64.encode(hash)).collect(),
             transaction_end_leaf: self.transaction_end_leaf,
             author: self.version.author.clone(),
-            erases: self.erasure.as_ref().map(|erasure| {
-                erasure.resources.iter().map(|key| format!("{}/{}", key.resource_type, key.id)).collect()
-            }),
+            erases: self
+                .erasure
+                .as_ref()
+                .map(|erasure| erasure.resources.iter().map(|key| format!("{}/{}", key.resource_type, key.id)).collect()),
             erased_patient_key: self.erasure.as_ref().and_then(|erasure| erasure.patient_key).map(|slot| slot.0),
         };
         serde_json::to_vec(&json).expect("catalog record serialises")
@@ -256,9 +257,7 @@ impl Catalog {
         let types: std::collections::HashSet<&str> = keys.iter().map(|key| key.resource_type.as_str()).collect();
         for resource_type in types {
             if let Some(versions) = self.type_history.get_mut(resource_type) {
-                versions.retain(|(_, id, _)| {
-                    !erased.contains(&ResourceKey { resource_type: resource_type.to_string(), id: id.clone() })
-                });
+                versions.retain(|(_, id, _)| !erased.contains(&ResourceKey { resource_type: resource_type.to_string(), id: id.clone() }));
             }
         }
     }
@@ -290,9 +289,10 @@ impl Catalog {
             .iter()
             .filter(|(_, history)| !history.erased)
             .filter(|(_, history)| {
-                history.versions.iter().any(|version| {
-                    version.sealed.as_ref().is_some_and(|sealed| sealed.wrapped_key.holder == KeyHolder::Patient(slot))
-                })
+                history
+                    .versions
+                    .iter()
+                    .any(|version| version.sealed.as_ref().is_some_and(|sealed| sealed.wrapped_key.holder == KeyHolder::Patient(slot)))
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -339,10 +339,16 @@ impl Catalog {
 
     /// The current version of every resource.
     pub fn current_versions(&self) -> impl Iterator<Item = (&ResourceKey, &VersionRecord)> {
-        self.resources.iter().filter(|(_, history)| !history.erased).filter_map(|(key, history)| history.current().map(|version| (key, version)))
+        self.resources
+            .iter()
+            .filter(|(_, history)| !history.erased)
+            .filter_map(|(key, history)| history.current().map(|version| (key, version)))
     }
 
     pub fn all_records(&self) -> impl Iterator<Item = (&ResourceKey, &VersionRecord)> {
-        self.resources.iter().filter(|(_, history)| !history.erased).flat_map(|(key, history)| history.versions.iter().map(move |version| (key, version)))
+        self.resources
+            .iter()
+            .filter(|(_, history)| !history.erased)
+            .flat_map(|(key, history)| history.versions.iter().map(move |version| (key, version)))
     }
 }

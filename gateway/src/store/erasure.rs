@@ -51,7 +51,12 @@ pub(super) fn commit(shared: &Shared, request: ErasureRequest) {
     let _ = reply.send(record(shared, &patient, principal, author));
 }
 
-fn record(shared: &Shared, patient: &ResourceKey, principal: String, author: Option<String>) -> Result<(Erasure, PurgeOutcome), StoreError> {
+fn record(
+    shared: &Shared,
+    patient: &ResourceKey,
+    principal: String,
+    author: Option<String>,
+) -> Result<(Erasure, PurgeOutcome), StoreError> {
     if shared.poisoned.load(Ordering::SeqCst) {
         return Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into()));
     }
@@ -151,7 +156,13 @@ fn sealed_roots(shared: &Shared, erasure: &Erasure) -> Vec<Cid> {
 pub(super) fn finish(shared: &Shared, erasure: &Erasure) -> Result<(), StoreError> {
     let storage = |what: &str, error: &dyn std::fmt::Display| StoreError::Internal(format!("erasure: {what}: {error}"));
     if let Some(slot) = erasure.patient_key {
-        shared.keyring.read().expect("keyring lock").patients().destroy(slot).map_err(|error| storage("destroying the patient key", &error))?;
+        shared
+            .keyring
+            .read()
+            .expect("keyring lock")
+            .patients()
+            .destroy(slot)
+            .map_err(|error| storage("destroying the patient key", &error))?;
     }
     shared.search.index.purge_deleted().map_err(|error| storage("merging the index", &error))?;
     let mut cids = Vec::new();
@@ -164,8 +175,7 @@ pub(super) fn finish(shared: &Shared, erasure: &Erasure) -> Result<(), StoreErro
 
 /// Whether an erasure's cleanup is done: its key destroyed and no sealed block left.
 fn finished(shared: &Shared, erasure: &Erasure) -> Result<bool, StoreError> {
-    let key_destroyed =
-        erasure.patient_key.is_none_or(|slot| shared.keyring.read().expect("keyring lock").patients().is_destroyed(slot));
+    let key_destroyed = erasure.patient_key.is_none_or(|slot| shared.keyring.read().expect("keyring lock").patients().is_destroyed(slot));
     let blocks_left = sealed_roots(shared, erasure)
         .iter()
         .map(|root| shared.blobs.get_block(root))

@@ -60,5 +60,7 @@ pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     for kek_id in &old_kek_ids {
         keyring.retire_kek(*kek_id).map_err(|error| error.to_string())?;
     }
-    Ok(format!("KEK {new_kek_id} is active; {patient_keys} patient keys and {rewrapped} other data keys re-wrapped; retired KEK(s) {old_kek_ids:?}; no blob changed"))
+    Ok(format!(
+        "KEK {new_kek_id} is active; {patient_keys} patient keys and {rewrapped} other data keys re-wrapped; retired KEK(s) {old_kek_ids:?}; no blob changed"
+    ))
 }
