@@ -82,7 +82,13 @@ pub const MAX_TORN_TAIL: u64 = 16 * 1024 * 1024;
 
 /// Reads every intact record, calling `on_record(offset, record)`, and says how the file ends.
 /// Never writes.
-pub fn scan(path: &Path, mut on_record: impl FnMut(u64, &[u8])) -> Result<ScanEnd, JournalError> {
+pub fn scan(path: &Path, on_record: impl FnMut(u64, &[u8])) -> Result<ScanEnd, JournalError> {
+    scan_from(path, 0, on_record)
+}
+
+/// [`scan`] from `start`, the offset of a frame (or the end of the file): what a start reads
+/// when everything before `start` is known to be intact.
+pub fn scan_from(path: &Path, start: u64, mut on_record: impl FnMut(u64, &[u8])) -> Result<ScanEnd, JournalError> {
     let io = |source| JournalError::Io { path: path.to_path_buf(), source };
     let file = match File::open(path) {
         Ok(file) => file,
@@ -90,8 +96,12 @@ pub fn scan(path: &Path, mut on_record: impl FnMut(u64, &[u8])) -> Result<ScanEn
         Err(error) => return Err(io(error)),
     };
     let file_len = file.metadata().map_err(io)?.len();
+    if start > file_len {
+        return Ok(ScanEnd::Corrupt { offset: file_len });
+    }
     let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut offset = 0u64;
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(start)).map_err(io)?;
+    let mut offset = start;
     while offset < file_len {
         if file_len - offset < 4 {
             return end_after_intact_frames(&file, offset, file_len).map_err(io);
@@ -114,6 +124,33 @@ pub fn scan(path: &Path, mut on_record: impl FnMut(u64, &[u8])) -> Result<ScanEn
         offset = frame_end;
     }
     Ok(ScanEnd::Clean)
+}
+
+/// The intact record at `offset` of the file at `path`, and where its frame ends.
+pub fn read_record(path: &Path, offset: u64) -> Result<(Vec<u8>, u64), JournalError> {
+    let io = |source| JournalError::Io { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(io)?;
+    let record = read_frame(&file, offset).map_err(io)?.ok_or_else(|| JournalError::Checksum { path: path.to_path_buf(), offset })?;
+    let end = offset + FRAME_OVERHEAD + record.len() as u64;
+    Ok((record, end))
+}
+
+/// The record of the frame at `offset`, `None` if the frame is not intact.
+fn read_frame(file: &File, offset: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len_bytes = [0u8; 4];
+    file.read_exact_at(&mut len_bytes, offset)?;
+    let len = u32::from_le_bytes(len_bytes);
+    if len > MAX_RECORD_LEN {
+        return Ok(None);
+    }
+    let mut frame = vec![0u8; len as usize + 8];
+    file.read_exact_at(&mut frame, offset + 4)?;
+    let (record, stored_checksum) = frame.split_at(len as usize);
+    if stored_checksum != checksum(record) {
+        return Ok(None);
+    }
+    frame.truncate(len as usize);
+    Ok(Some(frame))
 }
 
 /// Classifies the bytes from `offset` (the first one not part of an intact frame) to the end.
@@ -222,7 +259,12 @@ impl Recovered {
 impl Journal {
     /// Scans the journal ([`scan`]) and refuses damage, without changing anything.
     pub fn recover(path: &Path, on_record: impl FnMut(u64, &[u8])) -> Result<Recovered, JournalError> {
-        let crash_tail = match scan(path, on_record)? {
+        Journal::recover_from(path, 0, on_record)
+    }
+
+    /// [`Journal::recover`] reading only from `start` (everything before it is known intact).
+    pub fn recover_from(path: &Path, start: u64, on_record: impl FnMut(u64, &[u8])) -> Result<Recovered, JournalError> {
+        let crash_tail = match scan_from(path, start, on_record)? {
             ScanEnd::Clean => None,
             ScanEnd::TornTail { valid_end, file_len } => Some((valid_end, file_len)),
             ScanEnd::Corrupt { offset } => return Err(JournalError::Corrupt { path: path.to_path_buf(), offset }),
@@ -279,20 +321,9 @@ impl Journal {
 
     /// Reads the record at `offset`, checking its checksum.
     pub fn read_at(&self, offset: u64) -> Result<Vec<u8>, JournalError> {
-        let mut len_bytes = [0u8; 4];
-        self.reader.read_exact_at(&mut len_bytes, offset).map_err(|error| self.io_error(error))?;
-        let len = u32::from_le_bytes(len_bytes);
-        if len > MAX_RECORD_LEN {
-            return Err(JournalError::Checksum { path: self.path.clone(), offset });
-        }
-        let mut frame = vec![0u8; len as usize + 8];
-        self.reader.read_exact_at(&mut frame, offset + 4).map_err(|error| self.io_error(error))?;
-        let (record, stored_checksum) = frame.split_at(len as usize);
-        if stored_checksum != checksum(record) {
-            return Err(JournalError::Checksum { path: self.path.clone(), offset });
-        }
-        frame.truncate(len as usize);
-        Ok(frame)
+        read_frame(&self.reader, offset)
+            .map_err(|error| self.io_error(error))?
+            .ok_or_else(|| JournalError::Checksum { path: self.path.clone(), offset })
     }
 
     pub fn path(&self) -> &Path {

@@ -6,6 +6,7 @@ pub mod entry;
 mod log;
 pub mod merkle;
 pub mod note;
+pub mod tiles;
 
 pub use entry::{EntryKind, LedgerEntry};
 pub use log::{LedgerError, LedgerLog, RecoveredLedger};
