@@ -188,7 +188,7 @@ impl FactsCache {
         format!("{}/{}/{version_id}", key.resource_type, key.id)
     }
 
-    /// Forgets everything (after an erasure: no fact of an erased version may stay).
+    /// Forgets everything.
     pub fn clear(&self) {
         let dropped = std::mem::take(&mut *self.generations.write().expect("facts cache lock"));
         drop(dropped);
@@ -224,6 +224,16 @@ impl FactsCache {
         };
         drop(retired);
         Some(computed)
+    }
+}
+
+/// The cache follows the commit event stream: after an erasure no fact of an erased version may
+/// stay (new versions are new keys, so nothing else needs forgetting).
+impl crate::store::events::Subscriber for FactsCache {
+    fn on_commit(&self, event: &crate::store::events::CommitEvent<'_>) {
+        if let crate::store::events::CommitEvent::PatientErased { .. } = event {
+            self.clear();
+        }
     }
 }
 

@@ -127,6 +127,8 @@ impl Services {
         anonymous: bool,
     ) -> Services {
         let base_url = base_url.trim_end_matches('/');
+        let facts: Arc<crate::access::FactsCache> = Arc::default();
+        store.subscribe(facts.clone());
         Services {
             tokens: Arc::new(TokenVerifier::new(issuers, base_url)),
             remote_keys: Arc::new(crate::auth::remote::RemoteKeys::new(Vec::new())),
@@ -135,7 +137,7 @@ impl Services {
             smart_configuration: None,
             access: crate::access::Shared {
                 consents: store.consent_directory(),
-                facts: Arc::default(),
+                facts,
                 options: Arc::default(),
                 denied_reads: crate::access::DeniedReads::default(),
                 consent_recorders: Arc::from([]),

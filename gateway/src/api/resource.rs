@@ -242,8 +242,6 @@ pub async fn instance_operation(
     query_parameters(query.as_deref(), &[])?;
     access.0.require_purge().map_err(ApiError::forbidden)?;
     let outcome = state.store.purge(&key, &access.principal()).await?;
-    // Derived from versions that no longer exist.
-    state.access.facts.clear();
     let message = format!(
         "{}/{} erased: {} version(s) of {} resource(s); their key, index entries and sealed blocks are gone",
         key.resource_type, key.id, outcome.versions, outcome.resources

@@ -3,9 +3,11 @@
 //! publishes it to readers and answers.
 //!
 //! Order per group (the commit point is the ledger's fsync):
-//! 1. blocks → blob store, catalog records → catalog journal; fsync both;
+//! 1. blocks → blob store, new patient keys → key store, catalog records → catalog journal;
+//!    fsync them;
 //! 2. ledger entries → ledger; fsync;
-//! 3. apply to the in-memory catalog (now readers see it); answer every writer.
+//! 3. apply to the in-memory catalog (now readers see it); publish the group on the commit
+//!    event stream (`events.rs`: Consents, search index, facts cache); answer every writer.
 //!
 //! A crash before 2 completes leaves catalog records past the ledger's end; `open` drops them.
 //! If any step fails the store is poisoned: it answers the group with an error and refuses all
@@ -20,7 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
-use super::search::IndexJob;
+use super::events::{CommitEvent, Committed};
 use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
 use crate::fhir::{self, canonical::to_canonical_bytes};
@@ -315,9 +317,14 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
         let checkpointed = shared.ledger.latest_checkpoint().map_or(0, |(tree_size, _)| tree_size);
         let uncovered = shared.ledger.tree_size() - checkpointed;
         let due = uncovered >= shared.options.checkpoint_every_entries || (uncovered > 0 && (tick || shutdown.is_some()));
-        if due && let Err(error) = shared.ledger.checkpoint() {
-            tracing::error!(%error, "checkpoint failed; refusing further writes");
-            shared.poisoned.store(true, Ordering::SeqCst);
+        if due {
+            match shared.ledger.checkpoint() {
+                Ok(_) => shared.publish(&CommitEvent::CheckpointSigned { tree_size: shared.ledger.tree_size() }),
+                Err(error) => {
+                    tracing::error!(%error, "checkpoint failed; refusing further writes");
+                    shared.poisoned.store(true, Ordering::SeqCst);
+                }
+            }
         }
         if let Some(reply) = shutdown {
             // Let go of the store before saying so, so `close` can release the data directory.
@@ -462,27 +469,24 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
             catalog.apply(record);
         }
     }
-    for prepared in accepted.iter().flat_map(|(writes, _)| writes.iter()).filter(|prepared| prepared.key.resource_type == "Consent") {
-        shared.consents.apply(&prepared.key.id, prepared.body.as_deref());
-    }
-    let bytes = accepted.iter().flat_map(|(writes, _)| writes.iter()).map(|prepared| prepared.body.as_ref().map_or(0, Vec::len)).sum();
-    let jobs: Vec<IndexJob> = accepted
-        .iter_mut()
-        .flat_map(|(writes, _)| writes.iter_mut())
-        .zip(replaced_leaves)
-        .enumerate()
-        .map(|(position, (prepared, replaced))| IndexJob {
-            key: prepared.key.clone(),
-            leaf_index: first_leaf_index + position as u64,
-            last_updated_ms: (prepared.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
-            entries: prepared.index_entries.take(),
-            replaced_leaves: replaced.into_iter().collect(),
-        })
-        .collect();
-    // Cloned so that a full queue blocks only this thread, not searches waking the indexer.
-    let index_jobs = shared.indexer.lock().expect("indexer lock").as_ref().map(|(sender, _)| sender.clone());
-    if let Some(index_jobs) = index_jobs {
-        shared.search.hand_over(&index_jobs, jobs, shared.ledger.tree_size(), bytes);
+    let tree_size = shared.ledger.tree_size();
+    {
+        let committed: Vec<Committed<'_>> = accepted
+            .iter_mut()
+            .flat_map(|(writes, _)| writes.iter_mut())
+            .zip(replaced_leaves)
+            .enumerate()
+            .map(|(position, (prepared, replaced_leaf))| Committed {
+                key: prepared.key.clone(),
+                version_id: prepared.version_id,
+                leaf_index: first_leaf_index + position as u64,
+                last_updated: prepared.last_updated,
+                search_values: prepared.index_entries.take().map(Arc::from),
+                body: prepared.body.as_deref(),
+                replaced_leaf,
+            })
+            .collect();
+        shared.publish(&CommitEvent::Committed { versions: &committed, tree_size });
     }
     for (writes, reply) in accepted {
         let versions = writes

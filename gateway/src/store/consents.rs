@@ -1,7 +1,7 @@
 //! The current version of every patient-privacy Consent, compiled and grouped by patient: what
 //! the consent decision reads on every request. Derived state like the catalog: rebuilt at open
-//! from the current Consent versions, and updated by the commit thread before it acknowledges a
-//! Consent write, so a grant, change or revocation applies to the very next request (including
+//! from the current Consent versions, and updated from the commit event stream before a Consent
+//! write is acknowledged, so a grant, change or revocation applies to the very next request (including
 //! the next page of a search that began before it).
 
 use std::collections::HashMap;
@@ -46,6 +46,26 @@ impl ConsentDirectory {
             let patient = policy.patient().to_string();
             directory.patient_of.insert(id.to_string(), patient.clone());
             directory.replace(&patient, |policies| policies.push(policy));
+        }
+    }
+}
+
+/// The directory follows the commit event stream: a Consent's new version, or its erasure.
+impl crate::store::events::Subscriber for ConsentDirectory {
+    fn on_commit(&self, event: &crate::store::events::CommitEvent<'_>) {
+        use crate::store::events::CommitEvent;
+        match event {
+            CommitEvent::Committed { versions, .. } => {
+                for version in versions.iter().filter(|version| version.key.resource_type == "Consent") {
+                    self.apply(&version.key.id, version.body);
+                }
+            }
+            CommitEvent::PatientErased { erasure, .. } => {
+                for key in erasure.resources.iter().filter(|key| key.resource_type == "Consent") {
+                    self.apply(&key.id, None);
+                }
+            }
+            CommitEvent::CheckpointSigned { .. } => {}
         }
     }
 }

@@ -10,8 +10,9 @@
 //! and nothing is readable once the erasure was acknowledged:
 //! 1. the commit thread appends one catalog record listing what is erased and one ledger entry
 //!    of kind `erase` (pseudonym and counts), synced like any write: the commit point. Readers
-//!    see the resources as erased (410) from then on; the Consent directory forgets the
-//!    patient's Consents and the indexer is handed their deletions;
+//!    see the resources as erased (410) from then on; the commit event stream tells the
+//!    subscribers (the Consent directory forgets the patient's Consents, the indexer deletes
+//!    their documents, the facts cache forgets);
 //! 2. [`finish`]: the patient key is destroyed (crypto-shredding every version it holds,
 //!    wherever copies of the sealed blocks went); the index documents are deleted and the
 //!    segments that held them merged away; the sealed blocks are removed from the blob store.
@@ -24,6 +25,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::catalog::{CatalogRecord, Erasure, ResourceKey, VersionRecord};
+use super::events::CommitEvent;
 use super::search::IndexJob;
 use super::{Shared, StoreError, history_of};
 use crate::blob::{self, Cid};
@@ -108,30 +110,8 @@ fn record(
         shared.poisoned.store(true, Ordering::SeqCst);
         return Err(StoreError::Unavailable("storage failure: the erasure was not recorded".into()));
     }
-    let last_updated_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-    let jobs: Vec<IndexJob> = {
-        let mut catalog = shared.catalog.write().expect("catalog lock");
-        let jobs = erasure
-            .resources
-            .iter()
-            .map(|key| IndexJob {
-                key: key.clone(),
-                leaf_index,
-                last_updated_ms,
-                entries: None,
-                replaced_leaves: catalog.get(key).map_or_else(Vec::new, |history| leaves(&history.versions)),
-            })
-            .collect();
-        catalog.apply(record);
-        jobs
-    };
-    for key in erasure.resources.iter().filter(|key| key.resource_type == "Consent") {
-        shared.consents.apply(&key.id, None);
-    }
-    let index_jobs = shared.indexer.lock().expect("indexer lock").as_ref().map(|(sender, _)| sender.clone());
-    if let Some(index_jobs) = index_jobs {
-        shared.search.hand_over(&index_jobs, jobs, shared.ledger.tree_size(), 0);
-    }
+    shared.catalog.write().expect("catalog lock").apply(record);
+    shared.publish(&CommitEvent::PatientErased { erasure: &erasure, leaf_index });
     Ok((erasure, outcome))
 }
 

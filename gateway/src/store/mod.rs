@@ -10,6 +10,7 @@ pub mod catalog;
 mod commit;
 pub mod consents;
 mod erasure;
+pub mod events;
 pub(crate) mod recovery;
 mod rotate;
 pub mod search;
@@ -273,13 +274,28 @@ pub(crate) struct Shared {
     search: search::SearchIndex,
     /// Current Consents by patient, for the consent decision.
     consents: Arc<consents::ConsentDirectory>,
-    /// Where the commit thread sends published versions for indexing, and the indexer thread.
+    /// Where the index feed sends published versions for indexing, and the indexer thread.
     indexer: std::sync::Mutex<Option<search::Indexer>>,
+    /// Who follows the commit event stream ([`events`]), called in this order.
+    subscribers: RwLock<Vec<Arc<dyn events::Subscriber>>>,
     /// Writes started (validating, preparing) and not yet submitted to the commit thread, which
     /// waits a moment for them so that one sync serves more writes ([`InProgress`]).
     writes_in_progress: AtomicUsize,
     /// Held while the store is open: one process per data directory.
     _lock: std::fs::File,
+}
+
+impl Shared {
+    fn subscribe(&self, subscriber: Arc<dyn events::Subscriber>) {
+        self.subscribers.write().expect("subscribers lock").push(subscriber);
+    }
+
+    /// Tells every subscriber (the commit thread, in ledger order).
+    fn publish(&self, event: &events::CommitEvent<'_>) {
+        for subscriber in self.subscribers.read().expect("subscribers lock").iter() {
+            subscriber.on_commit(event);
+        }
+    }
 }
 
 /// Held by a write from its start until it is submitted to the commit thread (or fails), counted
@@ -498,12 +514,15 @@ impl ResourceStore {
             search,
             consents: Arc::default(),
             indexer: std::sync::Mutex::new(None),
+            subscribers: RwLock::new(Vec::new()),
             writes_in_progress: AtomicUsize::new(0),
             _lock: lock,
         });
         load_consents(&shared).map_err(|error| OpenError::Index(format!("reading the current Consents: {error}")))?;
         shared.ledger.checkpoint()?;
         *shared.indexer.lock().expect("indexer lock") = Some(search::start_indexer(Arc::downgrade(&shared)));
+        shared.subscribe(shared.consents.clone());
+        shared.subscribe(Arc::new(search::IndexFeed(Arc::downgrade(&shared))));
         let commits = commit::start(shared.clone());
         let store = ResourceStore { shared, commits };
         let caught_up = store.catch_up_index().map_err(|error| OpenError::Index(error.to_string()))?;
@@ -531,6 +550,11 @@ impl ResourceStore {
             drop(sender);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// Follows the commit event stream from now on (after the store's own subscribers).
+    pub fn subscribe(&self, subscriber: Arc<dyn events::Subscriber>) {
+        self.shared.subscribe(subscriber);
     }
 
     /// The current Consents by patient (updated before a Consent write is acknowledged).
@@ -1145,6 +1169,53 @@ mod tests {
 
     fn patient() -> Value {
         serde_json::json!({ "resourceType": "Patient", "gender": "female" })
+    }
+
+    /// Records what it is told, as text.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl events::Subscriber for Recorder {
+        fn on_commit(&self, event: &events::CommitEvent<'_>) {
+            let line = match event {
+                events::CommitEvent::Committed { versions, tree_size } => {
+                    let versions: Vec<String> = versions
+                        .iter()
+                        .map(|version| format!("{}/{}@{}", version.key.resource_type, version.version_id, version.leaf_index))
+                        .collect();
+                    format!("committed {} -> {tree_size}", versions.join(" "))
+                }
+                events::CommitEvent::PatientErased { erasure, leaf_index } => format!("erased {} @{leaf_index}", erasure.resources.len()),
+                events::CommitEvent::CheckpointSigned { tree_size } => format!("checkpoint {tree_size}"),
+            };
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    /// Every commit reaches the subscribers in ledger order, before the writer is answered:
+    /// versions, an erasure, checkpoints.
+    #[tokio::test]
+    async fn subscribers_see_every_commit_in_ledger_order_before_the_answer() {
+        let directory = fresh_test_directory("events");
+        let store = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        store.subscribe(recorder.clone());
+        let principal = Principal::operator("test", None);
+        let CreateOutcome::Created(created) = store.create(patient(), &principal, Leniency::Strict, None).await.unwrap() else {
+            panic!("created")
+        };
+        assert_eq!(recorder.0.lock().unwrap().as_slice(), ["committed Patient/1@0 -> 1"], "told before the answer");
+        let key = created.version.key;
+        let mut updated = patient();
+        updated["id"] = key.id.clone().into();
+        store.update(&key, updated, &principal, Leniency::Strict, None).await.unwrap();
+        store.purge(&key, &principal).await.unwrap();
+        store.close().await;
+        let lines = recorder.0.lock().unwrap().clone();
+        assert_eq!(lines[1], "committed Patient/2@1 -> 2");
+        assert_eq!(lines[2], "erased 1 @2");
+        assert_eq!(lines.last().unwrap(), "checkpoint 3", "{lines:?}");
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Search over the store: the indexer (fed by the commit thread, caught up at open) and the
-//! search operation.
+//! Search over the store: the indexer (a subscriber of the commit event stream, caught up at
+//! open and whenever it fell behind) and the search operation.
 //!
 //! A search waits until the index covers every version acknowledged before it began, asks the
 //! index for candidates (a superset), reads each candidate from the sealed store (verified like
@@ -8,12 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::catalog::{ResourceKey, VersionRecord};
+use super::events::{CommitEvent, Subscriber};
 use super::{ReadGuard, ResourceStore, Shared, StoreError, StoredVersion};
 use crate::consent::Interaction;
 use crate::search::index::{Hit, IndexDocument, IndexError, TantivyIndex};
@@ -38,7 +39,7 @@ pub(crate) struct IndexJob {
     pub key: ResourceKey,
     pub leaf_index: u64,
     pub last_updated_ms: i64,
-    pub entries: Option<Vec<IndexEntry>>,
+    pub entries: Option<Arc<[IndexEntry]>>,
     /// Leaves of the resource's earlier versions whose documents the index may hold.
     pub replaced_leaves: Vec<u64>,
 }
@@ -64,6 +65,9 @@ pub(crate) struct SearchIndex {
     rebuilding: AtomicBool,
     /// What the commit thread has handed the indexer and it has not applied yet.
     queue: QueueBudget,
+    /// Set while the indexer is behind: events from this leaf on were let go (the queue was
+    /// full), and whether the catch-up request reached the indexer.
+    behind: Mutex<Option<(u64, bool)>>,
 }
 
 impl SearchIndex {
@@ -80,16 +84,39 @@ impl SearchIndex {
             failures: AtomicU64::new(0),
             rebuilding: AtomicBool::new(false),
             queue: QueueBudget::new(),
+            behind: Mutex::new(None),
         }
     }
 
-    /// Hands the indexer a published group: waits for room in the queue's budget, then sends.
+    /// Hands the indexer a published group without ever waiting: if the queue's budget has no
+    /// room (the indexer is slow), the group is let go and the indexer is asked to catch up from
+    /// the store from its first leaf instead; until it has, later groups are let go too.
     /// `bytes` are the group's stored bytes; the indexer gives them back once it has applied
     /// the group (or here, if it is gone).
-    pub(crate) fn hand_over(&self, indexer: &std::sync::mpsc::SyncSender<IndexMessage>, jobs: Vec<IndexJob>, tree_size: u64, bytes: usize) {
-        self.queue.take(bytes);
-        if indexer.send(IndexMessage::Jobs(jobs, tree_size, bytes)).is_err() {
-            self.queue.give(bytes);
+    fn hand_over(&self, indexer: &std::sync::mpsc::SyncSender<IndexMessage>, jobs: Vec<IndexJob>, tree_size: u64, bytes: usize) {
+        let first_leaf = jobs.iter().map(|job| job.leaf_index).min().unwrap_or(tree_size);
+        let mut behind = self.behind.lock().expect("behind lock");
+        if behind.is_none() && self.queue.try_take(bytes) {
+            if let Err(
+                std::sync::mpsc::TrySendError::Full(IndexMessage::Jobs(_, _, bytes))
+                | std::sync::mpsc::TrySendError::Disconnected(IndexMessage::Jobs(_, _, bytes)),
+            ) = indexer.try_send(IndexMessage::Jobs(jobs, tree_size, bytes))
+            {
+                self.queue.give(bytes);
+                *behind = Some((first_leaf, false));
+            }
+        } else if behind.is_none() {
+            *behind = Some((first_leaf, false));
+        }
+        Self::ask_to_catch_up(&mut behind, indexer);
+    }
+
+    /// Sends the pending catch-up request, if one is pending and the queue takes it.
+    fn ask_to_catch_up(behind: &mut Option<(u64, bool)>, indexer: &std::sync::mpsc::SyncSender<IndexMessage>) {
+        if let Some((from, sent @ false)) = behind
+            && indexer.try_send(IndexMessage::CatchUp(*from)).is_ok()
+        {
+            *sent = true;
         }
     }
 
@@ -191,8 +218,60 @@ impl SearchIndex {
 }
 
 /// The search values of a stored resource's bytes.
-fn index_entries(body: &[u8]) -> Option<Vec<IndexEntry>> {
-    serde_json::from_slice::<Value>(body).ok().map(|resource| extract_indexed(SearchParamTable::r4(), &resource))
+fn index_entries(body: &[u8]) -> Option<Arc<[IndexEntry]>> {
+    serde_json::from_slice::<Value>(body).ok().map(|resource| Arc::from(extract_indexed(SearchParamTable::r4(), &resource)))
+}
+
+/// The search index's subscription to the commit event stream: every event becomes index jobs
+/// handed to the indexer thread without waiting ([`SearchIndex::hand_over`]).
+pub(crate) struct IndexFeed(pub(crate) Weak<Shared>);
+
+impl Subscriber for IndexFeed {
+    fn on_commit(&self, event: &CommitEvent<'_>) {
+        let Some(shared) = self.0.upgrade() else { return };
+        let (jobs, tree_size, bytes): (Vec<IndexJob>, u64, usize) = match event {
+            CommitEvent::Committed { versions, tree_size } => (
+                versions
+                    .iter()
+                    .map(|version| IndexJob {
+                        key: version.key.clone(),
+                        leaf_index: version.leaf_index,
+                        last_updated_ms: (version.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
+                        entries: version.search_values.clone(),
+                        replaced_leaves: version.replaced_leaf.into_iter().collect(),
+                    })
+                    .collect(),
+                *tree_size,
+                versions.iter().map(|version| version.body.map_or(0, <[u8]>::len)).sum(),
+            ),
+            CommitEvent::PatientErased { erasure, leaf_index } => {
+                let catalog = shared.catalog.read().expect("catalog lock");
+                let jobs = erasure
+                    .resources
+                    .iter()
+                    .map(|key| IndexJob {
+                        key: key.clone(),
+                        leaf_index: *leaf_index,
+                        last_updated_ms: 0,
+                        entries: None,
+                        replaced_leaves: catalog
+                            .erased_versions(key)
+                            .iter()
+                            .filter(|version| !version.is_deletion())
+                            .map(|version| version.leaf_index)
+                            .collect(),
+                    })
+                    .collect();
+                (jobs, leaf_index + 1, 0)
+            }
+            CommitEvent::CheckpointSigned { .. } => return,
+        };
+        // Cloned so that the indexer lock is not held while handing over.
+        let sender = shared.indexer.lock().expect("indexer lock").as_ref().map(|(sender, _)| sender.clone());
+        if let Some(sender) = sender {
+            shared.search.hand_over(&sender, jobs, tree_size, bytes);
+        }
+    }
 }
 
 /// What the commit thread (and a waiting search) sends the indexer.
@@ -204,6 +283,8 @@ pub(crate) enum IndexMessage {
     Publish,
     /// A query found the index damaged: rebuild it from the store ([`rebuild`]).
     Rebuild,
+    /// Events from this leaf on were let go: index what changed since from the store.
+    CatchUp(u64),
 }
 
 /// The commit thread's handle on the indexer: where to send published versions, and the thread.
@@ -213,7 +294,8 @@ pub(crate) type Indexer = (std::sync::mpsc::SyncSender<IndexMessage>, std::threa
 const INDEX_QUEUE: usize = 1024;
 
 /// Stored bytes of the versions the index queue may hold (their search values take a few times
-/// that). Past it the commit thread waits: bounded memory rather than an unbounded queue, yet
+/// that). Past it the commit thread lets groups go and the indexer catches up from the store
+/// (the commit event stream never waits for a subscriber): bounded memory, yet
 /// deep enough for the ~100 ms a tantivy commit keeps the indexer busy under small writes (a
 /// queue of 4 groups stalled every writer meanwhile: 8-9 % idle CPU under 32 clients; about
 /// 1 MB of creates arrive in 100 ms). 16 MiB took 20 concurrent 4 MB Bundles to 306-312 MB.
@@ -231,15 +313,17 @@ impl QueueBudget {
         QueueBudget { used: Mutex::new(Some(0)), freed: Condvar::new() }
     }
 
-    /// Waits until `bytes` fit (a group larger than the whole budget waits for an empty queue).
-    fn take(&self, bytes: usize) {
-        let used = self.used.lock().expect("index queue lock");
-        let mut used = self
-            .freed
-            .wait_while(used, |used| used.is_some_and(|used| used > 0 && used + bytes > INDEX_QUEUE_BYTES))
-            .expect("index queue lock");
-        if let Some(used) = used.as_mut() {
-            *used += bytes;
+    /// Takes `bytes` if they fit now (a group larger than the whole budget fits an empty
+    /// queue); never waits.
+    fn try_take(&self, bytes: usize) -> bool {
+        let mut used = self.used.lock().expect("index queue lock");
+        match used.as_mut() {
+            Some(used) if *used > 0 && *used + bytes > INDEX_QUEUE_BYTES => false,
+            Some(used) => {
+                *used += bytes;
+                true
+            }
+            None => false,
         }
     }
 
@@ -313,6 +397,15 @@ pub(crate) fn start_indexer(shared: Weak<Shared>) -> Indexer {
                         Err(error) => failure = Some(error),
                     }
                 }
+                if let Some(IndexMessage::CatchUp(from)) = message {
+                    match catch_up(&shared, from) {
+                        Ok(through) => {
+                            rebuilt_below = rebuilt_below.max(through);
+                            added = Some(added.map_or(through, |added| added.max(through)));
+                        }
+                        Err(error) => failure = Some(error),
+                    }
+                }
                 if let Some(IndexMessage::Jobs(mut jobs, tree_size, bytes)) = message {
                     // Versions the rebuild read from the catalog (or newer ones) are indexed.
                     jobs.retain(|job| job.leaf_index >= rebuilt_below);
@@ -372,6 +465,8 @@ fn recover(shared: &Shared, receiver: &std::sync::mpsc::Receiver<IndexMessage>) 
         loop {
             match receiver.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
                 Ok(IndexMessage::Jobs(_, _, bytes)) => search.queue.give(bytes),
+                // The rebuild reads everything a catch-up would.
+                Ok(IndexMessage::CatchUp(_)) => *search.behind.lock().expect("behind lock") = None,
                 Ok(IndexMessage::Publish | IndexMessage::Rebuild) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -388,6 +483,52 @@ fn recover(shared: &Shared, receiver: &std::sync::mpsc::Receiver<IndexMessage>) 
             }
         }
     }
+}
+
+/// Indexes again every resource with a version at or after leaf `from` (events of them were let
+/// go while the indexer was behind), as the catalog has them now. Clears the behind mark first,
+/// so that groups committed meanwhile are handed over again. Returns the leaf below which every
+/// version is covered: queued jobs of those versions are skipped.
+fn catch_up(shared: &Shared, from: u64) -> Result<u64, IndexError> {
+    *shared.search.behind.lock().expect("behind lock") = None;
+    let (keys, through) = {
+        let catalog = shared.catalog.read().expect("catalog lock");
+        let mut through = from;
+        let mut keys = BTreeSet::new();
+        for (key, version) in catalog.all_records() {
+            through = through.max(version.leaf_index + 1);
+            if version.leaf_index >= from {
+                keys.insert(key.clone());
+            }
+        }
+        (keys, through)
+    };
+    tracing::info!(from, through, resources = keys.len(), "the search indexer fell behind; catching up from the store");
+    let keys: Vec<ResourceKey> = keys.into_iter().collect();
+    for chunk in keys.chunks(5_000) {
+        let jobs: Vec<IndexJob> = chunk.iter().filter_map(|key| job_from_store(shared, key)).collect();
+        shared.search.add(&jobs)?;
+    }
+    Ok(through)
+}
+
+/// The job that brings a resource's index document to its current version, read from the store
+/// (`None`: it cannot be read now; a read of it fails too, and is logged there).
+fn job_from_store(shared: &Shared, key: &ResourceKey) -> Option<IndexJob> {
+    let versions: Vec<VersionRecord> = shared.catalog.read().expect("catalog lock").get(key).map(|history| history.versions.clone())?;
+    let current = versions.last()?;
+    let replaced_leaves = versions.iter().filter(|version| !version.is_deletion()).map(|version| version.leaf_index).collect();
+    let entries = match current.is_deletion() {
+        true => None,
+        false => super::load(shared, key, current).ok()?.body.as_deref().and_then(index_entries),
+    };
+    Some(IndexJob {
+        key: key.clone(),
+        leaf_index: current.leaf_index,
+        last_updated_ms: (current.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
+        entries,
+        replaced_leaves,
+    })
 }
 
 /// Rebuilds a damaged index from the store, on the indexer thread, so that no job is applied
@@ -468,19 +609,7 @@ impl ResourceStore {
         let mut jobs = Vec::with_capacity(keys.len());
         for key in keys {
             // Any of its versions may be indexed already (the index lags by up to a commit).
-            let (leaf_index, replaced_leaves) = self.version_leaves(&key);
-            let job = match self.read(&key) {
-                Ok(version) => IndexJob {
-                    leaf_index,
-                    last_updated_ms: (version.last_updated.unix_timestamp_nanos() / 1_000_000) as i64,
-                    entries: version.body.as_deref().and_then(index_entries),
-                    key,
-                    replaced_leaves,
-                },
-                Err(StoreError::Gone(_)) => IndexJob { key, leaf_index, last_updated_ms: 0, entries: None, replaced_leaves },
-                Err(error) => return Err(error),
-            };
-            jobs.push(job);
+            jobs.extend(job_from_store(&self.shared, &key));
             if jobs.len() >= 5_000 {
                 self.shared.search.apply(&jobs, covered);
                 jobs.clear();
@@ -489,14 +618,6 @@ impl ResourceStore {
         let count = jobs.len() as u64;
         self.shared.search.apply(&jobs, tree_size);
         Ok(count)
-    }
-
-    /// The leaf of the resource's current version, and those of all its versions that have content.
-    fn version_leaves(&self, key: &ResourceKey) -> (u64, Vec<u64>) {
-        let catalog = self.shared.catalog.read().expect("catalog lock");
-        let versions = catalog.get(key).map_or(&[][..], |history| &history.versions[..]);
-        let current = versions.last().map_or(0, |version| version.leaf_index);
-        (current, versions.iter().filter(|version| !version.is_deletion()).map(|version| version.leaf_index).collect())
     }
 
     /// Drops the index and rebuilds it from the store (`fhir-gateway reindex`).
@@ -512,6 +633,7 @@ impl ResourceStore {
             if let Some((sender, _)) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
                 // Full: the indexer is busy and checks `wanted` after its batch.
                 let _ = sender.try_send(IndexMessage::Publish);
+                SearchIndex::ask_to_catch_up(&mut self.shared.search.behind.lock().expect("behind lock"), sender);
             }
         };
         if self.shared.search.wait_for(tree_size, wake) {
@@ -1014,23 +1136,55 @@ mod tests {
     use super::*;
     use crate::store::{CreateOutcome, Leniency, Principal, StoreOptions};
 
-    /// The commit thread waits while the index queue holds its budget, never for an empty
-    /// queue, and not at all once the indexer has stopped.
+    fn job(leaf_index: u64) -> IndexJob {
+        let key = ResourceKey { resource_type: "Patient".into(), id: format!("p{leaf_index}") };
+        IndexJob { key, leaf_index, last_updated_ms: 0, entries: None, replaced_leaves: Vec::new() }
+    }
+
+    /// A slow indexer never holds up a commit: when the queue is full (by its budget in bytes or
+    /// by its count), the group is let go and the indexer is asked, once, to catch up from the
+    /// store from the first leaf it missed; later groups are let go until it has.
     #[test]
-    fn the_index_queue_is_bounded_by_bytes() {
-        let budget = std::sync::Arc::new(QueueBudget::new());
-        budget.take(INDEX_QUEUE_BYTES * 2); // larger than the budget, but the queue was empty
-        let waiting = {
-            let budget = budget.clone();
-            std::thread::spawn(move || budget.take(1))
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!waiting.is_finished(), "the queue is over its budget");
-        budget.give(INDEX_QUEUE_BYTES * 2);
-        waiting.join().unwrap();
-        budget.take(INDEX_QUEUE_BYTES - 1);
-        budget.close();
-        budget.take(INDEX_QUEUE_BYTES); // the indexer stopped: nothing to wait for
+    fn handing_over_never_waits_and_asks_a_slow_indexer_to_catch_up() {
+        let search = SearchIndex::new(TantivyIndex::in_memory().unwrap(), TermEncoder::new([0; 32]));
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<IndexMessage>(1);
+        search.hand_over(&sender, vec![job(0)], 1, INDEX_QUEUE_BYTES * 2); // fits an empty queue
+        search.hand_over(&sender, vec![job(1)], 2, 10); // over the byte budget: let go
+        search.hand_over(&sender, vec![job(2)], 3, 10); // behind: let go too
+        assert!(matches!(receiver.try_recv(), Ok(IndexMessage::Jobs(jobs, 1, _)) if jobs[0].leaf_index == 0));
+        search.queue.give(INDEX_QUEUE_BYTES * 2);
+        // The channel was full when the catch-up was first asked for: the next group asks again.
+        search.hand_over(&sender, vec![job(3)], 4, 10);
+        assert!(matches!(receiver.try_recv(), Ok(IndexMessage::CatchUp(1))));
+        assert!(receiver.try_recv().is_err(), "asked once, nothing else handed over while behind");
+        // The indexer clears the mark when it starts catching up; then groups flow again.
+        *search.behind.lock().unwrap() = None;
+        search.hand_over(&sender, vec![job(4)], 5, 10);
+        assert!(matches!(receiver.try_recv(), Ok(IndexMessage::Jobs(jobs, 5, _)) if jobs[0].leaf_index == 4));
+    }
+
+    /// A store whose indexer fell behind catches up from the store: every write is found.
+    #[tokio::test]
+    async fn an_indexer_that_let_events_go_catches_up_from_the_store() {
+        let directory = crate::store::fresh_test_directory("catch-up");
+        let store = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
+        let principal = Principal::operator("test", None);
+        // As if the queue had been full for the next writes: they are let go.
+        *store.shared.search.behind.lock().unwrap() = Some((store.shared.ledger.tree_size(), true));
+        for family in ["Behind", "Behind", "Caught"] {
+            store
+                .create(json!({"resourceType": "Patient", "name": [{"family": family}]}), &principal, Leniency::Strict, None)
+                .await
+                .unwrap();
+        }
+        let from = store.shared.search.behind.lock().unwrap().unwrap().0;
+        let sender = store.shared.indexer.lock().unwrap().as_ref().unwrap().0.clone();
+        sender.send(IndexMessage::CatchUp(from)).unwrap();
+        store.wait_for_index().unwrap();
+        assert_eq!(store.shared.search.index.count(Some("Patient"), &TermCondition::Everything).unwrap(), 3);
+        assert!(store.shared.search.behind.lock().unwrap().is_none());
+        store.close().await;
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     /// Updates and deletions take the documents of the versions they replace out of the index:
