@@ -147,6 +147,10 @@ pub struct ServeArgs {
     /// Bytes of single-resource request bodies read and processed at once; more wait [default: 33554432]
     #[arg(long, env = "FHIR_GATEWAY_BODY_BYTES_IN_FLIGHT")]
     pub body_bytes_in_flight: Option<usize>,
+    /// MiB of page cache for the catalog store: the memory the catalog takes, however many
+    /// records it holds [default: 64]
+    #[arg(long, env = "FHIR_GATEWAY_CACHE_MB")]
+    pub cache_mb: Option<usize>,
     /// Issue a checkpoint at least every N ledger entries [default: 1000]
     #[arg(long, env = "FHIR_GATEWAY_CHECKPOINT_EVERY_ENTRIES")]
     pub checkpoint_every_entries: Option<u64>,
@@ -224,6 +228,7 @@ pub struct FileConfig {
     pub header_read_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
     pub body_bytes_in_flight: Option<usize>,
+    pub cache_mb: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub audit_durability: Option<crate::audit::Durability>,
     #[serde(default)]
@@ -382,6 +387,10 @@ impl Config {
                     .or(file.ledger.checkpoint_interval_ms)
                     .map(|millis| Duration::from_millis(millis.max(10)))
                     .unwrap_or(store_defaults.checkpoint_interval),
+                catalog_cache_bytes: args
+                    .cache_mb
+                    .or(file.cache_mb)
+                    .map_or(store_defaults.catalog_cache_bytes, |megabytes| megabytes.max(1) << 20),
                 ..store_defaults
             },
             log_format: args.log_format.or(file.log_format).unwrap_or(defaults.log_format),

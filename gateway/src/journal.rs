@@ -326,6 +326,11 @@ impl Journal {
             .ok_or_else(|| JournalError::Checksum { path: self.path.clone(), offset })
     }
 
+    /// The offset just past the last record appended.
+    pub fn end(&self) -> u64 {
+        self.writer.lock().expect("journal writer lock").end
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -168,6 +168,7 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
     };
     let scanned = recovery::Scanned {
         catalog_path: Path::new("records/catalog.log"),
+        first_leaf: 0,
         records: &records,
         readable_end,
         tree_size: leaf_hashes.len() as u64,

@@ -14,6 +14,7 @@ use crate::harness::{Gateway, json_body};
 
 const PACK: &str = "blocks/blocks.pack";
 const CATALOG: &str = "records/catalog.log";
+const CATALOG_STORE: &str = "records/catalog.redb";
 const ENTRIES: &str = "ledger/entries.log";
 const CHECKPOINTS: &str = "ledger/checkpoints.log";
 
@@ -60,9 +61,12 @@ impl Snapshot {
     }
 
     /// The files that differ from the snapshot now, but for derived state (the ledger's index
-    /// of offsets and hashes, which a start may rebuild before it refuses).
+    /// of offsets and hashes, which a start may rebuild before it refuses, and the catalog
+    /// store, which a start after a crash repairs first).
     fn changed(&self, root: &Path) -> Vec<PathBuf> {
-        let derived = |file: &Path| file.ends_with("entries.idx") || file.components().any(|part| part.as_os_str() == "hashes");
+        let derived = |file: &Path| {
+            file.ends_with("entries.idx") || file.components().any(|part| part.as_os_str() == "hashes") || file == Path::new(CATALOG_STORE)
+        };
         self.0
             .iter()
             .filter(|(file, _)| !derived(file))
@@ -156,7 +160,7 @@ async fn check(gateway: &mut Gateway, snapshot: &Snapshot, written: &[(String, V
             let name = Path::new(file).file_name().unwrap().to_str().unwrap();
             assert!(stderr.contains(name) && stderr.contains("offset"), "{case}: the refusal names no file and offset:\n{stderr}");
             assert_eq!(std::fs::read(root.join(file)).unwrap(), damaged, "{case}: the refused start changed the damaged file");
-            assert_eq!(snapshot.changed(&root), vec![PathBuf::from(file)], "{case}: the refused start changed other files");
+            assert_eq!(snapshot.changed(&root), vec![PathBuf::from(file)], "{case}: the refused start changed other files: {stderr}");
         }
         Ok(()) if clean => {
             assert_serves(gateway, written, &case).await;
@@ -299,8 +303,23 @@ async fn a_flipped_length_in_the_pack_is_named_not_truncated() {
 }
 
 #[tokio::test]
-async fn a_flipped_length_in_the_catalog_refuses_to_start_and_cuts_nothing() {
-    a_flipped_length_is_named(20, CATALOG, JOURNAL_OVERHEAD, 2, 0).await;
+async fn a_flipped_length_in_the_catalog_is_named_by_verify_and_refused_when_the_store_must_be_filled_from_it() {
+    let (mut gateway, written, snapshot) = stopped_with(20, &[]).await;
+    let frame = frame_offsets(snapshot.bytes(CATALOG), JOURNAL_OVERHEAD)[10];
+    let damaged = Damage::Flip { offset: frame + 2, bit: 0 }.apply(snapshot.bytes(CATALOG));
+    std::fs::write(gateway.data.path().join(CATALOG), &damaged).unwrap();
+    // The catalog store holds the record: a start does not read that part of the journal.
+    let (clean, report) = gateway.verify();
+    assert!(!clean && report.contains(&format!("{CATALOG}: damaged record at offset {frame}")), "{report}");
+    gateway.try_start_again().await.expect("the store opens from its catalog store");
+    assert_serves(&gateway, &written, "served from the catalog store").await;
+    gateway.stop();
+    snapshot.restore(gateway.data.path());
+    // Without the store, the start must fill it from the journal, and refuses.
+    std::fs::write(gateway.data.path().join(CATALOG), &damaged).unwrap();
+    std::fs::remove_file(gateway.data.path().join(CATALOG_STORE)).unwrap();
+    let reported = format!("{CATALOG}: damaged record at offset {frame}");
+    assert_named_refused_then_restored(&mut gateway, &snapshot, &written, CATALOG, frame, &reported).await;
 }
 
 #[tokio::test]
@@ -358,6 +377,8 @@ async fn a_rewritten_author_in_the_catalog_is_caught_by_read_and_verify() {
     let catalog = gateway.data.path().join(CATALOG);
     assert!(String::from_utf8_lossy(&std::fs::read(&catalog).unwrap()).contains("\"author\":\"Organization/local\""));
     forge_journal_record(&catalog, 0, |record| record.replace("\"author\":\"Organization/local\"", "\"author\":\"Organization/evil\""));
+    // The forged journal is what the catalog store is filled from.
+    std::fs::remove_file(gateway.data.path().join(CATALOG_STORE)).unwrap();
     let (clean, report) = gateway.verify();
     assert!(!clean, "{report}");
     assert!(report.contains("names an author that ledger entry 0 does not"), "{report}");

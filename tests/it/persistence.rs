@@ -306,3 +306,48 @@ async fn a_ledger_without_its_index_is_indexed_again_at_the_start() {
     let (clean, report) = gateway.verify();
     assert!(clean, "{report}");
 }
+
+/// A data directory of the previous format has no catalog store: the first start fills it from
+/// the catalog journal, and everything the catalog answers (reads, versions, history, deletions,
+/// identifier conditions, search) is as before.
+#[tokio::test]
+async fn a_data_directory_without_its_catalog_store_is_filled_from_the_journal_at_the_start() {
+    let mut gateway = Gateway::start_with(&["--cache-mb", "1"]).await;
+    let patient = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M-1"}], "name": [{"family": "Kept"}]});
+    let created = json_body(gateway.post("Patient", &patient).await).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut changed = created.clone();
+    changed["name"][0]["family"] = json!("Changed");
+    assert_eq!(gateway.put(&format!("Patient/{id}"), &changed).await.status(), 200);
+    let gone = json_body(gateway.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Gone"}]})).await).await;
+    let gone_id = gone["id"].as_str().unwrap();
+    let deleted = gateway.http.delete(gateway.url(&format!("Patient/{gone_id}"))).send().await.unwrap();
+    assert!(deleted.status().is_success());
+    gateway.stop();
+    std::fs::remove_file(gateway.data.path().join("records/catalog.redb")).unwrap();
+
+    gateway.restart().await;
+    let current = json_body(gateway.get(&format!("Patient/{id}")).await).await;
+    assert_eq!(current["name"][0]["family"], "Changed");
+    assert_eq!(current["meta"]["versionId"], "2");
+    assert_eq!(json_body(gateway.get(&format!("Patient/{id}/_history/1")).await).await, created);
+    assert_eq!(json_body(gateway.get(&format!("Patient/{id}/_history")).await).await["entry"].as_array().unwrap().len(), 2);
+    assert_eq!(gateway.get(&format!("Patient/{gone_id}")).await.status(), 410);
+    let type_history = json_body(gateway.get("Patient/_history").await).await;
+    assert_eq!(type_history["entry"].as_array().unwrap().len(), 4, "{type_history}");
+    let conditional = gateway
+        .http
+        .post(gateway.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("If-None-Exist", "identifier=urn:mrn|M-1")
+        .body(patient.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conditional.status(), 200, "the identifier condition finds the existing Patient");
+    assert_eq!(json_body(gateway.get("Patient?family=Changed").await).await["total"], 1);
+    gateway.stop();
+    assert!(gateway.data.path().join("records/catalog.redb").exists());
+    let (clean, report) = gateway.verify();
+    assert!(clean, "{report}");
+}

@@ -72,6 +72,8 @@ pub enum IndexError {
     TooManyCandidates(usize),
     #[error("search index damaged: {0}")]
     Damaged(String),
+    #[error("reading what to index from the store: {0}")]
+    Store(String),
 }
 
 #[derive(Clone, Copy)]

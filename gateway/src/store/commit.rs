@@ -13,6 +13,7 @@
 //! If any step fails the store is poisoned: it answers the group with an error and refuses all
 //! later writes, so nothing that might not be durable is ever acknowledged.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
+use super::catalog::{Catalog, CatalogError, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
 use super::events::{CommitEvent, Committed};
 use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
@@ -147,7 +148,7 @@ pub(crate) fn prepare(
         let holder = key_holder(&resource);
         if let Some(patient_id) = &holder {
             let patient = ResourceKey { resource_type: "Patient".into(), id: patient_id.clone() };
-            if shared.catalog.read().expect("catalog lock").is_erased(&patient) {
+            if shared.catalog.is_erased(&patient)? {
                 return Err(StoreError::Erased(patient));
             }
         }
@@ -185,10 +186,7 @@ fn key_holder(resource: &Value) -> Option<String> {
 
 /// Version `version_id` and its content (`None` if it is a deletion or does not exist).
 fn prior_content(shared: &Shared, key: &ResourceKey, version_id: u64) -> Result<Option<(StoredVersion, Value)>, StoreError> {
-    let record = {
-        let catalog = shared.catalog.read().expect("catalog lock");
-        catalog.get(key).and_then(|history| history.versions.get(version_id as usize - 1)).cloned()
-    };
+    let record = shared.catalog.version(key, Some(version_id))?;
     let Some(record) = record.filter(|record| !record.is_deletion()) else {
         return Ok(None);
     };
@@ -213,18 +211,23 @@ fn identifier_hashes(shared: &Shared, resource_type: &str, resource: &Value) -> 
 }
 
 /// Current resources of `resource_type` matching an `If-None-Exist` condition.
-pub(crate) fn condition_matches(catalog: &Catalog, resource_type: &str, id: Option<&str>, hashes: &[KeyedHash]) -> Vec<ResourceKey> {
-    let mut matches = if hashes.is_empty() { Vec::new() } else { catalog.matching_identifiers(resource_type, hashes) };
+pub(crate) fn condition_matches(
+    catalog: &Catalog,
+    resource_type: &str,
+    id: Option<&str>,
+    hashes: &[KeyedHash],
+) -> Result<Vec<ResourceKey>, CatalogError> {
+    let mut matches = if hashes.is_empty() { Vec::new() } else { catalog.matching_identifiers(resource_type, hashes)? };
     if let Some(id) = id {
         let key = ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() };
-        let exists = catalog.current_state(&key).is_some_and(|(_, deleted)| !deleted);
+        let exists = catalog.current_state(&key)?.is_some_and(|(_, deleted)| !deleted);
         if hashes.is_empty() {
             matches = if exists { vec![key] } else { Vec::new() };
         } else {
             matches.retain(|candidate| *candidate == key);
         }
     }
-    matches
+    Ok(matches)
 }
 
 pub(crate) fn start(shared: Arc<Shared>) -> mpsc::Sender<CommitRequest> {
@@ -326,6 +329,12 @@ fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<CommitRequest>) {
                 }
             }
         }
+        if (tick || shutdown.is_some())
+            && let Err(error) = shared.catalog.sync(shutdown.is_none())
+        {
+            tracing::error!(%error, "making the catalog store durable failed; refusing further writes");
+            shared.poisoned.store(true, Ordering::SeqCst);
+        }
         if let Some(reply) = shutdown {
             // Let go of the store before saying so, so `close` can release the data directory.
             drop(shared);
@@ -345,25 +354,29 @@ struct GroupWrite {
 
 /// Checks one write against the catalog and the writes before it (earlier units of the group,
 /// earlier writes of its own unit).
-fn check(catalog: &Catalog, earlier: &[GroupWrite], prepared: &PreparedWrite, expectation: &Expectation) -> Option<Refusal> {
+fn check(
+    catalog: &Catalog,
+    earlier: &[GroupWrite],
+    prepared: &PreparedWrite,
+    expectation: &Expectation,
+) -> Result<Option<Refusal>, CatalogError> {
     // Erased since it was prepared: its id, or the patient key it was sealed for.
     let erased_holder = match prepared.sealed.as_ref().map(|sealed| sealed.wrapped_key.holder) {
-        Some(KeyHolder::Patient(slot)) => catalog.is_erased_holder(slot),
+        Some(KeyHolder::Patient(slot)) => catalog.is_erased_holder(slot)?,
         _ => false,
     };
-    if erased_holder || catalog.is_erased(&prepared.key) {
-        return Some(Refusal::Conflict);
+    if erased_holder || catalog.is_erased(&prepared.key)? {
+        return Ok(Some(Refusal::Conflict));
     }
-    let current = earlier
-        .iter()
-        .rev()
-        .find(|write| write.key == prepared.key)
-        .map(|write| (write.version_id, write.deleted))
-        .or_else(|| catalog.current_state(&prepared.key));
-    match expectation {
+    let in_group = earlier.iter().rev().find(|write| write.key == prepared.key).map(|write| (write.version_id, write.deleted));
+    let current = match in_group {
+        Some(current) => Some(current),
+        None => catalog.current_state(&prepared.key)?,
+    };
+    Ok(match expectation {
         Expectation::Absent { .. } if current.is_some() => Some(Refusal::Conflict),
         Expectation::Absent { condition: Some((id, hashes)) } => {
-            let in_catalog = !condition_matches(catalog, &prepared.key.resource_type, id.as_deref(), hashes).is_empty();
+            let in_catalog = !condition_matches(catalog, &prepared.key.resource_type, id.as_deref(), hashes)?.is_empty();
             let in_group = earlier.iter().any(|write| {
                 write.key.resource_type == prepared.key.resource_type
                     && !write.deleted
@@ -374,7 +387,7 @@ fn check(catalog: &Catalog, earlier: &[GroupWrite], prepared: &PreparedWrite, ex
         }
         Expectation::Absent { condition: None } => None,
         Expectation::Current { base } => (current.map(|(version_id, _)| version_id) != *base).then_some(Refusal::Conflict),
-    }
+    })
 }
 
 fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
@@ -388,17 +401,24 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     let mut accepted: Vec<(Vec<PreparedWrite>, Reply)> = Vec::new();
     // Refusals are answered only after the group is published: a conditional create that
     // matched a write of this same group must find that write when it looks it up.
-    let mut refused: Vec<(Reply, UnitOutcome)> = Vec::new();
+    let mut refused: Vec<(Reply, Result<UnitOutcome, StoreError>)> = Vec::new();
     {
-        let catalog = shared.catalog.read().expect("catalog lock");
         let mut group: Vec<GroupWrite> = Vec::new();
         for unit in units {
             let group_len = group.len();
             let mut refusal = None;
             for (index, (prepared, expectation)) in unit.writes.iter().enumerate() {
-                if let Some(reason) = check(&catalog, &group, prepared, expectation) {
-                    refusal = Some(UnitOutcome::Refused { index, refusal: reason });
-                    break;
+                match check(&shared.catalog, &group, prepared, expectation) {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => {
+                        refusal = Some(Ok(UnitOutcome::Refused { index, refusal: reason }));
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the catalog store could not be read");
+                        refusal = Some(Err(StoreError::from(error)));
+                        break;
+                    }
                 }
                 group.push(GroupWrite {
                     key: prepared.key.clone(),
@@ -416,9 +436,9 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
             }
         }
     }
-    let answer_refused = |refused: Vec<(Reply, UnitOutcome)>| {
+    let answer_refused = |refused: Vec<(Reply, Result<UnitOutcome, StoreError>)>| {
         for (reply, outcome) in refused {
-            let _ = reply.send(Ok(outcome));
+            let _ = reply.send(outcome);
         }
     };
     if accepted.is_empty() {
@@ -460,15 +480,23 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
         return;
     }
     // The version each write replaces in the search index: the current one before it.
-    let mut replaced_leaves: Vec<Option<u64>> = Vec::with_capacity(records.len());
-    {
-        let mut catalog = shared.catalog.write().expect("catalog lock");
-        for record in records {
-            let current = catalog.get(&record.key).and_then(|history| history.current());
-            replaced_leaves.push(current.filter(|version| !version.is_deletion()).map(|version| version.leaf_index));
-            catalog.apply(record);
+    let applied = replaced_leaves(shared, &records).and_then(|replaced| {
+        shared.catalog.apply(&records, shared.catalog_journal.end(), false)?;
+        Ok(replaced)
+    });
+    let replaced_leaves = match applied {
+        Ok(replaced) => replaced,
+        Err(error) => {
+            // Durable in the ledger and the journal: the next start applies them.
+            tracing::error!(%error, "the catalog store could not be written; refusing further writes");
+            shared.poisoned.store(true, Ordering::SeqCst);
+            for (_, reply) in accepted {
+                let _ = reply.send(Err(StoreError::Unavailable("storage failure: the write may be visible only after a restart".into())));
+            }
+            answer_refused(refused);
+            return;
         }
-    }
+    };
     let tree_size = shared.ledger.tree_size();
     {
         let committed: Vec<Committed<'_>> = accepted
@@ -502,6 +530,22 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
         let _ = reply.send(Ok(UnitOutcome::Committed(versions)));
     }
     answer_refused(refused);
+}
+
+/// For each record, the leaf of the version it replaces as current, unless that is a deletion
+/// (earlier records of the same group count).
+fn replaced_leaves(shared: &Shared, records: &[CatalogRecord]) -> Result<Vec<Option<u64>>, CatalogError> {
+    let mut in_group: HashMap<&ResourceKey, &VersionRecord> = HashMap::new();
+    let mut replaced = Vec::with_capacity(records.len());
+    for record in records {
+        let current = match in_group.get(&record.key) {
+            Some(version) => Some((*version).clone()),
+            None => shared.catalog.current(&record.key)?,
+        };
+        replaced.push(current.filter(|version| !version.is_deletion()).map(|version| version.leaf_index));
+        in_group.insert(&record.key, &record.version);
+    }
+    Ok(replaced)
 }
 
 fn make_durable(

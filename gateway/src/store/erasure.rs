@@ -64,13 +64,16 @@ fn record(
     }
     let patient_key = shared.keyring.read().expect("keyring lock").patients().slot_of(&shared.secrets.patient_hash(&patient.id));
     let (erasure, last_version, outcome) = {
-        let catalog = shared.catalog.read().expect("catalog lock");
-        let last_version = history_of(&catalog, patient)?.current().map_or(0, |version| version.version_id);
+        let catalog = &shared.catalog;
+        let last_version = history_of(catalog, patient)?.current().map_or(0, |version| version.version_id);
         let mut resources = vec![patient.clone()];
         if let Some(slot) = patient_key {
-            resources.extend(catalog.held_by(slot).into_iter().filter(|key| key != patient));
+            resources.extend(catalog.held_by(slot)?.into_iter().filter(|key| key != patient));
         }
-        let versions = resources.iter().filter_map(|key| catalog.get(key)).map(|history| history.versions.len()).sum();
+        let mut versions = 0;
+        for key in &resources {
+            versions += catalog.current_state(key)?.map_or(0, |(version_id, _)| version_id as usize);
+        }
         let outcome = PurgeOutcome { resources: resources.len(), versions };
         (Erasure { patient_key, resources }, last_version, outcome)
     };
@@ -110,24 +113,34 @@ fn record(
         shared.poisoned.store(true, Ordering::SeqCst);
         return Err(StoreError::Unavailable("storage failure: the erasure was not recorded".into()));
     }
-    shared.catalog.write().expect("catalog lock").apply(record);
+    if let Err(error) = shared.catalog.apply(std::slice::from_ref(&record), shared.catalog_journal.end(), true) {
+        // Durable in the ledger and the journal: the next start applies it and finishes it.
+        tracing::error!(%error, "the catalog store could not be written; refusing further writes");
+        shared.poisoned.store(true, Ordering::SeqCst);
+        return Err(StoreError::Unavailable("storage failure: the erasure is recorded and finishes at the next start".into()));
+    }
     shared.publish(&CommitEvent::PatientErased { erasure: &erasure, leaf_index });
     Ok((erasure, outcome))
 }
 
-fn leaves(versions: &[VersionRecord]) -> Vec<u64> {
-    versions.iter().filter(|version| !version.is_deletion()).map(|version| version.leaf_index).collect()
+/// The search-index jobs that delete every document of the erased resources.
+pub(super) fn index_jobs(shared: &Shared, erasure: &Erasure, leaf_index: u64) -> Result<Vec<IndexJob>, StoreError> {
+    let mut jobs = Vec::with_capacity(erasure.resources.len());
+    for key in &erasure.resources {
+        let versions = shared.catalog.erased_versions(key)?;
+        let replaced_leaves = versions.iter().filter(|version| !version.is_deletion()).map(|version| version.leaf_index).collect();
+        jobs.push(IndexJob { key: key.clone(), leaf_index, last_updated_ms: 0, entries: None, replaced_leaves });
+    }
+    Ok(jobs)
 }
 
 /// The sealed blobs (roots) of every version an erasure names.
-fn sealed_roots(shared: &Shared, erasure: &Erasure) -> Vec<Cid> {
-    let catalog = shared.catalog.read().expect("catalog lock");
-    erasure
-        .resources
-        .iter()
-        .flat_map(|key| catalog.erased_versions(key))
-        .filter_map(|version| version.sealed.as_ref().map(|sealed| sealed.cid))
-        .collect()
+fn sealed_roots(shared: &Shared, erasure: &Erasure) -> Result<Vec<Cid>, StoreError> {
+    let mut roots = Vec::new();
+    for key in &erasure.resources {
+        roots.extend(shared.catalog.erased_versions(key)?.iter().filter_map(|version| version.sealed.as_ref().map(|sealed| sealed.cid)));
+    }
+    Ok(roots)
 }
 
 /// Step 2: destroys the patient key, purges the index, removes the sealed blocks. Idempotent.
@@ -146,7 +159,7 @@ pub(super) fn finish(shared: &Shared, erasure: &Erasure) -> Result<(), StoreErro
     }
     shared.search.index.purge_deleted().map_err(|error| storage("merging the index", &error))?;
     let mut cids = Vec::new();
-    for root in sealed_roots(shared, erasure) {
+    for root in sealed_roots(shared, erasure)? {
         cids.extend(blob::dag_cids(shared.blobs.as_ref(), &root).map_err(|error| storage("finding blocks", &error))?);
     }
     shared.blobs.remove_blocks(&cids).map_err(|error| storage("removing blocks", &error))?;
@@ -156,7 +169,7 @@ pub(super) fn finish(shared: &Shared, erasure: &Erasure) -> Result<(), StoreErro
 /// Whether an erasure's cleanup is done: its key destroyed and no sealed block left.
 fn finished(shared: &Shared, erasure: &Erasure) -> Result<bool, StoreError> {
     let key_destroyed = erasure.patient_key.is_none_or(|slot| shared.keyring.read().expect("keyring lock").patients().is_destroyed(slot));
-    let blocks_left = sealed_roots(shared, erasure)
+    let blocks_left = sealed_roots(shared, erasure)?
         .iter()
         .map(|root| shared.blobs.get_block(root))
         .collect::<Result<Vec<_>, _>>()
@@ -173,20 +186,7 @@ pub(super) fn resume(shared: &Shared, erasures: &[Erasure]) -> Result<usize, Sto
         if finished(shared, erasure)? {
             continue;
         }
-        let jobs: Vec<IndexJob> = {
-            let catalog = shared.catalog.read().expect("catalog lock");
-            erasure
-                .resources
-                .iter()
-                .map(|key| IndexJob {
-                    key: key.clone(),
-                    leaf_index: 0,
-                    last_updated_ms: 0,
-                    entries: None,
-                    replaced_leaves: leaves(catalog.erased_versions(key)),
-                })
-                .collect()
-        };
+        let jobs = index_jobs(shared, erasure, 0)?;
         shared.search.apply(&jobs, shared.ledger.tree_size());
         finish(shared, erasure)?;
         resumed += 1;

@@ -52,7 +52,13 @@ pub struct StoreOptions {
     pub max_group_commit: usize,
     /// Threads tantivy indexes with (see `TantivyIndex::open`).
     pub indexing_threads: usize,
+    /// The catalog store's page cache (`--cache-mb`): the memory the catalog takes, however
+    /// many records it holds.
+    pub catalog_cache_bytes: usize,
 }
+
+/// The default of `--cache-mb`.
+pub const DEFAULT_CACHE_MB: usize = 64;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -62,6 +68,7 @@ impl Default for StoreOptions {
             checkpoint_interval: Duration::from_millis(1000),
             max_group_commit: 512,
             indexing_threads: 1,
+            catalog_cache_bytes: DEFAULT_CACHE_MB << 20,
         }
     }
 }
@@ -176,6 +183,12 @@ impl From<JournalError> for StoreError {
     }
 }
 
+impl From<catalog::CatalogError> for StoreError {
+    fn from(error: catalog::CatalogError) -> Self {
+        StoreError::Internal(error.to_string())
+    }
+}
+
 impl From<LedgerError> for StoreError {
     fn from(error: LedgerError) -> Self {
         StoreError::Internal(error.to_string())
@@ -265,7 +278,7 @@ pub struct HistoryPage {
 pub(crate) struct Shared {
     blobs: Arc<dyn BlobStore>,
     ledger: LedgerLog,
-    catalog: RwLock<Catalog>,
+    catalog: Catalog,
     catalog_journal: Journal,
     keyring: RwLock<Keyring>,
     secrets: LedgerSecrets,
@@ -343,6 +356,8 @@ pub enum OpenError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Catalog(#[from] recovery::CatalogDamage),
+    #[error(transparent)]
+    CatalogStore(#[from] catalog::CatalogError),
     #[error("{0}")]
     Format(String),
     #[error("search index: {0}")]
@@ -373,6 +388,10 @@ impl DataLayout {
     }
     pub fn catalog(&self) -> PathBuf {
         self.root.join("records").join("catalog.log")
+    }
+    /// The catalog's lookup store, derived from `catalog.log` (see [`catalog`]).
+    pub fn catalog_store(&self) -> PathBuf {
+        self.root.join("records").join("catalog.redb")
     }
     pub fn audit(&self) -> PathBuf {
         self.root.join("audit")
@@ -450,9 +469,24 @@ impl ResourceStore {
             check_entry_format(&layout, first_leaf)?;
         }
         let catalog_path = layout.catalog();
+        // Read without changing the store (a refused start changes no file), unless a crash
+        // left it needing repair.
+        let (repaired, (first_leaf, catalog_start)) = match Catalog::peek_marker(&layout.catalog_store())? {
+            Some(marker) => (None, marker),
+            None => {
+                let catalog = Catalog::open(&layout.catalog_store(), options.catalog_cache_bytes)?;
+                let marker = catalog.marker()?;
+                (Some(catalog), marker)
+            }
+        };
+        let journal_len = std::fs::metadata(&catalog_path).map_or(0, |metadata| metadata.len());
+        if journal_len < catalog_start {
+            let reason = format!("it ends before offset {catalog_start}, where the records its store holds end");
+            return Err(recovery::CatalogDamage { path: catalog_path, offset: journal_len, reason }.into());
+        }
         let mut records: Vec<(u64, CatalogRecord)> = Vec::new();
         let mut undecodable = None;
-        let catalog_journal = Journal::recover(&catalog_path, |offset, bytes| match CatalogRecord::decode(bytes) {
+        let catalog_journal = Journal::recover_from(&catalog_path, catalog_start, |offset, bytes| match CatalogRecord::decode(bytes) {
             Ok(record) => records.push((offset, record)),
             Err(reason) => {
                 undecodable.get_or_insert(recovery::CatalogDamage { path: catalog_path.clone(), offset, reason });
@@ -465,15 +499,18 @@ impl ResourceStore {
             catalog_journal.crash_tail().unwrap_or_else(|| std::fs::metadata(&catalog_path).map_or(0, |metadata| metadata.len()));
         let plan = recovery::plan(&recovery::Scanned {
             catalog_path: &catalog_path,
+            first_leaf,
             records: &records,
             readable_end,
             tree_size: ledger.tree_size(),
             checkpointed: ledger.checkpointed(),
         })?;
         records.truncate(plan.kept_records);
-        let erasures: Vec<catalog::Erasure> = records.iter().filter_map(|(_, record)| record.erasure.clone()).collect();
-        // Erased blobs are removed (or about to be, if a crash interrupted the erasure).
-        let erased: std::collections::HashSet<&ResourceKey> = erasures.iter().flat_map(|erasure| &erasure.resources).collect();
+        // The blocks of versions the catalog store covers were synced before its marker; those of
+        // the tail are checked. Erased blobs are removed (or about to be, if a crash interrupted
+        // the erasure; an erased resource gets no later record).
+        let erased: std::collections::HashSet<&ResourceKey> =
+            records.iter().filter_map(|(_, record)| record.erasure.as_ref()).flat_map(|erasure| &erasure.resources).collect();
         let acknowledged_roots: Vec<Cid> = records
             .iter()
             .filter(|(_, record)| !erased.contains(&record.key))
@@ -484,6 +521,12 @@ impl ResourceStore {
         drop(acknowledged_roots);
 
         // Checked: now cut what was never acknowledged.
+        std::fs::create_dir_all(layout.root.join("records"))
+            .map_err(|source| OpenError::Journal(JournalError::Io { path: layout.root.join("records"), source }))?;
+        let catalog = match repaired {
+            Some(catalog) => catalog,
+            None => Catalog::open(&layout.catalog_store(), options.catalog_cache_bytes)?,
+        };
         let ledger = ledger.open()?;
         let catalog_journal = catalog_journal.open()?;
         if let Some(cut_leaf) = plan.ledger_cut {
@@ -494,10 +537,23 @@ impl ResourceStore {
             tracing::warn!(offset, "dropping catalog records of writes the ledger never acknowledged");
             catalog_journal.truncate(offset)?;
         }
-        let mut catalog = Catalog::default();
-        for (_, record) in records {
-            catalog.apply(record);
+        if first_leaf == 0 && !records.is_empty() {
+            tracing::info!(records = records.len(), "filling the catalog store from the catalog journal");
         }
+        // Applied in chunks, each marked with the offset of the record after it.
+        let journal_end = catalog_journal.end();
+        let mut chunk = Vec::new();
+        let mut records = records.into_iter().peekable();
+        while let Some((_, record)) = records.next() {
+            chunk.push(record);
+            let next_offset = records.peek().map(|(offset, _)| *offset);
+            if chunk.len() == 10_000 || next_offset.is_none() {
+                catalog.apply(&chunk, next_offset.unwrap_or(journal_end), false)?;
+                chunk.clear();
+            }
+        }
+        catalog.apply(&[], journal_end, true)?;
+        let erasures = catalog.erasures()?;
 
         let index = crate::search::index::TantivyIndex::open(&layout.search_index(), options.indexing_threads)
             .map_err(|error| OpenError::Index(error.to_string()))?;
@@ -505,7 +561,7 @@ impl ResourceStore {
         let shared = Arc::new(Shared {
             blobs,
             ledger,
-            catalog: RwLock::new(catalog),
+            catalog,
             catalog_journal,
             keyring: RwLock::new(keyring),
             secrets,
@@ -664,7 +720,7 @@ impl ResourceStore {
         }
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             self.refuse_erased(key)?;
-            let current = self.current_state(key);
+            let current = self.current_state(key)?;
             check_if_match(if_match, current)?;
             let version_id = current.map_or(1, |(version_id, _)| version_id + 1);
             let kind = if current.is_some_and(|(_, deleted)| !deleted) { EntryKind::Update } else { EntryKind::Create };
@@ -689,7 +745,7 @@ impl ResourceStore {
         let in_progress = self.in_progress();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             self.refuse_erased(key)?;
-            let Some((version_id, deleted)) = self.current_state(key) else {
+            let Some((version_id, deleted)) = self.current_state(key)? else {
                 return Err(StoreError::NotFound);
             };
             if deleted {
@@ -766,15 +822,15 @@ impl ResourceStore {
 
     /// `Erased` for an erased resource: its id is never used again.
     pub(crate) fn refuse_erased(&self, key: &ResourceKey) -> Result<(), StoreError> {
-        match self.shared.catalog.read().expect("catalog lock").is_erased(key) {
+        match self.shared.catalog.is_erased(key)? {
             true => Err(StoreError::Erased(key.clone())),
             false => Ok(()),
         }
     }
 
     /// (current version id, deleted?) of a resource, if it has any version.
-    pub(crate) fn current_state(&self, key: &ResourceKey) -> Option<(u64, bool)> {
-        self.shared.catalog.read().expect("catalog lock").current_state(key)
+    pub(crate) fn current_state(&self, key: &ResourceKey) -> Result<Option<(u64, bool)>, StoreError> {
+        Ok(self.shared.catalog.current_state(key)?)
     }
 
     pub(crate) fn condition_hashes(&self, resource_type: &str, condition: &CreateCondition) -> Vec<KeyedHash> {
@@ -794,10 +850,7 @@ impl ResourceStore {
         hashes: &[KeyedHash],
         principal: &Principal,
     ) -> Result<Matches, StoreError> {
-        let keys = {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            commit::condition_matches(&catalog, resource_type, id, hashes)
-        };
+        let keys = commit::condition_matches(&self.shared.catalog, resource_type, id, hashes)?;
         let mut matches = Matches { visible: Vec::new(), hidden: false };
         for key in keys {
             let version = self.read(&key)?;
@@ -815,10 +868,7 @@ impl ResourceStore {
 
     /// The current version; `Gone` if the newest version is a deletion.
     pub fn read(&self, key: &ResourceKey) -> Result<StoredVersion, StoreError> {
-        let version = {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            history_of(&catalog, key)?.current().cloned().ok_or(StoreError::NotFound)?
-        };
+        let version = version_of(&self.shared.catalog, key, None)?;
         if version.is_deletion() {
             return Err(StoreError::Gone(version.version_id));
         }
@@ -827,12 +877,7 @@ impl ResourceStore {
 
     /// One version; `Gone` if that version is a deletion.
     pub fn vread(&self, key: &ResourceKey, version_id: u64) -> Result<StoredVersion, StoreError> {
-        let version = {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            let history = history_of(&catalog, key)?;
-            let index = version_id.checked_sub(1).ok_or(StoreError::NotFound)? as usize;
-            history.versions.get(index).cloned().ok_or(StoreError::NotFound)?
-        };
+        let version = version_of(&self.shared.catalog, key, Some(version_id))?;
         if version.is_deletion() {
             return Err(StoreError::Gone(version.version_id));
         }
@@ -848,18 +893,14 @@ impl ResourceStore {
         count: usize,
         guard: &dyn ReadGuard,
     ) -> Result<HistoryPage, StoreError> {
-        let candidates: Vec<(ResourceKey, VersionRecord)> = {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            let history = history_of(&catalog, key)?;
-            history
-                .versions
-                .iter()
-                .rev()
-                .filter(|version| before_version.is_none_or(|bound| version.version_id < bound))
-                .filter(|version| since.is_none_or(|since| version.last_updated >= since))
-                .map(|version| (key.clone(), version.clone()))
-                .collect()
-        };
+        let candidates: Vec<(ResourceKey, VersionRecord)> = history_of(&self.shared.catalog, key)?
+            .versions
+            .into_iter()
+            .rev()
+            .filter(|version| before_version.is_none_or(|bound| version.version_id < bound))
+            .filter(|version| since.is_none_or(|since| version.last_updated >= since))
+            .map(|version| (key.clone(), version))
+            .collect();
         let (versions, more) = self.admitted(candidates, count, Interaction::History, guard)?;
         let next_cursor = more.then(|| versions.last().map(|version| version.version_id)).flatten();
         Ok(HistoryPage { versions, next_cursor })
@@ -879,29 +920,25 @@ impl ResourceStore {
         let mut page: Vec<(u64, StoredVersion)> = Vec::with_capacity(count + 1);
         let mut bound = before_leaf;
         while page.len() <= count && count > 0 {
-            // Collected under the lock, loaded (and judged) without it.
             let mut reached_since = false;
-            let batch: Vec<(ResourceKey, VersionRecord)> = {
-                let catalog = self.shared.catalog.read().expect("catalog lock");
-                let mut batch = Vec::with_capacity(BATCH);
-                for (_, id, version_id) in catalog.type_history(resource_type, bound) {
-                    let key = ResourceKey { resource_type: resource_type.to_string(), id: id.clone() };
-                    let Some(version) = catalog.get(&key).and_then(|history| history.versions.get(*version_id as usize - 1)) else {
-                        continue;
-                    };
-                    if since.is_some_and(|since| version.last_updated < since) {
-                        reached_since = true;
-                        break;
-                    }
-                    batch.push((key, version.clone()));
-                    if batch.len() == BATCH {
-                        break;
-                    }
+            let mut entries = Vec::with_capacity(BATCH);
+            self.shared.catalog.type_history(resource_type, bound, |leaf, id, version_id| {
+                entries.push((leaf, ResourceKey { resource_type: resource_type.to_string(), id: id.to_string() }, version_id));
+                entries.len() < BATCH
+            })?;
+            let exhausted = entries.len() < BATCH;
+            let next_bound = entries.last().map(|(leaf, _, _)| *leaf).or(bound);
+            let mut batch: Vec<(ResourceKey, VersionRecord)> = Vec::with_capacity(entries.len());
+            for (_, key, version_id) in entries {
+                let Some(version) = self.shared.catalog.version(&key, Some(version_id))? else { continue };
+                if since.is_some_and(|since| version.last_updated < since) {
+                    reached_since = true;
+                    break;
                 }
-                batch
-            };
-            let exhausted = reached_since || batch.len() < BATCH;
-            bound = batch.last().map(|(_, version)| version.leaf_index).or(bound);
+                batch.push((key, version));
+            }
+            let exhausted = reached_since || exhausted;
+            bound = next_bound;
             for (key, record) in batch {
                 let leaf_index = record.leaf_index;
                 if let Some(version) = self.admit(&key, &record, Interaction::History, guard)? {
@@ -962,12 +999,17 @@ impl ResourceStore {
     /// What the deletion `version_id` deleted: the newest earlier version with content, and
     /// that content.
     pub fn deleted_content(&self, key: &ResourceKey, version_id: u64) -> Result<Option<(StoredVersion, Value)>, StoreError> {
-        let prior = {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            catalog.get(key).and_then(|history| {
-                history.versions.iter().take(version_id.saturating_sub(1) as usize).rev().find(|version| !version.is_deletion()).cloned()
-            })
-        };
+        let mut prior = None;
+        for earlier in (1..version_id).rev() {
+            match self.shared.catalog.version(key, Some(earlier))? {
+                Some(version) if !version.is_deletion() => {
+                    prior = Some(version);
+                    break;
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
         let Some(prior) = prior else { return Ok(None) };
         let version = self.load(key, &prior)?;
         let content = version.body.as_deref().and_then(|body| serde_json::from_slice(body).ok());
@@ -981,15 +1023,8 @@ impl ResourceStore {
 
 /// Fills the consent directory from the current version of every Consent.
 fn load_consents(shared: &Shared) -> Result<(), StoreError> {
-    let current: Vec<(ResourceKey, VersionRecord)> = {
-        let catalog = shared.catalog.read().expect("catalog lock");
-        catalog
-            .all_current("Consent")
-            .filter(|(_, version)| !version.is_deletion())
-            .map(|(key, version)| (key.clone(), version.clone()))
-            .collect()
-    };
-    for (key, record) in current {
+    let current = shared.catalog.current_versions(Some("Consent"))?;
+    for (key, record) in current.into_iter().filter(|(_, version)| !version.is_deletion()) {
         let version = load(shared, &key, &record)?;
         shared.consents.apply(&key.id, version.body.as_deref());
     }
@@ -1049,10 +1084,20 @@ fn load(shared: &Shared, key: &ResourceKey, version: &VersionRecord) -> Result<S
 }
 
 /// A resource's versions: `NotFound` if it has none, `Erased` if it was erased.
-fn history_of<'c>(catalog: &'c Catalog, key: &ResourceKey) -> Result<&'c catalog::ResourceHistory, StoreError> {
-    match catalog.get(key) {
+fn history_of(catalog: &Catalog, key: &ResourceKey) -> Result<catalog::ResourceHistory, StoreError> {
+    match catalog.get(key)? {
         Some(history) => Ok(history),
-        None if catalog.is_erased(key) => Err(StoreError::Erased(key.clone())),
+        None if catalog.is_erased(key)? => Err(StoreError::Erased(key.clone())),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// One version (`None`: the current one): `NotFound` if there is no such version, `Erased` if
+/// the resource was erased.
+fn version_of(catalog: &Catalog, key: &ResourceKey, version_id: Option<u64>) -> Result<VersionRecord, StoreError> {
+    match catalog.version(key, version_id)? {
+        Some(version) => Ok(version),
+        None if catalog.is_erased(key)? => Err(StoreError::Erased(key.clone())),
         None => Err(StoreError::NotFound),
     }
 }

@@ -36,10 +36,13 @@ pub struct CatalogDamage {
     pub reason: String,
 }
 
-/// The scans: `records` are the intact catalog records with their offsets, in file order;
-/// `readable_end` is where the catalog's intact records end (its crash tail, or its length).
+/// The scans: `records` are the intact catalog records with their offsets, in file order, from
+/// the record of ledger entry `first_leaf` on (a start reads only the records past those its
+/// catalog store holds; `verify` reads them all); `readable_end` is where the catalog's intact
+/// records end (its crash tail, or its length).
 pub(crate) struct Scanned<'a> {
     pub catalog_path: &'a Path,
+    pub first_leaf: u64,
     pub records: &'a [(u64, CatalogRecord)],
     pub readable_end: u64,
     pub tree_size: u64,
@@ -47,8 +50,12 @@ pub(crate) struct Scanned<'a> {
 }
 
 pub(crate) fn plan(scanned: &Scanned) -> Result<RecoveryPlan, CatalogDamage> {
-    let Scanned { catalog_path, records, readable_end, tree_size, checkpointed } = *scanned;
+    let Scanned { catalog_path, first_leaf, records, readable_end, tree_size, checkpointed } = *scanned;
     let damage = |offset: u64, reason: String| CatalogDamage { path: catalog_path.to_path_buf(), offset, reason };
+    if tree_size < first_leaf {
+        let offset = records.first().map_or(readable_end, |(offset, _)| *offset);
+        return Err(damage(offset, format!("its store holds ledger entries up to {first_leaf}, but the ledger only {tree_size}")));
+    }
     let unacknowledged =
         |record: &CatalogRecord| record.version.leaf_index >= tree_size || record.transaction_end_leaf.is_some_and(|end| end > tree_size);
     let cut_leaf = records.iter().filter(|(_, record)| unacknowledged(record)).map(|(_, record)| record.version.leaf_index).min();
@@ -63,22 +70,23 @@ pub(crate) fn plan(scanned: &Scanned) -> Result<RecoveryPlan, CatalogDamage> {
     }
     for (position, (offset, record)) in records.iter().enumerate() {
         let leaf_index = record.version.leaf_index;
-        if position as u64 >= kept_leaves {
+        let position = first_leaf + position as u64;
+        if position >= kept_leaves {
             if leaf_index < kept_leaves {
                 return Err(damage(*offset, format!("a second record of ledger entry {leaf_index}")));
             }
-        } else if leaf_index != position as u64 {
+        } else if leaf_index != position {
             return Err(damage(*offset, format!("the record of ledger entry {position} is missing (this one is of entry {leaf_index})")));
         }
     }
-    if (records.len() as u64) < kept_leaves {
+    let scanned_end = first_leaf + records.len() as u64;
+    if scanned_end < kept_leaves {
         let reason = format!(
-            "ledger entries {}..{kept_leaves} were acknowledged but have no catalog record; the intact records end here",
-            records.len()
+            "ledger entries {scanned_end}..{kept_leaves} were acknowledged but have no catalog record; the intact records end here"
         );
         return Err(damage(readable_end, reason));
     }
-    let kept_records = kept_leaves as usize;
+    let kept_records = (kept_leaves - first_leaf) as usize;
     Ok(RecoveryPlan {
         kept_records,
         ledger_cut: cut_leaf.filter(|cut_leaf| *cut_leaf < tree_size),
@@ -106,7 +114,7 @@ mod tests {
     ) -> Result<RecoveryPlan, CatalogDamage> {
         let readable_end = crash_tail.unwrap_or(100 * records.len() as u64);
         let path = Path::new("records/catalog.log");
-        plan(&Scanned { catalog_path: path, records, readable_end, tree_size, checkpointed })
+        plan(&Scanned { catalog_path: path, first_leaf: 0, records, readable_end, tree_size, checkpointed })
     }
 
     #[test]
@@ -132,5 +140,25 @@ mod tests {
         assert_eq!(check(&gap, None, 3, 0).unwrap_err().offset, 200);
         let twice = [record(0, None), record(1, None), (200, record(1, None).1)];
         assert_eq!(check(&twice, None, 2, 0).unwrap_err().offset, 200);
+    }
+
+    #[test]
+    fn a_start_checks_only_the_records_past_its_catalog_store() {
+        let tail: Vec<_> = (3..6).map(|leaf| record(leaf, None)).collect();
+        let scanned = |tree_size| Scanned {
+            catalog_path: Path::new("c"),
+            first_leaf: 3,
+            records: &tail,
+            readable_end: 600,
+            tree_size,
+            checkpointed: 3,
+        };
+        assert_eq!(plan(&scanned(6)), Ok(RecoveryPlan { kept_records: 3, ledger_cut: None, catalog_cut: None }));
+        assert_eq!(plan(&scanned(4)), Ok(RecoveryPlan { kept_records: 1, ledger_cut: None, catalog_cut: Some(400) }));
+        assert!(plan(&scanned(2)).unwrap_err().reason.contains("the ledger only 2"), "the store covers entries the ledger lost");
+        let gap = [record(4, None)];
+        let scanned =
+            Scanned { catalog_path: Path::new("c"), first_leaf: 3, records: &gap, readable_end: 500, tree_size: 5, checkpointed: 0 };
+        assert_eq!(plan(&scanned).unwrap_err().offset, 400);
     }
 }

@@ -2,8 +2,9 @@
 //! key no patient key holds; sealed blobs, and so their CIDs and the ledger, are untouched. Runs with the gateway stopped (the data
 //! directory lock enforces it).
 //!
-//! Crash safety: the re-wrapped catalog is written to `catalog.log.rotating`, synced and renamed
-//! over `catalog.log`; the patient keys likewise (`patients.keys.rotating`); only then are the
+//! Crash safety: the re-wrapped catalog is written to `catalog.log.rotating`, synced, the catalog
+//! store (`catalog.redb`, derived from the journal) removed, and the journal renamed over
+//! `catalog.log`; the patient keys likewise (`patients.keys.rotating`); only then are the
 //! old KEK files deleted. A crash at any point leaves either
 //! the old catalog with the old KEKs, or the new catalog with (possibly still) the old KEK files.
 
@@ -52,6 +53,11 @@ pub fn rotate_keys(data_directory: &Path) -> Result<String, String> {
     rotating.append(&encoded).map_err(|error| error.to_string())?;
     rotating.sync().map_err(|error| error.to_string())?;
     drop(rotating);
+    // The catalog store holds the old wrapped keys: removed first, the next start fills it again.
+    match std::fs::remove_file(layout.catalog_store()) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.to_string()),
+        _ => {}
+    }
     std::fs::rename(&rotating_path, layout.catalog()).map_err(|error| error.to_string())?;
     if let Some(directory) = layout.catalog().parent() {
         std::fs::File::open(directory).and_then(|directory| directory.sync_all()).map_err(|error| error.to_string())?;

@@ -244,26 +244,15 @@ impl Subscriber for IndexFeed {
                 *tree_size,
                 versions.iter().map(|version| version.body.map_or(0, <[u8]>::len)).sum(),
             ),
-            CommitEvent::PatientErased { erasure, leaf_index } => {
-                let catalog = shared.catalog.read().expect("catalog lock");
-                let jobs = erasure
-                    .resources
-                    .iter()
-                    .map(|key| IndexJob {
-                        key: key.clone(),
-                        leaf_index: *leaf_index,
-                        last_updated_ms: 0,
-                        entries: None,
-                        replaced_leaves: catalog
-                            .erased_versions(key)
-                            .iter()
-                            .filter(|version| !version.is_deletion())
-                            .map(|version| version.leaf_index)
-                            .collect(),
-                    })
-                    .collect();
-                (jobs, leaf_index + 1, 0)
-            }
+            CommitEvent::PatientErased { erasure, leaf_index } => match super::erasure::index_jobs(&shared, erasure, *leaf_index) {
+                Ok(jobs) => (jobs, leaf_index + 1, 0),
+                Err(error) => {
+                    // Reads refuse the erased resources whatever the index holds; the next start
+                    // deletes their documents (`erasure::resume`).
+                    tracing::error!(%error, "the erasure's index documents could not be listed");
+                    return;
+                }
+            },
             CommitEvent::CheckpointSigned { .. } => return,
         };
         // Cloned so that the indexer lock is not held while handing over.
@@ -491,20 +480,9 @@ fn recover(shared: &Shared, receiver: &std::sync::mpsc::Receiver<IndexMessage>) 
 /// version is covered: queued jobs of those versions are skipped.
 fn catch_up(shared: &Shared, from: u64) -> Result<u64, IndexError> {
     *shared.search.behind.lock().expect("behind lock") = None;
-    let (keys, through) = {
-        let catalog = shared.catalog.read().expect("catalog lock");
-        let mut through = from;
-        let mut keys = BTreeSet::new();
-        for (key, version) in catalog.all_records() {
-            through = through.max(version.leaf_index + 1);
-            if version.leaf_index >= from {
-                keys.insert(key.clone());
-            }
-        }
-        (keys, through)
-    };
+    let through = shared.catalog.marker().map_err(|error| IndexError::Store(error.to_string()))?.0.max(from);
+    let keys = shared.catalog.touched_since(from).map_err(|error| IndexError::Store(error.to_string()))?;
     tracing::info!(from, through, resources = keys.len(), "the search indexer fell behind; catching up from the store");
-    let keys: Vec<ResourceKey> = keys.into_iter().collect();
     for chunk in keys.chunks(5_000) {
         let jobs: Vec<IndexJob> = chunk.iter().filter_map(|key| job_from_store(shared, key)).collect();
         shared.search.add(&jobs)?;
@@ -515,7 +493,7 @@ fn catch_up(shared: &Shared, from: u64) -> Result<u64, IndexError> {
 /// The job that brings a resource's index document to its current version, read from the store
 /// (`None`: it cannot be read now; a read of it fails too, and is logged there).
 fn job_from_store(shared: &Shared, key: &ResourceKey) -> Option<IndexJob> {
-    let versions: Vec<VersionRecord> = shared.catalog.read().expect("catalog lock").get(key).map(|history| history.versions.clone())?;
+    let versions: Vec<VersionRecord> = shared.catalog.get(key).ok()??.versions;
     let current = versions.last()?;
     let replaced_leaves = versions.iter().filter(|version| !version.is_deletion()).map(|version| version.leaf_index).collect();
     let entries = match current.is_deletion() {
@@ -541,10 +519,7 @@ fn rebuild(shared: &Shared) -> Result<u64, IndexError> {
     tracing::warn!("rebuilding the search index from the store");
     *search.covered.lock().expect("covered lock") = 0;
     search.index.clear()?;
-    let current: Vec<(ResourceKey, VersionRecord)> = {
-        let catalog = shared.catalog.read().expect("catalog lock");
-        catalog.current_versions().map(|(key, version)| (key.clone(), version.clone())).collect()
-    };
+    let current = shared.catalog.current_versions(None).map_err(|error| IndexError::Store(error.to_string()))?;
     // The newest version of all is the current one of its resource.
     let through = current.iter().map(|(_, version)| version.leaf_index + 1).max().unwrap_or(0);
     let mut indexed = 0u64;
@@ -602,10 +577,7 @@ impl ResourceStore {
         if covered >= tree_size {
             return Ok(0);
         }
-        let keys: BTreeSet<ResourceKey> = {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            catalog.all_records().filter(|(_, version)| version.leaf_index >= covered).map(|(key, _)| key.clone()).collect()
-        };
+        let keys = self.shared.catalog.touched_since(covered)?;
         let mut jobs = Vec::with_capacity(keys.len());
         for key in keys {
             // Any of its versions may be indexed already (the index lags by up to a commit).
@@ -715,11 +687,8 @@ impl ResourceStore {
     /// current one and the guard can decide from what it knows.
     fn admits_unread(&self, hit: &Hit, guard: &dyn ReadGuard) -> Option<bool> {
         let key = ResourceKey::from_reference(&hit.key)?;
-        let version_id = {
-            let catalog = self.shared.catalog.read().expect("catalog lock");
-            let current = catalog.get(&key)?.current()?;
-            (current.leaf_index == hit.leaf_index && !current.is_deletion()).then_some(current.version_id)?
-        };
+        let current = self.shared.catalog.current(&key).ok()??;
+        let version_id = (current.leaf_index == hit.leaf_index && !current.is_deletion()).then_some(current.version_id)?;
         guard.admits_known(Interaction::Search, &key, version_id)
     }
 

@@ -100,7 +100,7 @@ impl ResourceStore {
                         }
                         _ => unreachable!("parse_bundle allows only instance or conditional DELETE"),
                     };
-                    match key.as_ref().and_then(|key| self.current_state(key)) {
+                    match key.as_ref().map(|key| self.current_state(key)).transpose().map_err(fail(position))?.flatten() {
                         Some((version_id, false)) => Plan::Write {
                             position,
                             key: key.expect("present"),
@@ -181,7 +181,7 @@ impl ResourceStore {
                     };
                     resolve_full_url(&mut resolved, &key);
                     let if_match = entry.if_match.as_deref().map(parse_if_match).transpose().map_err(fail(position))?;
-                    let current = self.current_state(&key);
+                    let current = self.current_state(&key).map_err(fail(position))?;
                     check_if_match(if_match, current).map_err(fail(position))?;
                     let mut resource = entry.resource.expect("parse_bundle requires a resource");
                     match resource.get("id").and_then(Value::as_str) {
@@ -245,7 +245,7 @@ impl ResourceStore {
                 bundle::rewrite_references(resource, &resolved);
                 validate(resource, leniency).map_err(fail(*position))?;
             }
-            let version_id = self.current_state(key).map_or(1, |(version_id, _)| version_id + 1);
+            let version_id = self.current_state(key).map_err(fail(*position))?.map_or(1, |(version_id, _)| version_id + 1);
             let write = commit::prepare(&self.shared, key, resource.take(), version_id, *kind, principal).map_err(fail(*position))?;
             prepared.push((write, expectation.clone()));
             write_positions.push(*position);
