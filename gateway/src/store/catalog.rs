@@ -397,6 +397,30 @@ fn read_marker(db: &impl ReadableDatabase) -> Result<(u64, u64), CatalogError> {
     Ok((leaves, end))
 }
 
+/// Records written into the store, not yet visible: [`Staged::commit`] makes them visible (and
+/// durable, when due); dropped, it leaves the store as it was.
+pub struct Staged<'c> {
+    write: redb::WriteTransaction,
+    state: std::sync::MutexGuard<'c, DurableState>,
+    durable: bool,
+    /// For each record, the leaf of the version it replaces as current (`None` after a
+    /// deletion, for a new resource, and for an erasure).
+    pub replaced_leaves: Vec<Option<u64>>,
+}
+
+impl Staged<'_> {
+    pub fn commit(self) -> Result<(), CatalogError> {
+        let Staged { write, mut state, durable, .. } = self;
+        write.commit()?;
+        if durable {
+            *state = DurableState { last_durable: Instant::now(), pending: false };
+        } else {
+            state.pending = true;
+        }
+        Ok(())
+    }
+}
+
 /// The catalog: lookups in the B-tree store. Written only by the commit pipeline (and at
 /// open), after the versions are durable in the ledger.
 pub struct Catalog {
@@ -460,8 +484,15 @@ impl Catalog {
     /// Applies records (in leaf order) that end at `catalog_end` in the journal. Durable if
     /// `durable`, or if the last durable commit is [`DURABLE_EVERY`] ago.
     pub fn apply(&self, records: &[CatalogRecord], catalog_end: u64, durable: bool) -> Result<(), CatalogError> {
+        self.stage(records, catalog_end, durable)?.commit()
+    }
+
+    /// Writes records into the store without making them visible: the commit thread stages a
+    /// group while the ledger syncs it, and commits once the ledger fsync is done.
+    pub fn stage(&self, records: &[CatalogRecord], catalog_end: u64, durable: bool) -> Result<Staged<'_>, CatalogError> {
         let mut write = self.db.begin_write()?;
-        let mut state = self.durability.lock().expect("catalog durability lock");
+        let state = self.durability.lock().expect("catalog durability lock");
+        let mut replaced_leaves = Vec::with_capacity(records.len());
         let durable = durable || state.last_durable.elapsed() >= DURABLE_EVERY;
         if durable {
             write.set_quick_repair(true);
@@ -480,6 +511,7 @@ impl Catalog {
             for record in records {
                 leaves = leaves.max(record.version.leaf_index + 1);
                 if let Some(erasure) = &record.erasure {
+                    replaced_leaves.push(None);
                     erasures.insert(record.version.leaf_index, encode_erasure(erasure).as_slice())?;
                     for key in &erasure.resources {
                         let name = resource_bytes(key);
@@ -509,6 +541,13 @@ impl Catalog {
                 let key = &record.key;
                 let name = resource_bytes(key);
                 let previous = resources.get(name.as_slice())?.map(|value| ResourceState::decode(value.value())).transpose()?;
+                let replaced = match &previous {
+                    Some(state) if state.flags & DELETED == 0 => {
+                        versions.get(version_bytes(key, state.current).as_slice())?.map(|value| decode_version(value.value())).transpose()?
+                    }
+                    _ => None,
+                };
+                replaced_leaves.push(replaced.map(|version| version.leaf_index));
                 for hash in previous.iter().flat_map(|state| &state.identifier_hashes) {
                     identifiers.remove([hash.as_slice(), &name].concat().as_slice())?;
                 }
@@ -535,13 +574,7 @@ impl Catalog {
             meta.insert("leaves", leaves)?;
             meta.insert("catalog-end", catalog_end)?;
         }
-        write.commit()?;
-        if durable {
-            *state = DurableState { last_durable: Instant::now(), pending: false };
-        } else {
-            state.pending = true;
-        }
-        Ok(())
+        Ok(Staged { write, state, durable, replaced_leaves })
     }
 
     /// Makes everything applied durable (a clean stop; and, when idle, [`DURABLE_EVERY`]).

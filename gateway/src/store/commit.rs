@@ -13,7 +13,6 @@
 //! If any step fails the store is poisoned: it answers the group with an error and refuses all
 //! later writes, so nothing that might not be durable is ever acknowledged.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -470,21 +469,28 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     let blocks: Vec<Block> =
         accepted.iter_mut().flat_map(|(writes, _)| writes.iter_mut()).flat_map(|prepared| std::mem::take(&mut prepared.blocks)).collect();
     let writes: Vec<&PreparedWrite> = accepted.iter().flat_map(|(writes, _)| writes.iter()).collect();
-    if let Err(error) = make_durable(shared, &blocks, &writes, &records, first_leaf_index) {
-        tracing::error!(%error, "storage failure during group commit; refusing further writes");
-        shared.poisoned.store(true, Ordering::SeqCst);
-        for (_, reply) in accepted {
-            let _ = reply.send(Err(StoreError::Unavailable("storage failure: the write was not stored".into())));
+    // The group becomes visible in the catalog store only after the ledger fsync.
+    let durable_and_staged = append(shared, &blocks, &records)
+        .and_then(|catalog_end| make_durable(shared, &writes, first_leaf_index).map(|()| catalog_end))
+        .map(|catalog_end| shared.catalog.stage(&records, catalog_end, false));
+    drop(writes);
+    let staged = match durable_and_staged {
+        Ok(staged) => staged,
+        Err(error) => {
+            tracing::error!(%error, "storage failure during group commit; refusing further writes");
+            shared.poisoned.store(true, Ordering::SeqCst);
+            for (_, reply) in accepted {
+                let _ = reply.send(Err(StoreError::Unavailable("storage failure: the write was not stored".into())));
+            }
+            answer_refused(refused);
+            return;
         }
-        answer_refused(refused);
-        return;
-    }
+    };
     // The version each write replaces in the search index: the current one before it.
-    let applied = replaced_leaves(shared, &records).and_then(|replaced| {
-        shared.catalog.apply(&records, shared.catalog_journal.end(), false)?;
-        Ok(replaced)
-    });
-    let replaced_leaves = match applied {
+    let replaced_leaves = match staged.and_then(|staged| {
+        let replaced = staged.replaced_leaves.clone();
+        staged.commit().map(|()| replaced)
+    }) {
         Ok(replaced) => replaced,
         Err(error) => {
             // Durable in the ledger and the journal: the next start applies them.
@@ -532,32 +538,18 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     answer_refused(refused);
 }
 
-/// For each record, the leaf of the version it replaces as current, unless that is a deletion
-/// (earlier records of the same group count).
-fn replaced_leaves(shared: &Shared, records: &[CatalogRecord]) -> Result<Vec<Option<u64>>, CatalogError> {
-    let mut in_group: HashMap<&ResourceKey, &VersionRecord> = HashMap::new();
-    let mut replaced = Vec::with_capacity(records.len());
-    for record in records {
-        let current = match in_group.get(&record.key) {
-            Some(version) => Some((*version).clone()),
-            None => shared.catalog.current(&record.key)?,
-        };
-        replaced.push(current.filter(|version| !version.is_deletion()).map(|version| version.leaf_index));
-        in_group.insert(&record.key, &record.version);
-    }
-    Ok(replaced)
-}
-
-fn make_durable(
-    shared: &Shared,
-    blocks: &[Block],
-    writes: &[&PreparedWrite],
-    records: &[CatalogRecord],
-    first_leaf_index: u64,
-) -> Result<(), String> {
+/// Writes a group's blocks and catalog records (not yet durable); returns where the catalog
+/// journal now ends.
+fn append(shared: &Shared, blocks: &[Block], records: &[CatalogRecord]) -> Result<u64, String> {
     shared.blobs.put_blocks(blocks).map_err(|error| error.to_string())?;
     let encoded: Vec<Vec<u8>> = records.iter().map(CatalogRecord::encode).collect();
     shared.catalog_journal.append(&encoded).map_err(|error| error.to_string())?;
+    Ok(shared.catalog_journal.end())
+}
+
+/// Syncs what [`append`] wrote (and new patient keys), then appends the group's ledger leaves
+/// and syncs them: the commit point.
+fn make_durable(shared: &Shared, writes: &[&PreparedWrite], first_leaf_index: u64) -> Result<(), String> {
     shared.blobs.sync().map_err(|error| error.to_string())?;
     shared.keyring.read().expect("keyring lock").patients().sync().map_err(|error| format!("patient keys: {error}"))?;
     shared.catalog_journal.sync().map_err(|error| error.to_string())?;
