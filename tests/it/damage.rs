@@ -15,6 +15,7 @@ use crate::harness::{Gateway, json_body};
 const PACK: &str = "blocks/blocks.pack";
 const CATALOG: &str = "records/catalog.log";
 const CATALOG_STORE: &str = "records/catalog.redb";
+const PACK_INDEX: &str = "blocks/index.redb";
 const ENTRIES: &str = "ledger/entries.log";
 const CHECKPOINTS: &str = "ledger/checkpoints.log";
 
@@ -61,11 +62,14 @@ impl Snapshot {
     }
 
     /// The files that differ from the snapshot now, but for derived state (the ledger's index
-    /// of offsets and hashes, which a start may rebuild before it refuses, and the catalog
-    /// store, which a start after a crash repairs first).
+    /// of offsets and hashes, which a start may rebuild before it refuses, the catalog store,
+    /// which a start after a crash repairs first, and the pack index, which a start extends).
     fn changed(&self, root: &Path) -> Vec<PathBuf> {
         let derived = |file: &Path| {
-            file.ends_with("entries.idx") || file.components().any(|part| part.as_os_str() == "hashes") || file == Path::new(CATALOG_STORE)
+            file.ends_with("entries.idx")
+                || file.components().any(|part| part.as_os_str() == "hashes")
+                || file == Path::new(CATALOG_STORE)
+                || file == Path::new(PACK_INDEX)
         };
         self.0
             .iter()
@@ -287,19 +291,21 @@ async fn assert_named_refused_then_restored(
 }
 
 /// Flips bit `bit` of byte `byte` of the 11th frame's length in `file` (of `resources`
-/// written, frames with `overhead` bytes besides the record), then: `verify` and the refused
-/// start both name the frame's offset, and nothing is cut.
-async fn a_flipped_length_is_named(resources: usize, file: &str, overhead: usize, byte: usize, bit: u8) {
+/// written, frames with `overhead` bytes besides the record) and removes the `derived` index
+/// that covers it, then: `verify` and the refused start both name the frame's offset, and
+/// nothing is cut.
+async fn a_flipped_length_is_named(resources: usize, file: &str, overhead: usize, byte: usize, bit: u8, derived: &str) {
     let (mut gateway, written, snapshot) = stopped_with(resources, &[]).await;
     let frame = frame_offsets(snapshot.bytes(file), overhead)[10];
     std::fs::write(gateway.data.path().join(file), Damage::Flip { offset: frame + byte, bit }.apply(snapshot.bytes(file))).unwrap();
+    std::fs::remove_file(gateway.data.path().join(derived)).unwrap();
     let reported = format!("{file}: damaged record at offset {frame}");
     assert_named_refused_then_restored(&mut gateway, &snapshot, &written, file, frame, &reported).await;
 }
 
 #[tokio::test]
 async fn a_flipped_length_in_the_pack_is_named_not_truncated() {
-    a_flipped_length_is_named(40, PACK, PACK_OVERHEAD, 1, 5).await;
+    a_flipped_length_is_named(40, PACK, PACK_OVERHEAD, 1, 5, PACK_INDEX).await;
 }
 
 #[tokio::test]

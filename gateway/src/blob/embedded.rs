@@ -8,8 +8,9 @@
 //!
 //! There is no separate checksum: the CID is one. A removed block (`Patient/$purge`) keeps its
 //! `record_len`; everything after it is overwritten with zeros (`cid_len` 0), so the bytes are
-//! gone while the records after it stay where they are. On open the file is scanned, every record is
-//! checked against its CID, and the index (CID → offset) is rebuilt in memory. The rule is the
+//! gone while the records after it stay where they are. The index (CID → offset) is kept on disk
+//! ([`super::pack_index`]); on open the pack is scanned past the offset the index covers (all of
+//! it when there is no index), every record checked against its CID and added. The rule is the
 //! journal's (`crate::journal`, with [`crate::journal::is_crash_tail`]): only an incomplete last
 //! record, past the last intact one, with no intact record in or after it, is a crash tail; a
 //! whole record that does not match its CID, or a length that points past the end while intact
@@ -24,6 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
+use super::pack_index::{BlockLocation, PackIndex};
 use super::unixfs::block_matches;
 use super::{BlobError, BlobStore, Block, Cid};
 
@@ -32,7 +34,7 @@ const MAX_RECORD_LEN: u32 = 4 * 1024 * 1024;
 pub struct EmbeddedBlockstore {
     reader: File,
     writer: Mutex<PackWriter>,
-    index: RwLock<HashMap<Cid, BlockLocation>>,
+    index: Locations,
 }
 
 struct PackWriter {
@@ -40,11 +42,24 @@ struct PackWriter {
     end: u64,
 }
 
-#[derive(Clone, Copy)]
-struct BlockLocation {
-    data_offset: u64,
-    data_len: u32,
+/// Where each block is: on disk for a running store, in memory for `verify` (which must not
+/// change the data directory).
+enum Locations {
+    Disk(PackIndex),
+    Memory(RwLock<HashMap<Cid, BlockLocation>>),
 }
+
+impl Locations {
+    fn get(&self, cid: &Cid) -> Result<Option<BlockLocation>, BlobError> {
+        match self {
+            Locations::Disk(index) => index.get(cid),
+            Locations::Memory(index) => Ok(index.read().expect("index lock").get(cid).copied()),
+        }
+    }
+}
+
+/// Blocks found by a scan are indexed in chunks of this many (a first scan of a large pack).
+const SCAN_CHUNK: usize = 100_000;
 
 /// What opening found in the pack file.
 #[derive(Debug, Default)]
@@ -67,56 +82,80 @@ impl EmbeddedBlockstore {
     /// readable part ends); only then cuts off a crash tail.
     pub fn open(directory: &Path, acknowledged_roots: &[Cid]) -> Result<Self, BlobError> {
         let path = directory.join("blocks.pack");
-        let (store, scan) = Self::open_with(directory, true)?;
+        std::fs::create_dir_all(directory)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        File::open(directory)?.sync_all()?;
+        let index = PackIndex::open(&directory.join("index.redb"))?;
+        let covered = index.covered()?;
+        let file_len = file.metadata()?.len();
+        if covered > file_len {
+            let what = format!("its index covers {covered} bytes; the pack was cut");
+            return Err(BlobError::Damaged { path, offset: file_len, what });
+        }
+        // Indexed in chunks (the marker moves only at the end), so a first scan of a large pack
+        // holds one chunk in memory.
+        let mut found: Vec<(Cid, BlockLocation)> = Vec::new();
+        let mut chunk_error = None;
+        let scan = scan(&file, covered, |cid, location| {
+            found.push((cid, location));
+            if found.len() >= SCAN_CHUNK && chunk_error.is_none() {
+                chunk_error = index.put_scanned(&std::mem::take(&mut found), None).err();
+            }
+        })?;
+        if let Some(error) = chunk_error {
+            return Err(error);
+        }
         if let Some(offset) = scan.damaged_offsets.first() {
             let what = format!("{} damaged record(s); a block does not match its CID or its length is wrong", scan.damaged_offsets.len());
             return Err(BlobError::Damaged { path, offset: *offset, what });
         }
-        let index = store.index.read().expect("index lock");
-        let missing = acknowledged_roots.iter().filter(|cid| !index.contains_key(cid)).count();
-        if let Some(first) = acknowledged_roots.iter().find(|cid| !index.contains_key(cid)) {
+        let tail: HashMap<Cid, BlockLocation> = found.iter().copied().collect();
+        let mut missing = Vec::new();
+        for cid in acknowledged_roots {
+            if !tail.contains_key(cid) && index.get(cid)?.is_none() {
+                missing.push(*cid);
+            }
+        }
+        if let Some(first) = missing.first() {
             let readable_end = scan.crash_tail.unwrap_or(scan.file_len);
             let what = format!(
-                "{missing} blob(s) of acknowledged writes are missing, the first {first}; the readable part ends here, the file is {} bytes",
+                "{} blob(s) of acknowledged writes are missing, the first {first}; the readable part ends here, the file is {} bytes",
+                missing.len(),
                 scan.file_len
             );
             return Err(BlobError::Damaged { path, offset: readable_end, what });
         }
-        drop(index);
-        if let Some(valid_end) = scan.crash_tail {
-            let mut writer = store.writer.lock().map_err(|_| BlobError::Corrupt("writer lock poisoned".into()))?;
+        let valid_end = scan.crash_tail.unwrap_or(scan.file_len);
+        index.put_scanned(&found, Some(valid_end))?;
+        if scan.crash_tail.is_some() {
             tracing::warn!(valid_end, file_len = scan.file_len, "blockstore: cutting off an incomplete last record left by a crash");
-            writer.file.set_len(valid_end)?;
-            writer.file.sync_all()?;
-            writer.end = valid_end;
+            file.set_len(valid_end)?;
+            file.sync_all()?;
         }
-        Ok(store)
+        let writer = Mutex::new(PackWriter { file, end: valid_end });
+        Ok(EmbeddedBlockstore { reader: File::open(&path)?, writer, index: Locations::Disk(index) })
     }
 
     /// Whether a block with this CID was found intact.
     pub fn holds(&self, cid: &Cid) -> bool {
-        self.index.read().expect("index lock").contains_key(cid)
+        self.index.get(cid).is_ok_and(|location| location.is_some())
     }
 
-    /// Opens without changing anything on disk (for `verify`).
+    /// Opens without changing anything on disk (for `verify`): scans the whole pack into an
+    /// index in memory.
     pub fn open_read_only(directory: &Path) -> Result<(Self, PackScan), BlobError> {
-        Self::open_with(directory, false)
-    }
-
-    fn open_with(directory: &Path, writable: bool) -> Result<(Self, PackScan), BlobError> {
         let path = directory.join("blocks.pack");
-        if writable {
-            std::fs::create_dir_all(directory)?;
-        }
-        let file = OpenOptions::new().read(true).write(writable).create(writable).truncate(false).open(&path)?;
-        if writable {
-            File::open(directory)?.sync_all()?;
-        }
-        let (index, scan) = scan(&file)?;
-        // Appends go after the crash tail until `open` has cut it (refused opens never append).
+        let file = File::open(&path)?;
+        let mut index = HashMap::new();
+        let scan = scan(&file, 0, |cid, location| {
+            index.insert(cid, location);
+        })?;
         let end = scan.file_len;
-        let store =
-            EmbeddedBlockstore { reader: File::open(&path)?, writer: Mutex::new(PackWriter { file, end }), index: RwLock::new(index) };
+        let store = EmbeddedBlockstore {
+            reader: File::open(&path)?,
+            writer: Mutex::new(PackWriter { file, end }),
+            index: Locations::Memory(RwLock::new(index)),
+        };
         Ok((store, scan))
     }
 }
@@ -174,23 +213,24 @@ fn is_crash_tail_at(file: &File, offset: u64, file_len: u64) -> std::io::Result<
     Ok(crate::journal::is_crash_tail(&tail, 4, MAX_RECORD_LEN, record_is_intact))
 }
 
-fn scan(file: &File) -> Result<(HashMap<Cid, BlockLocation>, PackScan), BlobError> {
+/// Reads the pack from `start` (a record boundary), calling `on_block` for every intact block.
+fn scan(file: &File, start: u64, mut on_block: impl FnMut(Cid, BlockLocation)) -> Result<PackScan, BlobError> {
     let file_len = file.metadata()?.len();
-    let mut index = HashMap::new();
     let mut found = PackScan { file_len, ..PackScan::default() };
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(start))?;
+    let mut offset = start;
     while offset < file_len {
         let mut header = [0u8; 6];
         if file_len - offset < 6 {
-            return unreadable_from(file, offset, index, found);
+            return unreadable_from(file, offset, found);
         }
         reader.read_exact(&mut header)?;
         let record_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         let cid_len = u16::from_le_bytes(header[4..].try_into().expect("2 bytes")) as u32;
         let record_end = offset + 4 + record_len as u64;
         if record_len > MAX_RECORD_LEN || cid_len == 1 || cid_len + 2 > record_len || record_end > file_len {
-            return unreadable_from(file, offset, index, found);
+            return unreadable_from(file, offset, found);
         }
         let mut body = vec![0u8; (record_len - 2) as usize];
         reader.read_exact(&mut body)?;
@@ -199,47 +239,45 @@ fn scan(file: &File) -> Result<(HashMap<Cid, BlockLocation>, PackScan), BlobErro
             _ if cid_len == 0 && body.iter().all(|byte| *byte == 0) => {}
             Ok(cid) if block_matches(&cid, data) => {
                 let data_offset = offset + 6 + cid_len as u64;
-                index.insert(cid, BlockLocation { data_offset, data_len: data.len() as u32 });
+                on_block(cid, BlockLocation { data_offset, data_len: data.len() as u32 });
             }
             _ if is_crash_tail_at(file, offset, file_len)? => {
                 found.crash_tail = Some(offset);
-                return Ok((index, found));
+                return Ok(found);
             }
             _ => {
                 found.damaged_offsets.push(offset);
                 // Its length may be the damaged part: read on only if a whole record follows.
                 if !starts_a_record(file, record_end, file_len)? {
-                    return Ok((index, found));
+                    return Ok(found);
                 }
             }
         }
         offset = record_end;
     }
-    Ok((index, found))
+    Ok(found)
 }
 
 /// The scan's end at a record whose header cannot be read as a whole record.
-fn unreadable_from(
-    file: &File,
-    offset: u64,
-    index: HashMap<Cid, BlockLocation>,
-    mut found: PackScan,
-) -> Result<(HashMap<Cid, BlockLocation>, PackScan), BlobError> {
+fn unreadable_from(file: &File, offset: u64, mut found: PackScan) -> Result<PackScan, BlobError> {
     if is_crash_tail_at(file, offset, found.file_len)? {
         found.crash_tail = Some(offset);
     } else {
         found.damaged_offsets.push(offset);
     }
-    Ok((index, found))
+    Ok(found)
 }
 
 impl BlobStore for EmbeddedBlockstore {
     fn put_blocks(&self, blocks: &[Block]) -> Result<(), BlobError> {
+        let Locations::Disk(index) = &self.index else {
+            return Err(BlobError::Corrupt("the pack was opened read-only".into()));
+        };
         let mut writer = self.writer.lock().map_err(|_| BlobError::Corrupt("writer lock poisoned".into()))?;
         let mut buffer = Vec::new();
-        let mut new_locations = Vec::with_capacity(blocks.len());
+        let mut new_locations: Vec<(Cid, BlockLocation)> = Vec::with_capacity(blocks.len());
         for block in blocks {
-            if self.index.read().expect("index lock").contains_key(&block.cid) {
+            if new_locations.iter().any(|(cid, _)| *cid == block.cid) || index.get(&block.cid)?.is_some() {
                 continue;
             }
             let cid_bytes = block.cid.to_bytes();
@@ -257,13 +295,12 @@ impl BlobStore for EmbeddedBlockstore {
         let end = writer.end;
         writer.file.write_all_at(&buffer, end)?;
         writer.end += buffer.len() as u64;
-        let mut index = self.index.write().expect("index lock");
-        index.extend(new_locations);
+        index.put_pending(new_locations);
         Ok(())
     }
 
     fn get_block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, BlobError> {
-        let Some(location) = self.index.read().expect("index lock").get(cid).copied() else {
+        let Some(location) = self.index.get(cid)? else {
             return Ok(None);
         };
         let mut data = vec![0u8; location.data_len as usize];
@@ -274,25 +311,35 @@ impl BlobStore for EmbeddedBlockstore {
     fn sync(&self) -> Result<(), BlobError> {
         let writer = self.writer.lock().map_err(|_| BlobError::Corrupt("writer lock poisoned".into()))?;
         writer.file.sync_data()?;
+        if let Locations::Disk(index) = &self.index {
+            index.synced_to(writer.end);
+        }
         Ok(())
     }
 
     fn cids(&self) -> Result<Vec<Cid>, BlobError> {
-        Ok(self.index.read().expect("index lock").keys().copied().collect())
+        match &self.index {
+            Locations::Disk(index) => index.cids(),
+            Locations::Memory(index) => Ok(index.read().expect("index lock").keys().copied().collect()),
+        }
     }
 
     fn remove_blocks(&self, cids: &[Cid]) -> Result<(), BlobError> {
+        let Locations::Disk(index) = &self.index else {
+            return Err(BlobError::Corrupt("the pack was opened read-only".into()));
+        };
+        // Zeroed first, then forgotten: a crash in between leaves the index naming zeros, which
+        // the erasure finds unfinished and removes again.
         let writer = self.writer.lock().map_err(|_| BlobError::Corrupt("writer lock poisoned".into()))?;
         for cid in cids {
-            let Some(location) = self.index.write().expect("index lock").remove(cid) else {
-                continue;
-            };
+            let Some(location) = index.get(cid)? else { continue };
             let cid_len = cid.to_bytes().len() as u64;
             // Everything after `record_len`: `cid_len`, the CID and the data.
             let zeros = vec![0u8; 2 + cid_len as usize + location.data_len as usize];
             writer.file.write_all_at(&zeros, location.data_offset - cid_len - 2)?;
         }
         writer.file.sync_data()?;
+        index.remove(cids)?;
         Ok(())
     }
 }
@@ -370,6 +417,8 @@ mod tests {
         let path = directory.join("blocks.pack");
         let length = std::fs::metadata(&path).unwrap().len();
         OpenOptions::new().write(true).open(&path).unwrap().set_len(length - 3).unwrap();
+        // As a crash before the index covered the last blob leaves it (it covers only synced bytes).
+        std::fs::remove_file(directory.join("index.redb")).unwrap();
         (kept_root, last_root, last_blocks, length - 3)
     }
 
@@ -414,9 +463,19 @@ mod tests {
         let record_len = u32::from_le_bytes(original[..4].try_into().unwrap()) as usize;
         let second = 4 + record_len;
         for (offset, bit) in [(second, 6), (second + 2, 0), (second + 3, 7)] {
+            std::fs::write(&path, &original).unwrap();
+            drop(EmbeddedBlockstore::open(&directory, &[]).unwrap());
             let mut damaged = original.clone();
             damaged[offset] ^= 1 << bit;
             std::fs::write(&path, &damaged).unwrap();
+            // The index covers the record: an open does not read its length (nor does a read,
+            // which still finds the block intact); `verify`'s scan names it (below).
+            let store = EmbeddedBlockstore::open(&directory, &[]).unwrap();
+            let cid = file_blocks(&contents[1]).0;
+            assert!(crate::blob::unixfs::block_matches(&cid, &store.get_block(&cid).unwrap().unwrap()));
+            drop(store);
+            // Without the index, the open must scan the record, and refuses.
+            std::fs::remove_file(directory.join("index.redb")).unwrap();
             let error = EmbeddedBlockstore::open(&directory, &[]).err().expect("refused");
             assert!(error.to_string().contains(&format!("damaged at offset {second}")), "{error}");
             assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing was cut");

@@ -9,6 +9,7 @@
 pub mod cid;
 mod embedded;
 mod memory;
+mod pack_index;
 pub mod unixfs;
 
 pub use cid::{Cid, CidVersion};

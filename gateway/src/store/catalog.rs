@@ -542,9 +542,10 @@ impl Catalog {
                 let name = resource_bytes(key);
                 let previous = resources.get(name.as_slice())?.map(|value| ResourceState::decode(value.value())).transpose()?;
                 let replaced = match &previous {
-                    Some(state) if state.flags & DELETED == 0 => {
-                        versions.get(version_bytes(key, state.current).as_slice())?.map(|value| decode_version(value.value())).transpose()?
-                    }
+                    Some(state) if state.flags & DELETED == 0 => versions
+                        .get(version_bytes(key, state.current).as_slice())?
+                        .map(|value| decode_version(value.value()))
+                        .transpose()?,
                     _ => None,
                 };
                 replaced_leaves.push(replaced.map(|version| version.leaf_index));

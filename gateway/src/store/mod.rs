@@ -1291,6 +1291,7 @@ mod tests {
         assert_eq!(store.read(&kept.version.key).unwrap().body, kept.version.body);
         store.close().await;
         drop(store);
+        drop(blobs);
 
         let reopened = ResourceStore::open(&directory, StoreOptions::default()).unwrap();
         assert_eq!(reopened.ledger().tree_size(), 1);
