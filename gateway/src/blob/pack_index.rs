@@ -24,6 +24,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// The store's page cache.
 const CACHE_BYTES: usize = 16 << 20;
+/// Locations kept in memory (recently read or flushed), about 80 bytes each.
+const CACHED_LOCATIONS: usize = 65_536;
 
 /// binary CID → data offset (u64 LE) | data length (u32 LE).
 const LOCATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("locations");
@@ -67,6 +69,11 @@ struct Shared {
     /// brings back a location removed meanwhile.
     flushing: Mutex<Instant>,
     stop: AtomicBool,
+    /// Locations recently read from `db`. A removal bumps `removals` (under `cache_writes`); a
+    /// reader keeps what it read only if none came between its read and its insert.
+    cache: quick_cache::sync::Cache<Cid, BlockLocation>,
+    removals: AtomicU64,
+    cache_writes: Mutex<()>,
 }
 
 pub(super) struct PackIndex {
@@ -88,6 +95,9 @@ impl PackIndex {
             synced_end: AtomicU64::new(0),
             flushing: Mutex::new(Instant::now()),
             stop: AtomicBool::new(false),
+            cache: quick_cache::sync::Cache::new(CACHED_LOCATIONS),
+            removals: AtomicU64::new(0),
+            cache_writes: Mutex::new(()),
         });
         let flusher = {
             let shared = shared.clone();
@@ -149,9 +159,21 @@ impl PackIndex {
         if let Some(location) = self.shared.pending.read().expect("pending lock").get(cid) {
             return Ok(Some(*location));
         }
+        if let Some(location) = self.shared.cache.get(cid) {
+            return Ok(Some(location));
+        }
+        let read_at = self.shared.removals.load(Ordering::SeqCst);
         let read = self.shared.db.begin_read().map_err(store_error)?;
         let table = read.open_table(LOCATIONS).map_err(store_error)?;
-        table.get(cid.to_bytes().as_slice()).map_err(store_error)?.map(|value| BlockLocation::decode(value.value())).transpose()
+        let found =
+            table.get(cid.to_bytes().as_slice()).map_err(store_error)?.map(|value| BlockLocation::decode(value.value())).transpose()?;
+        if let Some(location) = found {
+            let _cache_writes = self.shared.cache_writes.lock().expect("cache lock");
+            if self.shared.removals.load(Ordering::SeqCst) == read_at {
+                self.shared.cache.insert(*cid, location);
+            }
+        }
+        Ok(found)
     }
 
     /// Forgets blocks (their records were zeroed), durably.
@@ -159,9 +181,12 @@ impl PackIndex {
         let _flushing = self.shared.flushing.lock().expect("flush lock");
         {
             let mut pending = self.shared.pending.write().expect("pending lock");
+            let _cache_writes = self.shared.cache_writes.lock().expect("cache lock");
             for cid in cids {
                 pending.remove(cid);
+                self.shared.cache.remove(cid);
             }
+            self.shared.removals.fetch_add(1, Ordering::SeqCst);
         }
         let mut write = self.shared.db.begin_write().map_err(store_error)?;
         write.set_quick_repair(true);

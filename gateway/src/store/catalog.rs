@@ -14,8 +14,10 @@
 //! The catalog is local state, never published: it holds resource ids and wrapped data keys.
 //! Identifiers (e.g. MRNs) appear only as keyed hashes, for conditional create.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -403,6 +405,10 @@ pub struct Staged<'c> {
     write: redb::WriteTransaction,
     state: std::sync::MutexGuard<'c, DurableState>,
     durable: bool,
+    cache: &'c CurrentCache,
+    /// What the commit changes in the cache: a new current version, or (`None`) an erasure.
+    updates: Vec<(ResourceKey, Option<VersionRecord>)>,
+    erased_holders: Vec<PatientSlot>,
     /// For each record, the leaf of the version it replaces as current (`None` after a
     /// deletion, for a new resource, and for an erasure).
     pub replaced_leaves: Vec<Option<u64>>,
@@ -410,8 +416,19 @@ pub struct Staged<'c> {
 
 impl Staged<'_> {
     pub fn commit(self) -> Result<(), CatalogError> {
-        let Staged { write, mut state, durable, .. } = self;
+        let Staged { write, mut state, durable, cache, updates, erased_holders, .. } = self;
+        let _writing = cache.writing.lock().expect("catalog cache lock");
         write.commit()?;
+        for (key, current) in updates {
+            match current {
+                Some(version) => cache.entries.insert(key, version),
+                None => {
+                    cache.entries.remove(&key);
+                }
+            }
+        }
+        cache.erased_holders.write().expect("erased holders lock").extend(erased_holders);
+        cache.generation.fetch_add(1, Ordering::SeqCst);
         if durable {
             *state = DurableState { last_durable: Instant::now(), pending: false };
         } else {
@@ -426,7 +443,34 @@ impl Staged<'_> {
 pub struct Catalog {
     db: Database,
     durability: Mutex<DurableState>,
+    cache: CurrentCache,
 }
+
+/// The current version of resources recently read or written (never of an erased one), and the
+/// patient keys erasures destroyed: most reads by id and most checks of the commit thread are
+/// answered without the B-tree store. Bounded by `--cache-mb`.
+struct CurrentCache {
+    entries: quick_cache::sync::Cache<ResourceKey, VersionRecord>,
+    /// Bumped by every commit (under `writing`, after it updated `entries`): a reader that
+    /// missed keeps what it read only if no commit came between its read and its insert.
+    generation: AtomicU64,
+    writing: Mutex<()>,
+    erased_holders: RwLock<HashSet<PatientSlot>>,
+}
+
+impl CurrentCache {
+    fn keep(&self, key: &ResourceKey, version: &VersionRecord, read_at: u64) {
+        let _writing = self.writing.lock().expect("catalog cache lock");
+        if self.generation.load(Ordering::SeqCst) == read_at {
+            self.entries.insert(key.clone(), version.clone());
+        }
+    }
+}
+
+/// Of `--cache-mb`, the share of the current-version cache (the rest is the B-tree store's page
+/// cache), and the bytes one entry is reckoned at.
+const CURRENT_CACHE_SHARE: usize = 4;
+const CURRENT_ENTRY_BYTES: usize = 512;
 
 struct DurableState {
     last_durable: Instant,
@@ -437,7 +481,7 @@ struct DurableState {
 impl Catalog {
     /// Opens (creating) the store at `path` with a page cache of `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Catalog, CatalogError> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+        let db = Database::builder().set_cache_size(cache_bytes - cache_bytes / CURRENT_CACHE_SHARE).create(path)?;
         // Tables are created once: opening an existing store writes nothing (a refused start
         // leaves every file as it was).
         let created = match db.begin_read()?.open_table(META) {
@@ -456,7 +500,20 @@ impl Catalog {
             write.open_table(META)?;
             write.commit()?;
         }
-        Ok(Catalog { db, durability: Mutex::new(DurableState { last_durable: Instant::now(), pending: false }) })
+        let mut erased_holders = HashSet::new();
+        {
+            let read = db.begin_read()?;
+            for entry in read.open_table(ERASURES)?.iter()? {
+                erased_holders.extend(decode_erasure(entry?.1.value())?.patient_key);
+            }
+        }
+        let cache = CurrentCache {
+            entries: quick_cache::sync::Cache::new((cache_bytes / CURRENT_CACHE_SHARE / CURRENT_ENTRY_BYTES).max(1024)),
+            generation: AtomicU64::new(0),
+            writing: Mutex::new(()),
+            erased_holders: RwLock::new(erased_holders),
+        };
+        Ok(Catalog { db, durability: Mutex::new(DurableState { last_durable: Instant::now(), pending: false }), cache })
     }
 
     /// How many ledger leaves the store covers, and the catalog offset after them.
@@ -493,6 +550,8 @@ impl Catalog {
         let mut write = self.db.begin_write()?;
         let state = self.durability.lock().expect("catalog durability lock");
         let mut replaced_leaves = Vec::with_capacity(records.len());
+        let mut updates = Vec::with_capacity(records.len());
+        let mut erased_holders = Vec::new();
         let durable = durable || state.last_durable.elapsed() >= DURABLE_EVERY;
         if durable {
             write.set_quick_repair(true);
@@ -512,6 +571,8 @@ impl Catalog {
                 leaves = leaves.max(record.version.leaf_index + 1);
                 if let Some(erasure) = &record.erasure {
                     replaced_leaves.push(None);
+                    updates.extend(erasure.resources.iter().map(|key| (key.clone(), None)));
+                    erased_holders.extend(erasure.patient_key);
                     erasures.insert(record.version.leaf_index, encode_erasure(erasure).as_slice())?;
                     for key in &erasure.resources {
                         let name = resource_bytes(key);
@@ -549,6 +610,7 @@ impl Catalog {
                     _ => None,
                 };
                 replaced_leaves.push(replaced.map(|version| version.leaf_index));
+                updates.push((key.clone(), Some(record.version.clone())));
                 for hash in previous.iter().flat_map(|state| &state.identifier_hashes) {
                     identifiers.remove([hash.as_slice(), &name].concat().as_slice())?;
                 }
@@ -575,7 +637,7 @@ impl Catalog {
             meta.insert("leaves", leaves)?;
             meta.insert("catalog-end", catalog_end)?;
         }
-        Ok(Staged { write, state, durable, replaced_leaves })
+        Ok(Staged { write, state, durable, cache: &self.cache, updates, erased_holders, replaced_leaves })
     }
 
     /// Makes everything applied durable (a clean stop; and, when idle, [`DURABLE_EVERY`]).
@@ -626,6 +688,12 @@ impl Catalog {
 
     /// Version `version_id` (`None`: the current one), unless the resource was erased.
     pub fn version(&self, key: &ResourceKey, version_id: Option<u64>) -> Result<Option<VersionRecord>, CatalogError> {
+        if let Some(current) = self.cache.entries.get(key)
+            && version_id.is_none_or(|version_id| version_id == current.version_id)
+        {
+            return Ok(Some(current));
+        }
+        let read_at = self.cache.generation.load(Ordering::SeqCst);
         let read = self.db.begin_read()?;
         let resources = read.open_table(RESOURCES)?;
         let Some(state) = resources.get(resource_bytes(key).as_slice())?.map(|value| ResourceState::decode(value.value())).transpose()?
@@ -636,19 +704,25 @@ impl Catalog {
             return Ok(None);
         }
         let versions = read.open_table(VERSIONS)?;
-        let version_id = version_id.unwrap_or(state.current);
-        let found = versions.get(version_bytes(key, version_id).as_slice())?.map(|value| decode_version(value.value())).transpose()?;
+        let wanted = version_id.unwrap_or(state.current);
+        let found = versions.get(version_bytes(key, wanted).as_slice())?.map(|value| decode_version(value.value())).transpose()?;
+        if let Some(current) = found.as_ref().filter(|found| found.version_id == state.current) {
+            self.cache.keep(key, current, read_at);
+        }
         Ok(found)
     }
 
     /// Whether the resource was erased (`Patient/$purge`).
     pub fn is_erased(&self, key: &ResourceKey) -> Result<bool, CatalogError> {
+        if self.cache.entries.get(key).is_some() {
+            return Ok(false);
+        }
         Ok(self.state(key)?.is_some_and(|state| state.flags & ERASED != 0))
     }
 
     /// Whether the patient key in `slot` was destroyed by an erasure.
     pub fn is_erased_holder(&self, slot: PatientSlot) -> Result<bool, CatalogError> {
-        Ok(self.erasures()?.iter().any(|erasure| erasure.patient_key == Some(slot)))
+        Ok(self.cache.erased_holders.read().expect("erased holders lock").contains(&slot))
     }
 
     /// Every erasure recorded, oldest first.
@@ -689,6 +763,9 @@ impl Catalog {
 
     /// (current version id, deleted?) of a resource, if it has any version and is not erased.
     pub fn current_state(&self, key: &ResourceKey) -> Result<Option<(u64, bool)>, CatalogError> {
+        if let Some(current) = self.cache.entries.get(key) {
+            return Ok(Some((current.version_id, current.is_deletion())));
+        }
         Ok(self.state(key)?.filter(|state| state.flags & ERASED == 0).map(|state| (state.current, state.flags & DELETED != 0)))
     }
 
