@@ -93,6 +93,14 @@ pub struct CatalogRecord {
     pub erasure: Option<Erasure>,
 }
 
+/// What the catalog holds of one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Absent,
+    Erased,
+    Current { version_id: u64, deleted: bool },
+}
+
 /// What a patient's erasure removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
@@ -712,12 +720,21 @@ impl Catalog {
         Ok(found)
     }
 
+    /// What the catalog holds of a resource, in one lookup.
+    pub fn lookup(&self, key: &ResourceKey) -> Result<Lookup, CatalogError> {
+        if let Some(current) = self.cache.entries.get(key) {
+            return Ok(Lookup::Current { version_id: current.version_id, deleted: current.is_deletion() });
+        }
+        Ok(match self.state(key)? {
+            None => Lookup::Absent,
+            Some(state) if state.flags & ERASED != 0 => Lookup::Erased,
+            Some(state) => Lookup::Current { version_id: state.current, deleted: state.flags & DELETED != 0 },
+        })
+    }
+
     /// Whether the resource was erased (`Patient/$purge`).
     pub fn is_erased(&self, key: &ResourceKey) -> Result<bool, CatalogError> {
-        if self.cache.entries.get(key).is_some() {
-            return Ok(false);
-        }
-        Ok(self.state(key)?.is_some_and(|state| state.flags & ERASED != 0))
+        Ok(self.lookup(key)? == Lookup::Erased)
     }
 
     /// Whether the patient key in `slot` was destroyed by an erasure.
@@ -763,10 +780,10 @@ impl Catalog {
 
     /// (current version id, deleted?) of a resource, if it has any version and is not erased.
     pub fn current_state(&self, key: &ResourceKey) -> Result<Option<(u64, bool)>, CatalogError> {
-        if let Some(current) = self.cache.entries.get(key) {
-            return Ok(Some((current.version_id, current.is_deletion())));
-        }
-        Ok(self.state(key)?.filter(|state| state.flags & ERASED == 0).map(|state| (state.current, state.flags & DELETED != 0)))
+        Ok(match self.lookup(key)? {
+            Lookup::Current { version_id, deleted } => Some((version_id, deleted)),
+            Lookup::Absent | Lookup::Erased => None,
+        })
     }
 
     /// Current, not deleted resources whose identifiers include every one of `hashes`.
@@ -937,7 +954,10 @@ mod tests {
         catalog.apply(&[record(patient.clone(), 1, 0, Some(KeyHolder::Kek(1)), &[mrn, other])], 100, false).unwrap();
         assert_eq!(catalog.matching_identifiers("Patient", &[mrn, other]).unwrap(), vec![patient.clone()]);
         assert!(catalog.matching_identifiers("Observation", &[mrn]).unwrap().is_empty(), "another type");
+        assert_eq!(catalog.current(&patient).unwrap().unwrap().version_id, 1);
         catalog.apply(&[record(patient.clone(), 2, 1, Some(KeyHolder::Kek(1)), &[other])], 200, false).unwrap();
+        assert_eq!(catalog.current(&patient).unwrap().unwrap().version_id, 2, "the cached current version follows a commit");
+        assert_eq!(catalog.version(&patient, Some(1)).unwrap().unwrap().version_id, 1);
         assert!(catalog.matching_identifiers("Patient", &[mrn]).unwrap().is_empty(), "the update dropped the MRN");
         catalog.apply(&[record(patient.clone(), 3, 2, None, &[])], 300, true).unwrap();
         assert!(catalog.matching_identifiers("Patient", &[other]).unwrap().is_empty(), "a deletion matches nothing");
@@ -952,6 +972,7 @@ mod tests {
         catalog
             .apply(&[record(patient.clone(), 1, 0, holder, &[[9; 32]]), record(observation.clone(), 1, 1, holder, &[])], 200, false)
             .unwrap();
+        assert!(catalog.current(&observation).unwrap().is_some(), "read once: now in the cache of current versions");
         let mut erasure = record(patient.clone(), 1, 2, None, &[]);
         erasure.erasure = Some(Erasure { patient_key: Some(slot), resources: vec![patient.clone(), observation.clone()] });
         catalog.apply(&[erasure], 300, true).unwrap();

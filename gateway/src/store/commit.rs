@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::catalog::{Catalog, CatalogError, CatalogRecord, KeyedHash, ResourceKey, SealedLocation, VersionRecord};
+use super::catalog::{Catalog, CatalogError, CatalogRecord, KeyedHash, Lookup, ResourceKey, SealedLocation, VersionRecord};
 use super::events::{CommitEvent, Committed};
 use super::{Principal, Shared, StoreError, StoredVersion};
 use crate::blob::{self, Block};
@@ -364,14 +364,15 @@ fn check(
         Some(KeyHolder::Patient(slot)) => catalog.is_erased_holder(slot)?,
         _ => false,
     };
-    if erased_holder || catalog.is_erased(&prepared.key)? {
+    let stored = catalog.lookup(&prepared.key)?;
+    if erased_holder || stored == Lookup::Erased {
         return Ok(Some(Refusal::Conflict));
     }
     let in_group = earlier.iter().rev().find(|write| write.key == prepared.key).map(|write| (write.version_id, write.deleted));
-    let current = match in_group {
-        Some(current) => Some(current),
-        None => catalog.current_state(&prepared.key)?,
-    };
+    let current = in_group.or(match stored {
+        Lookup::Current { version_id, deleted } => Some((version_id, deleted)),
+        Lookup::Absent | Lookup::Erased => None,
+    });
     Ok(match expectation {
         Expectation::Absent { .. } if current.is_some() => Some(Refusal::Conflict),
         Expectation::Absent { condition: Some((id, hashes)) } => {
