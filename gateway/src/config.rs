@@ -147,8 +147,8 @@ pub struct ServeArgs {
     /// Bytes of single-resource request bodies read and processed at once; more wait [default: 33554432]
     #[arg(long, env = "FHIR_GATEWAY_BODY_BYTES_IN_FLIGHT")]
     pub body_bytes_in_flight: Option<usize>,
-    /// MiB of page cache for the catalog store: the memory the catalog takes, however many
-    /// records it holds [default: 64]
+    /// MiB the catalog takes, however many records it holds: its B-tree page cache and (a
+    /// quarter) its cache of current versions [default: 64]
     #[arg(long, env = "FHIR_GATEWAY_CACHE_MB")]
     pub cache_mb: Option<usize>,
     /// Issue a checkpoint at least every N ledger entries [default: 1000]

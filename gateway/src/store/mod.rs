@@ -52,8 +52,8 @@ pub struct StoreOptions {
     pub max_group_commit: usize,
     /// Threads tantivy indexes with (see `TantivyIndex::open`).
     pub indexing_threads: usize,
-    /// The catalog store's page cache (`--cache-mb`): the memory the catalog takes, however
-    /// many records it holds.
+    /// The catalog's memory (`--cache-mb`): its B-tree page cache and cache of current
+    /// versions, however many records it holds.
     pub catalog_cache_bytes: usize,
 }
 
