@@ -23,7 +23,7 @@ pub enum ServeError {
     #[error("access tokens: {0}")]
     Auth(String),
     #[error("audit trail: {0}")]
-    Audit(#[from] crate::ledger::LedgerError),
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// The configured issuers' JWKS files, the development issuer unless turned off, and the

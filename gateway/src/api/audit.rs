@@ -144,7 +144,11 @@ pub(super) fn search(trail: &AuditTrail, access: &Access, pairs: &[(String, Stri
     let patient = patient
         .or_else(|| access.requester().patient.clone().filter(|_| access.requester().kind == crate::consent::RequesterKind::Patient))
         .ok_or_else(|| ApiError::bad_request("AuditEvent search needs patient=[id]"))?;
-    Ok(trail.events_of_patient(&patient).filter(|event| access.may_read(Interaction::Search, event, None)).collect())
+    let events = trail.events_of_patient(&patient).map_err(|error| {
+        tracing::error!(%error, "reading the audit index by patient");
+        ApiError::from(crate::store::StoreError::Internal("the audit index could not be read".into()))
+    })?;
+    Ok(events.filter(|event| access.may_read(Interaction::Search, event, None)).collect())
 }
 
 /// A response when the trail cannot take the request's AuditEvents: nothing is disclosed.

@@ -13,14 +13,14 @@
 //! the events of the last few milliseconds. Either way, once the trail cannot be written every
 //! audited request fails with `503`: nothing is disclosed unrecorded for longer than that.
 
+mod by_patient;
 pub mod event;
 pub mod login;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -30,6 +30,17 @@ use tokio::sync::oneshot;
 pub use event::{AuditRecord, Outcome, audit_event};
 
 use crate::ledger::{LedgerError, LedgerLog};
+use by_patient::PatientIndex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Log(#[from] LedgerError),
+    #[error(transparent)]
+    Index(#[from] by_patient::IndexError),
+    #[error("leaf {leaf_index} of the audit trail is not an audit record")]
+    Malformed { leaf_index: u64 },
+}
 
 /// How often the writer signs a checkpoint while new events arrive.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,24 +77,33 @@ pub struct AuditTrail {
     /// Submissions sent to the writer, and those it has written (read-your-audit).
     submitted: AtomicU64,
     written: Arc<AtomicU64>,
-    /// Patient id → leaf indexes of the events about them, oldest first.
-    by_patient: Arc<RwLock<HashMap<String, Vec<u64>>>>,
+    /// Patient id → leaf indexes of the events about them, on disk.
+    by_patient: Arc<PatientIndex>,
     sender: Mutex<Option<mpsc::Sender<Submission>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AuditTrail {
     /// Opens (or creates) the trail in `directory`, checking its newest checkpoint.
-    pub fn open(directory: &Path, signing_key: SigningKey, origin: &str, durability: Durability) -> Result<AuditTrail, LedgerError> {
+    /// Only the leaves its index by patient does not cover yet are read (all of them once, for
+    /// a trail written before the index existed).
+    pub fn open(directory: &Path, signing_key: SigningKey, origin: &str, durability: Durability) -> Result<AuditTrail, AuditError> {
         let log = Arc::new(LedgerLog::open(directory, signing_key, origin)?);
-        let mut by_patient: HashMap<String, Vec<u64>> = HashMap::new();
-        for leaf_index in 0..log.tree_size() {
-            let leaf = log.read_leaf(leaf_index)?;
-            if let Some(patient) = serde_json::from_slice::<AuditRecord>(&leaf).ok().and_then(|record| record.patient) {
-                by_patient.entry(patient).or_default().push(leaf_index);
+        let by_patient = PatientIndex::open(&directory.join("by-patient.redb"))?;
+        let tree_size = log.tree_size();
+        let mut leaf_index = by_patient.covered()?.min(tree_size);
+        while leaf_index < tree_size {
+            let end = (leaf_index + 10_000).min(tree_size);
+            let mut events = Vec::new();
+            for index in leaf_index..end {
+                let leaf = log.read_leaf(index)?;
+                let record: AuditRecord = serde_json::from_slice(&leaf).map_err(|_| AuditError::Malformed { leaf_index: index })?;
+                events.extend(record.patient.map(|patient| (patient, index)));
             }
+            by_patient.add(events.iter().map(|(patient, index)| (patient.as_str(), *index)), end, end == tree_size)?;
+            leaf_index = end;
         }
-        let by_patient = Arc::new(RwLock::new(by_patient));
+        let by_patient = Arc::new(by_patient);
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
@@ -163,9 +183,9 @@ impl AuditTrail {
     }
 
     /// The events about `patient`, newest first.
-    pub fn events_of_patient(&self, patient: &str) -> impl Iterator<Item = Value> + '_ {
-        let indexes: Vec<u64> = self.by_patient.read().expect("audit index lock").get(patient).cloned().unwrap_or_default();
-        indexes.into_iter().rev().filter_map(|leaf_index| self.event_at(leaf_index))
+    pub fn events_of_patient(&self, patient: &str) -> Result<impl Iterator<Item = Value> + '_, AuditError> {
+        let indexes = self.by_patient.events_of(patient)?;
+        Ok(indexes.into_iter().filter_map(|leaf_index| self.event_at(leaf_index)))
     }
 
     pub fn tree_size(&self) -> u64 {
@@ -194,13 +214,14 @@ impl Drop for AuditTrail {
 
 fn write_loop(
     log: &LedgerLog,
-    by_patient: &RwLock<HashMap<String, Vec<u64>>>,
+    by_patient: &PatientIndex,
     failed: &std::sync::atomic::AtomicBool,
     written: &AtomicU64,
     receiver: &mpsc::Receiver<Submission>,
 ) {
     let mut last_checkpoint = Instant::now();
     let mut last_sync = Instant::now();
+    let mut index_ok = true;
     loop {
         let first = match receiver.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(submission) => submission,
@@ -240,14 +261,14 @@ fn write_loop(
         let bytes: Vec<&[u8]> = group.iter().flat_map(|submission| submission.leaves.iter().map(|(_, leaf)| leaf.as_slice())).collect();
         match log.append_durably(&bytes) {
             Ok(first_index) => {
-                let mut index = by_patient.write().expect("audit index lock");
                 let patients = group.iter().flat_map(|submission| submission.leaves.iter().map(|(patient, _)| patient));
-                for (offset, patient) in patients.enumerate() {
-                    if let Some(patient) = patient {
-                        index.entry(patient.clone()).or_default().push(first_index + offset as u64);
-                    }
+                let events = patients.enumerate().filter_map(|(offset, patient)| Some((patient.as_deref()?, first_index + offset as u64)));
+                // After a failure the index stays where it was: the next start indexes the rest
+                // of the trail from there.
+                if index_ok && let Err(error) = by_patient.add(events, first_index + bytes.len() as u64, false) {
+                    tracing::error!(%error, "the audit index by patient could not be written; it catches up at the next start");
+                    index_ok = false;
                 }
-                drop(index);
                 written.fetch_add(group.len() as u64, Ordering::SeqCst);
                 for submission in group {
                     tell(submission.done, Ok(()));
@@ -266,6 +287,9 @@ fn write_loop(
         }
     }
     checkpoint(log, &mut last_checkpoint);
+    if index_ok && let Err(error) = by_patient.add([], log.tree_size(), true) {
+        tracing::error!(%error, "the audit index by patient could not be made durable; it catches up at the next start");
+    }
 }
 
 /// Answers a waiting request, if one waits.
@@ -321,17 +345,29 @@ mod tests {
         }
         trail.record(&[record(None)]).await.unwrap();
         assert_eq!(trail.tree_size(), 21);
-        assert_eq!(trail.events_of_patient("a").count(), 10);
-        let newest = trail.events_of_patient("b").next().unwrap();
+        assert_eq!(trail.events_of_patient("a").unwrap().count(), 10);
+        let newest = trail.events_of_patient("b").unwrap().next().unwrap();
+        let b_leaves: Vec<u64> =
+            trail.events_of_patient("b").unwrap().map(|event| event["id"].as_str().unwrap().parse().unwrap()).collect();
+        assert!(b_leaves.windows(2).all(|pair| pair[0] > pair[1]), "newest first: {b_leaves:?}");
         assert_eq!(newest["entity"][0]["what"]["reference"], "Patient/b");
         assert_eq!(trail.event(newest["id"].as_str().unwrap()).unwrap(), newest);
         trail.close();
         drop(trail);
-        // Reopened: the final checkpoint covers everything, the index is rebuilt.
-        let reopened = AuditTrail::open(&directory, key, "test/audit", Durability::Grouped).unwrap();
-        assert_eq!(reopened.events_of_patient("b").count(), 10);
+        // Reopened: the final checkpoint covers everything, the index on disk covers every leaf.
+        let reopened = AuditTrail::open(&directory, key.clone(), "test/audit", Durability::Grouped).unwrap();
+        assert_eq!(reopened.by_patient.covered().unwrap(), 21);
+        assert_eq!(reopened.events_of_patient("b").unwrap().count(), 10);
         assert!(reopened.checkpoint().unwrap().contains("\n21\n"));
         reopened.close();
+        drop(reopened);
+        // Without its index (a trail written before it existed), it is rebuilt from the leaves.
+        std::fs::remove_file(directory.join("by-patient.redb")).unwrap();
+        let rebuilt = AuditTrail::open(&directory, key, "test/audit", Durability::Grouped).unwrap();
+        let rebuilt_leaves: Vec<u64> =
+            rebuilt.events_of_patient("b").unwrap().map(|event| event["id"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(rebuilt_leaves, b_leaves);
+        rebuilt.close();
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -624,7 +624,7 @@ impl ResourceStore {
         &self,
         data_directory: &Path,
         durability: crate::audit::Durability,
-    ) -> Result<crate::audit::AuditTrail, LedgerError> {
+    ) -> Result<crate::audit::AuditTrail, crate::audit::AuditError> {
         let origin = format!("{}/audit", self.shared.ledger.origin());
         crate::audit::AuditTrail::open(
             &DataLayout::new(data_directory).audit(),
