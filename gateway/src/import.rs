@@ -194,54 +194,82 @@ async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Lenienc
     }
     let progress = Progress::new();
     for phase in phases {
-        let mut work = Vec::new();
-        for path in phase {
-            if path.extension().is_some_and(|extension| extension == "ndjson") {
-                let file = std::fs::File::open(&path).map_err(|error| format!("{}: {error}", path.display()))?;
-                let mut lines = Vec::new();
-                let mut first_line = 1;
-                for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
-                    let line = line.map_err(|error| format!("{}: {error}", path.display()))?;
-                    if lines.is_empty() {
-                        first_line = number + 1;
-                    }
-                    lines.push(line);
-                    if lines.len() == NDJSON_CHUNK {
-                        work.push(Work::Lines { path: path.clone(), first_line, lines: std::mem::take(&mut lines) });
-                    }
+        // Within a phase, units run concurrently (bounded) and share group commits. Bundles go
+        // first, largest first (one started last would leave one core working alone at the
+        // end); ndjson files are read a chunk at a time as permits free up, so the input is
+        // never held whole.
+        let mut units = Units {
+            store,
+            leniency,
+            principal,
+            progress: progress.clone(),
+            permits: Arc::new(Semaphore::new(CONCURRENT_TRANSACTIONS)),
+            tasks: JoinSet::new(),
+        };
+        let (ndjson, bundles): (Vec<PathBuf>, Vec<PathBuf>) =
+            phase.into_iter().partition(|path| path.extension().is_some_and(|extension| extension == "ndjson"));
+        let mut bundles = bundles
+            .into_iter()
+            .map(|path| {
+                Ok(Work::Bundle { bytes: std::fs::metadata(&path).map_err(|error| format!("{}: {error}", path.display()))?.len(), path })
+            })
+            .collect::<Result<Vec<Work>, String>>()?;
+        bundles.sort_by_key(|unit| std::cmp::Reverse(unit.bytes()));
+        for unit in bundles {
+            units.submit(unit, &mut summary).await?;
+        }
+        for path in ndjson {
+            let file = std::fs::File::open(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+            let mut lines = Vec::new();
+            let mut first_line = 1;
+            for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let line = line.map_err(|error| format!("{}: {error}", path.display()))?;
+                if lines.is_empty() {
+                    first_line = number + 1;
                 }
-                if !lines.is_empty() {
-                    work.push(Work::Lines { path: path.clone(), first_line, lines });
+                lines.push(line);
+                if lines.len() == NDJSON_CHUNK {
+                    units.submit(Work::Lines { path: path.clone(), first_line, lines: std::mem::take(&mut lines) }, &mut summary).await?;
                 }
-            } else {
-                let bytes = std::fs::metadata(&path).map_err(|error| format!("{}: {error}", path.display()))?.len();
-                work.push(Work::Bundle { path, bytes });
+            }
+            if !lines.is_empty() {
+                units.submit(Work::Lines { path: path.clone(), first_line, lines }, &mut summary).await?;
             }
         }
-        // Largest first: a large Bundle started last would leave one core working alone at
-        // the end of the phase.
-        work.sort_by_key(|unit| std::cmp::Reverse(unit.bytes()));
-        // Within a phase, units run concurrently (bounded) and share group commits.
-        let permits = Arc::new(Semaphore::new(CONCURRENT_TRANSACTIONS));
-        let mut tasks = JoinSet::new();
-        for unit in work {
-            let permit = permits.clone().acquire_owned().await.map_err(|error| error.to_string())?;
-            let store = store.clone();
-            let progress = progress.clone();
-            let principal = principal.clone();
-            tasks.spawn(async move {
-                let result = run_unit(&store, unit, leniency, &principal).await;
-                progress.add(result.resources());
-                drop(permit);
-                result
-            });
-        }
-        while let Some(result) = tasks.join_next().await {
+        while let Some(result) = units.tasks.join_next().await {
             summary.merge(result.map_err(|error| error.to_string())?);
         }
     }
     progress.finish();
     Ok(summary)
+}
+
+/// The units of one phase in flight: at most [`CONCURRENT_TRANSACTIONS`] at once.
+struct Units<'a> {
+    store: &'a ResourceStore,
+    leniency: Leniency,
+    principal: &'a Principal,
+    progress: Progress,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<ImportSummary>,
+}
+
+impl Units<'_> {
+    /// Starts `unit` once a permit is free, taking in the results of units that have finished.
+    async fn submit(&mut self, unit: Work, summary: &mut ImportSummary) -> Result<(), String> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|error| error.to_string())?;
+        while let Some(result) = self.tasks.try_join_next() {
+            summary.merge(result.map_err(|error| error.to_string())?);
+        }
+        let (store, progress, principal, leniency) = (self.store.clone(), self.progress.clone(), self.principal.clone(), self.leniency);
+        self.tasks.spawn(async move {
+            let result = run_unit(&store, unit, leniency, &principal).await;
+            progress.add(result.resources());
+            drop(permit);
+            result
+        });
+        Ok(())
+    }
 }
 
 fn count(summary: &mut ImportSummary, outcomes: &[(usize, EntryOutcome)]) {

@@ -408,8 +408,8 @@ fn read_marker(db: &impl ReadableDatabase) -> Result<(u64, u64), CatalogError> {
 }
 
 /// Records written into the store, not yet visible: [`Staged::commit`] makes them visible (and
-/// durable, when due); dropped, it leaves the store as it was.
-pub struct Staged<'c> {
+/// durable, when due) and updates the cache of current versions.
+struct Staged<'c> {
     write: redb::WriteTransaction,
     state: std::sync::MutexGuard<'c, DurableState>,
     durable: bool,
@@ -417,14 +417,12 @@ pub struct Staged<'c> {
     /// What the commit changes in the cache: a new current version, or (`None`) an erasure.
     updates: Vec<(ResourceKey, Option<VersionRecord>)>,
     erased_holders: Vec<PatientSlot>,
-    /// For each record, the leaf of the version it replaces as current (`None` after a
-    /// deletion, for a new resource, and for an erasure).
-    pub replaced_leaves: Vec<Option<u64>>,
+    replaced_leaves: Vec<Option<u64>>,
 }
 
 impl Staged<'_> {
-    pub fn commit(self) -> Result<(), CatalogError> {
-        let Staged { write, mut state, durable, cache, updates, erased_holders, .. } = self;
+    fn commit(self) -> Result<Vec<Option<u64>>, CatalogError> {
+        let Staged { write, mut state, durable, cache, updates, erased_holders, replaced_leaves } = self;
         let _writing = cache.writing.lock().expect("catalog cache lock");
         write.commit()?;
         for (key, current) in updates {
@@ -442,7 +440,7 @@ impl Staged<'_> {
         } else {
             state.pending = true;
         }
-        Ok(())
+        Ok(replaced_leaves)
     }
 }
 
@@ -546,15 +544,15 @@ impl Catalog {
         }
     }
 
-    /// Applies records (in leaf order) that end at `catalog_end` in the journal. Durable if
-    /// `durable`, or if the last durable commit is [`DURABLE_EVERY`] ago.
-    pub fn apply(&self, records: &[CatalogRecord], catalog_end: u64, durable: bool) -> Result<(), CatalogError> {
+    /// Applies records (in leaf order) that end at `catalog_end` in the journal, and says for
+    /// each the leaf of the version it replaced as current (`None` after a deletion, for a new
+    /// resource and for an erasure). Durable if `durable`, or if the last durable commit is
+    /// [`DURABLE_EVERY`] ago.
+    pub fn apply(&self, records: &[CatalogRecord], catalog_end: u64, durable: bool) -> Result<Vec<Option<u64>>, CatalogError> {
         self.stage(records, catalog_end, durable)?.commit()
     }
 
-    /// Writes records into the store without making them visible: the commit thread stages a
-    /// group while the ledger syncs it, and commits once the ledger fsync is done.
-    pub fn stage(&self, records: &[CatalogRecord], catalog_end: u64, durable: bool) -> Result<Staged<'_>, CatalogError> {
+    fn stage(&self, records: &[CatalogRecord], catalog_end: u64, durable: bool) -> Result<Staged<'_>, CatalogError> {
         let mut write = self.db.begin_write()?;
         let state = self.durability.lock().expect("catalog durability lock");
         let mut replaced_leaves = Vec::with_capacity(records.len());

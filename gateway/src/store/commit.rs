@@ -470,13 +470,11 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     let blocks: Vec<Block> =
         accepted.iter_mut().flat_map(|(writes, _)| writes.iter_mut()).flat_map(|prepared| std::mem::take(&mut prepared.blocks)).collect();
     let writes: Vec<&PreparedWrite> = accepted.iter().flat_map(|(writes, _)| writes.iter()).collect();
-    // The group becomes visible in the catalog store only after the ledger fsync.
-    let durable_and_staged = append(shared, &blocks, &records)
-        .and_then(|catalog_end| make_durable(shared, &writes, first_leaf_index).map(|()| catalog_end))
-        .map(|catalog_end| shared.catalog.stage(&records, catalog_end, false));
+    let durable =
+        append(shared, &blocks, &records).and_then(|catalog_end| make_durable(shared, &writes, first_leaf_index).map(|()| catalog_end));
     drop(writes);
-    let staged = match durable_and_staged {
-        Ok(staged) => staged,
+    let catalog_end = match durable {
+        Ok(catalog_end) => catalog_end,
         Err(error) => {
             tracing::error!(%error, "storage failure during group commit; refusing further writes");
             shared.poisoned.store(true, Ordering::SeqCst);
@@ -487,11 +485,9 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
             return;
         }
     };
-    // The version each write replaces in the search index: the current one before it.
-    let replaced_leaves = match staged.and_then(|staged| {
-        let replaced = staged.replaced_leaves.clone();
-        staged.commit().map(|()| replaced)
-    }) {
+    // Visible from here on (only after the ledger fsync), with the version each write replaces
+    // in the search index: the current one before it.
+    let replaced_leaves = match shared.catalog.apply(&records, catalog_end, false) {
         Ok(replaced) => replaced,
         Err(error) => {
             // Durable in the ledger and the journal: the next start applies them.
