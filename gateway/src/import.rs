@@ -137,13 +137,20 @@ fn types_in(path: &Path) -> Result<Vec<String>, String> {
         #[serde(default)]
         resource: Option<Typed>,
     }
-    let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
     let mut types = Vec::new();
     if path.extension().is_some_and(|extension| extension == "ndjson") {
-        for line in text.lines().filter(|line| !line.trim().is_empty()) {
-            types.push(serde_json::from_str::<Typed>(line).map(|typed| typed.resource_type).unwrap_or_default());
+        // Read a line at a time: an ndjson file can be far larger than memory.
+        let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(|error| format!("{}: {error}", path.display()))?;
+            if !line.trim().is_empty() {
+                seen.insert(serde_json::from_str::<Typed>(&line).map(|typed| typed.resource_type).unwrap_or_default());
+            }
         }
+        types.extend(seen);
     } else {
+        let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
         match serde_json::from_str::<Typed>(text.trim_start_matches('\u{feff}')) {
             Ok(Typed { entry: Some(entries), .. }) => {
                 types.extend(entries.into_iter().map(|entry| entry.resource.map(|resource| resource.resource_type).unwrap_or_default()))
