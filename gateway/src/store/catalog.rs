@@ -1,8 +1,9 @@
 //! The record catalog: which versions each resource has and where their sealed bytes and ledger
 //! entries are. Journalled to `<data>/records/catalog.log` (one [`CatalogRecord`] per version,
 //! in leaf order: the write-ahead log, synced before the ledger), and kept, for lookups, in an
-//! embedded B-tree store, `<data>/records/catalog.redb` ([redb]), whose page cache is the only
-//! memory it takes (`--cache-mb`): nothing grows in memory with the records.
+//! embedded B-tree store, `<data>/records/catalog.redb` ([redb]). Its page cache and a cache of
+//! current versions are the only memory it takes (`--cache-mb`): nothing grows in memory with
+//! the records.
 //!
 //! The commit thread applies each group to the B-tree store after the ledger's fsync without
 //! syncing it (redb `Durability::None`), and makes it durable at most every
