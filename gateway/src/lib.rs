@@ -9,6 +9,7 @@ pub mod blob;
 pub mod config;
 pub mod consent;
 pub mod fhir;
+pub mod flushed_index;
 pub mod import;
 pub mod journal;
 pub mod ledger;

@@ -90,7 +90,7 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
         return Err(format!("{} is not a gateway data directory (no keys/)", data_directory.display()));
     }
     let secrets = LedgerSecrets::open_or_create(&layout.keys()).map_err(|error| error.to_string())?;
-    let keyring = Keyring::open_or_create(&layout.keys()).map_err(|error| error.to_string())?;
+    let keyring = Keyring::open_for_verify(&layout.keys()).map_err(|error| error.to_string())?;
     let verifying_key = secrets.signing_key.verifying_key();
     let origin = origin.map(str::to_string).unwrap_or_else(|| secrets.default_origin());
     let mut report = VerifyReport::default();

@@ -16,6 +16,7 @@ const PACK: &str = "blocks/blocks.pack";
 const CATALOG: &str = "records/catalog.log";
 const CATALOG_STORE: &str = "records/catalog.redb";
 const PACK_INDEX: &str = "blocks/index.redb";
+const PATIENT_KEY_INDEX: &str = "keys/patients.index.redb";
 const ENTRIES: &str = "ledger/entries.log";
 const CHECKPOINTS: &str = "ledger/checkpoints.log";
 
@@ -63,13 +64,15 @@ impl Snapshot {
 
     /// The files that differ from the snapshot now, but for derived state (the ledger's index
     /// of offsets and hashes, which a start may rebuild before it refuses, the catalog store,
-    /// which a start after a crash repairs first, and the pack index, which a start extends).
+    /// which a start after a crash repairs first, and the indexes of the pack and of the patient
+    /// keys, which a start extends).
     fn changed(&self, root: &Path) -> Vec<PathBuf> {
         let derived = |file: &Path| {
             file.ends_with("entries.idx")
                 || file.components().any(|part| part.as_os_str() == "hashes")
                 || file == Path::new(CATALOG_STORE)
                 || file == Path::new(PACK_INDEX)
+                || file == Path::new(PATIENT_KEY_INDEX)
         };
         self.0
             .iter()

@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
-use super::pack_index::{BlockLocation, PackIndex};
+use super::pack_index::{self, BlockLocation, PackIndex};
 use super::unixfs::block_matches;
 use super::{BlobError, BlobStore, Block, Cid};
 
@@ -52,7 +52,7 @@ enum Locations {
 impl Locations {
     fn get(&self, cid: &Cid) -> Result<Option<BlockLocation>, BlobError> {
         match self {
-            Locations::Disk(index) => index.get(cid),
+            Locations::Disk(index) => Ok(index.get(cid)?),
             Locations::Memory(index) => Ok(index.read().expect("index lock").get(cid).copied()),
         }
     }
@@ -85,8 +85,8 @@ impl EmbeddedBlockstore {
         std::fs::create_dir_all(directory)?;
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         File::open(directory)?.sync_all()?;
-        let index = PackIndex::open(&directory.join("index.redb"))?;
-        let covered = index.covered()?;
+        let index = pack_index::open(&directory.join("index.redb"))?;
+        let covered = index.covered();
         let file_len = file.metadata()?.len();
         if covered > file_len {
             let what = format!("its index covers {covered} bytes; the pack was cut");
@@ -103,7 +103,7 @@ impl EmbeddedBlockstore {
             }
         })?;
         if let Some(error) = chunk_error {
-            return Err(error);
+            return Err(error.into());
         }
         if let Some(offset) = scan.damaged_offsets.first() {
             let what = format!("{} damaged record(s); a block does not match its CID or its length is wrong", scan.damaged_offsets.len());
@@ -319,7 +319,7 @@ impl BlobStore for EmbeddedBlockstore {
 
     fn cids(&self) -> Result<Vec<Cid>, BlobError> {
         match &self.index {
-            Locations::Disk(index) => index.cids(),
+            Locations::Disk(index) => Ok(index.keys()?),
             Locations::Memory(index) => Ok(index.read().expect("index lock").keys().copied().collect()),
         }
     }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::patient_keys::{PatientHash, PatientKeys, PatientSlot};
+use super::patient_keys::{PatientHash, PatientKeys};
 use super::{DataKey, KeyHolder, SealContext, SealError, WrappedKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,8 @@ pub enum KeyringError {
     BadLength(PathBuf),
     #[error("key file {0} is readable by group or others (mode must be 0600)")]
     TooOpen(PathBuf),
+    #[error("patient key index {path}: {source}")]
+    Index { path: PathBuf, source: crate::flushed_index::IndexError },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyringError + '_ {
@@ -77,8 +79,19 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     /// Loads every `kek-<id>.key` in `directory`, creating KEK 1 on first start, and the patient
-    /// key slots.
+    /// key store with its index.
     pub fn open_or_create(directory: &Path) -> Result<Self, KeyringError> {
+        Keyring::open_with(directory, PatientKeys::open)
+    }
+
+    /// [`Keyring::open_or_create`] for `verify`, which may run beside a running gateway: the
+    /// patient key store is opened without its index (which only the gateway writes), so
+    /// [`PatientKeys::key`] works and [`PatientKeys::slot_of`] does not.
+    pub fn open_for_verify(directory: &Path) -> Result<Self, KeyringError> {
+        Keyring::open_with(directory, PatientKeys::open_without_index)
+    }
+
+    fn open_with(directory: &Path, patient_keys: impl FnOnce(&Path) -> Result<PatientKeys, KeyringError>) -> Result<Self, KeyringError> {
         fs::create_dir_all(directory).map_err(io_error(directory))?;
         let mut keks = BTreeMap::new();
         for entry in fs::read_dir(directory).map_err(io_error(directory))? {
@@ -89,7 +102,7 @@ impl Keyring {
                 keks.insert(kek_id, read_or_create_secret(&path)?);
             }
         }
-        let patients = PatientKeys::open(&directory.join("patients.keys"))?;
+        let patients = patient_keys(&directory.join("patients.keys"))?;
         let mut keyring = Keyring { directory: directory.to_path_buf(), keks, patients };
         if keyring.keks.is_empty() {
             keyring.add_kek()?;
@@ -175,10 +188,5 @@ impl Keyring {
     /// The patient key store (sync before the catalog, destroy on erasure).
     pub fn patients(&self) -> &PatientKeys {
         &self.patients
-    }
-
-    /// The slot of a patient's key, if it has one.
-    pub fn patient_slot(&self, patient: &PatientHash) -> Option<PatientSlot> {
-        self.patients.slot_of(patient)
     }
 }

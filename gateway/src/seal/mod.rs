@@ -94,6 +94,8 @@ pub enum SealError {
     UnknownPatientSlot(u64),
     #[error("the operating system's random source failed")]
     Random,
+    #[error("the patient key index could not be read: {0}")]
+    KeyIndex(String),
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], SealError> {

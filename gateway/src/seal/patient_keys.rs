@@ -20,13 +20,21 @@
 //! [`PatientKeys::sync`], which the commit thread calls before it syncs the catalog: no durable
 //! version ever names a slot that is not on disk. A slot written but never synced (a crash) is
 //! at worst a key no record uses; the next new slot overwrites it.
+//!
+//! Which slot holds a patient's key is found through `patients.index.redb` beside the file (a
+//! [`FlushedIndex`] from patient hash to slot, derived from the file and rebuilt from it when
+//! missing), so memory does not grow with the number of patients. The index is only a hint:
+//! every answer is checked against the slot itself (a destroyed slot, or one holding another
+//! patient's key, is no answer).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use crate::flushed_index::{FlushedIndex, IndexCaches, IndexKey, IndexValue};
 
 use super::{DataKey, SealError, WRAPPED_KEY_LEN, aead_unwrap, aead_wrap, random_bytes};
 
@@ -44,15 +52,46 @@ pub struct PatientSlot(pub u64);
 
 type Slot = [u8; SLOT_LEN];
 
+impl IndexKey for PatientHash {
+    fn encode(&self) -> Vec<u8> {
+        self.to_vec()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<PatientHash> {
+        bytes.try_into().ok()
+    }
+}
+
+impl IndexValue for PatientSlot {
+    fn encode(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<PatientSlot> {
+        Some(PatientSlot(u64::from_le_bytes(bytes.try_into().ok()?)))
+    }
+
+    fn position(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The index's page cache, and the slots kept in memory (about 100 bytes each).
+const INDEX_CACHES: IndexCaches = IndexCaches { page_bytes: 4 << 20, entries: 32_768 };
+/// Slots read at a time when a start reads the file past what the index covers.
+const SCAN_SLOTS: usize = 8_192;
+
 pub struct PatientKeys {
     path: PathBuf,
     file: File,
+    /// `None` when opened [`PatientKeys::open_without_index`].
+    index: Option<FlushedIndex<PatientHash, PatientSlot>>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    slots: HashMap<PatientHash, PatientSlot>,
+    /// The number of slots in the file (and pending).
     next: u64,
     /// Created since the last [`PatientKeys::sync`]: not on disk yet.
     pending: BTreeMap<PatientSlot, Slot>,
@@ -100,29 +139,71 @@ fn encode(slot: PatientSlot, patient: &PatientHash, kek: (u32, &[u8; 32]), key: 
 }
 
 impl PatientKeys {
-    /// Reads every slot of `path` (created empty, mode 0600, if absent). Changes nothing on disk.
+    /// Opens `path` (created empty, mode 0600, if absent) and its index (brought up to date with
+    /// the slots it does not cover yet). The key file itself is not changed.
     pub fn open(path: &Path) -> Result<PatientKeys, super::KeyringError> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io(path))?;
-        let mut state = State::default();
+        let next = file.metadata().map_err(io(path))?.len() / SLOT_LEN as u64;
+        let index_path = path.with_extension("index.redb");
+        let index_error = |error| super::KeyringError::Index { path: index_path.clone(), source: error };
+        let index = FlushedIndex::open(&index_path, "slots", "patient-key-index", INDEX_CACHES).map_err(index_error)?;
+        // An index covering more slots than the file has belongs to another file (a key store
+        // restored from a backup): it is read again from the start.
+        let covered = index.covered();
+        let from = if covered > next { 0 } else { covered };
         let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(from * SLOT_LEN as u64)).map_err(io(path))?;
         let mut slot = [0u8; SLOT_LEN];
-        loop {
-            match reader.read_exact(&mut slot) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(error) => return Err(io(path)(error)),
-            }
+        let mut found = Vec::new();
+        for number in from..next {
+            reader.read_exact(&mut slot).map_err(io(path))?;
             if let Some(parsed) = parse(&slot) {
-                state.slots.insert(parsed.patient, PatientSlot(state.next));
+                found.push((parsed.patient, PatientSlot(number)));
             }
-            state.next += 1;
+            if found.len() == SCAN_SLOTS {
+                index.put_scanned(&std::mem::take(&mut found), None).map_err(index_error)?;
+            }
         }
-        Ok(PatientKeys { path: path.to_path_buf(), file, state: Mutex::new(state) })
+        if from != next || covered != next {
+            index.put_scanned(&found, Some(next)).map_err(index_error)?;
+        }
+        index.synced_to(next);
+        Ok(PatientKeys { path: path.to_path_buf(), file, index: Some(index), state: Mutex::new(State { next, ..State::default() }) })
+    }
+
+    /// Opens `path` to read keys by slot only (`verify`, beside a running gateway): changes
+    /// nothing on disk; [`PatientKeys::slot_of`] and [`PatientKeys::key_for`] fail.
+    pub fn open_without_index(path: &Path) -> Result<PatientKeys, super::KeyringError> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io(path))?;
+        let next = file.metadata().map_err(io(path))?.len() / SLOT_LEN as u64;
+        Ok(PatientKeys { path: path.to_path_buf(), file, index: None, state: Mutex::new(State { next, ..State::default() }) })
+    }
+
+    fn index(&self) -> Result<&FlushedIndex<PatientHash, PatientSlot>, SealError> {
+        self.index.as_ref().ok_or_else(|| SealError::KeyIndex("the patient key store was opened without its index".into()))
     }
 
     /// The slot of a patient's key, if the patient has one.
-    pub fn slot_of(&self, patient: &PatientHash) -> Option<PatientSlot> {
-        self.state.lock().expect("patient keys").slots.get(patient).copied()
+    pub fn slot_of(&self, patient: &PatientHash) -> Result<Option<PatientSlot>, SealError> {
+        self.find(patient, |slot| self.read_slot(slot))
+    }
+
+    /// The slot the index names for `patient`, if that slot holds the patient's key (`read`
+    /// gives a slot's bytes).
+    fn find(
+        &self,
+        patient: &PatientHash,
+        read: impl FnOnce(PatientSlot) -> Result<Slot, SealError>,
+    ) -> Result<Option<PatientSlot>, SealError> {
+        let Some(slot) = self.index()?.get(patient).map_err(|error| SealError::KeyIndex(error.to_string()))? else {
+            return Ok(None);
+        };
+        let holds_it = match read(slot) {
+            Ok(bytes) => parse(&bytes).is_some_and(|parsed| parsed.patient == *patient),
+            Err(SealError::UnknownPatientSlot(_)) => false,
+            Err(error) => return Err(error),
+        };
+        Ok(holds_it.then_some(slot))
     }
 
     /// The patient's key and its slot, creating them (in memory until the next sync) for a
@@ -134,7 +215,7 @@ impl PatientKeys {
         keks: &BTreeMap<u32, [u8; 32]>,
     ) -> Result<(PatientSlot, DataKey), SealError> {
         let mut state = self.state.lock().expect("patient keys");
-        if let Some(slot) = state.slots.get(patient).copied() {
+        if let Some(slot) = self.find(patient, |slot| self.slot_bytes(state.pending.get(&slot), slot))? {
             drop(state);
             return Ok((slot, self.key(slot, keks)?));
         }
@@ -142,13 +223,19 @@ impl PatientKeys {
         let key = DataKey(random_bytes::<32>()?);
         let bytes = encode(slot, patient, active_kek, &key)?;
         state.next += 1;
-        state.slots.insert(*patient, slot);
         state.pending.insert(slot, bytes);
+        self.index()?.put_pending([(*patient, slot)]);
         Ok((slot, key))
     }
 
     fn read_slot(&self, slot: PatientSlot) -> Result<Slot, SealError> {
-        if let Some(bytes) = self.state.lock().expect("patient keys").pending.get(&slot) {
+        let pending = self.state.lock().expect("patient keys").pending.get(&slot).copied();
+        self.slot_bytes(pending.as_ref(), slot)
+    }
+
+    /// A slot's bytes: `pending` (not yet written) or as on disk.
+    fn slot_bytes(&self, pending: Option<&Slot>, slot: PatientSlot) -> Result<Slot, SealError> {
+        if let Some(bytes) = pending {
             return Ok(*bytes);
         }
         let mut bytes = [0u8; SLOT_LEN];
@@ -177,9 +264,13 @@ impl PatientKeys {
             self.file.write_all_at(bytes, slot.0 * SLOT_LEN as u64)?;
         }
         self.file.sync_data()?;
+        let end = pending.last().map_or(0, |(slot, _)| slot.0 + 1);
         let mut state = self.state.lock().expect("patient keys");
         for (slot, _) in pending {
             state.pending.remove(&slot);
+        }
+        if let Some(index) = &self.index {
+            index.synced_to(end);
         }
         Ok(())
     }
@@ -189,12 +280,13 @@ impl PatientKeys {
     /// reused; they are wrapped by the KEK, so the next `keys rotate` finishes the job.
     pub fn destroy(&self, slot: PatientSlot) -> std::io::Result<()> {
         self.sync()?;
-        {
-            let mut state = self.state.lock().expect("patient keys");
-            state.slots.retain(|_, held| *held != slot);
-        }
+        let held_by = self.read_slot(slot).ok().as_ref().and_then(parse).map(|parsed| parsed.patient);
         self.file.write_all_at(&[0u8; SLOT_LEN], slot.0 * SLOT_LEN as u64)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        if let (Some(patient), Some(index)) = (held_by, &self.index) {
+            index.remove(&[patient]).map_err(std::io::Error::other)?;
+        }
+        Ok(())
     }
 
     /// Whether `slot` was destroyed (all zeros on disk).
@@ -261,7 +353,7 @@ mod tests {
         store.sync().unwrap();
         drop(store);
         let store = PatientKeys::open(&path).unwrap();
-        assert_eq!(store.slot_of(&[0xa; 32]), Some(slot_a));
+        assert_eq!(store.slot_of(&[0xa; 32]).unwrap(), Some(slot_a));
         assert_eq!(store.key(slot_a, &keks).unwrap().0, key_a.0);
         assert!(!std::fs::read(&path).unwrap().windows(32).any(|window| window == key_a.0), "the key is stored only wrapped");
     }
@@ -283,9 +375,44 @@ mod tests {
         let at = slot.0 as usize * SLOT_LEN;
         assert!(after[at..at + SLOT_LEN].iter().all(|byte| *byte == 0));
         assert_ne!(before[at..at + SLOT_LEN], after[at..at + SLOT_LEN]);
+        drop(store);
         let reopened = PatientKeys::open(&path).unwrap();
-        assert_eq!(reopened.slot_of(&[0xa; 32]), None);
+        assert_eq!(reopened.slot_of(&[0xa; 32]).unwrap(), None);
         assert_eq!(reopened.key(kept, &keks).unwrap().0, kept_key.0, "other patients keep their keys");
+    }
+
+    #[test]
+    fn slots_are_found_after_a_reopen_with_or_without_the_index_and_a_stale_index_is_no_answer() {
+        let path = scratch("index");
+        let index_path = path.with_extension("index.redb");
+        let keks = keks();
+        let (first, second) = {
+            let store = PatientKeys::open(&path).unwrap();
+            let first = store.key_for(&[0xa; 32], (1, &keks[&1]), &keks).unwrap().0;
+            let second = store.key_for(&[0xb; 32], (1, &keks[&1]), &keks).unwrap().0;
+            store.sync().unwrap();
+            (first, second)
+        };
+        let stale_index = std::fs::read(&index_path).unwrap();
+        for remove_index in [false, true] {
+            if remove_index {
+                std::fs::remove_file(&index_path).unwrap();
+            }
+            let store = PatientKeys::open(&path).unwrap();
+            assert_eq!(store.slot_of(&[0xa; 32]).unwrap(), Some(first));
+            assert_eq!(store.slot_of(&[0xb; 32]).unwrap(), Some(second));
+        }
+        // The key file goes back to an empty one (a restored key store) while the index still
+        // names both slots: neither is an answer, and a new patient gets slot 0 again.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::write(&index_path, &stale_index).unwrap();
+        let store = PatientKeys::open(&path).unwrap();
+        assert_eq!(store.slot_of(&[0xa; 32]).unwrap(), None);
+        let (slot, _) = store.key_for(&[0xc; 32], (1, &keks[&1]), &keks).unwrap();
+        assert_eq!(slot, PatientSlot(0));
+        store.sync().unwrap();
+        assert_eq!(store.slot_of(&[0xa; 32]).unwrap(), None, "slot 0 now holds another patient's key");
+        assert_eq!(store.slot_of(&[0xc; 32]).unwrap(), Some(slot));
     }
 
     #[test]
@@ -300,6 +427,7 @@ mod tests {
         let copy: Vec<u8> = bytes[..SLOT_LEN].to_vec();
         bytes[SLOT_LEN..2 * SLOT_LEN].copy_from_slice(&copy);
         std::fs::write(&path, &bytes).unwrap();
+        drop(store);
         let store = PatientKeys::open(&path).unwrap();
         assert!(store.key(first, &keks).is_ok());
         assert_eq!(store.key(second, &keks).err(), Some(SealError::AuthenticationFailed));
@@ -314,6 +442,7 @@ mod tests {
         let (gone, _) = store.key_for(&[0xb; 32], (1, &keks[&1]), &keks).unwrap();
         store.destroy(gone).unwrap();
         assert_eq!(store.rewrap_all(&keks, (2, &keks[&2])).unwrap(), 1);
+        drop(store);
         let store = PatientKeys::open(&path).unwrap();
         let only_new = BTreeMap::from([(2, keks[&2])]);
         assert_eq!(store.key(live, &only_new).unwrap().0, live_key.0);

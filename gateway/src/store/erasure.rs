@@ -62,7 +62,7 @@ fn record(
     if shared.poisoned.load(Ordering::SeqCst) {
         return Err(StoreError::Unavailable("the store stopped accepting writes after a storage failure".into()));
     }
-    let patient_key = shared.keyring.read().expect("keyring lock").patients().slot_of(&shared.secrets.patient_hash(&patient.id));
+    let patient_key = shared.keyring.read().expect("keyring lock").patients().slot_of(&shared.secrets.patient_hash(&patient.id))?;
     let (erasure, last_version, outcome) = {
         let catalog = &shared.catalog;
         let last_version = history_of(catalog, patient)?.current().map_or(0, |version| version.version_id);
