@@ -7,7 +7,8 @@
 # Prints per size: import seconds, resources/s and peak RSS; the start's time until /metadata
 # answers; anonymous RSS (RssAnon: the process's own memory, not the page cache) 3 s later;
 # the data directory's size. Scratch data lives under $WORK (default: a fresh mktemp -d), removed
-# at the end unless KEEP=1.
+# at the end unless KEEP=1 (which keeps each size's input-N and data-N: bench/w4.sh measures
+# reads and searches on them with REUSE_DATA=1).
 set -euo pipefail
 binary=$(realpath "${1:?usage: store_scale.sh BINARY N [N ...]}")
 shift
@@ -38,6 +39,5 @@ n, secs = int(n), float(secs)
 print(f"{n:>10,} resources: import {secs:.1f} s ({n / secs:,.0f}/s, peak RSS {int(kb) // 1024} MiB); "
       f"start {float(ready) - float(started):.2f} s; RssAnon after start {int(anon) // 1024} MiB; data {mb} MiB")
 PY
-  rm -rf "$input"
-  [ "${KEEP:-0}" = 1 ] || rm -rf "$data"
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$input" "$data"
 done

@@ -19,7 +19,14 @@ dofile(assert(os.getenv("BENCH_DIR"), "BENCH_DIR is not set") .. "/report.lua")
 
 function request()
   local path
-  if query == "observation" then
+  if query == "read" then
+    local i = math.random(0, patients + observations - 1)
+    if i < patients then
+      path = string.format("/fhir/Patient/p%d", i)
+    else
+      path = string.format("/fhir/Observation/o%d", i - patients)
+    end
+  elseif query == "observation" then
     local i = math.random(0, observations - 1)
     path = string.format("/fhir/Observation?patient=p%d&code=http://loinc.org%%7C%s", i % patients, codes[(i % #codes) + 1])
   else

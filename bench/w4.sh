@@ -10,7 +10,7 @@
 #    Observation?patient=X&code=Y (a pair that exists) and Patient?family=<prefix>&birthdate=ge<year>;
 #    prints p50/p99, requests/s and the gateway's peak RSS as a markdown table.
 # Environment: PATIENTS=10000 OBSERVATIONS=1000000 DURATION=15s CONNECTIONS="1 8" KEEP_DATA=0
-# QUERIES="observation patient patient-total-none" REUSE_DATA=0 (1: measure the searches on WORK_DIR/data kept by an earlier KEEP_DATA=1 run).
+# QUERIES="observation patient patient-total-none" (add read for W3: reads by id) REUSE_DATA=0 (1: measure the searches on WORK_DIR/data kept by an earlier KEEP_DATA=1 run).
 # Needs wrk, curl, python3, /usr/bin/time. Reads ../shared/corpora/fhir-r4-examples.
 set -euo pipefail
 
