@@ -245,7 +245,23 @@ impl Access {
         }
         let mut permitted = true;
         for (patient, facts) in facts.patients.iter().zip(&facts.per_patient) {
-            let policies = self.shared.consents.of_patient(patient);
+            let policies = match self.shared.consents.of_patient(patient) {
+                Ok(policies) => policies,
+                Err(error) => {
+                    // Default deny: a Consent that cannot be read grants nothing.
+                    tracing::error!(%error, "the patient's Consents could not be read; the request is denied");
+                    permitted = false;
+                    self.keep(Decided {
+                        patient: patient.clone(),
+                        resource: facts.reference.clone(),
+                        permit: false,
+                        reason: "denied: the patient's Consents could not be read".into(),
+                        consent: None,
+                        emergency: false,
+                    });
+                    continue;
+                }
+            };
             let decision = consent::decide(&self.requester, interaction, facts, &policies, self.now_ms, &self.shared.options);
             permitted &= decision.permit;
             let (reason, consent) = explain(&decision.basis);

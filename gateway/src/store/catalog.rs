@@ -762,9 +762,17 @@ impl Catalog {
 
     /// Every resource not erased with a version whose data key the patient key in `slot` holds.
     pub fn held_by(&self, slot: PatientSlot) -> Result<Vec<ResourceKey>, CatalogError> {
+        self.held(slot.0.to_be_bytes().to_vec())
+    }
+
+    /// [`Catalog::held_by`], of one resource type.
+    pub fn held_of_type(&self, slot: PatientSlot, resource_type: &str) -> Result<Vec<ResourceKey>, CatalogError> {
+        self.held([slot.0.to_be_bytes().as_slice(), &type_prefix(resource_type)].concat())
+    }
+
+    fn held(&self, prefix: Vec<u8>) -> Result<Vec<ResourceKey>, CatalogError> {
         let read = self.db.begin_read()?;
         let holders = read.open_table(HOLDERS)?;
-        let prefix = slot.0.to_be_bytes();
         let end = prefix_end(&prefix);
         let mut keys = Vec::new();
         for entry in holders.range(prefix.as_slice()..end.as_slice())? {

@@ -574,7 +574,8 @@ impl ResourceStore {
             writes_in_progress: AtomicUsize::new(0),
             _lock: lock,
         });
-        load_consents(&shared).map_err(|error| OpenError::Index(format!("reading the current Consents: {error}")))?;
+        let consent_source: std::sync::Weak<dyn consents::ConsentSource> = Arc::downgrade(&shared) as std::sync::Weak<Shared>;
+        shared.consents.read_from(consent_source);
         shared.ledger.checkpoint()?;
         *shared.indexer.lock().expect("indexer lock") = Some(search::start_indexer(Arc::downgrade(&shared)));
         shared.subscribe(shared.consents.clone());
@@ -1022,13 +1023,20 @@ impl ResourceStore {
 }
 
 /// Fills the consent directory from the current version of every Consent.
-fn load_consents(shared: &Shared) -> Result<(), StoreError> {
-    let current = shared.catalog.current_versions(Some("Consent"))?;
-    for (key, record) in current.into_iter().filter(|(_, version)| !version.is_deletion()) {
-        let version = load(shared, &key, &record)?;
-        shared.consents.apply(&key.id, version.body.as_deref());
+impl consents::ConsentSource for Shared {
+    fn consents_in_compartment(&self, patient: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let hash = self.secrets.patient_hash(patient);
+        let Some(slot) = self.keyring.read().expect("keyring lock").patients().slot_of(&hash)? else {
+            return Ok(Vec::new());
+        };
+        let mut bodies = Vec::new();
+        for key in self.catalog.held_of_type(slot, "Consent")? {
+            if let Some(version) = self.catalog.current(&key)?.filter(|version| !version.is_deletion()) {
+                bodies.extend(load(self, &key, &version)?.body);
+            }
+        }
+        Ok(bodies)
     }
-    Ok(())
 }
 
 /// Fetches, checks and unseals one version. Any broken link is an integrity error, logged with
