@@ -8,7 +8,8 @@
 # answers; anonymous RSS (RssAnon: the process's own memory, not the page cache) 3 s later;
 # the data directory's size. Scratch data lives under $WORK (default: a fresh mktemp -d), removed
 # at the end unless KEEP=1 (which keeps each size's input-N and data-N: bench/w4.sh measures
-# reads and searches on them with REUSE_DATA=1).
+# reads and searches on them with REUSE_DATA=1; REUSE=1 starts on a data-N kept so, skipping the
+# import).
 set -euo pipefail
 binary=$(realpath "${1:?usage: store_scale.sh BINARY N [N ...]}")
 shift
@@ -20,9 +21,13 @@ trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; [ "${KEEP:-0}" = 1 ] || rm -rf "
 for n in "$@"; do
   patients=$((n / 10)); observations=$((n - patients))
   input="$work/input-$n"; data="$work/data-$n"
-  python3 "$BENCH_DIR/gen_w4.py" "$CORPORA" "$input" "$patients" "$observations" >/dev/null
-  /usr/bin/time -f "%e %M" -o "$work/import-time" "$binary" import --data-dir "$data" "$input" >/dev/null 2>"$work/import-log"
-  read -r import_secs import_kb <"$work/import-time"
+  if [ "${REUSE:-0}" = 1 ] && [ -d "$data" ]; then
+    import_secs=0 import_kb=0
+  else
+    python3 "$BENCH_DIR/gen_w4.py" "$CORPORA" "$input" "$patients" "$observations" >/dev/null
+    /usr/bin/time -f "%e %M" -o "$work/import-time" "$binary" import --data-dir "$data" "$input" >/dev/null 2>"$work/import-log"
+    read -r import_secs import_kb <"$work/import-time"
+  fi
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   started=$(date +%s.%N)
   "$binary" serve --listen "127.0.0.1:$port" --data-dir "$data" --anonymous true >"$work/serve-log" 2>&1 &
@@ -36,7 +41,8 @@ for n in "$@"; do
 import sys
 n, secs, kb, started, ready, anon, mb = sys.argv[1:]
 n, secs = int(n), float(secs)
-print(f"{n:>10,} resources: import {secs:.1f} s ({n / secs:,.0f}/s, peak RSS {int(kb) // 1024} MiB); "
+imported = f"import {secs:.1f} s ({n / secs:,.0f}/s, peak RSS {int(kb) // 1024} MiB)" if secs else "reused"
+print(f"{n:>10,} resources: {imported}; "
       f"start {float(ready) - float(started):.2f} s; RssAnon after start {int(anon) // 1024} MiB; data {mb} MiB")
 PY
   [ "${KEEP:-0}" = 1 ] || rm -rf "$input" "$data"

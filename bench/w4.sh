@@ -9,7 +9,7 @@
 # 3. `fhir-gateway serve`, then wrk for $DURATION per query and connection count:
 #    Observation?patient=X&code=Y (a pair that exists) and Patient?family=<prefix>&birthdate=ge<year>;
 #    prints p50/p99, requests/s and the gateway's peak RSS as a markdown table.
-# Environment: PATIENTS=10000 OBSERVATIONS=1000000 DURATION=15s CONNECTIONS="1 8" KEEP_DATA=0
+# Environment: PATIENTS=10000 OBSERVATIONS=1000000 DURATION=15s WARMUP=3s CONNECTIONS="1 8" KEEP_DATA=0
 # QUERIES="observation patient patient-total-none" (add read for W3: reads by id) REUSE_DATA=0 (1: measure the searches on WORK_DIR/data kept by an earlier KEEP_DATA=1 run).
 # Needs wrk, curl, python3, /usr/bin/time. Reads ../shared/corpora/fhir-r4-examples.
 set -euo pipefail
@@ -59,7 +59,7 @@ echo "| query | conns | req/s | p50 ms | p99 ms | max ms | errors |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for query in ${QUERIES:-observation patient patient-total-none}; do
   for connections in $CONNECTIONS; do
-    W4_QUERY=$query wrk -t1 -c"$connections" -d3s --timeout 5s -s "$BENCH_DIR/w4.lua" "http://127.0.0.1:$PORT" >/dev/null
+    W4_QUERY=$query wrk -t1 -c"$connections" -d"${WARMUP:-3s}" --timeout 5s -s "$BENCH_DIR/w4.lua" "http://127.0.0.1:$PORT" >/dev/null
     W4_QUERY=$query wrk -t1 -c"$connections" -d"$DURATION" --timeout 5s --latency -s "$BENCH_DIR/w4.lua" "http://127.0.0.1:$PORT" \
       >"$WORK/$query-c$connections.txt"
     line=$(grep '^RESULT' "$WORK/$query-c$connections.txt")
@@ -70,4 +70,4 @@ for query in ${QUERIES:-observation patient patient-total-none}; do
   done
 done
 echo
-echo "gateway peak RSS: $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GATEWAY_PID/status") MiB; data directory: $(du -sh "$WORK/data" | cut -f1)"
+echo "gateway peak RSS: $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GATEWAY_PID/status") MiB (RssAnon now $(awk '/RssAnon/ {print int($2 / 1024)}' "/proc/$GATEWAY_PID/status") MiB); data directory: $(du -shL "$WORK/data" | cut -f1)"

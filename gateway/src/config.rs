@@ -39,6 +39,9 @@ pub enum Command {
     Import(ImportArgs),
     /// Drop the search index and rebuild it from the store (gateway stopped).
     Reindex(DataArgs),
+    /// Shrink the derived B-tree stores (catalog, pack index, patient key index, audit index) to
+    /// what they hold (gateway stopped; `import` does it at its end).
+    Compact(DataArgs),
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),

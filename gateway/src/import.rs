@@ -38,7 +38,9 @@ pub struct ImportSummary {
     pub resources_by_type: BTreeMap<String, u64>,
     pub failures: Vec<String>,
     pub skipped: Vec<String>,
+    /// From the store's opening to its closing (not the compaction after).
     pub seconds: f64,
+    pub compacted: crate::store::CompactSummary,
 }
 
 impl ImportSummary {
@@ -69,7 +71,7 @@ impl fmt::Display for ImportSummary {
         for failure in &self.failures {
             writeln!(formatter, "  {failure}")?;
         }
-        Ok(())
+        write!(formatter, "{}", self.compacted)
     }
 }
 
@@ -179,7 +181,11 @@ pub fn import(data_directory: &Path, paths: &[PathBuf], leniency: Leniency, orga
         let store = ResourceStore::open(data_directory, options).map_err(|error| error.to_string())?;
         let result = import_into(&store, paths, leniency, &Principal::operator("import", organization)).await;
         store.close().await;
-        result.map(|summary| ImportSummary { seconds: started.elapsed().as_secs_f64(), ..summary })
+        drop(store);
+        let seconds = started.elapsed().as_secs_f64();
+        let imported = result?;
+        let compacted = crate::store::compact(data_directory).map_err(|error| error.to_string())?;
+        Ok(ImportSummary { seconds, compacted, ..imported })
     })
 }
 

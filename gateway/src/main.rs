@@ -108,6 +108,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Compact(args) => {
+            init_logging(LogFormat::Text);
+            let data_dir = Config::data_dir_for(args, &file_config);
+            match fhir_gateway::store::compact(&data_dir) {
+                Ok(summary) => {
+                    print!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("fhir-gateway compact: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token(args) => {
             let data_dir = Config::data_dir_for(args.data, &file_config);
             let issuer = match DevIssuer::load_or_create(&data_dir.join("keys")) {

@@ -1,4 +1,4 @@
-//! The command line: key rotation, the data directory lock, the TOML configuration file.
+//! The command line: key rotation, compaction, the data directory lock, the TOML configuration file.
 
 use std::process::Command;
 
@@ -102,4 +102,36 @@ async fn reindex_rebuilds_the_search_index() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "reindexed 1 resources");
     gateway.restart().await;
     assert_eq!(json_body(gateway.get("Patient?family=reindex").await).await["total"], 1);
+}
+
+#[tokio::test]
+async fn compact_shrinks_the_derived_stores_of_a_stopped_gateway_and_everything_reads_back() {
+    let mut gateway = Gateway::start().await;
+    let mut ids = Vec::new();
+    for index in 0..40 {
+        let created = gateway.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": format!("Compact{index}")}]})).await;
+        ids.push(json_body(created).await["id"].as_str().unwrap().to_string());
+    }
+    let data = gateway.data.path().to_path_buf();
+    let compact = || Command::new(binary()).args(["compact", "--data-dir"]).arg(&data).output().unwrap();
+    let refused = compact();
+    assert!(!refused.status.success(), "a running gateway's directory is not compacted");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use"), "{}", String::from_utf8_lossy(&refused.stderr));
+    gateway.stop();
+    let output = compact();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    for store in ["catalog.redb", "blocks/index.redb", "patients.index.redb"] {
+        assert!(stdout.contains(store), "{store} in {stdout}");
+    }
+    gateway.restart().await;
+    for id in &ids {
+        assert_eq!(gateway.get(&format!("Patient/{id}")).await.status(), 200);
+    }
+    let updated = gateway.put(&format!("Patient/{}", ids[0]), &json!({"resourceType": "Patient", "id": ids[0], "name": [{"family": "Compacted"}]})).await;
+    assert_eq!(updated.status(), 200);
+    assert_eq!(json_body(gateway.get(&format!("Patient/{}/_history", ids[0])).await).await["entry"].as_array().unwrap().len(), 2);
+    gateway.stop();
+    let (clean, report) = gateway.verify();
+    assert!(clean, "{report}");
 }

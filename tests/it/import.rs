@@ -33,6 +33,7 @@ async fn bulk_ndjson_imports_with_references_resolved() {
     assert!(success, "{summary}");
     assert!(summary.contains("failures: 0"), "{summary}");
     assert!(summary.contains("log.ndjson: holds no FHIR resources"), "{summary}");
+    assert!(summary.contains("compacted ") && summary.contains("catalog.redb"), "the import ends by compacting the stores: {summary}");
 
     let mut expected: BTreeMap<String, usize> = BTreeMap::new();
     let mut encounter_line = None;

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 mod commit;
+mod compact;
 pub mod consents;
 mod erasure;
 pub mod events;
@@ -34,6 +35,7 @@ use crate::ledger::{EntryKind, LedgerEntry, LedgerError, LedgerLog};
 use crate::seal::{self, Keyring, SealContext};
 use catalog::{Catalog, CatalogRecord, KeyedHash, ResourceKey, VersionRecord};
 use commit::{CommitRequest, Expectation, PreparedWrite, Refusal, UnitOutcome};
+pub use compact::{CompactError, CompactSummary, compact};
 pub use erasure::PurgeOutcome;
 pub use rotate::rotate_keys;
 pub use secrets::LedgerSecrets;
