@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-/// How often pending entries move into the store.
-const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How often pending entries move into the store (each move is a redb commit, whose cost is
+/// mostly per commit, not per entry).
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often the store is made durable (at most; also when the index is closed).
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -150,7 +151,7 @@ impl<K: IndexKey, V: IndexValue> FlushedIndex<K, V> {
                 .name(name.clone())
                 .spawn(move || {
                     while !shared.stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(FLUSH_EVERY);
+                        std::thread::park_timeout(FLUSH_EVERY);
                         if let Err(error) = shared.flush(false) {
                             tracing::error!(%error, index = name.as_str(), "moving entries into the index failed; retrying");
                         }
@@ -312,6 +313,7 @@ impl<K: IndexKey, V: IndexValue> Drop for FlushedIndex<K, V> {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(flusher) = self.flusher.take() {
+            flusher.thread().unpark();
             let _ = flusher.join();
         }
         if let Err(error) = self.shared.flush(true) {

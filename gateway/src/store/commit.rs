@@ -47,7 +47,9 @@ pub(crate) type Reply = oneshot::Sender<Result<UnitOutcome, StoreError>>;
 /// What a write was prepared on; checked again at commit time.
 #[derive(Clone)]
 pub(crate) enum Expectation {
-    /// A new id; for a conditional create also: still nothing matches (`_id`, identifier hashes).
+    /// A new server-assigned id (`new_resource_id`: 122 random bits, so never stored before and
+    /// not looked up); for a conditional create also: still nothing matches (`_id`, identifier
+    /// hashes).
     Absent { condition: Option<(Option<String>, Vec<KeyedHash>)> },
     /// The resource's current version is still `base` (`None`: it has no version).
     Current { base: Option<u64> },
@@ -364,7 +366,10 @@ fn check(
         Some(KeyHolder::Patient(slot)) => catalog.is_erased_holder(slot)?,
         _ => false,
     };
-    let stored = catalog.lookup(&prepared.key)?;
+    let stored = match expectation {
+        Expectation::Absent { .. } => Lookup::Absent,
+        Expectation::Current { .. } => catalog.lookup(&prepared.key)?,
+    };
     if erased_holder || stored == Lookup::Erased {
         return Ok(Some(Refusal::Conflict));
     }

@@ -31,6 +31,9 @@ impl fmt::Display for CompactSummary {
     }
 }
 
+/// The page cache while compacting (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 64 << 20;
+
 /// The derived B-tree stores of a data directory.
 fn stores(layout: &DataLayout) -> [PathBuf; 4] {
     [
@@ -49,7 +52,7 @@ pub fn compact(data_directory: &Path) -> Result<CompactSummary, CompactError> {
         let error = |source: redb::Error| CompactError::Store { path: path.clone(), source };
         let before = std::fs::metadata(&path).map_err(|source| error(source.into()))?.len();
         {
-            let mut db = redb::Database::open(&path).map_err(|source| error(source.into()))?;
+            let mut db = redb::Database::builder().set_cache_size(CACHE_BYTES).open(&path).map_err(|source| error(source.into()))?;
             db.compact(redb::CompactionMode::Maximum).map_err(|source| error(source.into()))?;
         }
         let after = std::fs::metadata(&path).map_err(|source| error(source.into()))?.len();
