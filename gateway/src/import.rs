@@ -75,6 +75,29 @@ impl fmt::Display for ImportSummary {
     }
 }
 
+/// Why an import stopped (a resource that fails is not one: it is counted in the summary).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("the runtime could not start: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Open(#[from] crate::store::OpenError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}: no such file or directory")]
+    NoSuchPath(PathBuf),
+    #[error("an import task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("an import task could not start: the work queue closed")]
+    Closed(#[from] tokio::sync::AcquireError),
+    #[error(transparent)]
+    Compact(#[from] crate::store::CompactError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
+    move |source| ImportError::Io { path: path.to_path_buf(), source }
+}
+
 /// One unit of import work: a Bundle file, or a chunk of an ndjson file.
 enum Work {
     Bundle { path: PathBuf, bytes: u64 },
@@ -103,12 +126,12 @@ fn describe(error: &StoreError) -> String {
     }
 }
 
-fn files_under(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+fn files_under(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImportError> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|error| format!("{}: {error}", path.display()))?
+                .map_err(io_error(path))?
                 .filter_map(|entry| entry.ok().map(|entry| entry.path()))
                 .filter(|path| path.is_file())
                 .filter(|path| path.extension().is_some_and(|extension| extension == "json" || extension == "ndjson"))
@@ -118,7 +141,7 @@ fn files_under(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         } else if path.is_file() {
             files.push(path.clone());
         } else {
-            return Err(format!("{}: no such file or directory", path.display()));
+            return Err(ImportError::NoSuchPath(path.clone()));
         }
     }
     Ok(files)
@@ -126,7 +149,7 @@ fn files_under(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 /// Resource types a file holds (for ordering reference data first). Reads only `resourceType`
 /// members: the rest of each resource is skipped, not built into a tree.
-fn types_in(path: &Path) -> Result<Vec<String>, String> {
+fn types_in(path: &Path) -> Result<Vec<String>, ImportError> {
     #[derive(serde::Deserialize)]
     struct Typed {
         #[serde(rename = "resourceType", default)]
@@ -142,17 +165,17 @@ fn types_in(path: &Path) -> Result<Vec<String>, String> {
     let mut types = Vec::new();
     if path.extension().is_some_and(|extension| extension == "ndjson") {
         // Read a line at a time: an ndjson file can be far larger than memory.
-        let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let file = std::fs::File::open(path).map_err(io_error(path))?;
         let mut seen = std::collections::BTreeSet::new();
         for line in std::io::BufReader::new(file).lines() {
-            let line = line.map_err(|error| format!("{}: {error}", path.display()))?;
+            let line = line.map_err(io_error(path))?;
             if !line.trim().is_empty() {
                 seen.insert(serde_json::from_str::<Typed>(&line).map(|typed| typed.resource_type).unwrap_or_default());
             }
         }
         types.extend(seen);
     } else {
-        let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(io_error(path))?;
         match serde_json::from_str::<Typed>(text.trim_start_matches('\u{feff}')) {
             Ok(Typed { entry: Some(entries), .. }) => {
                 types.extend(entries.into_iter().map(|entry| entry.resource.map(|resource| resource.resource_type).unwrap_or_default()))
@@ -168,8 +191,13 @@ fn types_in(path: &Path) -> Result<Vec<String>, String> {
 
 /// Imports `paths` into the store at `data_directory`; the records are authored by
 /// `organization` (e.g. `Organization/local`, the hospital running the gateway).
-pub fn import(data_directory: &Path, paths: &[PathBuf], leniency: Leniency, organization: Option<&str>) -> Result<ImportSummary, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| error.to_string())?;
+pub fn import(
+    data_directory: &Path,
+    paths: &[PathBuf],
+    leniency: Leniency,
+    organization: Option<&str>,
+) -> Result<ImportSummary, ImportError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ImportError::Runtime)?;
     runtime.block_on(async {
         // The rate counts the whole command: opening the store, and closing it (the index
         // catching up, the last checkpoint).
@@ -178,18 +206,23 @@ pub fn import(data_directory: &Path, paths: &[PathBuf], leniency: Leniency, orga
         // command's critical path.
         let indexing_threads = std::thread::available_parallelism().map_or(1, usize::from);
         let options = StoreOptions { indexing_threads, ..StoreOptions::default() };
-        let store = ResourceStore::open(data_directory, options).map_err(|error| error.to_string())?;
+        let store = ResourceStore::open(data_directory, options)?;
         let result = import_into(&store, paths, leniency, &Principal::operator("import", organization)).await;
         store.close().await;
         drop(store);
         let seconds = started.elapsed().as_secs_f64();
         let imported = result?;
-        let compacted = crate::store::compact(data_directory).map_err(|error| error.to_string())?;
+        let compacted = crate::store::compact(data_directory)?;
         Ok(ImportSummary { seconds, compacted, ..imported })
     })
 }
 
-async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Leniency, principal: &Principal) -> Result<ImportSummary, String> {
+async fn import_into(
+    store: &ResourceStore,
+    paths: &[PathBuf],
+    leniency: Leniency,
+    principal: &Principal,
+) -> Result<ImportSummary, ImportError> {
     let mut summary = ImportSummary::default();
     let mut phases: Vec<Vec<PathBuf>> = vec![Vec::new(); REFERENCE_TYPES.len() + 1];
     for file in files_under(paths)? {
@@ -223,20 +256,18 @@ async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Lenienc
             phase.into_iter().partition(|path| path.extension().is_some_and(|extension| extension == "ndjson"));
         let mut bundles = bundles
             .into_iter()
-            .map(|path| {
-                Ok(Work::Bundle { bytes: std::fs::metadata(&path).map_err(|error| format!("{}: {error}", path.display()))?.len(), path })
-            })
-            .collect::<Result<Vec<Work>, String>>()?;
+            .map(|path| Ok(Work::Bundle { bytes: std::fs::metadata(&path).map_err(io_error(&path))?.len(), path }))
+            .collect::<Result<Vec<Work>, ImportError>>()?;
         bundles.sort_by_key(|unit| std::cmp::Reverse(unit.bytes()));
         for unit in bundles {
             units.submit(unit, &mut summary).await?;
         }
         for path in ndjson {
-            let file = std::fs::File::open(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+            let file = std::fs::File::open(&path).map_err(io_error(&path))?;
             let mut lines = Vec::new();
             let mut first_line = 1;
             for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
-                let line = line.map_err(|error| format!("{}: {error}", path.display()))?;
+                let line = line.map_err(io_error(&path))?;
                 if lines.is_empty() {
                     first_line = number + 1;
                 }
@@ -250,7 +281,7 @@ async fn import_into(store: &ResourceStore, paths: &[PathBuf], leniency: Lenienc
             }
         }
         while let Some(result) = units.tasks.join_next().await {
-            summary.merge(result.map_err(|error| error.to_string())?);
+            summary.merge(result?);
         }
     }
     progress.finish();
@@ -269,10 +300,10 @@ struct Units<'a> {
 
 impl Units<'_> {
     /// Starts `unit` once a permit is free, taking in the results of units that have finished.
-    async fn submit(&mut self, unit: Work, summary: &mut ImportSummary) -> Result<(), String> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(|error| error.to_string())?;
+    async fn submit(&mut self, unit: Work, summary: &mut ImportSummary) -> Result<(), ImportError> {
+        let permit = self.permits.clone().acquire_owned().await?;
         while let Some(result) = self.tasks.try_join_next() {
-            summary.merge(result.map_err(|error| error.to_string())?);
+            summary.merge(result?);
         }
         let (store, progress, principal, leniency) = (self.store.clone(), self.progress.clone(), self.principal.clone(), self.leniency);
         self.tasks.spawn(async move {

@@ -19,7 +19,7 @@
 //!    same key (origin `<ledger origin>/audit`) and match the leaves.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::blob::{self, EmbeddedBlockstore};
 use crate::journal::{self, ScanEnd};
@@ -84,13 +84,28 @@ fn describe_scan_end(what: &str, end: ScanEnd, problems: &mut Vec<String>) {
     }
 }
 
-pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyReport, String> {
+/// Why `verify` could not check a data directory at all (what it finds wrong is in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0} is not a gateway data directory (no keys/)")]
+    NotADataDirectory(PathBuf),
+    #[error(transparent)]
+    Keyring(#[from] crate::seal::KeyringError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Blob(#[from] crate::blob::BlobError),
+    #[error("the ledger key does not make a checkpoint verifier: {0}")]
+    Key(#[from] crate::ledger::note::NoteError),
+}
+
+pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyReport, VerifyError> {
     let layout = DataLayout::new(data_directory);
     if !layout.keys().is_dir() {
-        return Err(format!("{} is not a gateway data directory (no keys/)", data_directory.display()));
+        return Err(VerifyError::NotADataDirectory(data_directory.to_path_buf()));
     }
-    let secrets = LedgerSecrets::open_or_create(&layout.keys()).map_err(|error| error.to_string())?;
-    let keyring = Keyring::open_for_verify(&layout.keys()).map_err(|error| error.to_string())?;
+    let secrets = LedgerSecrets::open_or_create(&layout.keys())?;
+    let keyring = Keyring::open_for_verify(&layout.keys())?;
     let verifying_key = secrets.signing_key.verifying_key();
     let origin = origin.map(str::to_string).unwrap_or_else(|| secrets.default_origin());
     let mut report = VerifyReport::default();
@@ -109,8 +124,7 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
                 entries.push(None);
             }
         }
-    })
-    .map_err(|error| error.to_string())?;
+    })?;
     describe_scan_end("ledger/entries.log", end, &mut report.problems);
     report.problems.extend(signature_problems);
     report.ledger_entries = leaf_hashes.len() as u64;
@@ -132,8 +146,7 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
             if serde_json::from_slice::<crate::audit::AuditRecord>(leaf).is_err() {
                 report.problems.push(format!("audit entry {leaf_index}: not an audit record"));
             }
-        })
-        .map_err(|error| error.to_string())?;
+        })?;
         describe_scan_end("audit/entries.log", end, &mut report.problems);
         report.audit_events = audit_hashes.len() as u64;
         let audit_origin = format!("{origin}/audit");
@@ -142,7 +155,7 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
     }
 
     // 3. Catalog and blobs.
-    let (blobs, pack_scan) = EmbeddedBlockstore::open_read_only(&layout.blocks()).map_err(|error| error.to_string())?;
+    let (blobs, pack_scan) = EmbeddedBlockstore::open_read_only(&layout.blocks())?;
     for offset in &pack_scan.damaged_offsets {
         report.problems.push(format!(
             "blocks/blocks.pack: damaged record at offset {offset} (a block does not match its CID, or its length is wrong; the gateway will not start)"
@@ -159,8 +172,7 @@ pub fn verify(data_directory: &Path, origin: Option<&str>) -> Result<VerifyRepor
     let end = journal::scan(&catalog_path, |offset, bytes| match CatalogRecord::decode(bytes) {
         Ok(record) => records.push((offset, record)),
         Err(reason) => report.problems.push(format!("records/catalog.log: record at offset {offset} is unreadable: {reason}")),
-    })
-    .map_err(|error| error.to_string())?;
+    })?;
     describe_scan_end("records/catalog.log", end, &mut report.problems);
     let readable_end = match end {
         ScanEnd::Clean => std::fs::metadata(&catalog_path).map_or(0, |metadata| metadata.len()),
@@ -274,15 +286,14 @@ fn check_checkpoints(
     default_origin: &str,
     secrets: &LedgerSecrets,
     problems: &mut Vec<String>,
-) -> Result<(u64, u64, u64), String> {
+) -> Result<(u64, u64, u64), VerifyError> {
     let mut notes = Vec::new();
     let end = journal::scan(&directory.join("checkpoints.log"), |_, record| {
         notes.push(String::from_utf8_lossy(record).into_owned());
-    })
-    .map_err(|error| error.to_string())?;
+    })?;
     describe_scan_end(&format!("{name}/checkpoints.log"), end, problems);
     let origin = notes.first().and_then(|text| text.lines().next()).map_or_else(|| default_origin.to_string(), str::to_string);
-    let verifier = NoteSigner::new(origin.clone(), secrets.signing_key.clone()).map_err(|error| error.to_string())?.verifier();
+    let verifier = NoteSigner::new(origin.clone(), secrets.signing_key.clone())?.verifier();
     let (mut count, mut newest, mut previous_size, mut verified) = (0, 0, 0, 0);
     let what = if name == "ledger" { "checkpoint".to_string() } else { format!("{name} checkpoint") };
     for (position, text) in notes.iter().enumerate() {

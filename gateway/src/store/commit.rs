@@ -540,25 +540,40 @@ fn commit_group(shared: &Shared, units: Vec<PendingUnit>) {
     answer_refused(refused);
 }
 
+/// Why a group could not be made durable: the store stops accepting writes.
+#[derive(Debug, thiserror::Error)]
+enum StorageFailure {
+    #[error(transparent)]
+    Blob(#[from] blob::BlobError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("patient keys: {0}")]
+    PatientKeys(std::io::Error),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("the ledger appended at leaf {appended}, expected {expected}")]
+    LedgerOutOfStep { appended: u64, expected: u64 },
+}
+
 /// Writes a group's blocks and catalog records (not yet durable); returns where the catalog
 /// journal now ends.
-fn append(shared: &Shared, blocks: &[Block], records: &[CatalogRecord]) -> Result<u64, String> {
-    shared.blobs.put_blocks(blocks).map_err(|error| error.to_string())?;
+fn append(shared: &Shared, blocks: &[Block], records: &[CatalogRecord]) -> Result<u64, StorageFailure> {
+    shared.blobs.put_blocks(blocks)?;
     let encoded: Vec<Vec<u8>> = records.iter().map(CatalogRecord::encode).collect();
-    shared.catalog_journal.append(&encoded).map_err(|error| error.to_string())?;
+    shared.catalog_journal.append(&encoded)?;
     Ok(shared.catalog_journal.end())
 }
 
 /// Syncs what [`append`] wrote (and new patient keys), then appends the group's ledger leaves
 /// and syncs them: the commit point.
-fn make_durable(shared: &Shared, writes: &[&PreparedWrite], first_leaf_index: u64) -> Result<(), String> {
-    shared.blobs.sync().map_err(|error| error.to_string())?;
-    shared.keyring.read().expect("keyring lock").patients().sync().map_err(|error| format!("patient keys: {error}"))?;
-    shared.catalog_journal.sync().map_err(|error| error.to_string())?;
+fn make_durable(shared: &Shared, writes: &[&PreparedWrite], first_leaf_index: u64) -> Result<(), StorageFailure> {
+    shared.blobs.sync()?;
+    shared.keyring.read().expect("keyring lock").patients().sync().map_err(StorageFailure::PatientKeys)?;
+    shared.catalog_journal.sync()?;
     let leaves: Vec<&[u8]> = writes.iter().map(|prepared| prepared.leaf.as_slice()).collect();
-    let leaf_index = shared.ledger.append_durably(&leaves).map_err(|error| error.to_string())?;
-    if leaf_index != first_leaf_index {
-        return Err(format!("ledger appended at {leaf_index}, expected {first_leaf_index}"));
+    let appended = shared.ledger.append_durably(&leaves)?;
+    if appended != first_leaf_index {
+        return Err(StorageFailure::LedgerOutOfStep { appended, expected: first_leaf_index });
     }
     Ok(())
 }

@@ -43,8 +43,8 @@ use commit::{CommitRequest, Expectation, PreparedWrite, Refusal, UnitOutcome};
 pub use compact::{CompactError, CompactSummary, compact};
 pub use erasure::PurgeOutcome;
 pub(crate) use open::lock_data_directory;
-pub use open::{DataLayout, OpenError, reindex};
-pub use rotate::rotate_keys;
+pub use open::{DataLayout, OpenError, ReindexError, reindex};
+pub use rotate::{RotateError, RotateSummary, rotate_keys};
 pub use secrets::LedgerSecrets;
 pub use transaction::{EntryOutcome, TransactionError};
 

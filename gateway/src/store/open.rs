@@ -62,14 +62,24 @@ impl DataLayout {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ReindexError {
+    #[error("the runtime could not start: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// `fhir-gateway reindex`: opens the store (gateway stopped) and rebuilds the search index.
-pub fn reindex(data_directory: &Path) -> Result<u64, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|error| error.to_string())?;
+pub fn reindex(data_directory: &Path) -> Result<u64, ReindexError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ReindexError::Runtime)?;
     runtime.block_on(async {
-        let store = ResourceStore::open(data_directory, StoreOptions::default()).map_err(|error| error.to_string())?;
-        let result = store.reindex().map_err(|error| error.to_string());
+        let store = ResourceStore::open(data_directory, StoreOptions::default())?;
+        let result = store.reindex();
         store.close().await;
-        result
+        Ok(result?)
     })
 }
 
