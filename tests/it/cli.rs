@@ -128,7 +128,9 @@ async fn compact_shrinks_the_derived_stores_of_a_stopped_gateway_and_everything_
     for id in &ids {
         assert_eq!(gateway.get(&format!("Patient/{id}")).await.status(), 200);
     }
-    let updated = gateway.put(&format!("Patient/{}", ids[0]), &json!({"resourceType": "Patient", "id": ids[0], "name": [{"family": "Compacted"}]})).await;
+    let updated = gateway
+        .put(&format!("Patient/{}", ids[0]), &json!({"resourceType": "Patient", "id": ids[0], "name": [{"family": "Compacted"}]}))
+        .await;
     assert_eq!(updated.status(), 200);
     assert_eq!(json_body(gateway.get(&format!("Patient/{}/_history", ids[0])).await).await["entry"].as_array().unwrap().len(), 2);
     gateway.stop();
