@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use super::catalog::{CatalogRecord, Erasure, ResourceKey, VersionRecord};
 use super::events::CommitEvent;
-use super::search::IndexJob;
+use super::indexer::IndexJob;
 use super::{Shared, StoreError, history_of};
 use crate::blob::{self, Cid};
 use crate::fhir;

@@ -12,6 +12,7 @@ mod compact;
 pub mod consents;
 mod erasure;
 pub mod events;
+mod indexer;
 mod open;
 mod read;
 use read::{history_of, load};
@@ -293,11 +294,11 @@ pub(crate) struct Shared {
     secrets: LedgerSecrets,
     poisoned: AtomicBool,
     options: StoreOptions,
-    search: search::SearchIndex,
+    search: indexer::SearchIndex,
     /// Current Consents by patient, for the consent decision.
     consents: Arc<consents::ConsentDirectory>,
     /// Where the index feed sends published versions for indexing, and the indexer thread.
-    indexer: std::sync::Mutex<Option<search::Indexer>>,
+    indexer: std::sync::Mutex<Option<indexer::Indexer>>,
     /// Who follows the commit event stream ([`events`]), called in this order.
     subscribers: RwLock<Vec<Arc<dyn events::Subscriber>>>,
     /// Writes started (validating, preparing) and not yet submitted to the commit thread, which

@@ -227,7 +227,7 @@ impl ResourceStore {
 
         let index = crate::search::index::TantivyIndex::open(&layout.search_index(), options.indexing_threads)
             .map_err(|error| OpenError::Index(error.to_string()))?;
-        let search = search::SearchIndex::new(index, crate::search::terms::TermEncoder::new(secrets.search_key()));
+        let search = indexer::SearchIndex::new(index, crate::search::terms::TermEncoder::new(secrets.search_key()));
         let shared = Arc::new(Shared {
             blobs,
             ledger,
@@ -247,9 +247,9 @@ impl ResourceStore {
         let consent_source: std::sync::Weak<dyn consents::ConsentSource> = Arc::downgrade(&shared) as std::sync::Weak<Shared>;
         shared.consents.read_from(consent_source);
         shared.ledger.checkpoint()?;
-        *shared.indexer.lock().expect("indexer lock") = Some(search::start_indexer(Arc::downgrade(&shared)));
+        *shared.indexer.lock().expect("indexer lock") = Some(indexer::start_indexer(Arc::downgrade(&shared)));
         shared.subscribe(shared.consents.clone());
-        shared.subscribe(Arc::new(search::IndexFeed(Arc::downgrade(&shared))));
+        shared.subscribe(Arc::new(indexer::IndexFeed(Arc::downgrade(&shared))));
         let commits = commit::start(shared.clone());
         let store = ResourceStore { shared, commits };
         let caught_up = store.catch_up_index().map_err(|error| OpenError::Index(error.to_string()))?;
