@@ -4,7 +4,8 @@
 #
 #   bench/store_scale.sh BINARY N [N ...]        e.g. bench/store_scale.sh target/release/fhir-gateway 100000 400000
 #
-# Prints per size: import seconds, resources/s and peak RSS; the start's time until /metadata
+# Prints per size: import seconds (the whole command: since 2a5276e that includes the compaction
+# at its end, which `import` prints apart), resources/s and peak RSS; the start's time until /metadata
 # answers; anonymous RSS (RssAnon: the process's own memory, not the page cache) 3 s later;
 # the data directory's size. Scratch data lives under $WORK (default: a fresh mktemp -d), removed
 # at the end unless KEEP=1 (which keeps each size's input-N and data-N: bench/w4.sh measures
