@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tantivy::collector::DocSetCollector;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextOptions, Value as _};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -274,6 +274,9 @@ impl TantivyIndex {
             TermCondition::All(conditions) => {
                 Box::new(BooleanQuery::new(conditions.iter().map(|condition| (Occur::Must, self.condition_query(condition))).collect()))
             }
+            // None of nothing: no document (said explicitly, not left to how an empty boolean
+            // query scores).
+            TermCondition::Any(conditions) if conditions.is_empty() => Box::new(EmptyQuery),
             TermCondition::Any(conditions) => {
                 Box::new(BooleanQuery::new(conditions.iter().map(|condition| (Occur::Should, self.condition_query(condition))).collect()))
             }

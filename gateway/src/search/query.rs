@@ -60,6 +60,21 @@ pub struct Filter {
     pub chain: Option<Box<Chain>>,
 }
 
+impl Filter {
+    /// `_id` is one of `ids`; with none, the filter matches nothing.
+    pub fn ids(ids: Vec<String>) -> Filter {
+        let values = ids.into_iter().map(|id| FilterValue::Token { system: TokenSystem::Any, code: Some(id) }).collect();
+        Filter { param: "_id".into(), param_type: ParamType::Token, modifier: None, values, chain: None }
+    }
+
+    /// Reference parameter `param` points at one of `targets` (`Type/id`); with none, the
+    /// filter matches nothing.
+    pub fn references(param: &str, targets: Vec<String>) -> Filter {
+        let values = targets.into_iter().map(|target| FilterValue::Reference { target }).collect();
+        Filter { param: param.into(), param_type: ParamType::Reference, modifier: None, values, chain: None }
+    }
+}
+
 /// A chained (`subject:Patient.name`) or reverse-chained (`_has:…`) criterion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Chain {
@@ -681,6 +696,20 @@ mod tests {
         assert_eq!(split_escaped(r"a\,b,c", ','), vec![r"a\,b", "c"]);
         assert_eq!(unescape(r"a\,b\$c\|d\\e\"), r"a,b$c|d\e\");
         assert_eq!(split_escaped("", ','), vec![""]);
+    }
+
+    #[test]
+    fn filters_built_as_values_equal_the_parsed_ones() {
+        let parsed = |resource_type: &str, name: &str, value: &str| {
+            parse_query(SearchParamTable::r4(), resource_type, &[(name.into(), value.into())], false).unwrap().filters.remove(0)
+        };
+        assert_eq!(Filter::ids(vec!["a".into(), "b-1".into()]), parsed("Patient", "_id", "a,b-1"));
+        assert_eq!(
+            Filter::references("subject", vec!["Patient/1".into(), "Group/g".into()]),
+            parsed("Observation", "subject", "Patient/1,Group/g")
+        );
+        assert_eq!(Filter::references("patient", vec!["Patient/p".into()]), parsed("Consent", "patient", "Patient/p"));
+        assert!(Filter::ids(Vec::new()).values.is_empty(), "no id: nothing can match");
     }
 
     #[test]

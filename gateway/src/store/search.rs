@@ -215,7 +215,7 @@ impl ResourceStore {
         let table = SearchParamTable::r4();
         let mut resolved = Vec::with_capacity(filters.len());
         for filter in filters {
-            let (name, values) = match filter.chain.as_deref() {
+            let plain = match filter.chain.as_deref() {
                 None => {
                     resolved.push(filter.clone());
                     continue;
@@ -227,7 +227,7 @@ impl ResourceStore {
                             targets.push(format!("{}/{}", version.key.resource_type, version.key.id));
                         }
                     }
-                    (filter.param.clone(), targets)
+                    Filter::references(&filter.param, targets)
                 }
                 Some(Chain::Reverse { source_type, reference_param, filter: inner }) => {
                     let link = table
@@ -249,15 +249,11 @@ impl ResourceStore {
                             }
                         }
                     }
-                    ("_id".to_string(), ids)
+                    Filter::ids(ids)
                 }
             };
-            if values.is_empty() {
-                // Nothing linked is visible: the filter matches nothing (`$` is in no id).
-                resolved.extend(single_filter(resource_type, "_id", "$")?);
-                continue;
-            }
-            resolved.extend(single_filter(resource_type, &name, &values.join(","))?);
+            // Nothing linked is visible: no value, and the filter matches nothing.
+            resolved.push(plain);
         }
         Ok(resolved)
     }
@@ -281,11 +277,7 @@ impl ResourceStore {
         let params = SearchParamTable::r4().patient_compartment_params(resource_type);
         if resource_type == "Patient" {
             let id = patient_reference.trim_start_matches("Patient/");
-            let filter = crate::search::parse_query(SearchParamTable::r4(), "Patient", &[("_id".into(), id.into())], false)
-                .map_err(|error| StoreError::BadRequest(error.to_string()))?;
-            return Ok(TermCondition::Any(
-                filter.filters.iter().map(|filter| self.shared.search.encoder.filter_condition("Patient", filter)).collect(),
-            ));
+            return Ok(self.shared.search.encoder.filter_condition("Patient", &Filter::ids(vec![id.to_string()])));
         }
         if params.is_empty() {
             return Err(StoreError::BadRequest(format!("{resource_type} is not in the Patient compartment")));
@@ -463,13 +455,6 @@ pub const MAX_CHAIN_MATCHES: usize = 1_000;
 /// Most `_include`d and `_revinclude`d resources in one page; past it the page says so in an
 /// OperationOutcome (a smaller `_count` gets them all).
 pub const MAX_INCLUDES_PER_PAGE: usize = 1_000;
-
-/// The filter(s) of one `name=value` parameter on `resource_type`.
-fn single_filter(resource_type: &str, name: &str, value: &str) -> Result<Vec<Filter>, StoreError> {
-    let query = crate::search::parse_query(SearchParamTable::r4(), resource_type, &[(name.to_string(), value.to_string())], false)
-        .map_err(|error| StoreError::BadRequest(error.to_string()))?;
-    Ok(query.filters)
-}
 
 /// `Type/id` references an `_include` follows from one resource.
 fn include_targets(table: &SearchParamTable, include: &Include, resource_type: &str, resource: &Value) -> Vec<String> {
