@@ -710,6 +710,18 @@ mod tests {
         );
         assert_eq!(Filter::references("patient", vec!["Patient/p".into()]), parsed("Consent", "patient", "Patient/p"));
         assert!(Filter::ids(Vec::new()).values.is_empty(), "no id: nothing can match");
+        // Every parameter that puts a resource in a patient's compartment, as the store builds
+        // its compartment condition.
+        let table = SearchParamTable::r4();
+        for resource_type in table.resource_types() {
+            for param in table.patient_compartment_params(resource_type) {
+                assert_eq!(
+                    Filter::references(param, vec!["Patient/p".into()]),
+                    parsed(resource_type, param, "Patient/p"),
+                    "{resource_type}.{param}"
+                );
+            }
+        }
     }
 
     #[test]

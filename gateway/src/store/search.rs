@@ -284,10 +284,8 @@ impl ResourceStore {
         }
         let mut any = Vec::new();
         for param in params {
-            let query =
-                crate::search::parse_query(SearchParamTable::r4(), resource_type, &[(param.clone(), patient_reference.to_string())], false)
-                    .map_err(|error| StoreError::BadRequest(error.to_string()))?;
-            any.extend(query.filters.iter().map(|filter| self.shared.search.encoder.filter_condition(resource_type, filter)));
+            let filter = Filter::references(param, vec![patient_reference.to_string()]);
+            any.push(self.shared.search.encoder.filter_condition(resource_type, &filter));
         }
         Ok(TermCondition::Any(any))
     }
