@@ -97,30 +97,13 @@ fn main() -> ExitCode {
         Command::Reindex(args) => {
             init_logging(LogFormat::Text);
             let data_dir = Config::data_dir_for(args, &file_config);
-            match fhir_gateway::store::reindex(&data_dir) {
-                Ok(resources) => {
-                    println!("reindexed {resources} resources");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("fhir-gateway reindex: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            let reindexed = fhir_gateway::store::reindex(&data_dir).map(|resources| format!("reindexed {resources} resources"));
+            report("reindex", reindexed)
         }
         Command::Compact(args) => {
             init_logging(LogFormat::Text);
             let data_dir = Config::data_dir_for(args, &file_config);
-            match fhir_gateway::store::compact(&data_dir) {
-                Ok(summary) => {
-                    print!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("fhir-gateway compact: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            report("compact", fhir_gateway::store::compact(&data_dir).map(|summary| summary.to_string().trim_end().to_string()))
         }
         Command::Token(args) => {
             let data_dir = Config::data_dir_for(args.data, &file_config);
@@ -149,16 +132,21 @@ fn main() -> ExitCode {
         }
         Command::Keys(KeysCommand::Rotate(args)) => {
             let data_dir = Config::data_dir_for(args, &file_config);
-            match fhir_gateway::store::rotate_keys(&data_dir) {
-                Ok(summary) => {
-                    println!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("fhir-gateway keys rotate: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            report("keys rotate", fhir_gateway::store::rotate_keys(&data_dir))
+        }
+    }
+}
+
+/// A maintenance command's outcome: what it did on stdout, or why it failed on stderr (exit 1).
+fn report(command: &str, outcome: Result<impl std::fmt::Display, impl std::fmt::Display>) -> ExitCode {
+    match outcome {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("fhir-gateway {command}: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -138,6 +138,12 @@ fn encode(slot: PatientSlot, patient: &PatientHash, kek: (u32, &[u8; 32]), key: 
     Ok(bytes)
 }
 
+/// The key a slot holds (`parsed` from it), unwrapped by its KEK.
+fn unwrap_key(slot: PatientSlot, parsed: &Parsed, keks: &BTreeMap<u32, [u8; 32]>) -> Result<DataKey, SealError> {
+    let kek = keks.get(&parsed.kek_id).ok_or(SealError::UnknownKek(parsed.kek_id))?;
+    aead_unwrap(kek, &parsed.wrapped, &associated_data(slot, &parsed.patient, parsed.kek_id)).map(DataKey)
+}
+
 impl PatientKeys {
     /// Opens `path` (created empty, mode 0600, if absent) and its index (brought up to date with
     /// the slots it does not cover yet). The key file itself is not changed.
@@ -185,25 +191,24 @@ impl PatientKeys {
 
     /// The slot of a patient's key, if the patient has one.
     pub fn slot_of(&self, patient: &PatientHash) -> Result<Option<PatientSlot>, SealError> {
-        self.find(patient, |slot| self.read_slot(slot))
+        Ok(self.find(patient, |slot| self.read_slot(slot))?.map(|(slot, _)| slot))
     }
 
-    /// The slot the index names for `patient`, if that slot holds the patient's key (`read`
-    /// gives a slot's bytes).
+    /// The slot the index names for `patient`, and what it holds, if it holds the patient's key
+    /// (`read` gives a slot's bytes).
     fn find(
         &self,
         patient: &PatientHash,
         read: impl FnOnce(PatientSlot) -> Result<Slot, SealError>,
-    ) -> Result<Option<PatientSlot>, SealError> {
+    ) -> Result<Option<(PatientSlot, Parsed)>, SealError> {
         let Some(slot) = self.index()?.get(patient).map_err(|error| SealError::KeyIndex(error.to_string()))? else {
             return Ok(None);
         };
-        let holds_it = match read(slot) {
-            Ok(bytes) => parse(&bytes).is_some_and(|parsed| parsed.patient == *patient),
-            Err(SealError::UnknownPatientSlot(_)) => false,
-            Err(error) => return Err(error),
-        };
-        Ok(holds_it.then_some(slot))
+        match read(slot) {
+            Ok(bytes) => Ok(parse(&bytes).filter(|parsed| parsed.patient == *patient).map(|parsed| (slot, parsed))),
+            Err(SealError::UnknownPatientSlot(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// The patient's key and its slot, creating them (in memory until the next sync) for a
@@ -215,9 +220,9 @@ impl PatientKeys {
         keks: &BTreeMap<u32, [u8; 32]>,
     ) -> Result<(PatientSlot, DataKey), SealError> {
         let mut state = self.state.lock().expect("patient keys");
-        if let Some(slot) = self.find(patient, |slot| self.slot_bytes(state.pending.get(&slot), slot))? {
+        if let Some((slot, parsed)) = self.find(patient, |slot| self.slot_bytes(state.pending.get(&slot), slot))? {
             drop(state);
-            return Ok((slot, self.key(slot, keks)?));
+            return Ok((slot, unwrap_key(slot, &parsed, keks)?));
         }
         let slot = PatientSlot(state.next);
         let key = DataKey(random_bytes::<32>()?);
@@ -249,8 +254,7 @@ impl PatientKeys {
         let Some(parsed) = parse(&bytes) else {
             return Err(if bytes.iter().all(|byte| *byte == 0) { SealError::Erased(slot.0) } else { SealError::Malformed });
         };
-        let kek = keks.get(&parsed.kek_id).ok_or(SealError::UnknownKek(parsed.kek_id))?;
-        aead_unwrap(kek, &parsed.wrapped, &associated_data(slot, &parsed.patient, parsed.kek_id)).map(DataKey)
+        unwrap_key(slot, &parsed, keks)
     }
 
     /// Writes the slots created since the last sync and makes them durable.
